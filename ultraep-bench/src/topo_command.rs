@@ -1,0 +1,79 @@
+//! `ultraep topo`: show a preset or a topology file, and write topology files.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use ultraep_topo::{Preset, Topology};
+
+use crate::BenchError;
+
+/// Arguments of `ultraep topo`.
+#[derive(Debug, Args)]
+pub struct TopoArgs {
+    /// A preset: gb200-nvl72, gb300-nvl72, gb200-nvl36, hgx-h100, hgx-h200 or hgx-b200.
+    #[arg(long, conflicts_with = "file")]
+    pub preset: Option<Preset>,
+    /// How many racks or nodes of the preset.
+    #[arg(long, default_value_t = 1, requires = "preset")]
+    pub count: u32,
+    /// A topology file (TOML) to read instead of a preset.
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+    /// Write the topology to this file (TOML), e.g. to start a description of your own cluster.
+    #[arg(long)]
+    pub save: Option<PathBuf>,
+    /// List the presets and exit.
+    #[arg(long)]
+    pub list: bool,
+}
+
+/// Runs `ultraep topo` and returns what it prints.
+pub fn run(args: &TopoArgs) -> Result<String, BenchError> {
+    if args.list {
+        let lines: Vec<String> = Preset::ALL
+            .iter()
+            .map(|preset| {
+                format!(
+                    "{:<12} {} ({} GPUs per {})",
+                    preset.name(),
+                    preset.product(),
+                    preset.domain_size(),
+                    preset.unit()
+                )
+            })
+            .collect();
+        return Ok(lines.join("\n") + "\n");
+    }
+    let topology = match (&args.file, args.preset) {
+        (Some(path), _) => load(path)?,
+        (None, Some(preset)) => preset.topology(args.count)?,
+        (None, None) => Preset::Gb200Nvl72.topology(args.count)?,
+    };
+    let mut out = topology.to_string();
+    if let Some(path) = &args.save {
+        save(&topology, path)?;
+        out.push_str(&format!("wrote {}\n", path.display()));
+    }
+    Ok(out)
+}
+
+/// Reads and checks a topology file.
+pub fn load(path: &Path) -> Result<Topology, BenchError> {
+    let text = std::fs::read_to_string(path).map_err(|source| BenchError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    Topology::from_toml_str(&text).map_err(|source| BenchError::TopologyFile {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Writes a topology file.
+pub fn save(topology: &Topology, path: &Path) -> Result<(), BenchError> {
+    let text = topology.to_toml_string()?;
+    std::fs::write(path, text).map_err(|source| BenchError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}

@@ -1,0 +1,3 @@
+//! Integration tests of `ultraep-bench`: the `ultraep` command as a user runs it.
+
+mod topo;

@@ -1,0 +1,5 @@
+//! Integration tests of `ultraep-topo`: one binary, a module per concern.
+
+mod bad_files;
+mod presets;
+mod properties;

@@ -1,0 +1,470 @@
+//! The architecture check: the rules of ARCHITECTURE.md, read off `cargo metadata` and the sources.
+//!
+//! The rules are data (the tables below), so adding a crate or an arrow is a one-line change here and
+//! in ARCHITECTURE.md, and a violation names the rule it breaks.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::path::Path;
+use std::process::Command;
+
+use serde::Deserialize;
+
+/// Every workspace crate and the workspace crates it may depend on (normal dependencies).
+/// Arrows point down this list only, so the graph cannot have a cycle.
+pub const ALLOWED_ARROWS: &[(&str, &[&str])] = &[
+    ("ultraep-topo", &[]),
+    ("ultraep-plan", &[]),
+    ("ultraep-xfer", &["ultraep-topo", "ultraep-plan"]),
+    (
+        "ultraep-kernels",
+        &["ultraep-topo", "ultraep-plan", "ultraep-xfer"],
+    ),
+    (
+        "ultraep-runtime",
+        &[
+            "ultraep-topo",
+            "ultraep-plan",
+            "ultraep-xfer",
+            "ultraep-kernels",
+        ],
+    ),
+    (
+        "ultraep-bench",
+        &[
+            "ultraep-topo",
+            "ultraep-plan",
+            "ultraep-xfer",
+            "ultraep-kernels",
+            "ultraep-runtime",
+        ],
+    ),
+    ("xtask", &[]),
+];
+
+/// The only crate that may depend on CUDA bindings directly.
+pub const CUDA_CRATE: &str = "ultraep-kernels";
+
+/// Packages that bind CUDA.
+pub const CUDA_BINDINGS: &[&str] = &["cudarc"];
+
+/// Crates that must not link CUDA bindings even indirectly.
+pub const CUDA_FREE: &[&str] = &["ultraep-topo", "ultraep-plan", "ultraep-xfer"];
+
+/// Crates whose library sources must do no I/O, and the paths and macros that would do it.
+pub const IO_FREE: &[&str] = &["ultraep-topo", "ultraep-plan"];
+pub const IO_MARKERS: &[&str] = &[
+    "std::fs",
+    "std::io",
+    "std::net",
+    "std::process",
+    "std::env",
+    "print!",
+    "println!",
+    "eprint!",
+    "eprintln!",
+];
+
+/// One broken rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Violation {
+    /// A workspace crate the rules do not know.
+    UnlistedCrate { name: String },
+    /// A dependency arrow the rules do not allow.
+    ForbiddenArrow { from: String, to: String },
+    /// A crate other than the CUDA crate depends on CUDA bindings directly.
+    DirectCuda { from: String, binding: String },
+    /// A CUDA-free crate links CUDA bindings through its dependencies.
+    LinkedCuda {
+        from: String,
+        binding: String,
+        path: Vec<String>,
+    },
+    /// A pure crate's source does I/O.
+    Io {
+        file: String,
+        line: usize,
+        marker: &'static str,
+    },
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Violation::UnlistedCrate { name } => write!(
+                f,
+                "workspace crate {name} is not in xtask's ALLOWED_ARROWS (add it there and to ARCHITECTURE.md)"
+            ),
+            Violation::ForbiddenArrow { from, to } => {
+                write!(
+                    f,
+                    "{from} depends on {to}, an arrow ARCHITECTURE.md does not allow"
+                )
+            }
+            Violation::DirectCuda { from, binding } => {
+                write!(
+                    f,
+                    "{from} depends on {binding}; only {CUDA_CRATE} may touch CUDA"
+                )
+            }
+            Violation::LinkedCuda {
+                from,
+                binding,
+                path,
+            } => write!(
+                f,
+                "{from} links {binding} through {}; it must build without CUDA",
+                path.join(" -> ")
+            ),
+            Violation::Io { file, line, marker } => {
+                write!(f, "{file}:{line} uses {marker}; this crate must do no I/O")
+            }
+        }
+    }
+}
+
+/// The parts of `cargo metadata --format-version 1` the check reads.
+#[derive(Debug, Deserialize)]
+pub struct Metadata {
+    packages: Vec<Package>,
+    workspace_members: Vec<String>,
+    resolve: Option<Resolve>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Package {
+    id: String,
+    name: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Resolve {
+    nodes: Vec<Node>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Node {
+    id: String,
+    deps: Vec<NodeDep>,
+}
+
+#[derive(Debug, Deserialize)]
+struct NodeDep {
+    pkg: String,
+    dep_kinds: Vec<DepKind>,
+}
+
+#[derive(Debug, Deserialize)]
+struct DepKind {
+    /// `None` for a normal dependency, `Some("dev")` or `Some("build")` otherwise.
+    kind: Option<String>,
+}
+
+/// Runs `cargo metadata` on the workspace at `root` and checks every rule.
+pub fn check_workspace(root: &Path) -> Result<Vec<Violation>, String> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    // All features: a feature that pulled CUDA into the planner would be a violation too.
+    let output = Command::new(cargo)
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--all-features",
+            "--locked",
+        ])
+        .current_dir(root)
+        .output()
+        .map_err(|error| format!("could not run cargo metadata: {error}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "cargo metadata failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    let metadata: Metadata = serde_json::from_slice(&output.stdout)
+        .map_err(|error| format!("cannot read cargo metadata: {error}"))?;
+    let mut violations = check_dependencies(&metadata);
+    for krate in IO_FREE {
+        violations.extend(check_sources(&root.join(krate).join("src"))?);
+    }
+    Ok(violations)
+}
+
+/// The dependency rules: arrows, direct CUDA use, CUDA linked indirectly.
+pub fn check_dependencies(metadata: &Metadata) -> Vec<Violation> {
+    let names: HashMap<&str, &str> = metadata
+        .packages
+        .iter()
+        .map(|package| (package.id.as_str(), package.name.as_str()))
+        .collect();
+    let name_of = |id: &str| names.get(id).copied().unwrap_or(id).to_owned();
+    let members: BTreeSet<String> = metadata
+        .workspace_members
+        .iter()
+        .map(|id| name_of(id))
+        .collect();
+    let nodes: HashMap<&str, &Node> = metadata
+        .resolve
+        .iter()
+        .flat_map(|resolve| &resolve.nodes)
+        .map(|node| (node.id.as_str(), node))
+        .collect();
+    let mut violations = Vec::new();
+    for member_id in &metadata.workspace_members {
+        let member = name_of(member_id);
+        let Some(&(_, allowed)) = ALLOWED_ARROWS.iter().find(|(name, _)| *name == member) else {
+            violations.push(Violation::UnlistedCrate { name: member });
+            continue;
+        };
+        let Some(node) = nodes.get(member_id.as_str()) else {
+            continue;
+        };
+        for dep in &node.deps {
+            let to = name_of(&dep.pkg);
+            let normal = dep.dep_kinds.iter().any(|kind| kind.kind.is_none());
+            if normal && members.contains(&to) && !allowed.contains(&to.as_str()) {
+                violations.push(Violation::ForbiddenArrow {
+                    from: member.clone(),
+                    to: to.clone(),
+                });
+            }
+            if CUDA_BINDINGS.contains(&to.as_str()) && member != CUDA_CRATE {
+                violations.push(Violation::DirectCuda {
+                    from: member.clone(),
+                    binding: to,
+                });
+            }
+        }
+        if CUDA_FREE.contains(&member.as_str())
+            && let Some((binding, path)) = find_normal_path(member_id, &nodes, &name_of)
+        {
+            violations.push(Violation::LinkedCuda {
+                from: member,
+                binding,
+                path,
+            });
+        }
+    }
+    violations
+}
+
+/// A chain of normal dependencies from `start` to a CUDA binding, if there is one.
+fn find_normal_path(
+    start: &str,
+    nodes: &HashMap<&str, &Node>,
+    name_of: &dyn Fn(&str) -> String,
+) -> Option<(String, Vec<String>)> {
+    let mut seen = BTreeSet::from([start.to_owned()]);
+    let mut stack = vec![vec![start.to_owned()]];
+    while let Some(path) = stack.pop() {
+        let current = path.last()?;
+        let Some(node) = nodes.get(current.as_str()) else {
+            continue;
+        };
+        for dep in &node.deps {
+            if !dep.dep_kinds.iter().any(|kind| kind.kind.is_none()) {
+                continue;
+            }
+            let mut next = path.clone();
+            next.push(dep.pkg.clone());
+            let name = name_of(&dep.pkg);
+            if CUDA_BINDINGS.contains(&name.as_str()) {
+                let names = next.iter().map(|id| name_of(id)).collect();
+                return Some((name, names));
+            }
+            if seen.insert(dep.pkg.clone()) {
+                stack.push(next);
+            }
+        }
+    }
+    None
+}
+
+/// Every use of an I/O path or macro in the `.rs` files under `dir`.
+pub fn check_sources(dir: &Path) -> Result<Vec<Violation>, String> {
+    let mut violations = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let entries = std::fs::read_dir(&dir)
+            .map_err(|error| format!("cannot list {}: {error}", dir.display()))?;
+        for entry in entries {
+            let path = entry
+                .map_err(|error| format!("cannot list {}: {error}", dir.display()))?
+                .path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|extension| extension == "rs") {
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+                violations.extend(scan_source(&path.display().to_string(), &text));
+            }
+        }
+    }
+    Ok(violations)
+}
+
+/// The I/O markers in one file's code; comments (doc examples included) are not code.
+pub fn scan_source(file: &str, text: &str) -> Vec<Violation> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim_start().starts_with("//"))
+        .flat_map(|(index, line)| {
+            IO_MARKERS
+                .iter()
+                .filter(move |marker| line.contains(*marker))
+                .map(move |&marker| Violation::Io {
+                    file: file.to_owned(),
+                    line: index + 1,
+                    marker,
+                })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A metadata document with the given packages and normal-dependency edges.
+    fn metadata(members: &[&str], edges: &[(&str, &str)], others: &[&str]) -> Metadata {
+        let packages: Vec<_> = members
+            .iter()
+            .chain(others)
+            .map(|name| serde_json::json!({ "id": format!("{name}-id"), "name": name }))
+            .collect();
+        let nodes: Vec<_> = members
+            .iter()
+            .chain(others)
+            .map(|name| {
+                let deps: Vec<_> = edges
+                    .iter()
+                    .filter(|(from, _)| from == name)
+                    .map(|(_, to)| {
+                        serde_json::json!({ "pkg": format!("{to}-id"), "dep_kinds": [{ "kind": null }] })
+                    })
+                    .collect();
+                serde_json::json!({ "id": format!("{name}-id"), "deps": deps })
+            })
+            .collect();
+        let members: Vec<_> = members.iter().map(|name| format!("{name}-id")).collect();
+        serde_json::from_value(serde_json::json!({
+            "packages": packages,
+            "workspace_members": members,
+            "resolve": { "nodes": nodes },
+        }))
+        .expect("well-formed test metadata")
+    }
+
+    const MEMBERS: &[&str] = &[
+        "ultraep-topo",
+        "ultraep-plan",
+        "ultraep-xfer",
+        "ultraep-kernels",
+        "ultraep-runtime",
+        "ultraep-bench",
+        "xtask",
+    ];
+
+    #[test]
+    fn the_workspace_keeps_its_architecture() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("workspace root");
+        let violations = check_workspace(root).expect("cargo metadata runs");
+        let report: Vec<String> = violations.iter().map(ToString::to_string).collect();
+        assert!(violations.is_empty(), "{report:#?}");
+    }
+
+    #[test]
+    fn the_allowed_arrows_point_down_the_list() {
+        for (position, (name, allowed)) in ALLOWED_ARROWS.iter().enumerate() {
+            for target in *allowed {
+                let target_position = ALLOWED_ARROWS.iter().position(|(other, _)| other == target);
+                assert!(
+                    target_position < Some(position),
+                    "{name} -> {target} points up"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn cudarc_in_the_planner_is_caught() {
+        let meta = metadata(
+            MEMBERS,
+            &[("ultraep-plan", "cudarc"), ("ultraep-kernels", "cudarc")],
+            &["cudarc"],
+        );
+        let violations = check_dependencies(&meta);
+        assert!(violations.contains(&Violation::DirectCuda {
+            from: "ultraep-plan".into(),
+            binding: "cudarc".into()
+        }));
+        assert!(violations.iter().any(|violation| matches!(
+            violation,
+            Violation::LinkedCuda { from, .. } if from == "ultraep-plan"
+        )));
+        assert_eq!(
+            violations.len(),
+            2,
+            "kernels may use cudarc: {violations:?}"
+        );
+    }
+
+    #[test]
+    fn cudarc_reached_through_another_crate_is_caught() {
+        let meta = metadata(
+            MEMBERS,
+            &[("ultraep-topo", "helper"), ("helper", "cudarc")],
+            &["helper", "cudarc"],
+        );
+        assert_eq!(
+            check_dependencies(&meta),
+            vec![Violation::LinkedCuda {
+                from: "ultraep-topo".into(),
+                binding: "cudarc".into(),
+                path: vec!["ultraep-topo".into(), "helper".into(), "cudarc".into()],
+            }]
+        );
+    }
+
+    #[test]
+    fn upward_arrows_and_unlisted_crates_are_caught() {
+        let mut members = MEMBERS.to_vec();
+        members.push("ultraep-newcomer");
+        let meta = metadata(&members, &[("ultraep-plan", "ultraep-topo")], &[]);
+        assert_eq!(
+            check_dependencies(&meta),
+            vec![
+                Violation::ForbiddenArrow {
+                    from: "ultraep-plan".into(),
+                    to: "ultraep-topo".into()
+                },
+                Violation::UnlistedCrate {
+                    name: "ultraep-newcomer".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn io_in_code_is_caught_but_not_in_comments() {
+        let text = "//! Reads with std::fs in the caller.\nfn f() {\n    let _ = std::fs::read(\"x\");\n    println!(\"hi\");\n}\n";
+        let violations = scan_source("lib.rs", text);
+        assert_eq!(
+            violations,
+            vec![
+                Violation::Io {
+                    file: "lib.rs".into(),
+                    line: 3,
+                    marker: "std::fs"
+                },
+                Violation::Io {
+                    file: "lib.rs".into(),
+                    line: 4,
+                    marker: "println!"
+                },
+            ]
+        );
+    }
+}
