@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use thiserror::Error;
+use ultraep_plan::PlanError;
 use ultraep_topo::TopoError;
 
 /// What can go wrong in a command or an experiment.
@@ -19,6 +20,22 @@ pub enum BenchError {
         path: PathBuf,
         /// What is wrong with it.
         source: TopoError,
+    },
+    /// A planning problem is malformed (the message names the problem).
+    #[error("{source_name}: {message}")]
+    InvalidProblem {
+        /// Where the problem came from (a path, or "standard input").
+        source_name: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The planner refused a problem.
+    #[error("{source_name}: {source}")]
+    Plan {
+        /// Where the problem came from.
+        source_name: String,
+        /// The planner's reason.
+        source: PlanError,
     },
     /// A file could not be read or written.
     #[error("{path}: {source}")]

@@ -1,8 +1,9 @@
-//! The `ultraep` command.
+//! The `ultraep` command. It exits with status 2 and a one-line message on bad input.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use ultraep_bench::plan_command::{self, PlanArgs};
 use ultraep_bench::topo_command::{self, TopoArgs};
 
 /// ultraep: exact-load, real-time expert-parallel load balancing for MoE on rack-scale nodes.
@@ -17,12 +18,15 @@ struct Cli {
 enum Command {
     /// Show a topology preset or file, or write a topology file.
     Topo(TopoArgs),
+    /// Plan one problem file (JSON) and print the plan as JSON.
+    Plan(PlanArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Topo(args) => topo_command::run(args),
+        Command::Plan(args) => plan_command::run(args),
     };
     match result {
         Ok(out) => {
@@ -30,8 +34,9 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(error) => {
+            // Every error here is bad input: a missing, unreadable or malformed file or argument.
             eprintln!("ultraep: {error}");
-            ExitCode::FAILURE
+            ExitCode::from(2)
         }
     }
 }

@@ -1,3 +1,4 @@
 //! Integration tests of `ultraep-bench`: the `ultraep` command as a user runs it.
 
+mod plan;
 mod topo;

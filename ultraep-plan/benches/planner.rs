@@ -1,0 +1,82 @@
+//! Planning time on the published reference scenario (EP64, 256 experts, 4 masters + 2 slots per
+//! rank, top-8, 8192 tokens per rank) at initial imbalance 1.5, 2.0 and 3.0, with the planner reused
+//! as it is every microbatch. The published GPU planner takes 56-78 us here (and its token reroute
+//! another 36-39 us).
+//!
+//! `ultraep/full` is a whole plan: thresholds, replicas, quotas and the split of every source's
+//! tokens. `ultraep/no-split` leaves the split to the consumer (`PlanConfig::split = None`), which is
+//! what the published planner's figure covers. `eplb-oracle` and `none` are the baselines.
+
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use ultraep_plan::reference::{ReferenceLoad, ReferenceScenario};
+use ultraep_plan::{Balancer, Eplb, EplbMode, NoBalance, Plan, PlanConfig, Planner, SplitMode};
+
+fn scenarios() -> Vec<(f64, ReferenceScenario, ReferenceLoad)> {
+    [1.5, 2.0, 3.0]
+        .into_iter()
+        .map(|target| {
+            let scenario = ReferenceScenario::published(target);
+            let load = scenario.generate();
+            (target, scenario, load)
+        })
+        .collect()
+}
+
+fn planner(scenario: &ReferenceScenario, split: SplitMode) -> Planner {
+    let config = PlanConfig {
+        split,
+        ..PlanConfig::default()
+    };
+    Planner::new(
+        scenario.layout().expect("valid layout"),
+        scenario.domains().expect("valid domains"),
+        scenario.slots_per_rank,
+        config,
+    )
+    .expect("valid planner")
+}
+
+fn bench_balancer(
+    c: &mut Criterion,
+    name: &str,
+    target: f64,
+    balancer: &mut dyn Balancer,
+    load: &ReferenceLoad,
+) {
+    let mut plan = Plan::default();
+    balancer.plan_into(load.matrix(), &mut plan).expect("plans");
+    c.bench_function(&format!("{name}/imbalance-{target:.1}"), |b| {
+        b.iter(|| {
+            balancer
+                .plan_into(black_box(load.matrix()), &mut plan)
+                .expect("plans");
+            black_box(plan.metrics().max_rank_load)
+        })
+    });
+}
+
+fn reference_scenario(c: &mut Criterion) {
+    for (target, scenario, load) in scenarios() {
+        let mut full = planner(&scenario, SplitMode::LocalityAware);
+        bench_balancer(c, "ultraep/full", target, &mut full, &load);
+        let mut no_split = planner(&scenario, SplitMode::None);
+        bench_balancer(c, "ultraep/no-split", target, &mut no_split, &load);
+        let layout = scenario.layout().expect("valid layout");
+        let domains = scenario.domains().expect("valid domains");
+        let mut eplb = Eplb::new(
+            layout.clone(),
+            domains.clone(),
+            scenario.slots_per_rank,
+            EplbMode::Oracle,
+        )
+        .expect("valid eplb");
+        bench_balancer(c, "eplb-oracle", target, &mut eplb, &load);
+        let mut none = NoBalance::new(layout, domains).expect("valid layout");
+        bench_balancer(c, "none", target, &mut none, &load);
+    }
+}
+
+criterion_group!(benches, reference_scenario);
+criterion_main!(benches);

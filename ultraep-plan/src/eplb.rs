@@ -1,0 +1,209 @@
+//! The EPLB baseline: DeepSeek's expert-parallel load balancer, adapted to masters that stay home.
+//!
+//! EPLB plans from a load *estimate* (a history window, or the exact load when used as an oracle)
+//! and is then applied to whatever load arrives. Per domain, with `slots * ranks` redundant slots:
+//!
+//! 1. Replica counts: repeatedly give one more instance to the expert with the largest estimated
+//!    load per instance (ties: lower expert), until the slots are used, no expert has load, or every
+//!    loaded expert has a copy on every rank of its domain.
+//! 2. Placement: replicas longest first (largest estimated load per instance; ties: lower expert),
+//!    each on the least loaded rank (by estimated load; ties: lower rank) that has a free slot and no
+//!    copy of the expert. A replica that fits nowhere is dropped.
+//! 3. Applied to a load: each expert's tokens are split evenly over its instances (the first
+//!    instances take one more when it does not divide), and every source sends to the instances in
+//!    proportion to their quotas: EPLB has no per-source locality.
+//!
+//! DeepSeek's original re-places masters too and packs whole expert groups; with fixed masters only
+//! the redundant copies move, which is how a per-domain slot budget compares with ultraep's.
+
+use crate::assembler::{Assembler, Replica};
+use crate::{Balancer, ExpertLayout, LoadMatrix, Plan, PlanError, RankDomains, SplitMode};
+
+/// When an [`Eplb`] balancer re-plans its replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EplbMode {
+    /// Keep the replicas of the last [`Eplb::rebalance`] (none until the first one): EPLB as
+    /// deployed, planning from history.
+    Periodic,
+    /// Re-plan from the exact load of every microbatch: EPLB with a perfect predictor.
+    Oracle,
+}
+
+/// The EPLB baseline balancer.
+#[derive(Debug, Clone)]
+pub struct Eplb {
+    assembler: Assembler,
+    mode: EplbMode,
+    /// Placed replicas as (expert, rank); their quotas are set per microbatch.
+    placement: Vec<(u32, u32)>,
+    instance_count: Vec<u32>,
+    estimated_rank_load: Vec<u64>,
+    slots_free: Vec<u32>,
+    /// Every (expert, rank) copy that exists, for the no-two-copies rule.
+    has_copy: Vec<bool>,
+    order: Vec<u32>,
+    /// Per microbatch: replica shares handed out so far, per expert.
+    handed: Vec<u32>,
+    replicas: Vec<Replica>,
+}
+
+impl Eplb {
+    /// EPLB for experts placed by `layout` on ranks grouped by `domains`, with `slots_per_rank`
+    /// redundant slots on every rank.
+    pub fn new(
+        layout: ExpertLayout,
+        domains: RankDomains,
+        slots_per_rank: u32,
+        mode: EplbMode,
+    ) -> Result<Self, PlanError> {
+        let assembler = Assembler::new(layout, domains, slots_per_rank)?;
+        let ranks = assembler.layout.num_ranks() as usize;
+        let experts = assembler.layout.num_experts() as usize;
+        Ok(Self {
+            mode,
+            placement: Vec::with_capacity(ranks * slots_per_rank as usize),
+            instance_count: vec![1; experts],
+            estimated_rank_load: vec![0; ranks],
+            slots_free: vec![0; ranks],
+            has_copy: vec![false; ranks * experts],
+            order: Vec::with_capacity(experts),
+            handed: vec![0; experts],
+            replicas: Vec::with_capacity(ranks * slots_per_rank as usize),
+            assembler,
+        })
+    }
+
+    /// The replicas currently placed, as (expert, rank), in placement order.
+    pub fn placement(&self) -> &[(u32, u32)] {
+        &self.placement
+    }
+
+    /// Re-plans the replicas from `estimate` (e.g. the summed load of a history window).
+    pub fn rebalance(&mut self, estimate: LoadMatrix<'_>) -> Result<(), PlanError> {
+        self.assembler.measure(estimate)?;
+        self.placement.clear();
+        let experts = self.assembler.layout.num_experts() as usize;
+        let ranks = self.assembler.layout.num_ranks() as usize;
+        self.has_copy.fill(false);
+        for (expert, &home) in self.assembler.layout.homes().iter().enumerate() {
+            self.has_copy[home as usize * experts + expert] = true;
+        }
+        self.instance_count.fill(1);
+        for domain in 0..self.assembler.domains.num_domains() {
+            self.rebalance_domain(domain);
+        }
+        debug_assert!(self.placement.len() <= ranks * self.assembler.slots_per_rank as usize);
+        Ok(())
+    }
+
+    fn rebalance_domain(&mut self, domain: u32) {
+        let assembler = &self.assembler;
+        let ranks = assembler.domains.ranks_of(domain);
+        let load = &assembler.expert_load;
+        let experts = assembler.layout.num_experts() as usize;
+        // Step 1: replica counts, one at a time to the largest load per instance.
+        self.order.clear();
+        for &rank in ranks {
+            self.order.extend_from_slice(assembler.experts_of(rank));
+        }
+        let budget = ranks.len() * assembler.slots_per_rank as usize;
+        let max_instances = ranks.len() as u32;
+        for _ in 0..budget {
+            let mut best: Option<u32> = None;
+            for &expert in &self.order {
+                let e = expert as usize;
+                if load[e] == 0 || self.instance_count[e] >= max_instances {
+                    continue;
+                }
+                // load[e] / count[e] > load[b] / count[b], compared without division.
+                let better = best.is_none_or(|b| {
+                    let b = b as usize;
+                    let left = u128::from(load[e]) * u128::from(self.instance_count[b]);
+                    let right = u128::from(load[b]) * u128::from(self.instance_count[e]);
+                    left > right || (left == right && expert < b as u32)
+                });
+                if better {
+                    best = Some(expert);
+                }
+            }
+            let Some(expert) = best else { break };
+            self.instance_count[expert as usize] += 1;
+        }
+        // Step 2: place replicas longest first on the least loaded rank with room and no copy.
+        for &rank in ranks {
+            self.estimated_rank_load[rank as usize] = 0;
+            self.slots_free[rank as usize] = assembler.slots_per_rank;
+        }
+        let per_instance =
+            |expert: u32| load[expert as usize] / u64::from(self.instance_count[expert as usize]);
+        for &rank in ranks {
+            for &expert in assembler.experts_of(rank) {
+                self.estimated_rank_load[rank as usize] += per_instance(expert);
+            }
+        }
+        self.order
+            .retain(|&expert| self.instance_count[expert as usize] > 1);
+        self.order
+            .sort_unstable_by_key(|&expert| (std::cmp::Reverse(per_instance(expert)), expert));
+        for &expert in &self.order {
+            for _ in 1..self.instance_count[expert as usize] {
+                let target = ranks
+                    .iter()
+                    .copied()
+                    .filter(|&rank| {
+                        self.slots_free[rank as usize] > 0
+                            && !self.has_copy[rank as usize * experts + expert as usize]
+                    })
+                    .min_by_key(|&rank| (self.estimated_rank_load[rank as usize], rank));
+                let Some(rank) = target else { break };
+                self.slots_free[rank as usize] -= 1;
+                self.has_copy[rank as usize * experts + expert as usize] = true;
+                self.estimated_rank_load[rank as usize] += per_instance(expert);
+                self.placement.push((expert, rank));
+            }
+        }
+    }
+}
+
+impl Balancer for Eplb {
+    fn name(&self) -> &'static str {
+        "eplb"
+    }
+
+    fn plan_into(&mut self, loads: LoadMatrix<'_>, plan: &mut Plan) -> Result<(), PlanError> {
+        if self.mode == EplbMode::Oracle {
+            self.rebalance(loads)?;
+        }
+        self.assembler.measure(loads)?;
+        // Instances per expert under the current placement, then even quotas: the master takes
+        // the first share, replicas the next ones in placement order.
+        self.instance_count.fill(1);
+        for &(expert, _) in &self.placement {
+            self.instance_count[expert as usize] += 1;
+        }
+        self.replicas.clear();
+        self.handed.fill(0);
+        for &(expert, rank) in &self.placement {
+            let e = expert as usize;
+            let count = u64::from(self.instance_count[e]);
+            let load = self.assembler.expert_load[e];
+            self.handed[e] += 1;
+            let index = u64::from(self.handed[e]);
+            let quota = load / count + u64::from(index < load % count);
+            self.replicas.push(Replica {
+                expert,
+                rank,
+                quota: quota as u32,
+            });
+        }
+        self.assembler.assemble(
+            loads,
+            &mut self.replicas,
+            SplitMode::Proportional,
+            &[],
+            plan,
+        );
+        self.assembler.record_busiest_ranks(plan);
+        Ok(())
+    }
+}

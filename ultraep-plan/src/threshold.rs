@@ -1,0 +1,203 @@
+//! Balancing one domain: the lowest token threshold the greedy export can reach, and its replicas.
+//!
+//! A probe asks "can every rank of the domain be brought to at most `T` tokens?". Overloaded ranks
+//! (most loaded first) export their excess, taking their experts largest first; each exported piece
+//! becomes a replica on a rank with slack below `T`, a free slot, and no copy of the expert yet. The
+//! target is the rank with the *least* slack that still takes the whole remaining excess in one piece
+//! (best fit, which keeps big gaps for big excesses), or, when none does, the rank with the most slack
+//! (worst fit, so the piece is as large as possible). Every piece is at least the minimum replica
+//! quota; when the excess left is smaller, the piece is raised to that minimum (the source then ends
+//! a little below `T`). Ties go to the lower rank, so every machine makes the same choices.
+//!
+//! The search probes `floor(lower bound * (1 + tolerance))` first, which succeeds on most loads; when
+//! it fails, it bisects between that and the domain's current maximum (always feasible: no replicas),
+//! and stops once the interval is within the tolerance.
+
+use crate::PlanConfig;
+use crate::assembler::Replica;
+
+/// One domain's problem, borrowed from the planner.
+pub(crate) struct DomainProblem<'a> {
+    /// The domain's ranks.
+    pub ranks: &'a [u32],
+    /// Masters-only load of every rank (indexed by rank, whole problem).
+    pub rank_load: &'a [u64],
+    /// Load of every expert (indexed by expert).
+    pub expert_load: &'a [u64],
+    /// Experts homed on every rank, largest load first: `experts[offsets[r]..offsets[r + 1]]`.
+    pub experts: &'a [u32],
+    pub offsets: &'a [u32],
+    pub slots_per_rank: u32,
+    pub config: &'a PlanConfig,
+}
+
+impl DomainProblem<'_> {
+    fn experts_of(&self, rank: u32) -> &[u32] {
+        let rank = rank as usize;
+        &self.experts[self.offsets[rank] as usize..self.offsets[rank + 1] as usize]
+    }
+
+    /// The least a replica may take (at least one token).
+    fn min_piece(&self) -> u64 {
+        u64::from(self.config.min_replica_tokens.max(1))
+    }
+
+    /// Tokens of `expert` its master must keep.
+    fn kept_by_master(&self, expert_load: u64) -> u64 {
+        u64::from(self.config.master_keeps_token && expert_load > 0)
+    }
+}
+
+/// Buffers reused from call to call so that a search allocates nothing once warm.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct ExportSearch {
+    /// Indexed by rank (whole problem); only the domain's entries are used.
+    slack: Vec<u64>,
+    slots_free: Vec<u32>,
+    /// The domain's overloaded ranks, most loaded first.
+    over: Vec<u32>,
+    /// Ranks that can still take a piece (room for the minimum, a free slot), in no order.
+    candidates: Vec<u32>,
+    trial: Vec<Replica>,
+    /// The replicas of the best feasible probe so far.
+    pub best: Vec<Replica>,
+}
+
+impl ExportSearch {
+    pub fn new(num_ranks: usize, max_replicas: usize) -> Self {
+        Self {
+            slack: vec![0; num_ranks],
+            slots_free: vec![0; num_ranks],
+            over: Vec::with_capacity(num_ranks),
+            candidates: Vec::with_capacity(num_ranks),
+            trial: Vec::with_capacity(max_replicas),
+            best: Vec::with_capacity(max_replicas),
+        }
+    }
+
+    /// Balances the domain; returns the threshold reached and leaves its replicas in `self.best`.
+    pub fn balance(&mut self, domain: &DomainProblem<'_>) -> u64 {
+        self.best.clear();
+        let total: u64 = domain
+            .ranks
+            .iter()
+            .map(|&r| domain.rank_load[r as usize])
+            .sum();
+        let max = domain
+            .ranks
+            .iter()
+            .map(|&r| domain.rank_load[r as usize])
+            .max()
+            .unwrap_or(0);
+        let lower = total.div_ceil(domain.ranks.len() as u64);
+        let ppm = u64::from(domain.config.tolerance_ppm);
+        // Rounded down, so that the tolerance is never exceeded (and never below the bound).
+        let target = lower * (1_000_000 + ppm) / 1_000_000;
+        if max <= target || domain.slots_per_rank == 0 {
+            return max;
+        }
+
+        self.over.clear();
+        self.over.extend(
+            domain
+                .ranks
+                .iter()
+                .copied()
+                .filter(|&r| domain.rank_load[r as usize] > target),
+        );
+        self.over
+            .sort_unstable_by_key(|&r| (std::cmp::Reverse(domain.rank_load[r as usize]), r));
+
+        if self.probe(domain, target) {
+            std::mem::swap(&mut self.best, &mut self.trial);
+            return target;
+        }
+        // `infeasible` failed, `feasible` succeeded (the current maximum needs no replica).
+        let (mut infeasible, mut feasible) = (target, max);
+        let precision = (lower * ppm / 1_000_000).max(1);
+        while feasible - infeasible > precision {
+            let middle = infeasible + (feasible - infeasible) / 2;
+            if self.probe(domain, middle) {
+                feasible = middle;
+                std::mem::swap(&mut self.best, &mut self.trial);
+            } else {
+                infeasible = middle;
+            }
+        }
+        feasible
+    }
+
+    /// Whether greedy export brings every rank of the domain to at most `threshold`; the replicas
+    /// it made are left in `self.trial`.
+    fn probe(&mut self, domain: &DomainProblem<'_>, threshold: u64) -> bool {
+        self.trial.clear();
+        self.candidates.clear();
+        let min_piece = domain.min_piece();
+        for &rank in domain.ranks {
+            let slack = threshold.saturating_sub(domain.rank_load[rank as usize]);
+            self.slack[rank as usize] = slack;
+            self.slots_free[rank as usize] = domain.slots_per_rank;
+            if slack >= min_piece {
+                self.candidates.push(rank);
+            }
+        }
+        for &source in &self.over {
+            let load = domain.rank_load[source as usize];
+            if load <= threshold {
+                break;
+            }
+            let mut excess = load - threshold;
+            for &expert in domain.experts_of(source) {
+                let expert_load = domain.expert_load[expert as usize];
+                let mut available = expert_load - domain.kept_by_master(expert_load);
+                while excess > 0 && available >= min_piece {
+                    let whole = excess.min(available);
+                    let Some(position) = self.choose_target(whole) else {
+                        break;
+                    };
+                    let target = self.candidates[position] as usize;
+                    // Raise a piece below the minimum to the minimum; the target has room for it.
+                    let piece = whole.min(self.slack[target]).max(min_piece);
+                    self.trial.push(Replica {
+                        expert,
+                        rank: target as u32,
+                        quota: piece as u32,
+                    });
+                    self.slack[target] -= piece;
+                    self.slots_free[target] -= 1;
+                    if self.slack[target] < min_piece || self.slots_free[target] == 0 {
+                        self.candidates.swap_remove(position);
+                    }
+                    excess = excess.saturating_sub(piece);
+                    available -= piece;
+                }
+                if excess == 0 {
+                    break;
+                }
+            }
+            if excess > 0 {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The candidate (as a position in `self.candidates`) to take a piece of up to `whole` tokens:
+    /// best fit among ranks that take it whole, else the rank with the most slack; ties go to the
+    /// lower rank. Pieces of one expert never meet on a rank: after a piece that did not finish the
+    /// export, the target's slack is spent (or the expert is).
+    fn choose_target(&self, whole: u64) -> Option<usize> {
+        let mut best_fit: Option<(u64, u32, usize)> = None;
+        let mut most_slack: Option<(u64, u32, usize)> = None;
+        for (position, &rank) in self.candidates.iter().enumerate() {
+            let slack = self.slack[rank as usize];
+            if slack >= whole && best_fit.is_none_or(|(s, r, _)| (slack, rank) < (s, r)) {
+                best_fit = Some((slack, rank, position));
+            }
+            if most_slack.is_none_or(|(s, r, _)| slack > s || (slack == s && rank < r)) {
+                most_slack = Some((slack, rank, position));
+            }
+        }
+        best_fit.or(most_slack).map(|(_, _, position)| position)
+    }
+}

@@ -1,0 +1,8 @@
+//! Integration tests of `ultraep-plan`: one binary, a module per concern.
+
+mod allocation;
+mod eplb;
+mod errors;
+mod invariants;
+mod properties;
+mod reference;

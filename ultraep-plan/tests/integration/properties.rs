@@ -1,0 +1,208 @@
+//! Property tests: every constraint on random problems, for every balancer, and determinism.
+
+use proptest::prelude::*;
+use ultraep_plan::{
+    Balancer, Eplb, EplbMode, ExpertLayout, ForceBalanced, LoadMatrix, NoBalance, Plan, PlanConfig,
+    PlanKind, Planner, RankDomains, SplitMode,
+};
+
+use crate::invariants::{Promises, check_plan};
+
+/// A random planning problem.
+#[derive(Debug, Clone)]
+struct Problem {
+    homes: Vec<u32>,
+    domain_labels: Vec<u32>,
+    slots: u32,
+    loads: Vec<u32>,
+    config: PlanConfig,
+}
+
+impl Problem {
+    fn ranks(&self) -> usize {
+        self.domain_labels.len()
+    }
+    fn experts(&self) -> usize {
+        self.homes.len()
+    }
+    fn layout(&self) -> ExpertLayout {
+        ExpertLayout::from_homes(self.ranks() as u32, self.homes.clone()).unwrap()
+    }
+    fn domains(&self) -> RankDomains {
+        RankDomains::from_labels(self.domain_labels.clone()).unwrap()
+    }
+    fn matrix(&self) -> LoadMatrix<'_> {
+        LoadMatrix::new(&self.loads, self.ranks(), self.experts()).unwrap()
+    }
+    fn planner(&self) -> Planner {
+        Planner::new(self.layout(), self.domains(), self.slots, self.config).unwrap()
+    }
+}
+
+/// Loads of several shapes: dense, sparse, all zero, one hot expert, skewed towards low experts.
+fn loads(ranks: usize, experts: usize) -> impl Strategy<Value = Vec<u32>> {
+    let cells = ranks * experts;
+    prop_oneof![
+        prop::collection::vec(0u32..3000, cells),
+        prop::collection::vec(prop_oneof![9 => Just(0u32), 1 => 1u32..50_000], cells),
+        Just(vec![0u32; cells]),
+        (0..experts, 1u32..200_000).prop_map(move |(hot, tokens)| {
+            let mut loads = vec![0u32; cells];
+            for source in 0..ranks {
+                loads[source * experts + hot] = tokens;
+            }
+            loads
+        }),
+        prop::collection::vec(0u32..2000, cells).prop_map(move |mut loads| {
+            for (index, load) in loads.iter_mut().enumerate() {
+                let expert = index % experts;
+                *load = load.saturating_mul(16) / (expert as u32 + 1);
+            }
+            loads
+        }),
+    ]
+}
+
+fn config() -> impl Strategy<Value = PlanConfig> {
+    (
+        prop_oneof![Just(0u32), Just(10_000), Just(50_000)],
+        prop_oneof![Just(0u32), Just(1), Just(64), Just(1024)],
+        any::<bool>(),
+        prop_oneof![
+            Just(SplitMode::LocalityAware),
+            Just(SplitMode::Proportional),
+            Just(SplitMode::None)
+        ],
+    )
+        .prop_map(
+            |(tolerance_ppm, min_replica_tokens, master_keeps_token, split)| PlanConfig {
+                tolerance_ppm,
+                min_replica_tokens,
+                master_keeps_token,
+                split,
+            },
+        )
+}
+
+fn problem() -> impl Strategy<Value = Problem> {
+    (1usize..=128, 1usize..=4, 0u32..=3)
+        .prop_flat_map(|(ranks, domain_count, slots)| {
+            let experts = 1usize..=(4 * ranks).min(192);
+            (
+                Just(ranks),
+                prop::collection::vec(0..domain_count as u32, ranks),
+                Just(slots),
+                experts,
+            )
+        })
+        .prop_flat_map(|(ranks, domain_labels, slots, experts)| {
+            (
+                prop::collection::vec(0..ranks as u32, experts),
+                Just(domain_labels),
+                Just(slots),
+                loads(ranks, experts),
+                config(),
+            )
+        })
+        .prop_map(|(homes, domain_labels, slots, loads, config)| Problem {
+            homes,
+            domain_labels,
+            slots,
+            loads,
+            config,
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(192))]
+
+    #[test]
+    fn ultraep_plans_meet_every_constraint(problem in problem()) {
+        let plan = problem.planner().plan(problem.matrix()).unwrap();
+        let promises = Promises {
+            min_replica_tokens: problem.config.min_replica_tokens.max(1),
+            master_keeps_token: problem.config.master_keeps_token,
+        };
+        check_plan(&plan, problem.matrix(), &problem.layout(), &problem.domains(), problem.slots, Some(promises));
+        prop_assert_eq!(plan.has_split(), problem.config.split != SplitMode::None);
+        // Balancing never makes the busiest rank busier, and is within tolerance where it says so.
+        prop_assert!(plan.metrics().max_rank_load <= plan.metrics().initial_max_rank_load);
+    }
+
+    #[test]
+    fn plans_are_bit_identical_for_identical_input(problem in problem(), other in problem()) {
+        let first = problem.planner().plan(problem.matrix()).unwrap();
+        // A planner that has planned something else first (its buffers hold other data).
+        let mut reused = problem.planner();
+        let scratch_loads = vec![7u32; problem.ranks() * problem.experts()];
+        reused.plan(LoadMatrix::new(&scratch_loads, problem.ranks(), problem.experts()).unwrap()).unwrap();
+        let mut plan = other.planner().plan(other.matrix()).unwrap();
+        reused.plan_into(problem.matrix(), &mut plan).unwrap();
+        prop_assert_eq!(&first, &plan);
+    }
+
+    #[test]
+    fn baselines_meet_every_constraint(problem in problem(), estimate_seed in any::<u64>()) {
+        let (layout, domains) = (problem.layout(), problem.domains());
+        let none = NoBalance::new(layout.clone(), domains.clone()).unwrap().plan(problem.matrix()).unwrap();
+        check_plan(&none, problem.matrix(), &layout, &domains, 0, None);
+        prop_assert_eq!(none.metrics().replicas, 0);
+        prop_assert_eq!(none.metrics().max_rank_load, none.metrics().initial_max_rank_load);
+
+        let oracle = Eplb::new(layout.clone(), domains.clone(), problem.slots, EplbMode::Oracle)
+            .unwrap()
+            .plan(problem.matrix())
+            .unwrap();
+        check_plan(&oracle, problem.matrix(), &layout, &domains, problem.slots, None);
+
+        // EPLB as deployed: planned from one load, applied to another.
+        let estimate: Vec<u32> = problem
+            .loads
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| l ^ ((estimate_seed >> (i % 64)) as u32 & 0x3ff))
+            .collect();
+        let mut periodic = Eplb::new(layout.clone(), domains.clone(), problem.slots, EplbMode::Periodic).unwrap();
+        periodic.rebalance(LoadMatrix::new(&estimate, problem.ranks(), problem.experts()).unwrap()).unwrap();
+        let applied = periodic.plan(problem.matrix()).unwrap();
+        check_plan(&applied, problem.matrix(), &layout, &domains, problem.slots, None);
+
+        let ideal = ForceBalanced::new(layout, domains).unwrap().plan(problem.matrix()).unwrap();
+        prop_assert_eq!(ideal.kind(), PlanKind::Ideal);
+        prop_assert!(!ideal.has_split());
+        prop_assert_eq!(ideal.rank_loads().iter().sum::<u64>(), ideal.metrics().total_tokens);
+        let quotas: u64 = ideal.instances().iter().map(|i| u64::from(i.quota)).sum();
+        prop_assert_eq!(quotas, ideal.metrics().total_tokens);
+        prop_assert!(ideal.metrics().max_rank_load <= ideal.metrics().lower_bound);
+    }
+}
+
+#[test]
+fn enough_slots_reach_the_tolerance() {
+    // Eight ranks, one hot expert, plenty of slots and no minimum quota: the bound is reachable,
+    // so the plan is within the 1% tolerance of it.
+    let mut loads = vec![10u32; 8 * 8];
+    for source in 0..8 {
+        loads[source * 8] = 1000;
+    }
+    let config = PlanConfig {
+        min_replica_tokens: 0,
+        ..PlanConfig::default()
+    };
+    let mut planner = Planner::new(
+        ExpertLayout::contiguous(8, 1).unwrap(),
+        RankDomains::single(8).unwrap(),
+        1,
+        config,
+    )
+    .unwrap();
+    let plan: Plan = planner
+        .plan(LoadMatrix::new(&loads, 8, 8).unwrap())
+        .unwrap();
+    let metrics = plan.metrics();
+    assert!(
+        metrics.max_rank_load * 100 <= metrics.lower_bound * 101,
+        "{plan}"
+    );
+    assert_eq!(metrics.replicas, 7, "{plan}");
+}
