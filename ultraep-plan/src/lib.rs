@@ -70,7 +70,8 @@
 //!
 //! **Complexity** for `R` ranks, `E` experts, `n` ranks in a domain with `S` slots each: the loads
 //! are `O(R E)`; a probe is `O(P n)` for its `P <= n S` pieces; the search makes one probe in the
-//! common case and at most `log2(1 / tolerance) + 1`-ish more otherwise; the split is
+//! common case, otherwise about `log2((max - lo) / (lo * tolerance))` more (8 for a domain at 3x its
+//! mean with the 1% tolerance; about `log2(max - lo)` with no tolerance); the split is
 //! `O(R k)` per replicated expert with `k` instances. On the published EP64 scenario that is about
 //! 9-10 us for the plan without the split and 44-51 us with it, on one core of the development
 //! machine (`cargo bench -p ultraep-plan`).
