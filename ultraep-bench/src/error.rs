@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use thiserror::Error;
 use ultraep_plan::PlanError;
 use ultraep_topo::TopoError;
+use ultraep_xfer::XferError;
 
 /// What can go wrong in a command or an experiment.
 #[derive(Debug, Error)]
@@ -37,6 +38,12 @@ pub enum BenchError {
         /// The planner's reason.
         source: PlanError,
     },
+    /// A transfer schedule could not be built or played.
+    #[error(transparent)]
+    Transfer(#[from] XferError),
+    /// A plan could not be made.
+    #[error(transparent)]
+    Planning(#[from] PlanError),
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {

@@ -12,5 +12,6 @@ mod error;
 pub mod plan_command;
 pub mod problem_file;
 pub mod topo_command;
+pub mod xfer_command;
 
 pub use error::BenchError;

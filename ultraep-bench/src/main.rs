@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use ultraep_bench::plan_command::{self, PlanArgs};
 use ultraep_bench::topo_command::{self, TopoArgs};
+use ultraep_bench::xfer_command::{self, XferArgs};
 
 /// ultraep: exact-load, real-time expert-parallel load balancing for MoE on rack-scale nodes.
 #[derive(Debug, Parser)]
@@ -20,6 +21,8 @@ enum Command {
     Topo(TopoArgs),
     /// Plan one problem file (JSON) and print the plan as JSON.
     Plan(PlanArgs),
+    /// Compare direct fan-out with relays on simulated expert-weight transfers.
+    Xfer(XferArgs),
 }
 
 fn main() -> ExitCode {
@@ -27,6 +30,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Topo(args) => topo_command::run(args),
         Command::Plan(args) => plan_command::run(args),
+        Command::Xfer(args) => xfer_command::run(args),
     };
     match result {
         Ok(out) => {

@@ -1,12 +1,40 @@
-//! Expert-state transfers of ultraep: moving expert weights from masters to replica slots, and in
-//! training reducing replica gradients back into the masters.
+//! Expert-state transfers of ultraep: moving expert weights from masters to replica slots before the
+//! token dispatch, and in training reducing replica gradients back into the masters.
 //!
-//! It cuts expert state into tiles and chunks, chooses between direct fan-out and relay trees for hot
-//! experts, emits the tile task list a GPU kernel consumes as is, simulates a schedule on a topology,
-//! and executes it on an in-process CPU transport.
-//!
-//! Status: issue 4; not written yet, so this crate exports nothing so far.
+//! From a plan's replicas ([`ReplicaSet`]) and a topology, [`TransferSchedule::build`] chooses for
+//! every replicated expert between direct fan-out and a relay route, balancing every rank's egress
+//! across the layer. [`TileTaskList::build`] cuts the schedule into tile descriptors a GPU kernel
+//! consumes as they are; [`simulate`] plays it on the topology's ports and compares it with the best
+//! any schedule could do; a [`Transport`] executes it, here on in-process CPU ranks
+//! ([`CpuTransport`]).
 //!
 //! Who uses it: `ultraep-kernels` (the task-list format), `ultraep-runtime` and `ultraep-bench`.
-//!
-//! What it may depend on: `ultraep-topo` and `ultraep-plan`; never CUDA.
+//! What it may depend on: `ultraep-topo` and `ultraep-plan`; never CUDA. Schedules use integer
+//! arithmetic only, so every rank builds the same one.
+
+mod checksum;
+mod config;
+mod cpu;
+mod error;
+mod flow;
+mod reduction;
+mod replicas;
+mod schedule;
+mod simulate;
+mod state;
+mod tasks;
+mod transport;
+
+pub use checksum::checksum;
+pub use config::TransferConfig;
+pub use cpu::{CpuTransport, SlotState};
+pub use error::XferError;
+pub use reduction::reduce_gradients;
+pub use replicas::{Fanout, Region, ReplicaSet};
+pub use schedule::{Piece, Route, ScheduledFanout, TransferSchedule};
+pub use simulate::{ReplicaReady, Simulation, lower_bound, simulate, simulate_reduction};
+pub use state::{ExpertState, Shard};
+pub use tasks::{
+    NO_FLAG, SLOT_REGION, TileDestination, TileTask, TileTaskList, region_code, region_of,
+};
+pub use transport::{TransferReport, Transport};

@@ -1,0 +1,144 @@
+//! `ultraep xfer`: direct fan-out against relays on a 64-GPU NVL72-class domain with DeepSeek-V3
+//! experts (44 MB in FP8), for one expert replicated 1 to 32 times and for the planner's plans of the
+//! published reference scenario.
+
+use std::fmt::Write;
+
+use clap::Args;
+use ultraep_plan::reference::ReferenceScenario;
+use ultraep_plan::{Balancer, PlanConfig, Planner};
+use ultraep_topo::{Preset, Topology, TopologyBuilder};
+use ultraep_xfer::{
+    ExpertState, Fanout, ReplicaSet, Simulation, TransferConfig, TransferSchedule, simulate,
+};
+
+use crate::BenchError;
+
+/// Arguments of `ultraep xfer`.
+#[derive(Debug, Args)]
+pub struct XferArgs {
+    /// Replica counts of the single-expert rows.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1u32, 4, 8, 16, 32])]
+    pub replicas: Vec<u32>,
+    /// Skip the rows of the reference scenario's plans (which draw loads for a few seconds).
+    #[arg(long)]
+    pub no_reference: bool,
+}
+
+/// One row of the comparison.
+#[derive(Debug, Clone)]
+pub struct XferRow {
+    /// What was moved.
+    pub case: String,
+    /// Replicas in the case.
+    pub replicas: usize,
+    /// Relayed experts in the chosen schedule.
+    pub relayed: usize,
+    /// Direct fan-out of every expert.
+    pub direct: Simulation,
+    /// The schedule the cost model chose.
+    pub chosen: Simulation,
+}
+
+/// A 64-GPU domain with GB200 NVL72 links: the rack the published numbers were measured on, less
+/// the GPUs EP64 does not use.
+pub fn nvl72_class_domain() -> Result<Topology, BenchError> {
+    let preset = Preset::Gb200Nvl72;
+    Ok(TopologyBuilder::new("64 GPUs of a GB200 NVL72")
+        .accelerator(preset.accelerator())
+        .domain("rack0", 0..64, preset.links())
+        .build()?)
+}
+
+/// DeepSeek-V3's routed expert in FP8 with block scales.
+pub fn deepseek_v3_expert() -> ExpertState {
+    ExpertState::swiglu_fp8(7168, 2048)
+}
+
+/// Simulates `replicas` both ways.
+pub fn compare(
+    case: String,
+    replicas: &ReplicaSet,
+    state: &ExpertState,
+    topology: &Topology,
+) -> Result<XferRow, BenchError> {
+    let schedule = TransferSchedule::build(replicas, state, topology, TransferConfig::default())?;
+    Ok(XferRow {
+        case,
+        replicas: replicas.replica_count(),
+        relayed: schedule.relayed_count(),
+        direct: simulate(&schedule.all_direct(), topology)?,
+        chosen: simulate(&schedule, topology)?,
+    })
+}
+
+/// Every row of the comparison.
+pub fn rows(args: &XferArgs) -> Result<Vec<XferRow>, BenchError> {
+    let topology = nvl72_class_domain()?;
+    let state = deepseek_v3_expert();
+    let mut rows = Vec::new();
+    for &count in &args.replicas {
+        let count = count.clamp(1, 63);
+        let replicas = ReplicaSet {
+            fanouts: vec![Fanout {
+                expert: 0,
+                master: 0,
+                master_index: 0,
+                destinations: (1..=count).map(|rank| (rank, 0)).collect(),
+            }],
+        };
+        rows.push(compare(
+            format!("1 expert x {count}"),
+            &replicas,
+            &state,
+            &topology,
+        )?);
+    }
+    if !args.no_reference {
+        for target in [1.5, 2.0, 3.0] {
+            let scenario = ReferenceScenario::published(target);
+            let load = scenario.generate();
+            let layout = scenario.layout()?;
+            let mut planner = Planner::new(
+                layout.clone(),
+                scenario.domains()?,
+                scenario.slots_per_rank,
+                PlanConfig::default(),
+            )?;
+            let plan = planner.plan(load.matrix())?;
+            let replicas = ReplicaSet::from_plan(&plan, &layout, &topology)?;
+            rows.push(compare(
+                format!("EP64 plan at {target:.1}"),
+                &replicas,
+                &state,
+                &topology,
+            )?);
+        }
+    }
+    Ok(rows)
+}
+
+/// Runs `ultraep xfer` and returns the table.
+pub fn run(args: &XferArgs) -> Result<String, BenchError> {
+    let rows = rows(args)?;
+    let mut out = String::from(
+        "DeepSeek-V3 experts (44.05 MB, FP8) on 64 GPUs of a GB200 NVL72 (900 GB/s per direction)\n\n\
+         | case | replicas | relayed experts | lower bound (us) | direct (us) | direct eff. | chosen (us) | chosen eff. |\n\
+         |---|---|---|---|---|---|---|---|\n",
+    );
+    for row in &rows {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {:.1} | {:.1} | {:.2} | {:.1} | {:.2} |",
+            row.case,
+            row.replicas,
+            row.relayed,
+            row.chosen.lower_bound_ps as f64 / 1e6,
+            row.direct.makespan_ps as f64 / 1e6,
+            row.direct.efficiency(),
+            row.chosen.makespan_ps as f64 / 1e6,
+            row.chosen.efficiency(),
+        );
+    }
+    Ok(out)
+}

@@ -1,0 +1,148 @@
+//! A schedule as a list of chunk transfers with their dependencies: what the simulator plays and
+//! what the tile task list is cut from.
+
+use crate::{Route, TransferSchedule};
+
+/// One piece moving from one rank to another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ChunkTransfer {
+    /// Index of the fan-out in the schedule.
+    pub fanout: u32,
+    /// Index of the piece in the fan-out's pieces.
+    pub piece: u32,
+    pub from: u32,
+    pub to: u32,
+    pub bytes: u64,
+}
+
+/// Transfers and, for each, the transfers that must land before it can start.
+pub(crate) struct Flow {
+    pub transfers: Vec<ChunkTransfer>,
+    pub predecessors: Vec<Vec<u32>>,
+}
+
+impl Flow {
+    fn push(&mut self, transfer: ChunkTransfer, predecessors: Vec<u32>) -> u32 {
+        self.transfers.push(transfer);
+        self.predecessors.push(predecessors);
+        self.transfers.len() as u32 - 1
+    }
+}
+
+/// Every piece transfer of a weight distribution, piece-major (piece 0 of every expert, then piece
+/// 1, ...), each relay's forwards right after the transfer that feeds it. A transfer only ever waits
+/// for one listed earlier.
+pub(crate) fn distribution(schedule: &TransferSchedule) -> Flow {
+    let pieces: Vec<_> = schedule
+        .fanouts()
+        .iter()
+        .map(|f| schedule.pieces(f))
+        .collect();
+    let steps = pieces.iter().map(Vec::len).max().unwrap_or(0);
+    let mut flow = Flow {
+        transfers: Vec::new(),
+        predecessors: Vec::new(),
+    };
+    for step in 0..steps {
+        for (index, fanout) in schedule.fanouts().iter().enumerate() {
+            let Some(piece) = pieces[index].get(step) else {
+                continue;
+            };
+            let (fanout_index, piece_index) = (index as u32, step as u32);
+            match &fanout.route {
+                Route::Direct => {
+                    for to in rotated(&fanout.destinations, step) {
+                        let transfer = ChunkTransfer {
+                            fanout: fanout_index,
+                            piece: piece_index,
+                            from: fanout.master,
+                            to,
+                            bytes: piece.bytes,
+                        };
+                        flow.push(transfer, Vec::new());
+                    }
+                }
+                Route::Relayed { .. } => {
+                    let owner = piece.owner.unwrap_or(fanout.master);
+                    let feed = flow.push(
+                        ChunkTransfer {
+                            fanout: fanout_index,
+                            piece: piece_index,
+                            from: fanout.master,
+                            to: owner,
+                            bytes: piece.bytes,
+                        },
+                        Vec::new(),
+                    );
+                    // The owner of piece p starts forwarding about p piece times in; starting its
+                    // round at 2p puts concurrent owners on different receivers.
+                    for to in rotated(&fanout.destinations, 2 * step).filter(|&to| to != owner) {
+                        let transfer = ChunkTransfer {
+                            fanout: fanout_index,
+                            piece: piece_index,
+                            from: owner,
+                            to,
+                            bytes: piece.bytes,
+                        };
+                        flow.push(transfer, vec![feed]);
+                    }
+                }
+            }
+        }
+    }
+    flow
+}
+
+/// Every piece transfer of a gradient reduction: the distribution's routes reversed. Direct: every
+/// replica sends each piece to the master. Relayed: every replica but the piece's owner sends it to
+/// the owner, and the owner sends its partial sum to the master once all of them have landed.
+pub(crate) fn reduction(schedule: &TransferSchedule) -> Flow {
+    let mut flow = Flow {
+        transfers: Vec::new(),
+        predecessors: Vec::new(),
+    };
+    for (index, fanout) in schedule.fanouts().iter().enumerate() {
+        for (step, piece) in schedule.pieces(fanout).iter().enumerate() {
+            let (fanout_index, piece_index) = (index as u32, step as u32);
+            let transfer = |from: u32, to: u32| ChunkTransfer {
+                fanout: fanout_index,
+                piece: piece_index,
+                from,
+                to,
+                bytes: piece.bytes,
+            };
+            match piece.owner {
+                None => {
+                    for to in rotated(&fanout.destinations, step) {
+                        flow.push(transfer(to, fanout.master), Vec::new());
+                    }
+                }
+                Some(owner) => {
+                    let start = fanout
+                        .destinations
+                        .iter()
+                        .position(|d| d.0 == owner)
+                        .unwrap_or(0)
+                        + 1;
+                    let inbound: Vec<u32> = rotated(&fanout.destinations, start)
+                        .filter(|&from| from != owner)
+                        .map(|from| flow.push(transfer(from, owner), Vec::new()))
+                        .collect();
+                    flow.push(transfer(owner, fanout.master), inbound);
+                }
+            }
+        }
+    }
+    flow
+}
+
+/// The destination ranks starting at position `start` (modulo their count) and wrapping around.
+///
+/// A multicast stores a tile to all its destinations at once; played as a sequence of transfers,
+/// every sender starting at the same destination would flood one receiver after another. Starting
+/// each sender at a different place (after itself for a relay, at the piece number for a master)
+/// spreads the receivers' load as the concurrent stores do.
+fn rotated(destinations: &[(u32, u16)], start: usize) -> impl Iterator<Item = u32> + '_ {
+    let count = destinations.len().max(1);
+    (0..destinations.len()).map(move |i| destinations[(start + i) % count].0)
+}

@@ -1,0 +1,337 @@
+//! The transfer schedule: for every replicated expert, how its state reaches its replicas.
+//!
+//! Two routes exist. **Direct**: the master sends every chunk to every destination, loading each
+//! tile once and storing it to all of them. **Relayed**: every chunk crosses a two-stage tree; the
+//! master sends chunk `c` to one relay, `relays[c % r]` (a destination), which forwards it to every
+//! other destination as soon as it has landed. The master then sends each byte once instead of once
+//! per destination, and forwarding is spread over `r` ranks; there is no global barrier, only a
+//! per-chunk wait.
+//!
+//! The route of every expert comes from a cost model of the layer: experts with the most
+//! destinations go first; for each, direct fan-out and every relay count `r` are costed as the time
+//! the busiest affected egress port (the master or a relay) would need for everything it sends so
+//! far, plus, for relays, one chunk time and one hop of latency for the second stage; relays are the
+//! destinations that send least so far (ties: lower rank). The cheapest wins (ties: direct, then
+//! fewer relays), and its bytes are added to the port loads the next expert sees. Ingress needs no
+//! choice: every destination receives one copy whatever the route.
+
+use ultraep_topo::{RankId, Topology};
+
+use crate::{ExpertState, ReplicaSet, TransferConfig, XferError};
+
+/// How one expert's state travels.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Route {
+    /// The master sends every chunk to every destination.
+    Direct,
+    /// Chunk `c` goes from the master to `relays[c % relays.len()]`, which forwards it to every
+    /// other destination. Relays are destination ranks.
+    Relayed {
+        /// The relay ranks, in chunk-ownership order.
+        relays: Vec<u32>,
+    },
+}
+
+/// One replicated expert with its route.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ScheduledFanout {
+    /// The expert.
+    pub expert: u32,
+    /// The master's rank.
+    pub master: u32,
+    /// The expert's index among its master rank's experts.
+    pub master_index: u32,
+    /// Destination (rank, slot) pairs, by ascending rank.
+    pub destinations: Vec<(u32, u16)>,
+    /// How the state travels.
+    pub route: Route,
+    /// How many of the state's first and of its last chunks travel as tile-sized pieces (relayed
+    /// experts only). Relays start forwarding one after another as their first piece arrives, and
+    /// the last piece must still be forwarded to every other destination after it lands: small
+    /// pieces at both ends shorten that fill and drain from `n` chunk times to `n` tile times.
+    pub edge_chunks: u32,
+}
+
+/// A contiguous part of an expert state that travels, and is waited for, as one unit: a chunk, or a
+/// tile of a relayed expert's first or last chunks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Piece {
+    /// Byte offset in the state.
+    pub offset: u64,
+    /// Bytes.
+    pub bytes: u64,
+    /// The relay that receives it from the master and forwards it; `None` for direct fan-out.
+    pub owner: Option<u32>,
+}
+
+impl ScheduledFanout {
+    /// The slot `rank` receives this expert in (0 if `rank` is not a destination).
+    pub fn slot_of(&self, rank: u32) -> u16 {
+        self.destinations
+            .iter()
+            .find(|d| d.0 == rank)
+            .map_or(0, |d| d.1)
+    }
+}
+
+/// The schedule of one layer's expert-state transfers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TransferSchedule {
+    config: TransferConfig,
+    state_bytes: u64,
+    fanouts: Vec<ScheduledFanout>,
+}
+
+impl TransferSchedule {
+    /// Chooses a route for every expert of `replicas`, whose state is `state`, on `topology`.
+    pub fn build(
+        replicas: &ReplicaSet,
+        state: &ExpertState,
+        topology: &Topology,
+        config: TransferConfig,
+    ) -> Result<Self, XferError> {
+        config.validate()?;
+        let state_bytes = state.bytes();
+        if state_bytes == 0 {
+            return Err(XferError::EmptyState);
+        }
+        let rank_count = topology.rank_count() as u32;
+        for fanout in &replicas.fanouts {
+            for rank in
+                std::iter::once(fanout.master).chain(fanout.destinations.iter().map(|d| d.0))
+            {
+                if rank >= rank_count {
+                    return Err(XferError::UnknownRank { rank, rank_count });
+                }
+            }
+        }
+        let mut model = CostModel::new(topology, state_bytes, config);
+        let mut order: Vec<usize> = (0..replicas.fanouts.len()).collect();
+        order.sort_by_key(|&i| {
+            let fanout = &replicas.fanouts[i];
+            (std::cmp::Reverse(fanout.destinations.len()), fanout.expert)
+        });
+        let mut routes = vec![Route::Direct; replicas.fanouts.len()];
+        for index in order {
+            routes[index] = model.choose(&replicas.fanouts[index], topology);
+        }
+        let fanouts = replicas
+            .fanouts
+            .iter()
+            .zip(routes)
+            .map(|(fanout, route)| {
+                // A relay forwards a chunk to n - 1 destinations in about the time the master
+                // sends n - 1 chunks: that many chunks at each end travel as tiles.
+                let edge_chunks = match route {
+                    Route::Direct => 0,
+                    Route::Relayed { .. } => (fanout.destinations.len() as u32 - 1)
+                        .min(chunk_count(state_bytes, config) / 2),
+                };
+                ScheduledFanout {
+                    expert: fanout.expert,
+                    master: fanout.master,
+                    master_index: fanout.master_index,
+                    destinations: fanout.destinations.clone(),
+                    route,
+                    edge_chunks,
+                }
+            })
+            .collect();
+        Ok(Self {
+            config,
+            state_bytes,
+            fanouts,
+        })
+    }
+
+    /// The scheduled fan-outs, by ascending expert.
+    pub fn fanouts(&self) -> &[ScheduledFanout] {
+        &self.fanouts
+    }
+
+    /// The sizes the schedule was built with.
+    pub fn config(&self) -> &TransferConfig {
+        &self.config
+    }
+
+    /// Bytes of one expert state.
+    pub fn state_bytes(&self) -> u64 {
+        self.state_bytes
+    }
+
+    /// Chunks per expert state.
+    pub fn chunk_count(&self) -> u32 {
+        chunk_count(self.state_bytes, self.config)
+    }
+
+    /// The pieces `fanout`'s state travels in, in order: its first edge chunks cut into tiles, whole
+    /// chunks, its last edge chunks cut into tiles. A relayed expert's pieces go to the relay that
+    /// owns the fewest bytes so far (ties: the earlier relay), so relays forward equal shares.
+    pub fn pieces(&self, fanout: &ScheduledFanout) -> Vec<Piece> {
+        let chunks = self.chunk_count();
+        let edge = fanout.edge_chunks.min(chunks / 2);
+        let tile = u64::from(self.config.tile_bytes);
+        let mut pieces = Vec::new();
+        for chunk in 0..chunks {
+            let offset = u64::from(chunk) * u64::from(self.config.chunk_bytes);
+            let bytes = self.chunk_len(chunk);
+            if chunk < edge || chunk >= chunks - edge {
+                let mut at = offset;
+                while at < offset + bytes {
+                    let piece = tile.min(offset + bytes - at);
+                    pieces.push(Piece {
+                        offset: at,
+                        bytes: piece,
+                        owner: None,
+                    });
+                    at += piece;
+                }
+            } else {
+                pieces.push(Piece {
+                    offset,
+                    bytes,
+                    owner: None,
+                });
+            }
+        }
+        if let Route::Relayed { relays } = &fanout.route {
+            let mut owned = vec![0u64; relays.len()];
+            for piece in &mut pieces {
+                let mut least = 0;
+                for index in 1..owned.len() {
+                    if owned[index] < owned[least] {
+                        least = index;
+                    }
+                }
+                owned[least] += piece.bytes;
+                piece.owner = Some(relays[least]);
+            }
+        }
+        pieces
+    }
+
+    /// Bytes of chunk `chunk` (the last one may be short).
+    pub fn chunk_len(&self, chunk: u32) -> u64 {
+        let start = u64::from(chunk) * u64::from(self.config.chunk_bytes);
+        (self.state_bytes - start).min(u64::from(self.config.chunk_bytes))
+    }
+
+    /// Fan-outs whose route uses relays.
+    pub fn relayed_count(&self) -> usize {
+        self.fanouts
+            .iter()
+            .filter(|f| matches!(f.route, Route::Relayed { .. }))
+            .count()
+    }
+
+    /// The same replicas with every route forced to direct fan-out (for comparisons).
+    pub fn all_direct(&self) -> Self {
+        let mut direct = self.clone();
+        for fanout in &mut direct.fanouts {
+            fanout.route = Route::Direct;
+            fanout.edge_chunks = 0;
+        }
+        direct.config.allow_relays = false;
+        direct
+    }
+}
+
+/// Port loads of the layer so far, in picoseconds of egress per rank.
+struct CostModel {
+    egress_ps: Vec<u64>,
+    state_bytes: u64,
+    config: TransferConfig,
+    candidates: Vec<(u64, u32)>,
+}
+
+impl CostModel {
+    fn new(topology: &Topology, state_bytes: u64, config: TransferConfig) -> Self {
+        Self {
+            egress_ps: vec![0; topology.rank_count()],
+            state_bytes,
+            config,
+            candidates: Vec::new(),
+        }
+    }
+
+    /// Picoseconds `rank`'s scale-up egress port needs to send `bytes`.
+    fn egress_time(topology: &Topology, rank: u32, bytes: u64) -> u64 {
+        let bandwidth = topology
+            .links(RankId(rank))
+            .map_or(1, |links| links.scale_up_egress.get());
+        picoseconds(bytes, bandwidth)
+    }
+
+    fn choose(&mut self, fanout: &crate::Fanout, topology: &Topology) -> Route {
+        let n = fanout.destinations.len() as u64;
+        let master = fanout.master;
+        let one_copy = Self::egress_time(topology, master, self.state_bytes);
+        let direct_cost = self.egress_ps[master as usize] + one_copy * n;
+        if !self.config.allow_relays || n < 2 {
+            self.egress_ps[master as usize] += one_copy * n;
+            return Route::Direct;
+        }
+        // Relay candidates: destinations that send least so far, ties to the lower rank.
+        self.candidates.clear();
+        self.candidates.extend(
+            fanout
+                .destinations
+                .iter()
+                .map(|&(rank, _)| (self.egress_ps[rank as usize], rank)),
+        );
+        self.candidates.sort_unstable();
+        let first = fanout.destinations[0].0;
+        // The second stage starts a tile later than the first (the edge chunks travel as tiles)
+        // and crosses one more hop.
+        let hop = Self::egress_time(
+            topology,
+            master,
+            u64::from(self.config.tile_bytes).min(self.state_bytes),
+        ) + topology
+            .path(RankId(master), RankId(first))
+            .map_or(0, |path| path.latency.get() * 1000);
+        let master_once = self.egress_ps[master as usize] + one_copy;
+        let state_bytes = self.state_bytes;
+        // Pieces go to relays by least bytes owned, so each forwards about 1/r of the state to
+        // every other destination.
+        let forwarded = |relays: usize| state_bytes.div_ceil(relays as u64) * (n - 1);
+        let mut best: Option<(u64, usize)> = None;
+        for relays in 1..=fanout.destinations.len() {
+            let mut worst = master_once;
+            for &(load, rank) in &self.candidates[..relays] {
+                worst = worst.max(load + Self::egress_time(topology, rank, forwarded(relays)));
+            }
+            let cost = worst + hop;
+            if best.is_none_or(|(b, _)| cost < b) {
+                best = Some((cost, relays));
+            }
+        }
+        match best {
+            Some((cost, relays)) if cost < direct_cost => {
+                self.egress_ps[master as usize] = master_once;
+                let mut ranks = Vec::with_capacity(relays);
+                for index in 0..relays {
+                    let rank = self.candidates[index].1;
+                    let bytes = forwarded(relays);
+                    self.egress_ps[rank as usize] += Self::egress_time(topology, rank, bytes);
+                    ranks.push(rank);
+                }
+                Route::Relayed { relays: ranks }
+            }
+            _ => {
+                self.egress_ps[master as usize] += one_copy * n;
+                Route::Direct
+            }
+        }
+    }
+}
+
+fn chunk_count(state_bytes: u64, config: TransferConfig) -> u32 {
+    state_bytes.div_ceil(u64::from(config.chunk_bytes)) as u32
+}
+
+/// `bytes` at `bytes_per_second`, in picoseconds, rounded up; integer arithmetic only.
+pub(crate) fn picoseconds(bytes: u64, bytes_per_second: u64) -> u64 {
+    let numerator = u128::from(bytes) * 1_000_000_000_000;
+    u64::try_from(numerator.div_ceil(u128::from(bytes_per_second.max(1)))).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,248 @@
+//! The tile task list: the schedule cut into 32 KiB tiles, as plain descriptors a GPU kernel (or the
+//! CPU transport) executes as they are.
+//!
+//! A [`TileTask`] loads one tile from one place and stores it to each of its
+//! [`TileDestination`]s (a contiguous run of the destination array). A task that forwards a piece
+//! (a chunk, or a tile of a relayed expert's tail) waits until that piece's arrival flag counts all
+//! of its tiles; every store into a relay bumps the flag of the piece it belongs to. Tasks are listed
+//! piece-major, and every task that waits comes after every task that bumps its flag, so executors
+//! that take tasks in list order (an atomic counter) never wait for a task nobody has taken.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::replicas::Region;
+use crate::{Piece, Route, ScheduledFanout, TransferSchedule};
+
+/// Where a multicast reads from.
+#[derive(Debug, Clone, Copy)]
+struct Source {
+    rank: u32,
+    region: u32,
+}
+
+/// No flag: the task waits for nothing, or nobody waits for the store.
+pub const NO_FLAG: u32 = u32::MAX;
+
+/// Region codes at or above this are slots (`SLOT_REGION | slot`); below, master expert indices.
+pub const SLOT_REGION: u32 = 0x8000_0000;
+
+/// Encodes a [`Region`] as the kernel's 32-bit region code.
+pub fn region_code(region: Region) -> u32 {
+    match region {
+        Region::Master { index } => index,
+        Region::Slot { slot } => SLOT_REGION | u32::from(slot),
+    }
+}
+
+/// Decodes a region code.
+pub fn region_of(code: u32) -> Region {
+    if code >= SLOT_REGION {
+        Region::Slot {
+            slot: (code & !SLOT_REGION) as u16,
+        }
+    } else {
+        Region::Master { index: code }
+    }
+}
+
+/// One tile to load once and store to several destinations.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct TileTask {
+    /// The rank the tile is read from.
+    pub source_rank: u32,
+    /// The region it is read from ([`region_code`]).
+    pub source_region: u32,
+    /// Byte offset of the tile in its region (the same in every destination region).
+    pub offset: u64,
+    /// Bytes in the tile (a multiple of 16 except perhaps the last tile of a state).
+    pub bytes: u32,
+    /// Index of the first destination in [`TileTaskList::destinations`].
+    pub first_destination: u32,
+    /// How many destinations follow it.
+    pub destination_count: u32,
+    /// The flag to wait for before loading, or [`NO_FLAG`].
+    pub wait_flag: u32,
+    /// The count `wait_flag` must reach.
+    pub wait_count: u32,
+    /// The piece the tile belongs to (within its expert's pieces).
+    pub piece: u32,
+}
+
+/// One store of a tile.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct TileDestination {
+    /// The rank stored to.
+    pub rank: u32,
+    /// The region stored to ([`region_code`]).
+    pub region: u32,
+    /// The flag to bump once the tile is stored, or [`NO_FLAG`].
+    pub signal_flag: u32,
+    /// The expert whose state this is (for checks and tracing).
+    pub expert: u32,
+}
+
+/// The tasks of one layer's weight distribution.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TileTaskList {
+    /// The tasks in execution order.
+    pub tasks: Vec<TileTask>,
+    /// Destination runs the tasks point into.
+    pub destinations: Vec<TileDestination>,
+    /// Arrival flags the list uses (each starts at zero).
+    pub flag_count: u32,
+}
+
+impl TileTaskList {
+    /// Cuts `schedule` into tiles.
+    ///
+    /// ```
+    /// use ultraep_topo::Preset;
+    /// use ultraep_xfer::{ExpertState, ReplicaSet, Fanout, TileTaskList, TransferConfig, TransferSchedule};
+    /// let topo = Preset::HgxH100.topology(1)?;
+    /// let replicas = ReplicaSet {
+    ///     fanouts: vec![Fanout { expert: 0, master: 0, master_index: 0, destinations: vec![(1, 0), (2, 0)] }],
+    /// };
+    /// let state = ExpertState::opaque(1 << 20)?; // 1 MiB: 4 chunks of 8 tiles
+    /// let direct = TransferConfig { allow_relays: false, ..TransferConfig::default() };
+    /// let schedule = TransferSchedule::build(&replicas, &state, &topo, direct)?;
+    /// let list = TileTaskList::build(&schedule);
+    /// assert_eq!(list.tasks.len(), 32); // direct: every tile loaded once, stored twice
+    /// assert!(list.tasks.iter().all(|t| t.destination_count == 2));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn build(schedule: &TransferSchedule) -> Self {
+        let mut list = TileTaskList::default();
+        let pieces: Vec<Vec<Piece>> = schedule
+            .fanouts()
+            .iter()
+            .map(|f| schedule.pieces(f))
+            .collect();
+        let steps = pieces.iter().map(Vec::len).max().unwrap_or(0);
+        let tile = u64::from(schedule.config().tile_bytes);
+        for step in 0..steps {
+            for (fanout, pieces) in schedule.fanouts().iter().zip(&pieces) {
+                let Some(&piece) = pieces.get(step) else {
+                    continue;
+                };
+                let piece_index = step as u32;
+                let master = Source {
+                    rank: fanout.master,
+                    region: region_code(Region::Master {
+                        index: fanout.master_index,
+                    }),
+                };
+                match &fanout.route {
+                    Route::Direct => {
+                        list.push_multicast(
+                            tile,
+                            fanout,
+                            piece_index,
+                            piece,
+                            master,
+                            &fanout.destinations,
+                            None,
+                            NO_FLAG,
+                        );
+                    }
+                    Route::Relayed { .. } => {
+                        let owner = piece.owner.unwrap_or(fanout.master);
+                        let owner_slot = fanout.slot_of(owner);
+                        let flag = list.flag_count;
+                        list.flag_count += 1;
+                        list.push_multicast(
+                            tile,
+                            fanout,
+                            piece_index,
+                            piece,
+                            master,
+                            &[(owner, owner_slot)],
+                            None,
+                            flag,
+                        );
+                        let relay = Source {
+                            rank: owner,
+                            region: region_code(Region::Slot { slot: owner_slot }),
+                        };
+                        let others: Vec<(u32, u16)> = fanout
+                            .destinations
+                            .iter()
+                            .copied()
+                            .filter(|d| d.0 != owner)
+                            .collect();
+                        if !others.is_empty() {
+                            list.push_multicast(
+                                tile,
+                                fanout,
+                                piece_index,
+                                piece,
+                                relay,
+                                &others,
+                                Some(flag),
+                                NO_FLAG,
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        list
+    }
+
+    /// Appends the tiles of one piece sent from `source` to every destination in `to`, waiting for
+    /// `wait` (the piece's arrival at a relay) and bumping `signal` at every store.
+    #[allow(clippy::too_many_arguments)]
+    fn push_multicast(
+        &mut self,
+        tile: u64,
+        fanout: &ScheduledFanout,
+        piece_index: u32,
+        piece: Piece,
+        source: Source,
+        to: &[(u32, u16)],
+        wait: Option<u32>,
+        signal: u32,
+    ) {
+        let end = piece.offset + piece.bytes;
+        let tiles_in_piece = piece.bytes.div_ceil(tile) as u32;
+        let mut offset = piece.offset;
+        while offset < end {
+            let bytes = tile.min(end - offset) as u32;
+            let first_destination = self.destinations.len() as u32;
+            self.destinations
+                .extend(to.iter().map(|&(rank, slot)| TileDestination {
+                    rank,
+                    region: region_code(Region::Slot { slot }),
+                    signal_flag: signal,
+                    expert: fanout.expert,
+                }));
+            self.tasks.push(TileTask {
+                source_rank: source.rank,
+                source_region: source.region,
+                offset,
+                bytes,
+                first_destination,
+                destination_count: to.len() as u32,
+                wait_flag: wait.unwrap_or(NO_FLAG),
+                wait_count: if wait.is_some() { tiles_in_piece } else { 0 },
+                piece: piece_index,
+            });
+            offset += u64::from(bytes);
+        }
+    }
+
+    /// The destinations of `task`.
+    pub fn destinations_of(&self, task: &TileTask) -> &[TileDestination] {
+        let first = task.first_destination as usize;
+        &self.destinations[first..first + task.destination_count as usize]
+    }
+
+    /// Bytes stored in all: every tile times its destinations.
+    pub fn bytes_stored(&self) -> u64 {
+        self.tasks
+            .iter()
+            .map(|task| u64::from(task.bytes) * u64::from(task.destination_count))
+            .sum()
+    }
+}

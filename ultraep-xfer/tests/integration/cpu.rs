@@ -1,0 +1,203 @@
+//! The CPU transport: a full layer's replicas over 8 in-process ranks, failures, and gradients.
+
+use ultraep_plan::{Balancer, ExpertLayout, LoadMatrix, PlanConfig, Planner, RankDomains};
+use ultraep_topo::Preset;
+use ultraep_xfer::{
+    CpuTransport, ExpertState, ReplicaSet, SlotState, TileTaskList, TransferConfig,
+    TransferSchedule, Transport, XferError,
+};
+
+const STATE_BYTES: u64 = 1 << 20;
+
+/// A real plan of 8 ranks x 4 experts with 2 slots, under a load skewed towards rank 0.
+fn layer() -> (ExpertLayout, ReplicaSet, ultraep_topo::Topology) {
+    let topology = Preset::HgxB200.topology(1).unwrap();
+    let layout = ExpertLayout::contiguous(8, 4).unwrap();
+    let loads: Vec<u32> = (0..8 * 32)
+        .map(|i| 20_000 / ((i % 32) as u32 + 1))
+        .collect();
+    let config = PlanConfig {
+        min_replica_tokens: 64,
+        ..PlanConfig::default()
+    };
+    let mut planner =
+        Planner::new(layout.clone(), RankDomains::single(8).unwrap(), 2, config).unwrap();
+    let plan = planner
+        .plan(LoadMatrix::new(&loads, 8, 32).unwrap())
+        .unwrap();
+    let replicas = ReplicaSet::from_plan(&plan, &layout, &topology).unwrap();
+    (layout, replicas, topology)
+}
+
+fn weights(expert: u32) -> Vec<u8> {
+    (0..STATE_BYTES)
+        .map(|i| (i.wrapping_mul(31) ^ (u64::from(expert) * 131)) as u8)
+        .collect()
+}
+
+fn ranks_with_weights(layout: &ExpertLayout) -> CpuTransport {
+    let mut ranks = CpuTransport::new(&[4; 8], 2, STATE_BYTES, 32 * 1024, 4);
+    for expert in 0..layout.num_experts() {
+        ranks
+            .write_master(layout.home(expert), expert % 4, &weights(expert))
+            .unwrap();
+    }
+    ranks
+}
+
+#[test]
+fn a_full_layer_arrives_with_every_checksum_correct() {
+    let (layout, replicas, topology) = layer();
+    assert!(
+        replicas.replica_count() >= 8,
+        "a skewed layer needs many replicas"
+    );
+    let state = ExpertState::opaque(STATE_BYTES).unwrap();
+    let schedule =
+        TransferSchedule::build(&replicas, &state, &topology, TransferConfig::default()).unwrap();
+    assert!(schedule.relayed_count() > 0, "the layer exercises relays");
+    let mut ranks = ranks_with_weights(&layout);
+    let report = ranks
+        .distribute(&schedule, &TileTaskList::build(&schedule))
+        .unwrap();
+    assert_eq!(report.replicas_ready, replicas.replica_count());
+    for fanout in schedule.fanouts() {
+        for &(rank, slot) in &fanout.destinations {
+            assert_eq!(
+                ranks.slot_state(rank, slot).unwrap(),
+                SlotState::Ready {
+                    expert: fanout.expert
+                }
+            );
+            assert_eq!(ranks.read_slot(rank, slot).unwrap(), weights(fanout.expert));
+        }
+    }
+}
+
+#[test]
+fn a_failed_transfer_leaves_its_slots_not_ready_and_can_be_retried() {
+    let (layout, replicas, topology) = layer();
+    let state = ExpertState::opaque(STATE_BYTES).unwrap();
+    let schedule =
+        TransferSchedule::build(&replicas, &state, &topology, TransferConfig::default()).unwrap();
+    let tasks = TileTaskList::build(&schedule);
+    let mut ranks = ranks_with_weights(&layout);
+    ranks.inject_failure_at(tasks.tasks.len() / 2);
+    let error = ranks.distribute(&schedule, &tasks).unwrap_err();
+    assert!(
+        matches!(error, XferError::TransferFailed { slots, .. } if slots == replicas.replica_count()),
+        "{error}"
+    );
+    for fanout in schedule.fanouts() {
+        for &(rank, slot) in &fanout.destinations {
+            assert_eq!(
+                ranks.slot_state(rank, slot).unwrap(),
+                SlotState::NotReady {
+                    expert: fanout.expert
+                }
+            );
+            assert_eq!(
+                ranks.read_slot(rank, slot),
+                Err(XferError::SlotNotReady { rank, slot })
+            );
+        }
+    }
+    // Masters are untouched, and the same distribution succeeds when retried.
+    for expert in 0..layout.num_experts() {
+        assert_eq!(
+            ranks.read_master(layout.home(expert), expert % 4).unwrap(),
+            weights(expert)
+        );
+    }
+    ranks.distribute(&schedule, &tasks).unwrap();
+}
+
+#[test]
+fn a_missing_tile_is_caught_by_the_checksum() {
+    let (layout, replicas, topology) = layer();
+    let state = ExpertState::opaque(STATE_BYTES).unwrap();
+    let direct = TransferConfig {
+        allow_relays: false,
+        ..TransferConfig::default()
+    };
+    let schedule = TransferSchedule::build(&replicas, &state, &topology, direct).unwrap();
+    let mut tasks = TileTaskList::build(&schedule);
+    tasks.tasks.remove(3);
+    let mut ranks = ranks_with_weights(&layout);
+    let error = ranks.distribute(&schedule, &tasks).unwrap_err();
+    let XferError::ChecksumMismatch { rank, slot, .. } = error else {
+        panic!("{error}")
+    };
+    assert_eq!(
+        ranks.read_slot(rank, slot),
+        Err(XferError::SlotNotReady { rank, slot })
+    );
+}
+
+#[test]
+fn memory_that_does_not_fit_is_refused() {
+    let (_, replicas, topology) = layer();
+    let state = ExpertState::opaque(STATE_BYTES).unwrap();
+    let schedule =
+        TransferSchedule::build(&replicas, &state, &topology, TransferConfig::default()).unwrap();
+    let mut too_small = CpuTransport::new(&[4; 8], 2, STATE_BYTES / 2, 32 * 1024, 2);
+    assert!(matches!(
+        too_small.distribute(&schedule, &TileTaskList::build(&schedule)),
+        Err(XferError::MemoryMismatch { .. })
+    ));
+}
+
+#[test]
+fn gradients_reduce_into_masters_and_free_the_slots() {
+    let (_, replicas, topology) = layer();
+    let gradient_bytes = 64 * 1024;
+    let state = ExpertState::opaque(gradient_bytes).unwrap();
+    let config = TransferConfig {
+        tile_bytes: 1024,
+        chunk_bytes: 4096,
+        allow_relays: true,
+    };
+    let schedule = TransferSchedule::build(&replicas, &state, &topology, config).unwrap();
+    let mut ranks = CpuTransport::new(&[4; 8], 2, gradient_bytes, 1024, 2);
+    let floats = (gradient_bytes / 4) as usize;
+    let encode = |values: &[f32]| {
+        values
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect::<Vec<u8>>()
+    };
+    for fanout in schedule.fanouts() {
+        ranks
+            .write_master(
+                fanout.master,
+                fanout.master_index,
+                &encode(&vec![1.0; floats]),
+            )
+            .unwrap();
+        for &(rank, slot) in &fanout.destinations {
+            ranks
+                .write_slot(rank, slot, fanout.expert, &encode(&vec![0.5; floats]))
+                .unwrap();
+        }
+    }
+    ranks.reduce_gradients(&schedule).unwrap();
+    for fanout in schedule.fanouts() {
+        let master = ranks
+            .read_master(fanout.master, fanout.master_index)
+            .unwrap();
+        let expected = 1.0 + 0.5 * fanout.destinations.len() as f32;
+        assert!(
+            master
+                .chunks_exact(4)
+                .all(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) == expected)
+        );
+        for &(rank, slot) in &fanout.destinations {
+            assert_eq!(ranks.slot_state(rank, slot).unwrap(), SlotState::Empty);
+        }
+    }
+    // A second reduction finds no replica gradients and changes nothing.
+    assert!(matches!(
+        ranks.reduce_gradients(&schedule),
+        Err(XferError::SlotNotReady { .. })
+    ));
+}

@@ -1,0 +1,5 @@
+//! Integration tests of `ultraep-xfer`: one binary, a module per concern.
+
+mod cpu;
+mod properties;
+mod simulation;

@@ -1,0 +1,233 @@
+//! Property tests: every destination gets every byte once, relays forward only what they hold,
+//! gradient reduction follows its documented order bit for bit, and schedules are deterministic.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+use ultraep_topo::{Bandwidth, Nanos, RankLinks, Topology, TopologyBuilder};
+use ultraep_xfer::{
+    ExpertState, Fanout, NO_FLAG, Region, ReplicaSet, TileTaskList, TransferConfig,
+    TransferSchedule, reduce_gradients, region_of, simulate, simulate_reduction,
+};
+
+/// A tile stored into a slot: (offset, bytes, expert).
+type Stored = (u64, u64, u32);
+
+fn topology(ranks: u32) -> Topology {
+    let gb = |n| Bandwidth::gigabytes_per_second(n).unwrap();
+    let links = RankLinks {
+        scale_up_egress: gb(900),
+        scale_up_ingress: gb(900),
+        scale_up_latency: Nanos::from_micros(1),
+        scale_out: gb(50),
+        scale_out_latency: Nanos::from_micros(3),
+    };
+    TopologyBuilder::new("test domain")
+        .domain("d", 0..ranks, links)
+        .build()
+        .unwrap()
+}
+
+/// A random layer: ranks, experts with masters, and replicas on distinct other ranks.
+#[derive(Debug, Clone)]
+struct Case {
+    ranks: u32,
+    replicas: ReplicaSet,
+    state_bytes: u64,
+    config: TransferConfig,
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    (2u32..=24, 1usize..=6, 1u64..=40_000, any::<bool>(), 0u32..3)
+        .prop_flat_map(|(ranks, experts, state_bytes, allow_relays, tile_scale)| {
+            let fanouts = prop::collection::vec(
+                (
+                    0..ranks,
+                    prop::collection::btree_set(0..ranks, 1..ranks as usize),
+                ),
+                experts,
+            );
+            (
+                Just(ranks),
+                fanouts,
+                Just(state_bytes),
+                Just(allow_relays),
+                Just(tile_scale),
+            )
+        })
+        .prop_map(|(ranks, fanouts, state_bytes, allow_relays, tile_scale)| {
+            let tile = 256u32 << tile_scale;
+            let mut next_slot = vec![0u16; ranks as usize];
+            let mut masters = vec![0u32; ranks as usize];
+            let fanouts = fanouts
+                .into_iter()
+                .enumerate()
+                .filter_map(|(expert, (master, destinations))| {
+                    let master_index = masters[master as usize];
+                    masters[master as usize] += 1;
+                    let destinations: Vec<(u32, u16)> = destinations
+                        .into_iter()
+                        .filter(|&rank| rank != master)
+                        .map(|rank| {
+                            let slot = next_slot[rank as usize];
+                            next_slot[rank as usize] += 1;
+                            (rank, slot)
+                        })
+                        .collect();
+                    (!destinations.is_empty()).then_some(Fanout {
+                        expert: expert as u32,
+                        master,
+                        master_index,
+                        destinations,
+                    })
+                })
+                .collect();
+            Case {
+                ranks,
+                replicas: ReplicaSet { fanouts },
+                state_bytes,
+                config: TransferConfig {
+                    tile_bytes: tile,
+                    chunk_bytes: tile * 4,
+                    allow_relays,
+                },
+            }
+        })
+}
+
+fn schedule(case: &Case) -> TransferSchedule {
+    let state = ExpertState::opaque(case.state_bytes).unwrap();
+    TransferSchedule::build(&case.replicas, &state, &topology(case.ranks), case.config).unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    #[test]
+    fn every_destination_gets_every_byte_exactly_once(case in case()) {
+        let schedule = schedule(&case);
+        let list = TileTaskList::build(&schedule);
+        // (rank, slot) -> stored (offset, bytes, expert).
+        let mut stored: BTreeMap<(u32, u16), Vec<Stored>> = BTreeMap::new();
+        for task in &list.tasks {
+            for destination in list.destinations_of(task) {
+                let Region::Slot { slot } = region_of(destination.region) else {
+                    panic!("a store into a master region");
+                };
+                stored.entry((destination.rank, slot)).or_default().push((task.offset, u64::from(task.bytes), destination.expert));
+            }
+        }
+        let mut expected = 0;
+        for fanout in schedule.fanouts() {
+            for &(rank, slot) in &fanout.destinations {
+                expected += 1;
+                let mut ranges = stored.remove(&(rank, slot)).unwrap_or_default();
+                ranges.sort_unstable();
+                let mut covered = 0;
+                for (offset, bytes, expert) in ranges {
+                    prop_assert_eq!(expert, fanout.expert);
+                    prop_assert_eq!(offset, covered, "a gap or an overlap in rank {} slot {}", rank, slot);
+                    covered += bytes;
+                }
+                prop_assert_eq!(covered, case.state_bytes);
+            }
+        }
+        prop_assert!(stored.is_empty(), "stores to slots that are not destinations: {:?}", stored.keys());
+        prop_assert!(expected > 0 || schedule.fanouts().is_empty());
+    }
+
+    #[test]
+    fn relays_forward_only_pieces_they_hold(case in case()) {
+        let schedule = schedule(&case);
+        let list = TileTaskList::build(&schedule);
+        // Executed in list order (what an atomic counter hands out), a forwarding task's source
+        // range must have been stored into the relay by tasks that signal the flag it waits for.
+        let mut flag_count = vec![0u32; list.flag_count as usize];
+        let mut held: BTreeMap<(u32, u32), Vec<(u64, u64)>> = BTreeMap::new();
+        for task in &list.tasks {
+            match region_of(task.source_region) {
+                Region::Master { .. } => prop_assert_eq!(task.wait_flag, NO_FLAG, "a master waits for nothing"),
+                Region::Slot { .. } => {
+                    prop_assert!(task.wait_flag != NO_FLAG, "a relay forwards only after a wait");
+                    prop_assert_eq!(flag_count[task.wait_flag as usize], task.wait_count, "the wait is satisfiable when reached");
+                    let ranges = held.get(&(task.source_rank, task.source_region)).cloned().unwrap_or_default();
+                    let end = task.offset + u64::from(task.bytes);
+                    prop_assert!(
+                        ranges.iter().any(|&(start, stop)| start <= task.offset && end <= stop),
+                        "rank {} forwards bytes {}..{} it does not hold", task.source_rank, task.offset, end
+                    );
+                }
+            }
+            for destination in list.destinations_of(task) {
+                if destination.signal_flag != NO_FLAG {
+                    flag_count[destination.signal_flag as usize] += 1;
+                    held.entry((destination.rank, destination.region)).or_default().push((task.offset, task.offset + u64::from(task.bytes)));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn schedules_and_task_lists_are_deterministic(case in case()) {
+        let first = schedule(&case);
+        let second = schedule(&case);
+        prop_assert_eq!(&first, &second);
+        prop_assert_eq!(TileTaskList::build(&first), TileTaskList::build(&second));
+    }
+
+    #[test]
+    fn simulations_respect_the_lower_bound(case in case()) {
+        let schedule = schedule(&case);
+        let topology = topology(case.ranks);
+        for simulation in [simulate(&schedule, &topology).unwrap(), simulate_reduction(&schedule, &topology).unwrap()] {
+            prop_assert!(simulation.makespan_ps >= simulation.lower_bound_ps);
+            prop_assert!(simulation.efficiency() <= 1.0);
+            for ready in &simulation.ready {
+                prop_assert!(ready.at_ps <= simulation.makespan_ps);
+            }
+        }
+        let moved = simulate(&schedule, &topology).unwrap().bytes_moved;
+        prop_assert_eq!(moved, TileTaskList::build(&schedule).bytes_stored());
+    }
+
+    #[test]
+    fn gradient_reduction_follows_the_documented_order(case in case(), seed in any::<u32>()) {
+        // Gradient states are FP32: round the size to whole values.
+        let case = Case { state_bytes: case.state_bytes.div_ceil(4) * 4, ..case };
+        let schedule = schedule(&case);
+        let floats = (case.state_bytes / 4) as usize;
+        // Values of very different magnitudes, so that the order of additions shows in the bits.
+        let value = |rank: u32, i: usize| {
+            let x = (seed as usize ^ (rank as usize * 7919)).wrapping_mul(i + 1) % 1000;
+            (x as f32 - 500.0) * 10f32.powi((x % 7) as i32 - 3)
+        };
+        for fanout in schedule.fanouts() {
+            let gradients: Vec<(u32, Vec<f32>)> = fanout.destinations.iter().map(|&(rank, _)| (rank, (0..floats).map(|i| value(rank, i)).collect())).collect();
+            let replica = |rank: u32| gradients.iter().find(|(r, _)| *r == rank).unwrap().1.as_slice();
+            let mut reduced: Vec<f32> = (0..floats).map(|i| value(fanout.master, i)).collect();
+            reduce_gradients(&schedule, fanout, &mut reduced, replica).unwrap();
+            // The documented order, spelled out element by element.
+            let pieces = schedule.pieces(fanout);
+            for (i, &result) in reduced.iter().enumerate() {
+                let byte = i as u64 * 4;
+                let piece = pieces.iter().find(|p| p.offset <= byte && byte < p.offset + p.bytes).unwrap();
+                let mut master = value(fanout.master, i);
+                match piece.owner {
+                    None => {
+                        for &(rank, _) in &fanout.destinations {
+                            master += replica(rank)[i];
+                        }
+                    }
+                    Some(owner) => {
+                        let mut partial = replica(owner)[i];
+                        for &(rank, _) in fanout.destinations.iter().filter(|d| d.0 != owner) {
+                            partial += replica(rank)[i];
+                        }
+                        master += partial;
+                    }
+                }
+                prop_assert_eq!(result.to_bits(), master.to_bits(), "value {} of expert {}", i, fanout.expert);
+            }
+        }
+    }
+}
