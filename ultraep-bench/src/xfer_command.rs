@@ -9,7 +9,8 @@ use ultraep_plan::reference::ReferenceScenario;
 use ultraep_plan::{Balancer, PlanConfig, Planner};
 use ultraep_topo::{Preset, Topology, TopologyBuilder};
 use ultraep_xfer::{
-    ExpertState, Fanout, ReplicaSet, Simulation, TransferConfig, TransferSchedule, simulate,
+    ExpertState, Fanout, RelayPieces, ReplicaSet, Simulation, TransferConfig, TransferSchedule,
+    simulate,
 };
 
 use crate::BenchError;
@@ -23,6 +24,9 @@ pub struct XferArgs {
     /// Skip the rows of the reference scenario's plans (which draw loads for a few seconds).
     #[arg(long)]
     pub no_reference: bool,
+    /// Relays wait for whole 256 KiB chunks (as published) instead of single tiles.
+    #[arg(long)]
+    pub chunk_relays: bool,
 }
 
 /// One row of the comparison.
@@ -61,8 +65,9 @@ pub fn compare(
     replicas: &ReplicaSet,
     state: &ExpertState,
     topology: &Topology,
+    config: TransferConfig,
 ) -> Result<XferRow, BenchError> {
-    let schedule = TransferSchedule::build(replicas, state, topology, TransferConfig::default())?;
+    let schedule = TransferSchedule::build(replicas, state, topology, config)?;
     Ok(XferRow {
         case,
         replicas: replicas.replica_count(),
@@ -76,6 +81,14 @@ pub fn compare(
 pub fn rows(args: &XferArgs) -> Result<Vec<XferRow>, BenchError> {
     let topology = nvl72_class_domain()?;
     let state = deepseek_v3_expert();
+    let config = TransferConfig {
+        relay_pieces: if args.chunk_relays {
+            RelayPieces::Chunks
+        } else {
+            RelayPieces::Tiles
+        },
+        ..TransferConfig::default()
+    };
     let mut rows = Vec::new();
     for &count in &args.replicas {
         let count = count.clamp(1, 63);
@@ -92,6 +105,7 @@ pub fn rows(args: &XferArgs) -> Result<Vec<XferRow>, BenchError> {
             &replicas,
             &state,
             &topology,
+            config,
         )?);
     }
     if !args.no_reference {
@@ -112,6 +126,7 @@ pub fn rows(args: &XferArgs) -> Result<Vec<XferRow>, BenchError> {
                 &replicas,
                 &state,
                 &topology,
+                config,
             )?);
         }
     }
@@ -121,8 +136,13 @@ pub fn rows(args: &XferArgs) -> Result<Vec<XferRow>, BenchError> {
 /// Runs `ultraep xfer` and returns the table.
 pub fn run(args: &XferArgs) -> Result<String, BenchError> {
     let rows = rows(args)?;
-    let mut out = String::from(
-        "DeepSeek-V3 experts (44.05 MB, FP8) on 64 GPUs of a GB200 NVL72 (900 GB/s per direction)\n\n\
+    let pieces = if args.chunk_relays {
+        "256 KiB chunks"
+    } else {
+        "32 KiB tiles"
+    };
+    let mut out = format!(
+        "DeepSeek-V3 experts (44.05 MB, FP8) on 64 GPUs of a GB200 NVL72 (900 GB/s per direction); relays forward {pieces}\n\n\
          | case | replicas | relayed experts | lower bound (us) | direct (us) | direct eff. | chosen (us) | chosen eff. |\n\
          |---|---|---|---|---|---|---|---|\n",
     );

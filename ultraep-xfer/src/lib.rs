@@ -26,7 +26,7 @@ mod tasks;
 mod transport;
 
 pub use checksum::checksum;
-pub use config::TransferConfig;
+pub use config::{RelayPieces, TransferConfig};
 pub use cpu::{CpuTransport, SlotState};
 pub use error::XferError;
 pub use reduction::reduce_gradients;

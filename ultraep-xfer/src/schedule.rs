@@ -1,23 +1,24 @@
 //! The transfer schedule: for every replicated expert, how its state reaches its replicas.
 //!
 //! Two routes exist. **Direct**: the master sends every chunk to every destination, loading each
-//! tile once and storing it to all of them. **Relayed**: every chunk crosses a two-stage tree; the
-//! master sends chunk `c` to one relay, `relays[c % r]` (a destination), which forwards it to every
-//! other destination as soon as it has landed. The master then sends each byte once instead of once
-//! per destination, and forwarding is spread over `r` ranks; there is no global barrier, only a
-//! per-chunk wait.
+//! tile once and storing it to all of them. **Relayed**: every piece crosses a two-stage tree; the
+//! master sends each piece to one relay (a destination), which forwards it to every other
+//! destination as soon as it has landed. The master then sends each byte once instead of once per
+//! destination, forwarding is spread evenly over the relays, and there is no barrier, only a wait
+//! per piece. Relays forward per tile by default ([`crate::RelayPieces`]): the pipeline then fills
+//! and drains in a few tile times instead of a few chunk times.
 //!
 //! The route of every expert comes from a cost model of the layer: experts with the most
 //! destinations go first; for each, direct fan-out and every relay count `r` are costed as the time
 //! the busiest affected egress port (the master or a relay) would need for everything it sends so
-//! far, plus, for relays, one chunk time and one hop of latency for the second stage; relays are the
+//! far, plus, for relays, one piece time and one hop of latency for the second stage; relays are the
 //! destinations that send least so far (ties: lower rank). The cheapest wins (ties: direct, then
 //! fewer relays), and its bytes are added to the port loads the next expert sees. Ingress needs no
 //! choice: every destination receives one copy whatever the route.
 
 use ultraep_topo::{RankId, Topology};
 
-use crate::{ExpertState, ReplicaSet, TransferConfig, XferError};
+use crate::{ExpertState, RelayPieces, ReplicaSet, TransferConfig, XferError};
 
 /// How one expert's state travels.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -45,15 +46,13 @@ pub struct ScheduledFanout {
     pub destinations: Vec<(u32, u16)>,
     /// How the state travels.
     pub route: Route,
-    /// How many of the state's first and of its last chunks travel as tile-sized pieces (relayed
-    /// experts only). Relays start forwarding one after another as their first piece arrives, and
-    /// the last piece must still be forwarded to every other destination after it lands: small
-    /// pieces at both ends shorten that fill and drain from `n` chunk times to `n` tile times.
-    pub edge_chunks: u32,
+    /// The size of the pieces the state travels in: a chunk for direct fan-out; for relays, a
+    /// tile or a chunk as [`crate::TransferConfig::relay_pieces`] says (the last piece may be
+    /// shorter).
+    pub piece_bytes: u32,
 }
 
-/// A contiguous part of an expert state that travels, and is waited for, as one unit: a chunk, or a
-/// tile of a relayed expert's first or last chunks.
+/// A contiguous part of an expert state that travels, and is waited for, as one unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Piece {
     /// Byte offset in the state.
@@ -120,12 +119,9 @@ impl TransferSchedule {
             .iter()
             .zip(routes)
             .map(|(fanout, route)| {
-                // A relay forwards a chunk to n - 1 destinations in about the time the master
-                // sends n - 1 chunks: that many chunks at each end travel as tiles.
-                let edge_chunks = match route {
-                    Route::Direct => 0,
-                    Route::Relayed { .. } => (fanout.destinations.len() as u32 - 1)
-                        .min(chunk_count(state_bytes, config) / 2),
+                let piece_bytes = match (&route, config.relay_pieces) {
+                    (Route::Relayed { .. }, RelayPieces::Tiles) => config.tile_bytes,
+                    _ => config.chunk_bytes,
                 };
                 ScheduledFanout {
                     expert: fanout.expert,
@@ -133,7 +129,7 @@ impl TransferSchedule {
                     master_index: fanout.master_index,
                     destinations: fanout.destinations.clone(),
                     route,
-                    edge_chunks,
+                    piece_bytes,
                 }
             })
             .collect();
@@ -164,36 +160,17 @@ impl TransferSchedule {
         chunk_count(self.state_bytes, self.config)
     }
 
-    /// The pieces `fanout`'s state travels in, in order: its first edge chunks cut into tiles, whole
-    /// chunks, its last edge chunks cut into tiles. A relayed expert's pieces go to the relay that
-    /// owns the fewest bytes so far (ties: the earlier relay), so relays forward equal shares.
+    /// The pieces `fanout`'s state travels in, in order. A relayed expert's pieces go to the relay
+    /// that owns the fewest bytes so far (ties: the earlier relay), so relays forward equal shares.
     pub fn pieces(&self, fanout: &ScheduledFanout) -> Vec<Piece> {
-        let chunks = self.chunk_count();
-        let edge = fanout.edge_chunks.min(chunks / 2);
-        let tile = u64::from(self.config.tile_bytes);
-        let mut pieces = Vec::new();
-        for chunk in 0..chunks {
-            let offset = u64::from(chunk) * u64::from(self.config.chunk_bytes);
-            let bytes = self.chunk_len(chunk);
-            if chunk < edge || chunk >= chunks - edge {
-                let mut at = offset;
-                while at < offset + bytes {
-                    let piece = tile.min(offset + bytes - at);
-                    pieces.push(Piece {
-                        offset: at,
-                        bytes: piece,
-                        owner: None,
-                    });
-                    at += piece;
-                }
-            } else {
-                pieces.push(Piece {
-                    offset,
-                    bytes,
-                    owner: None,
-                });
-            }
-        }
+        let size = u64::from(fanout.piece_bytes.max(1));
+        let mut pieces: Vec<Piece> = (0..self.state_bytes.div_ceil(size))
+            .map(|index| Piece {
+                offset: index * size,
+                bytes: size.min(self.state_bytes - index * size),
+                owner: None,
+            })
+            .collect();
         if let Route::Relayed { relays } = &fanout.route {
             let mut owned = vec![0u64; relays.len()];
             for piece in &mut pieces {
@@ -229,7 +206,7 @@ impl TransferSchedule {
         let mut direct = self.clone();
         for fanout in &mut direct.fanouts {
             fanout.route = Route::Direct;
-            fanout.edge_chunks = 0;
+            fanout.piece_bytes = direct.config.chunk_bytes;
         }
         direct.config.allow_relays = false;
         direct
@@ -281,15 +258,15 @@ impl CostModel {
         );
         self.candidates.sort_unstable();
         let first = fanout.destinations[0].0;
-        // The second stage starts a tile later than the first (the edge chunks travel as tiles)
-        // and crosses one more hop.
-        let hop = Self::egress_time(
-            topology,
-            master,
-            u64::from(self.config.tile_bytes).min(self.state_bytes),
-        ) + topology
-            .path(RankId(master), RankId(first))
-            .map_or(0, |path| path.latency.get() * 1000);
+        // The second stage starts a piece later than the first and crosses one more hop.
+        let piece = match self.config.relay_pieces {
+            RelayPieces::Tiles => self.config.tile_bytes,
+            RelayPieces::Chunks => self.config.chunk_bytes,
+        };
+        let hop = Self::egress_time(topology, master, u64::from(piece).min(self.state_bytes))
+            + topology
+                .path(RankId(master), RankId(first))
+                .map_or(0, |path| path.latency.get() * 1000);
         let master_once = self.egress_ps[master as usize] + one_copy;
         let state_bytes = self.state_bytes;
         // Pieces go to relays by least bytes owned, so each forwards about 1/r of the state to

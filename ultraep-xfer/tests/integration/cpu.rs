@@ -3,7 +3,7 @@
 use ultraep_plan::{Balancer, ExpertLayout, LoadMatrix, PlanConfig, Planner, RankDomains};
 use ultraep_topo::Preset;
 use ultraep_xfer::{
-    CpuTransport, ExpertState, ReplicaSet, SlotState, TileTaskList, TransferConfig,
+    CpuTransport, ExpertState, RelayPieces, ReplicaSet, SlotState, TileTaskList, TransferConfig,
     TransferSchedule, Transport, XferError,
 };
 
@@ -156,6 +156,7 @@ fn gradients_reduce_into_masters_and_free_the_slots() {
         tile_bytes: 1024,
         chunk_bytes: 4096,
         allow_relays: true,
+        relay_pieces: RelayPieces::Chunks,
     };
     let schedule = TransferSchedule::build(&replicas, &state, &topology, config).unwrap();
     let mut ranks = CpuTransport::new(&[4; 8], 2, gradient_bytes, 1024, 2);

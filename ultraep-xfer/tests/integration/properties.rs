@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 use ultraep_topo::{Bandwidth, Nanos, RankLinks, Topology, TopologyBuilder};
 use ultraep_xfer::{
-    ExpertState, Fanout, NO_FLAG, Region, ReplicaSet, TileTaskList, TransferConfig,
+    ExpertState, Fanout, NO_FLAG, Region, RelayPieces, ReplicaSet, TileTaskList, TransferConfig,
     TransferSchedule, reduce_gradients, region_of, simulate, simulate_reduction,
 };
 
@@ -38,61 +38,79 @@ struct Case {
 }
 
 fn case() -> impl Strategy<Value = Case> {
-    (2u32..=24, 1usize..=6, 1u64..=40_000, any::<bool>(), 0u32..3)
-        .prop_flat_map(|(ranks, experts, state_bytes, allow_relays, tile_scale)| {
-            let fanouts = prop::collection::vec(
+    (
+        2u32..=24,
+        1usize..=6,
+        1u64..=40_000,
+        any::<bool>(),
+        0u32..3,
+        any::<bool>(),
+    )
+        .prop_flat_map(
+            |(ranks, experts, state_bytes, allow_relays, tile_scale, tiles)| {
+                let fanouts = prop::collection::vec(
+                    (
+                        0..ranks,
+                        prop::collection::btree_set(0..ranks, 1..ranks as usize),
+                    ),
+                    experts,
+                );
+                let relay_pieces = if tiles {
+                    RelayPieces::Tiles
+                } else {
+                    RelayPieces::Chunks
+                };
                 (
-                    0..ranks,
-                    prop::collection::btree_set(0..ranks, 1..ranks as usize),
-                ),
-                experts,
-            );
-            (
-                Just(ranks),
-                fanouts,
-                Just(state_bytes),
-                Just(allow_relays),
-                Just(tile_scale),
-            )
-        })
-        .prop_map(|(ranks, fanouts, state_bytes, allow_relays, tile_scale)| {
-            let tile = 256u32 << tile_scale;
-            let mut next_slot = vec![0u16; ranks as usize];
-            let mut masters = vec![0u32; ranks as usize];
-            let fanouts = fanouts
-                .into_iter()
-                .enumerate()
-                .filter_map(|(expert, (master, destinations))| {
-                    let master_index = masters[master as usize];
-                    masters[master as usize] += 1;
-                    let destinations: Vec<(u32, u16)> = destinations
-                        .into_iter()
-                        .filter(|&rank| rank != master)
-                        .map(|rank| {
-                            let slot = next_slot[rank as usize];
-                            next_slot[rank as usize] += 1;
-                            (rank, slot)
+                    Just(ranks),
+                    fanouts,
+                    Just(state_bytes),
+                    Just(allow_relays),
+                    Just(tile_scale),
+                    Just(relay_pieces),
+                )
+            },
+        )
+        .prop_map(
+            |(ranks, fanouts, state_bytes, allow_relays, tile_scale, relay_pieces)| {
+                let tile = 256u32 << tile_scale;
+                let mut next_slot = vec![0u16; ranks as usize];
+                let mut masters = vec![0u32; ranks as usize];
+                let fanouts = fanouts
+                    .into_iter()
+                    .enumerate()
+                    .filter_map(|(expert, (master, destinations))| {
+                        let master_index = masters[master as usize];
+                        masters[master as usize] += 1;
+                        let destinations: Vec<(u32, u16)> = destinations
+                            .into_iter()
+                            .filter(|&rank| rank != master)
+                            .map(|rank| {
+                                let slot = next_slot[rank as usize];
+                                next_slot[rank as usize] += 1;
+                                (rank, slot)
+                            })
+                            .collect();
+                        (!destinations.is_empty()).then_some(Fanout {
+                            expert: expert as u32,
+                            master,
+                            master_index,
+                            destinations,
                         })
-                        .collect();
-                    (!destinations.is_empty()).then_some(Fanout {
-                        expert: expert as u32,
-                        master,
-                        master_index,
-                        destinations,
                     })
-                })
-                .collect();
-            Case {
-                ranks,
-                replicas: ReplicaSet { fanouts },
-                state_bytes,
-                config: TransferConfig {
-                    tile_bytes: tile,
-                    chunk_bytes: tile * 4,
-                    allow_relays,
-                },
-            }
-        })
+                    .collect();
+                Case {
+                    ranks,
+                    replicas: ReplicaSet { fanouts },
+                    state_bytes,
+                    config: TransferConfig {
+                        tile_bytes: tile,
+                        chunk_bytes: tile * 4,
+                        allow_relays,
+                        relay_pieces,
+                    },
+                }
+            },
+        )
 }
 
 fn schedule(case: &Case) -> TransferSchedule {
