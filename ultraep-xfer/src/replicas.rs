@@ -58,6 +58,17 @@ impl ReplicaSet {
             });
         }
         let rank_count = topology.rank_count() as u32;
+        // The index of every expert among its home rank's experts, in one pass.
+        let mut seen_on_rank = vec![0u32; layout.num_ranks() as usize];
+        let master_indices: Vec<u32> = layout
+            .homes()
+            .iter()
+            .map(|&home| {
+                let index = seen_on_rank[home as usize];
+                seen_on_rank[home as usize] += 1;
+                index
+            })
+            .collect();
         let mut fanouts = Vec::new();
         for expert in 0..plan.num_experts() {
             let instances = plan.instances_of(expert);
@@ -65,10 +76,7 @@ impl ReplicaSet {
                 continue;
             }
             let master = instances[0].rank;
-            let master_index = layout.homes()[..expert as usize]
-                .iter()
-                .filter(|&&home| home == master)
-                .count() as u32;
+            let master_index = master_indices[expert as usize];
             let mut destinations = Vec::with_capacity(instances.len() - 1);
             for instance in &instances[1..] {
                 for rank in [master, instance.rank] {

@@ -2,4 +2,5 @@
 
 mod cpu;
 mod properties;
+mod replicas;
 mod simulation;
