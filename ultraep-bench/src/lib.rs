@@ -1,17 +1,27 @@
 //! Workloads, the MoE step simulator, experiments and reports of ultraep, and the `ultraep` command.
 //!
-//! Today it holds the `ultraep topo` command (show a preset or a topology file, write a topology
-//! file) and the `ultraep plan` command (plan a problem file with a chosen balancer). Issue 5 grows it into the evaluation `cargo xtask bench` runs: synthetic and recorded router
-//! loads replayed through every balancer and a timing model of the MoE layer.
+//! `ultraep bench` (what `cargo xtask bench` runs) replays synthetic router loads calibrated to the
+//! published scenarios ([`workload`], [`experiment`]) through every balancer and a timing model of
+//! the MoE layer ([`step`]), and writes the report ([`report`]). The other commands: `ultraep plan`
+//! (plan a problem file), `ultraep xfer` (direct fan-out against relays), `ultraep topo` (topology
+//! presets and files).
 //!
 //! Who uses it: people, through the `ultraep` command and `cargo xtask bench`.
 //!
 //! What it may depend on: every other ultraep crate. Nothing depends on it.
 
+pub mod bench_command;
 mod error;
+pub mod experiment;
+pub mod models;
 pub mod plan_command;
 pub mod problem_file;
+pub mod random;
+pub mod report;
+pub mod step;
+pub mod svg;
 pub mod topo_command;
+pub mod workload;
 pub mod xfer_command;
 
 pub use error::BenchError;

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use ultraep_bench::bench_command::{self, BenchArgs};
 use ultraep_bench::plan_command::{self, PlanArgs};
 use ultraep_bench::topo_command::{self, TopoArgs};
 use ultraep_bench::xfer_command::{self, XferArgs};
@@ -23,6 +24,8 @@ enum Command {
     Plan(PlanArgs),
     /// Compare direct fan-out with relays on simulated expert-weight transfers.
     Xfer(XferArgs),
+    /// Run the evaluation: every balancer on the published scenarios (what `cargo xtask bench` runs).
+    Bench(BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -31,6 +34,7 @@ fn main() -> ExitCode {
         Command::Topo(args) => topo_command::run(args),
         Command::Plan(args) => plan_command::run(args),
         Command::Xfer(args) => xfer_command::run(args),
+        Command::Bench(args) => bench_command::run(args),
     };
     match result {
         Ok(out) => {

@@ -1,7 +1,9 @@
 //! Project tasks for ultraep, run as `cargo xtask <task>` (the alias lives in `.cargo/config.toml`).
 //!
-//! - `cargo xtask bench [ARGS]`: the main job. For now it runs every criterion benchmark of the
-//!   workspace; ARGS go to criterion (e.g. `--quick`).
+//! - `cargo xtask bench [ARGS]`: the main job: the evaluation of every balancer on the published
+//!   scenarios (`ultraep bench`, built in release; ARGS go to it, e.g. `--full`).
+//! - `cargo xtask bench --criterion [ARGS]`: the workspace's criterion micro-benchmarks instead;
+//!   ARGS go to criterion (e.g. `--quick`).
 //! - `cargo xtask ci`: exactly what CI runs (`bash .ci/run`).
 //! - `cargo xtask check-architecture`: checks the dependency arrows and purity rules written down in
 //!   ARCHITECTURE.md; `cargo test` runs the same check.
@@ -41,17 +43,37 @@ fn print_help() {
     println!(
         "cargo xtask <task>\n\n\
          tasks:\n  \
-         bench [ARGS]          run the workspace's criterion benchmarks (ARGS go to criterion, e.g. --quick)\n  \
+         bench [ARGS]          run the evaluation (ultraep bench; ARGS go to it, e.g. --full)\n  \
+         bench --criterion [ARGS]  run the criterion micro-benchmarks (ARGS go to criterion, e.g. --quick)\n  \
          ci                    run what CI runs (bash .ci/run)\n  \
          check-architecture    check the dependency arrows and purity rules of ARCHITECTURE.md"
     );
 }
 
-fn bench(criterion_args: &[String]) -> Result<(), String> {
+fn bench(args: &[String]) -> Result<(), String> {
     let mut command = cargo();
-    command.args(["bench", "--workspace", "--benches"]);
-    if !criterion_args.is_empty() {
-        command.arg("--").args(criterion_args);
+    match args.split_first() {
+        Some((first, criterion_args)) if first == "--criterion" => {
+            command.args(["bench", "--workspace", "--benches"]);
+            if !criterion_args.is_empty() {
+                command.arg("--").args(criterion_args);
+            }
+        }
+        _ => {
+            command
+                .args([
+                    "run",
+                    "--release",
+                    "--quiet",
+                    "--package",
+                    "ultraep-bench",
+                    "--bin",
+                    "ultraep",
+                    "--",
+                    "bench",
+                ])
+                .args(args);
+        }
     }
     run(&mut command)
 }

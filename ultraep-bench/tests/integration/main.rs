@@ -1,5 +1,6 @@
 //! Integration tests of `ultraep-bench`: the `ultraep` command as a user runs it.
 
+mod evaluation;
 mod plan;
 mod topo;
 mod xfer;

@@ -1,0 +1,85 @@
+//! `ultraep bench`: the evaluation `cargo xtask bench` runs.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::BenchError;
+use crate::experiment::{RunConfig, Scenario, run_scenario};
+use crate::report::{PUBLISHED, summary_table, write_report};
+use crate::xfer_command::nvl72_class_domain;
+
+/// Arguments of `ultraep bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// More steps and layers (several minutes more).
+    #[arg(long)]
+    pub full: bool,
+    /// Where to write report.md, results.json and the plots.
+    #[arg(long, default_value = "target/ultraep-report")]
+    pub out: PathBuf,
+    /// Only scenarios whose name contains this text.
+    #[arg(long)]
+    pub only: Option<String>,
+    /// No progress bar (for logs).
+    #[arg(long)]
+    pub quiet: bool,
+    /// Forbid relays for ultraep's weight transfers.
+    #[arg(long)]
+    pub no_relays: bool,
+    /// Redundant slots per rank.
+    #[arg(long)]
+    pub slots: Option<u32>,
+}
+
+/// Runs the evaluation and returns the summary it prints.
+pub fn run(args: &BenchArgs) -> Result<String, BenchError> {
+    let mut config = if args.full {
+        RunConfig::FULL
+    } else {
+        RunConfig::QUICK
+    };
+    config.relays = !args.no_relays;
+    if let Some(slots) = args.slots {
+        config.slots_per_rank = slots;
+    }
+    let scenarios: Vec<Scenario> = Scenario::published()
+        .into_iter()
+        .filter(|s| {
+            args.only
+                .as_ref()
+                .is_none_or(|only| s.name.contains(only.as_str()))
+        })
+        .collect();
+    let topology = nvl72_class_domain()?;
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(u64::from(config.steps) * scenarios.len() as u64)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} steps {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let started = Instant::now();
+    let mut results = Vec::new();
+    for scenario in &scenarios {
+        bar.set_message(scenario.name);
+        results.push(run_scenario(scenario, &config, &topology, &mut || {
+            bar.inc(1)
+        })?);
+    }
+    bar.finish_and_clear();
+    write_report(&args.out, &config, &results)?;
+    Ok(format!(
+        "{}\n{PUBLISHED}.\n\n{} scenarios, {} steps x {} layers each, in {:.0} s; report in {}\n",
+        summary_table(&results),
+        results.len(),
+        config.steps,
+        config.layers,
+        started.elapsed().as_secs_f64(),
+        args.out.display()
+    ))
+}

@@ -1,0 +1,482 @@
+//! Experiments: a scenario's steps replayed through every balancer and the step simulator.
+//!
+//! Every balancer sees the same loads. Per step and simulated layer, each plans (EPLB as deployed
+//! plans from a history window and keeps its replicas between re-plans), the step simulator times
+//! the layer under the plan, and what the balancer puts on the critical path is added: ultraep's
+//! measured planning time and simulated weight transfers (in training also the weight restore
+//! before backward and the part of the gradient reduction that the layer's attention backward does
+//! not hide); EPLB's weight moves on the steps it re-plans. The EPLB oracle and the ideal pay
+//! nothing: they are references. A step is the mean simulated layer times the model's MoE layers.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use serde::Serialize;
+use ultraep_plan::{
+    Balancer, Eplb, EplbMode, ExpertLayout, ForceBalanced, LoadMatrix, NoBalance, Plan, PlanConfig,
+    Planner, RankDomains,
+};
+use ultraep_topo::Topology;
+use ultraep_xfer::{
+    ExpertState, RelayPieces, ReplicaSet, TransferConfig, TransferSchedule, simulate,
+    simulate_reduction,
+};
+
+use crate::BenchError;
+use crate::models::ModelShape;
+use crate::step::{Hardware, Mode, layer_outcome};
+use crate::workload::{Workload, WorkloadConfig, calibrate_skew};
+
+/// The balancers compared, in report order.
+pub const BALANCERS: [&str; 5] = ["none", "eplb", "eplb-oracle", "ultraep", "ideal"];
+
+/// A published scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Scenario {
+    /// Its name in reports.
+    pub name: &'static str,
+    /// The model.
+    #[serde(skip)]
+    pub model: ModelShape,
+    /// Training or prefill.
+    pub mode: Mode,
+    /// The published no-balancing max/mean imbalance the workload is calibrated to.
+    pub target_imbalance: f64,
+    /// Mean tokens per rank per microbatch.
+    pub tokens_per_rank: u32,
+    /// Attention context length.
+    pub sequence: u64,
+    /// Log-normal spread of tokens per rank (prefill batches are uneven).
+    pub uneven_tokens: f64,
+    /// The published figures: final imbalance with ultraep, and its fraction of ideal throughput
+    /// where published.
+    pub published_final: f64,
+    /// Published fraction of ideal throughput with ultraep, where published.
+    pub published_fraction: Option<f64>,
+}
+
+impl Scenario {
+    /// The seven published scenarios at EP64 (`ultraep-facts.md` section 6).
+    pub fn published() -> Vec<Scenario> {
+        let training = |name, model, target, published_final, fraction| Scenario {
+            name,
+            model,
+            mode: Mode::Training,
+            target_imbalance: target,
+            tokens_per_rank: 8192,
+            sequence: 4096,
+            uneven_tokens: 0.0,
+            published_final,
+            published_fraction: Some(fraction),
+        };
+        let prefill = |name, model, target, published_final, fraction| Scenario {
+            name,
+            model,
+            mode: Mode::Prefill,
+            target_imbalance: target,
+            tokens_per_rank: 16384,
+            sequence: 8192,
+            uneven_tokens: 0.4,
+            published_final,
+            published_fraction: fraction,
+        };
+        vec![
+            training(
+                "GLM-4.5-Air training",
+                ModelShape::GLM_4_5_AIR,
+                2.23,
+                1.02,
+                757.0 / 785.4,
+            ),
+            training(
+                "Qwen3-235B training",
+                ModelShape::QWEN3_235B,
+                2.86,
+                1.03,
+                524.0 / 574.7,
+            ),
+            training(
+                "DeepSeek-V3 training",
+                ModelShape::DEEPSEEK_V3,
+                1.30,
+                1.01,
+                613.0 / 637.6,
+            ),
+            prefill(
+                "Qwen3-235B prefill STEM",
+                ModelShape::QWEN3_235B,
+                3.68,
+                1.04,
+                Some(0.97),
+            ),
+            prefill(
+                "Qwen3-235B prefill mixed",
+                ModelShape::QWEN3_235B,
+                4.01,
+                1.03,
+                None,
+            ),
+            prefill(
+                "GLM-4.7 prefill STEM",
+                ModelShape::GLM_4_7,
+                3.09,
+                1.01,
+                Some(0.90),
+            ),
+            prefill(
+                "GLM-4.7 prefill mixed",
+                ModelShape::GLM_4_7,
+                2.06,
+                1.01,
+                None,
+            ),
+        ]
+    }
+}
+
+/// How long and how wide a run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RunConfig {
+    /// Steps (microbatches) replayed.
+    pub steps: u32,
+    /// MoE layers simulated per step (the step time scales them to the model's layer count).
+    pub layers: u32,
+    /// Redundant slots per rank (every balancer gets the same budget).
+    pub slots_per_rank: u32,
+    /// Steps of history EPLB plans from.
+    pub eplb_window: u32,
+    /// EPLB re-plans every this many steps.
+    pub eplb_interval: u32,
+    /// Whether ultraep may use relays.
+    pub relays: bool,
+    /// Seed of the workload.
+    pub seed: u64,
+}
+
+impl RunConfig {
+    /// About a minute on two cores for all seven scenarios.
+    pub const QUICK: Self = Self {
+        steps: 12,
+        layers: 6,
+        slots_per_rank: 2,
+        eplb_window: 3,
+        eplb_interval: 4,
+        relays: true,
+        seed: 2026,
+    };
+
+    /// More steps and layers.
+    pub const FULL: Self = Self {
+        steps: 48,
+        layers: 16,
+        slots_per_rank: 2,
+        eplb_window: 8,
+        eplb_interval: 12,
+        relays: true,
+        seed: 2026,
+    };
+}
+
+/// One balancer's results on one scenario.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BalancerResult {
+    /// The balancer.
+    pub balancer: &'static str,
+    /// Mean max/mean rank imbalance under its plans.
+    pub imbalance: f64,
+    /// Worst layer's max/mean imbalance.
+    pub worst_imbalance: f64,
+    /// Mean step seconds.
+    pub step_seconds: f64,
+    /// Model TFLOPS per GPU.
+    pub tflops_per_gpu: f64,
+    /// Throughput as a fraction of the ideal's.
+    pub fraction_of_ideal: f64,
+    /// The largest dispatch receive buffer any rank needed, in bytes.
+    pub peak_receive_bytes: u64,
+    /// Mean microseconds of planning per layer (ultraep only; measured).
+    pub planning_us: f64,
+    /// Mean microseconds of weight transfer per layer on the critical path.
+    pub transfer_us: f64,
+    /// Mean replicas per layer.
+    pub replicas: f64,
+    /// Mean imbalance of every simulated layer (averaged over steps), for plots.
+    pub per_layer_imbalance: Vec<f64>,
+}
+
+/// Every balancer's results on one scenario.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ScenarioResult {
+    /// The scenario.
+    pub scenario: Scenario,
+    /// The model's name.
+    pub model: &'static str,
+    /// Mean no-balancing imbalance of the generated loads.
+    pub initial_imbalance: f64,
+    /// The calibrated skew exponent of the workload.
+    pub skew: f64,
+    /// Results in [`BALANCERS`] order.
+    pub balancers: Vec<BalancerResult>,
+}
+
+impl ScenarioResult {
+    /// The result of one balancer.
+    pub fn balancer(&self, name: &str) -> Option<&BalancerResult> {
+        self.balancers.iter().find(|b| b.balancer == name)
+    }
+
+    /// ultraep's throughput over no balancing.
+    pub fn speedup_over_none(&self) -> f64 {
+        match (self.balancer("ultraep"), self.balancer("none")) {
+            (Some(ultraep), Some(none)) => none.step_seconds / ultraep.step_seconds,
+            _ => 1.0,
+        }
+    }
+}
+
+/// Accumulates one balancer's figures over a run.
+#[derive(Debug, Clone, Default)]
+struct Tally {
+    seconds: f64,
+    imbalance: f64,
+    worst: f64,
+    peak_receive: u64,
+    planning: f64,
+    transfer: f64,
+    replicas: f64,
+    layers: u32,
+    per_layer: Vec<f64>,
+}
+
+/// The workload of `scenario`, calibrated to its published imbalance.
+pub fn workload_config(scenario: &Scenario, run: &RunConfig) -> WorkloadConfig {
+    let config = WorkloadConfig {
+        ranks: 64,
+        experts: scenario.model.routed_experts,
+        top_k: scenario.model.top_k,
+        layers: run.layers,
+        tokens_per_rank: scenario.tokens_per_rank,
+        skew: 1.0,
+        drift: 0.1,
+        regime_switch: 0.1,
+        preference: 0.3,
+        uneven_tokens: scenario.uneven_tokens,
+        seed: run.seed,
+    };
+    // Calibrated on exactly the steps and seed the run replays, so that the run's no-balancing
+    // imbalance is the published one.
+    let skew = calibrate_skew(config, scenario.target_imbalance, run.steps);
+    WorkloadConfig { skew, ..config }
+}
+
+/// Replays `scenario` through every balancer on `topology` (64 ranks in one domain); `progress`
+/// is called after every step.
+pub fn run_scenario(
+    scenario: &Scenario,
+    run: &RunConfig,
+    topology: &Topology,
+    progress: &mut dyn FnMut(),
+) -> Result<ScenarioResult, BenchError> {
+    let config = workload_config(scenario, run);
+    run_workload(scenario, run, config, topology, progress)
+}
+
+/// Replays `scenario`'s model and mode with the loads of `config` (its layers must be
+/// `run.layers`) through every balancer on `topology`.
+pub fn run_workload(
+    scenario: &Scenario,
+    run: &RunConfig,
+    config: WorkloadConfig,
+    topology: &Topology,
+    progress: &mut dyn FnMut(),
+) -> Result<ScenarioResult, BenchError> {
+    let hardware = Hardware::of(topology)?;
+    let model = scenario.model;
+    let ranks = config.ranks;
+    let layout = ExpertLayout::balanced_blocks(ranks, model.routed_experts)?;
+    let domains = RankDomains::single(ranks)?;
+    let slots = run.slots_per_rank;
+    let mut none = NoBalance::new(layout.clone(), domains.clone())?;
+    let mut ideal = ForceBalanced::new(layout.clone(), domains.clone())?;
+    let mut ultraep = Planner::new(
+        layout.clone(),
+        domains.clone(),
+        slots,
+        PlanConfig::default(),
+    )?;
+    let mut oracle = Eplb::new(layout.clone(), domains.clone(), slots, EplbMode::Oracle)?;
+    let mut deployed: Vec<Eplb> = (0..run.layers)
+        .map(|_| Eplb::new(layout.clone(), domains.clone(), slots, EplbMode::Periodic))
+        .collect::<Result<_, _>>()?;
+    let mut history: Vec<VecDeque<Vec<u32>>> = vec![VecDeque::new(); run.layers as usize];
+    let weights = ExpertState::swiglu(model.hidden, model.expert_width, model.weight_bytes);
+    let gradients = ExpertState::swiglu_gradients(model.hidden, model.expert_width);
+    // Transfers are simulated per chunk: a layer's experts have at most a handful of replicas,
+    // where relays waiting for chunks are within a few hundredths of per-tile relays (see the
+    // `ultraep xfer` table), and simulating every tile of every layer would take minutes.
+    let transfer_config = TransferConfig {
+        allow_relays: run.relays,
+        relay_pieces: RelayPieces::Chunks,
+        ..TransferConfig::default()
+    };
+    let eplb_moves = TransferConfig {
+        allow_relays: false,
+        ..TransferConfig::default()
+    };
+
+    let mut workload = Workload::new(config);
+    let mut tallies = vec![Tally::default(); BALANCERS.len()];
+    for tally in &mut tallies {
+        tally.per_layer = vec![0.0; run.layers as usize];
+    }
+    let mut initial = 0.0;
+    let mut useful_flops = 0.0;
+    let mut plan = Plan::default();
+    for step in 0..run.steps {
+        let layers = workload.next_step();
+        let replan = step > 0 && step % run.eplb_interval.max(1) == 0;
+        for (layer, loads) in layers.iter().enumerate() {
+            let matrix = LoadMatrix::new(loads, ranks as usize, model.routed_experts as usize)?;
+            let tokens: u64 =
+                loads.iter().map(|&c| u64::from(c)).sum::<u64>() / u64::from(model.top_k);
+            let passes = if scenario.mode == Mode::Training {
+                3.0
+            } else {
+                1.0
+            };
+            useful_flops += tokens as f64
+                * (model.balanced_flops_per_token(scenario.sequence) as f64
+                    + f64::from(model.top_k) * model.expert_flops_per_token() as f64)
+                * passes;
+            if replan {
+                let window = &history[layer];
+                let mut estimate = vec![0u32; loads.len()];
+                for past in window {
+                    for (sum, &count) in estimate.iter_mut().zip(past) {
+                        *sum = sum.saturating_add(count);
+                    }
+                }
+                let estimate_matrix =
+                    LoadMatrix::new(&estimate, ranks as usize, model.routed_experts as usize)?;
+                deployed[layer].rebalance(estimate_matrix)?;
+            }
+            for (index, name) in BALANCERS.iter().enumerate() {
+                let mut balancer_seconds = 0.0;
+                let mut planning = 0.0;
+                match *name {
+                    "none" => none.plan_into(matrix, &mut plan)?,
+                    "ideal" => ideal.plan_into(matrix, &mut plan)?,
+                    "eplb-oracle" => oracle.plan_into(matrix, &mut plan)?,
+                    "eplb" => {
+                        deployed[layer].plan_into(matrix, &mut plan)?;
+                        if replan && plan.metrics().replicas > 0 {
+                            let replicas = ReplicaSet::from_plan(&plan, &layout, topology)?;
+                            let schedule =
+                                TransferSchedule::build(&replicas, &weights, topology, eplb_moves)?;
+                            balancer_seconds +=
+                                simulate(&schedule, topology)?.makespan_ps as f64 * 1e-12;
+                        }
+                    }
+                    _ => {
+                        let started = Instant::now();
+                        ultraep.plan_into(matrix, &mut plan)?;
+                        planning = started.elapsed().as_secs_f64();
+                        balancer_seconds += planning;
+                        if plan.metrics().replicas > 0 {
+                            let replicas = ReplicaSet::from_plan(&plan, &layout, topology)?;
+                            let schedule = TransferSchedule::build(
+                                &replicas,
+                                &weights,
+                                topology,
+                                transfer_config,
+                            )?;
+                            let transfer =
+                                simulate(&schedule, topology)?.makespan_ps as f64 * 1e-12;
+                            balancer_seconds += transfer;
+                            tallies[index].transfer += transfer;
+                            if scenario.mode == Mode::Training {
+                                // Replica weights again before backward (the slots were reused by
+                                // later layers), and the gradient reduction where attention
+                                // backward does not hide it.
+                                let reduction_schedule = TransferSchedule::build(
+                                    &replicas,
+                                    &gradients,
+                                    topology,
+                                    transfer_config,
+                                )?;
+                                let reduction = simulate_reduction(&reduction_schedule, topology)?
+                                    .makespan_ps
+                                    as f64
+                                    * 1e-12;
+                                let hidden_by = 2.0 * tokens as f64 / f64::from(ranks)
+                                    * model.balanced_flops_per_token(scenario.sequence) as f64
+                                    / (hardware.peak_flops * crate::step::DENSE_EFFICIENCY);
+                                balancer_seconds += transfer + (reduction - hidden_by).max(0.0);
+                            }
+                        }
+                    }
+                }
+                let outcome = layer_outcome(
+                    &model,
+                    scenario.mode,
+                    &hardware,
+                    &plan,
+                    matrix,
+                    scenario.sequence,
+                    balancer_seconds,
+                );
+                let tally = &mut tallies[index];
+                tally.seconds += outcome.time.total();
+                tally.imbalance += plan.metrics().imbalance();
+                tally.worst = tally.worst.max(plan.metrics().imbalance());
+                tally.peak_receive = tally.peak_receive.max(outcome.peak_receive_bytes);
+                tally.planning += planning;
+                tally.replicas += f64::from(plan.metrics().replicas);
+                tally.layers += 1;
+                tally.per_layer[layer] += plan.metrics().imbalance() / f64::from(run.steps);
+                if *name == "none" {
+                    initial += plan.metrics().imbalance();
+                }
+            }
+            let past = &mut history[layer];
+            past.push_back(loads.clone());
+            while past.len() > run.eplb_window.max(1) as usize {
+                past.pop_front();
+            }
+        }
+        progress();
+    }
+
+    let layer_scale = f64::from(model.moe_layers) / f64::from(run.layers);
+    let simulated_layers = f64::from(run.steps * run.layers);
+    let step_seconds = |tally: &Tally| tally.seconds / f64::from(run.steps) * layer_scale;
+    let ideal_seconds = step_seconds(&tallies[BALANCERS.len() - 1]);
+    let flops_per_step = useful_flops / f64::from(run.steps) * layer_scale;
+    let balancers = BALANCERS
+        .iter()
+        .zip(&tallies)
+        .map(|(&balancer, tally)| {
+            let seconds = step_seconds(tally);
+            BalancerResult {
+                balancer,
+                imbalance: tally.imbalance / f64::from(tally.layers.max(1)),
+                worst_imbalance: tally.worst,
+                step_seconds: seconds,
+                tflops_per_gpu: flops_per_step / seconds / f64::from(ranks) / 1e12,
+                fraction_of_ideal: ideal_seconds / seconds,
+                peak_receive_bytes: tally.peak_receive,
+                planning_us: tally.planning / simulated_layers * 1e6,
+                transfer_us: tally.transfer / simulated_layers * 1e6,
+                replicas: tally.replicas / simulated_layers,
+                per_layer_imbalance: tally.per_layer.clone(),
+            }
+        })
+        .collect();
+    Ok(ScenarioResult {
+        scenario: *scenario,
+        model: model.name,
+        initial_imbalance: initial / simulated_layers,
+        skew: config.skew,
+        balancers,
+    })
+}

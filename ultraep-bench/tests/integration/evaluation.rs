@@ -1,0 +1,167 @@
+//! The evaluation: generator calibration, simulator sanity, and the report's table.
+
+use ultraep_bench::experiment::{
+    BALANCERS, BalancerResult, RunConfig, Scenario, ScenarioResult, run_scenario, run_workload,
+    workload_config,
+};
+use ultraep_bench::report::summary_table;
+use ultraep_bench::workload::{WorkloadConfig, mean_imbalance};
+use ultraep_bench::xfer_command::nvl72_class_domain;
+
+const SMALL: RunConfig = RunConfig {
+    steps: 3,
+    layers: 3,
+    slots_per_rank: 2,
+    eplb_window: 1,
+    eplb_interval: 2,
+    relays: true,
+    seed: 11,
+};
+
+#[test]
+fn every_scenario_is_calibrated_to_its_published_imbalance() {
+    for scenario in Scenario::published() {
+        for seed in [11, 12] {
+            let run = RunConfig { seed, ..SMALL };
+            let config = workload_config(&scenario, &run);
+            let imbalance = mean_imbalance(config, run.steps);
+            assert!(
+                (imbalance - scenario.target_imbalance).abs() <= 0.05,
+                "{} seed {seed}: {imbalance:.3} for {}",
+                scenario.name,
+                scenario.target_imbalance
+            );
+        }
+    }
+}
+
+#[test]
+fn the_ideal_is_never_slower_and_eplb_sits_between_none_and_ultraep() {
+    let topology = nvl72_class_domain().unwrap();
+    let scenarios = Scenario::published();
+    for scenario in [&scenarios[1], &scenarios[3]] {
+        let result = run_scenario(scenario, &SMALL, &topology, &mut || {}).unwrap();
+        let ideal = result.balancer("ideal").unwrap().step_seconds;
+        for balancer in &result.balancers {
+            assert!(
+                ideal <= balancer.step_seconds,
+                "{}: {} beats the ideal",
+                scenario.name,
+                balancer.balancer
+            );
+        }
+        let fraction = |name| result.balancer(name).unwrap().fraction_of_ideal;
+        assert!(fraction("none") < fraction("eplb"), "{}", scenario.name);
+        assert!(fraction("eplb") < fraction("ultraep"), "{}", scenario.name);
+        assert!(
+            result.balancer("ultraep").unwrap().imbalance <= 1.03,
+            "{}",
+            scenario.name
+        );
+    }
+}
+
+#[test]
+fn without_skew_every_balancer_gives_the_same_result() {
+    let topology = nvl72_class_domain().unwrap();
+    let scenario = Scenario::published()[0];
+    let uniform = WorkloadConfig {
+        ranks: 64,
+        experts: scenario.model.routed_experts,
+        top_k: scenario.model.top_k,
+        layers: SMALL.layers,
+        tokens_per_rank: scenario.tokens_per_rank,
+        skew: 0.0,
+        drift: 0.0,
+        regime_switch: 0.0,
+        preference: 0.0,
+        uneven_tokens: 0.0,
+        seed: 1,
+    };
+    let result = run_workload(&scenario, &SMALL, uniform, &topology, &mut || {}).unwrap();
+    let none = result.balancer("none").unwrap();
+    let ultraep = result.balancer("ultraep").unwrap();
+    let planning = ultraep.planning_us * 1e-6 * f64::from(scenario.model.moe_layers);
+    for balancer in &result.balancers {
+        let difference = (balancer.step_seconds - none.step_seconds).abs();
+        assert_eq!(balancer.imbalance, 1.0, "{}", balancer.balancer);
+        if balancer.balancer.starts_with("eplb") {
+            // EPLB's published rule fills every redundant slot even on a uniform load; its even
+            // split keeps the balance, and moving the needless replicas costs it a little.
+            assert!(
+                difference <= 0.005 * none.step_seconds,
+                "{}: {difference}",
+                balancer.balancer
+            );
+        } else {
+            assert_eq!(balancer.replicas, 0.0, "{}", balancer.balancer);
+            // ultraep alone pays its (measured) planning time; the rest is identical.
+            assert!(
+                difference <= planning + 1e-12,
+                "{}: {difference}",
+                balancer.balancer
+            );
+        }
+    }
+}
+
+fn fixed_result(
+    name: &'static str,
+    scenario: Scenario,
+    figures: [(f64, f64); 5],
+) -> ScenarioResult {
+    let balancers = BALANCERS
+        .iter()
+        .zip(figures)
+        .map(|(&balancer, (imbalance, fraction))| BalancerResult {
+            balancer,
+            imbalance,
+            worst_imbalance: imbalance,
+            step_seconds: 1.0 / fraction,
+            tflops_per_gpu: 500.0 * fraction,
+            fraction_of_ideal: fraction,
+            peak_receive_bytes: (imbalance * 500e6) as u64,
+            planning_us: 9.0,
+            transfer_us: 120.0,
+            replicas: 40.0,
+            per_layer_imbalance: vec![imbalance],
+        })
+        .collect();
+    ScenarioResult {
+        scenario: Scenario { name, ..scenario },
+        model: scenario.model.name,
+        initial_imbalance: figures[0].0,
+        skew: 0.5,
+        balancers,
+    }
+}
+
+#[test]
+fn summary_table_snapshot() {
+    let scenarios = Scenario::published();
+    let results = vec![
+        fixed_result(
+            "training example",
+            scenarios[0],
+            [
+                (2.2, 0.6),
+                (1.7, 0.75),
+                (1.08, 0.96),
+                (1.01, 0.975),
+                (1.0, 1.0),
+            ],
+        ),
+        fixed_result(
+            "prefill example",
+            scenarios[3],
+            [
+                (3.7, 0.55),
+                (2.4, 0.7),
+                (1.05, 0.99),
+                (1.01, 0.993),
+                (1.0, 1.0),
+            ],
+        ),
+    ];
+    insta::assert_snapshot!(summary_table(&results));
+}
