@@ -290,9 +290,35 @@ pub fn run_workload(
     topology: &Topology,
     progress: &mut dyn FnMut(),
 ) -> Result<ScenarioResult, BenchError> {
+    let mut workload = Workload::new(config);
+    let run = RunConfig {
+        layers: config.layers,
+        ..*run
+    };
+    let mut result = run_steps(
+        scenario,
+        &run,
+        config.ranks,
+        &mut || workload.next_step(),
+        topology,
+        progress,
+    )?;
+    result.skew = config.skew;
+    Ok(result)
+}
+
+/// Replays `run.steps` steps from `next_step` (each `run.layers` matrices of `ranks` rows and the
+/// model's experts) through every balancer on `topology`.
+pub fn run_steps(
+    scenario: &Scenario,
+    run: &RunConfig,
+    ranks: u32,
+    next_step: &mut dyn FnMut() -> Vec<Vec<u32>>,
+    topology: &Topology,
+    progress: &mut dyn FnMut(),
+) -> Result<ScenarioResult, BenchError> {
     let hardware = Hardware::of(topology)?;
     let model = scenario.model;
-    let ranks = config.ranks;
     let layout = ExpertLayout::balanced_blocks(ranks, model.routed_experts)?;
     let domains = RankDomains::single(ranks)?;
     let slots = run.slots_per_rank;
@@ -324,7 +350,6 @@ pub fn run_workload(
         ..TransferConfig::default()
     };
 
-    let mut workload = Workload::new(config);
     let mut tallies = vec![Tally::default(); BALANCERS.len()];
     for tally in &mut tallies {
         tally.per_layer = vec![0.0; run.layers as usize];
@@ -333,7 +358,20 @@ pub fn run_workload(
     let mut useful_flops = 0.0;
     let mut plan = Plan::default();
     for step in 0..run.steps {
-        let layers = workload.next_step();
+        let layers = next_step();
+        if layers.len() != run.layers as usize
+            || layers
+                .iter()
+                .any(|l| l.len() != ranks as usize * model.routed_experts as usize)
+        {
+            return Err(BenchError::InvalidProblem {
+                source_name: scenario.name.to_owned(),
+                message: format!(
+                    "step {step} does not have {} layers of {ranks} x {} loads",
+                    run.layers, model.routed_experts
+                ),
+            });
+        }
         let replan = step > 0 && step % run.eplb_interval.max(1) == 0;
         for (layer, loads) in layers.iter().enumerate() {
             let matrix = LoadMatrix::new(loads, ranks as usize, model.routed_experts as usize)?;
@@ -476,7 +514,7 @@ pub fn run_workload(
         scenario: *scenario,
         model: model.name,
         initial_imbalance: initial / simulated_layers,
-        skew: config.skew,
+        skew: 0.0,
         balancers,
     })
 }

@@ -18,9 +18,11 @@ pub mod plan_command;
 pub mod problem_file;
 pub mod random;
 pub mod report;
+pub mod simulate_command;
 pub mod step;
 pub mod svg;
 pub mod topo_command;
+pub mod trace;
 pub mod workload;
 pub mod xfer_command;
 

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use ultraep_bench::bench_command::{self, BenchArgs};
 use ultraep_bench::plan_command::{self, PlanArgs};
+use ultraep_bench::simulate_command::{self, SimulateArgs};
 use ultraep_bench::topo_command::{self, TopoArgs};
 use ultraep_bench::xfer_command::{self, XferArgs};
 
@@ -26,6 +27,8 @@ enum Command {
     Xfer(XferArgs),
     /// Run the evaluation: every balancer on the published scenarios (what `cargo xtask bench` runs).
     Bench(BenchArgs),
+    /// Run one scenario, or a recorded trace, through every balancer.
+    Simulate(SimulateArgs),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +38,7 @@ fn main() -> ExitCode {
         Command::Plan(args) => plan_command::run(args),
         Command::Xfer(args) => xfer_command::run(args),
         Command::Bench(args) => bench_command::run(args),
+        Command::Simulate(args) => simulate_command::run(args),
     };
     match result {
         Ok(out) => {

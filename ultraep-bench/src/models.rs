@@ -101,6 +101,13 @@ impl ModelShape {
         Self::GLM_4_7,
     ];
 
+    /// The preset called `name`, case-insensitively ("qwen3-235b", "deepseek-v3", ...).
+    pub fn by_name(name: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|model| model.name.eq_ignore_ascii_case(name))
+    }
+
     /// Parameters of one routed expert (gate, up and down: three `hidden x width` matrices).
     pub const fn expert_params(&self) -> u64 {
         3 * self.hidden * self.expert_width

@@ -3,4 +3,5 @@
 mod evaluation;
 mod plan;
 mod topo;
+mod trace;
 mod xfer;

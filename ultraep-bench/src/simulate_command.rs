@@ -1,0 +1,143 @@
+//! `ultraep simulate`: one scenario, or a recorded trace, through every balancer.
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+use ultraep_topo::{Preset, TopologyBuilder};
+
+use crate::BenchError;
+use crate::experiment::{RunConfig, Scenario, run_scenario, run_steps};
+use crate::models::ModelShape;
+use crate::report::summary_table;
+use crate::step::Mode;
+use crate::trace::Trace;
+use crate::xfer_command::nvl72_class_domain;
+
+/// Arguments of `ultraep simulate`.
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// A published scenario (by name, or a part of it such as "DeepSeek").
+    #[arg(long, conflicts_with = "trace")]
+    pub scenario: Option<String>,
+    /// A trace: a JSON-lines file or a TensorRT-LLM expert-statistics directory.
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
+    /// The model the trace's loads run on: GLM-4.5-Air, Qwen3-235B, DeepSeek-V3 or GLM-4.7.
+    #[arg(long, default_value = "Qwen3-235B")]
+    pub model: String,
+    /// Training or prefill (for a trace).
+    #[arg(long, value_enum, default_value_t = ModeChoice::Prefill)]
+    pub mode: ModeChoice,
+    /// Attention context length (for a trace).
+    #[arg(long, default_value_t = 8192)]
+    pub sequence: u64,
+    /// More steps and layers (for a scenario).
+    #[arg(long)]
+    pub full: bool,
+}
+
+/// Training or prefill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModeChoice {
+    /// Forward and backward.
+    Training,
+    /// Forward only.
+    Prefill,
+}
+
+/// Runs `ultraep simulate` and returns its table.
+pub fn run(args: &SimulateArgs) -> Result<String, BenchError> {
+    let run = if args.full {
+        RunConfig::FULL
+    } else {
+        RunConfig::QUICK
+    };
+    let result = match (&args.trace, &args.scenario) {
+        (Some(path), _) => {
+            let trace = Trace::load(path)?;
+            let model =
+                ModelShape::by_name(&args.model).ok_or_else(|| BenchError::InvalidProblem {
+                    source_name: args.model.clone(),
+                    message: "unknown model; known: GLM-4.5-Air, Qwen3-235B, DeepSeek-V3, GLM-4.7"
+                        .into(),
+                })?;
+            if trace.experts != model.routed_experts {
+                return Err(BenchError::InvalidProblem {
+                    source_name: path.display().to_string(),
+                    message: format!(
+                        "the trace has {} experts, {} has {}",
+                        trace.experts, model.name, model.routed_experts
+                    ),
+                });
+            }
+            let preset = Preset::Gb200Nvl72;
+            let topology = TopologyBuilder::new(format!("{} GPUs of a GB200 NVL72", trace.ranks))
+                .accelerator(preset.accelerator())
+                .domain("rack0", 0..trace.ranks, preset.links())
+                .build()?;
+            let scenario = Scenario {
+                name: "trace",
+                model: ModelShape {
+                    top_k: trace.top_k.unwrap_or(model.top_k),
+                    ..model
+                },
+                mode: match args.mode {
+                    ModeChoice::Training => Mode::Training,
+                    ModeChoice::Prefill => Mode::Prefill,
+                },
+                target_imbalance: 0.0,
+                tokens_per_rank: 0,
+                sequence: args.sequence,
+                uneven_tokens: 0.0,
+                published_final: 0.0,
+                published_fraction: None,
+            };
+            let run = RunConfig {
+                steps: trace.steps.len() as u32,
+                layers: trace.layers(),
+                ..run
+            };
+            let mut steps = trace.steps.clone().into_iter();
+            run_steps(
+                &scenario,
+                &run,
+                trace.ranks,
+                &mut || steps.next().unwrap_or_default(),
+                &topology,
+                &mut || {},
+            )?
+        }
+        (None, name) => {
+            let wanted = name.as_deref().unwrap_or("Qwen3-235B prefill STEM");
+            let scenario = Scenario::published()
+                .into_iter()
+                .find(|s| s.name.contains(wanted))
+                .ok_or_else(|| BenchError::InvalidProblem {
+                    source_name: wanted.to_owned(),
+                    message: format!(
+                        "no such scenario; known: {}",
+                        Scenario::published()
+                            .iter()
+                            .map(|s| s.name)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                })?;
+            run_scenario(&scenario, &run, &nvl72_class_domain()?, &mut || {})?
+        }
+    };
+    let mut out = summary_table(std::slice::from_ref(&result));
+    out.push_str("\n| balancer | step (ms) | TFLOPS/GPU | replicas per layer | planning (us/layer) | transfer (us/layer) |\n|---|---|---|---|---|---|\n");
+    for balancer in &result.balancers {
+        out.push_str(&format!(
+            "| {} | {:.2} | {:.0} | {:.1} | {:.1} | {:.1} |\n",
+            balancer.balancer,
+            balancer.step_seconds * 1e3,
+            balancer.tflops_per_gpu,
+            balancer.replicas,
+            balancer.planning_us,
+            balancer.transfer_us
+        ));
+    }
+    Ok(out)
+}

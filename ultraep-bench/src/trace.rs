@@ -1,0 +1,327 @@
+//! Recorded router loads: ultraep's JSON-lines trace format and TensorRT-LLM's expert-statistics
+//! dumps, so users can replay their own loads through every balancer.
+//!
+//! **JSON lines** (`.jsonl`): a header, then one record per (step, layer, source rank):
+//!
+//! ```text
+//! {"ultraep_trace": 1, "ranks": 4, "experts": 8, "layers": 2, "top_k": 2}
+//! {"step": 0, "layer": 0, "rank": 0, "counts": [12, 0, 3, 9, 0, 0, 1, 7]}
+//! ...
+//! ```
+//!
+//! `counts[e]` is the number of the rank's tokens routed to expert `e` in that layer and step.
+//! Steps are numbered from 0; every (step, layer, rank) of every step up to the last must appear
+//! exactly once, in any order. `top_k` is optional.
+//!
+//! **TensorRT-LLM** (`EXPERT_STATISTIC_PATH` dumps): a directory with `meta_info.json`
+//! (`num_experts`, `num_experts_per_token`) and `rank{r}.safetensors` for ranks 0 to R - 1, each
+//! holding an integer tensor of `num_experts` counts per key `"{iter}_{layer}"`: rank `r`'s row of
+//! the load matrix. Iterations and layers are renumbered densely in ascending order.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::BenchError;
+
+/// Recorded loads: steps of layers of `ranks x experts` row-major matrices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trace {
+    /// Source ranks.
+    pub ranks: u32,
+    /// Routed experts.
+    pub experts: u32,
+    /// Experts per token, where recorded.
+    pub top_k: Option<u32>,
+    /// `steps[s][l]` is the load matrix of layer `l` in step `s`.
+    pub steps: Vec<Vec<Vec<u32>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Header {
+    ultraep_trace: u32,
+    ranks: u32,
+    experts: u32,
+    layers: u32,
+    #[serde(default)]
+    top_k: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Record {
+    step: u32,
+    layer: u32,
+    rank: u32,
+    counts: Vec<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+struct MetaInfo {
+    num_experts: u32,
+    #[serde(default)]
+    num_experts_per_token: Option<u32>,
+}
+
+fn invalid(source: &str, message: String) -> BenchError {
+    BenchError::InvalidProblem {
+        source_name: source.to_owned(),
+        message,
+    }
+}
+
+impl Trace {
+    /// Layers per step.
+    pub fn layers(&self) -> u32 {
+        self.steps.first().map_or(0, |s| s.len() as u32)
+    }
+
+    /// Parses a JSON-lines trace; `source` names it in errors.
+    pub fn from_jsonl(text: &str, source: &str) -> Result<Self, BenchError> {
+        let mut lines = text
+            .lines()
+            .enumerate()
+            .filter(|(_, line)| !line.trim().is_empty());
+        let (_, first) = lines
+            .next()
+            .ok_or_else(|| invalid(source, "the trace is empty: it needs a header line".into()))?;
+        let header: Header = serde_json::from_str(first)
+            .map_err(|error| invalid(source, format!("line 1 (the header): {error}")))?;
+        if header.ultraep_trace != 1 {
+            return Err(invalid(
+                source,
+                format!("trace format version {} is not 1", header.ultraep_trace),
+            ));
+        }
+        if header.ranks == 0 || header.experts == 0 || header.layers == 0 {
+            return Err(invalid(
+                source,
+                "ranks, experts and layers must all be at least 1".into(),
+            ));
+        }
+        let cells = header.ranks as usize * header.experts as usize;
+        let mut steps: Vec<Vec<Vec<u32>>> = Vec::new();
+        let mut seen: BTreeSet<(u32, u32, u32)> = BTreeSet::new();
+        for (index, line) in lines {
+            let at = |message: String| invalid(source, format!("line {}: {message}", index + 1));
+            let record: Record =
+                serde_json::from_str(line).map_err(|error| at(error.to_string()))?;
+            if record.rank >= header.ranks || record.layer >= header.layers {
+                return Err(at(format!(
+                    "rank {} layer {} is outside the header's {} ranks and {} layers",
+                    record.rank, record.layer, header.ranks, header.layers
+                )));
+            }
+            if record.counts.len() != header.experts as usize {
+                return Err(at(format!(
+                    "{} counts, but the header says {} experts",
+                    record.counts.len(),
+                    header.experts
+                )));
+            }
+            if !seen.insert((record.step, record.layer, record.rank)) {
+                return Err(at(format!(
+                    "step {} layer {} rank {} appears twice",
+                    record.step, record.layer, record.rank
+                )));
+            }
+            while steps.len() <= record.step as usize {
+                if steps.len() >= 1 << 20 {
+                    return Err(at("step numbers beyond 2^20".into()));
+                }
+                steps.push(vec![vec![0; cells]; header.layers as usize]);
+            }
+            let row = record.rank as usize * header.experts as usize;
+            steps[record.step as usize][record.layer as usize][row..row + header.experts as usize]
+                .copy_from_slice(&record.counts);
+        }
+        if steps.is_empty() {
+            return Err(invalid(
+                source,
+                "the trace has a header but no records".into(),
+            ));
+        }
+        for step in 0..steps.len() as u32 {
+            for layer in 0..header.layers {
+                for rank in 0..header.ranks {
+                    if !seen.contains(&(step, layer, rank)) {
+                        return Err(invalid(
+                            source,
+                            format!(
+                                "step {step} layer {layer} rank {rank} is missing (is the file truncated?)"
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(Self {
+            ranks: header.ranks,
+            experts: header.experts,
+            top_k: header.top_k,
+            steps,
+        })
+    }
+
+    /// Writes the trace as JSON lines (what [`Trace::from_jsonl`] reads back unchanged).
+    pub fn to_jsonl(&self) -> String {
+        let mut out = format!(
+            "{{\"ultraep_trace\": 1, \"ranks\": {}, \"experts\": {}, \"layers\": {}",
+            self.ranks,
+            self.experts,
+            self.layers()
+        );
+        if let Some(top_k) = self.top_k {
+            let _ = write!(out, ", \"top_k\": {top_k}");
+        }
+        out.push_str("}\n");
+        for (step, layers) in self.steps.iter().enumerate() {
+            for (layer, matrix) in layers.iter().enumerate() {
+                for (rank, counts) in matrix.chunks(self.experts as usize).enumerate() {
+                    let counts: Vec<String> = counts.iter().map(u32::to_string).collect();
+                    let _ = writeln!(
+                        out,
+                        "{{\"step\": {step}, \"layer\": {layer}, \"rank\": {rank}, \"counts\": [{}]}}",
+                        counts.join(", ")
+                    );
+                }
+            }
+        }
+        out
+    }
+
+    /// Reads a JSON-lines trace file, or a TensorRT-LLM expert-statistics directory.
+    pub fn load(path: &Path) -> Result<Self, BenchError> {
+        let io = |source| BenchError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        if path.is_dir() {
+            return Self::from_trtllm_dir(path);
+        }
+        let text = std::fs::read_to_string(path).map_err(io)?;
+        Self::from_jsonl(&text, &path.display().to_string())
+    }
+
+    /// Reads a TensorRT-LLM expert-statistics dump directory.
+    pub fn from_trtllm_dir(directory: &Path) -> Result<Self, BenchError> {
+        let name = directory.display().to_string();
+        let read = |file: &str| {
+            let path = directory.join(file);
+            std::fs::read(&path).map_err(|source| BenchError::Io { path, source })
+        };
+        let meta: MetaInfo = serde_json::from_slice(&read("meta_info.json")?)
+            .map_err(|error| invalid(&name, format!("meta_info.json: {error}")))?;
+        if meta.num_experts == 0 {
+            return Err(invalid(&name, "meta_info.json: num_experts is 0".into()));
+        }
+        let mut ranks = 0;
+        while directory.join(format!("rank{ranks}.safetensors")).is_file() {
+            ranks += 1;
+        }
+        if ranks == 0 {
+            return Err(invalid(
+                &name,
+                "no rank0.safetensors in the directory".into(),
+            ));
+        }
+        // (iteration, layer) -> one row per rank.
+        let mut records: BTreeMap<(u64, u64), Vec<Option<Vec<u32>>>> = BTreeMap::new();
+        for rank in 0..ranks {
+            let file = format!("rank{rank}.safetensors");
+            let bytes = read(&file)?;
+            let tensors = safetensors::SafeTensors::deserialize(&bytes)
+                .map_err(|error| invalid(&name, format!("{file}: {error}")))?;
+            for (key, view) in tensors.tensors() {
+                let at =
+                    |message: String| invalid(&name, format!("{file}, key {key:?}: {message}"));
+                let (iteration, layer) = key
+                    .split_once('_')
+                    .and_then(|(i, l)| Some((i.parse::<u64>().ok()?, l.parse::<u64>().ok()?)))
+                    .ok_or_else(|| at("keys must be \"{iter}_{layer}\"".into()))?;
+                if view.shape() != [meta.num_experts as usize] {
+                    return Err(at(format!(
+                        "shape {:?}, expected [{}]",
+                        view.shape(),
+                        meta.num_experts
+                    )));
+                }
+                let counts = integer_counts(view.dtype(), view.data()).map_err(at)?;
+                let rows = records
+                    .entry((iteration, layer))
+                    .or_insert_with(|| vec![None; ranks as usize]);
+                rows[rank as usize] = Some(counts);
+            }
+        }
+        let iterations: BTreeSet<u64> = records.keys().map(|k| k.0).collect();
+        let layers: BTreeSet<u64> = records.keys().map(|k| k.1).collect();
+        if iterations.is_empty() {
+            return Err(invalid(&name, "the dump holds no records".into()));
+        }
+        let mut steps = Vec::with_capacity(iterations.len());
+        for &iteration in &iterations {
+            let mut step = Vec::with_capacity(layers.len());
+            for &layer in &layers {
+                let rows = records.get(&(iteration, layer)).ok_or_else(|| {
+                    invalid(
+                        &name,
+                        format!(
+                            "iteration {iteration} has no layer {layer} (is the dump truncated?)"
+                        ),
+                    )
+                })?;
+                let mut matrix = Vec::with_capacity(ranks as usize * meta.num_experts as usize);
+                for (rank, row) in rows.iter().enumerate() {
+                    let row = row.as_ref().ok_or_else(|| {
+                        invalid(
+                            &name,
+                            format!("rank{rank}.safetensors lacks key \"{iteration}_{layer}\""),
+                        )
+                    })?;
+                    matrix.extend_from_slice(row);
+                }
+                step.push(matrix);
+            }
+            steps.push(step);
+        }
+        Ok(Self {
+            ranks,
+            experts: meta.num_experts,
+            top_k: meta.num_experts_per_token,
+            steps,
+        })
+    }
+}
+
+/// Non-negative integer counts that fit in 32 bits, from a little-endian tensor.
+fn integer_counts(dtype: safetensors::Dtype, data: &[u8]) -> Result<Vec<u32>, String> {
+    use safetensors::Dtype;
+    let values: Vec<i128> = match dtype {
+        Dtype::I64 => data
+            .chunks_exact(8)
+            .map(|b| i128::from(i64::from_le_bytes(b.try_into().unwrap_or([0; 8]))))
+            .collect(),
+        Dtype::I32 => data
+            .chunks_exact(4)
+            .map(|b| i128::from(i32::from_le_bytes(b.try_into().unwrap_or([0; 4]))))
+            .collect(),
+        Dtype::U32 => data
+            .chunks_exact(4)
+            .map(|b| i128::from(u32::from_le_bytes(b.try_into().unwrap_or([0; 4]))))
+            .collect(),
+        Dtype::U64 => data
+            .chunks_exact(8)
+            .map(|b| i128::from(u64::from_le_bytes(b.try_into().unwrap_or([0; 8]))))
+            .collect(),
+        other => return Err(format!("dtype {other:?}; expert counts must be integers")),
+    };
+    values
+        .into_iter()
+        .map(|value| {
+            u32::try_from(value).map_err(|_| format!("count {value} is negative or above 2^32 - 1"))
+        })
+        .collect()
+}

@@ -1,0 +1,271 @@
+//! Traces: the JSON-lines round trip, TensorRT-LLM dumps, and every kind of bad file.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, serialize};
+use ultraep_bench::trace::Trace;
+use ultraep_bench::workload::{Workload, WorkloadConfig};
+
+fn small_trace(ranks: u32, experts: u32, steps: usize, layers: u32) -> Trace {
+    let mut workload = Workload::new(WorkloadConfig {
+        ranks,
+        experts,
+        top_k: 8,
+        layers,
+        tokens_per_rank: 256,
+        skew: 0.5,
+        drift: 0.1,
+        regime_switch: 0.2,
+        preference: 0.3,
+        uneven_tokens: 0.0,
+        seed: 3,
+    });
+    Trace {
+        ranks,
+        experts,
+        top_k: Some(8),
+        steps: (0..steps).map(|_| workload.next_step()).collect(),
+    }
+}
+
+fn scratch(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ultraep-trace-{test}-{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn jsonl_round_trip() {
+    let trace = small_trace(4, 16, 3, 2);
+    let text = trace.to_jsonl();
+    assert_eq!(Trace::from_jsonl(&text, "t").unwrap(), trace);
+    // Records may come in any order.
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines[1..].reverse();
+    assert_eq!(Trace::from_jsonl(&lines.join("\n"), "t").unwrap(), trace);
+}
+
+fn refused(text: &str, fragment: &str) {
+    let error = Trace::from_jsonl(text, "bad.jsonl")
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains(fragment), "{error:?} lacks {fragment:?}");
+    assert!(error.starts_with("bad.jsonl: "), "{error}");
+}
+
+const HEADER: &str = r#"{"ultraep_trace": 1, "ranks": 2, "experts": 2, "layers": 1}"#;
+
+#[test]
+fn empty_trace() {
+    refused("", "empty");
+}
+
+#[test]
+fn header_with_an_unknown_key() {
+    refused(
+        r#"{"ultraep_trace": 1, "ranks": 2, "experts": 2, "layers": 1, "lyers": 2}"#,
+        "unknown field",
+    );
+}
+
+#[test]
+fn unknown_version() {
+    refused(
+        r#"{"ultraep_trace": 2, "ranks": 2, "experts": 2, "layers": 1}"#,
+        "version 2",
+    );
+}
+
+#[test]
+fn header_without_records() {
+    refused(HEADER, "no records");
+}
+
+#[test]
+fn record_with_too_few_counts() {
+    refused(
+        &format!("{HEADER}\n{{\"step\": 0, \"layer\": 0, \"rank\": 0, \"counts\": [1]}}"),
+        "line 2: 1 counts",
+    );
+}
+
+#[test]
+fn record_of_an_unknown_rank() {
+    refused(
+        &format!("{HEADER}\n{{\"step\": 0, \"layer\": 0, \"rank\": 2, \"counts\": [1, 2]}}"),
+        "rank 2 layer 0",
+    );
+}
+
+#[test]
+fn negative_count() {
+    refused(
+        &format!("{HEADER}\n{{\"step\": 0, \"layer\": 0, \"rank\": 0, \"counts\": [-1, 2]}}"),
+        "line 2",
+    );
+}
+
+#[test]
+fn duplicate_record() {
+    let record = r#"{"step": 0, "layer": 0, "rank": 0, "counts": [1, 2]}"#;
+    refused(&format!("{HEADER}\n{record}\n{record}"), "appears twice");
+}
+
+#[test]
+fn truncated_trace() {
+    let trace = small_trace(2, 2, 2, 1).to_jsonl();
+    let cut: Vec<&str> = trace.lines().collect();
+    refused(
+        &cut[..cut.len() - 1].join("\n"),
+        "step 1 layer 0 rank 1 is missing",
+    );
+    // A line cut in the middle is a syntax error naming its line.
+    let half = &trace[..trace.len() - 10];
+    refused(half, "line 5");
+}
+
+/// Writes a TensorRT-LLM dump of `trace` (int64 bincounts per "{iter}_{layer}", iterations from 100).
+fn write_trtllm(dir: &Path, trace: &Trace) {
+    std::fs::write(
+        dir.join("meta_info.json"),
+        format!(
+            "{{\"num_experts\": {}, \"num_experts_per_token\": 8, \"ep_size\": {}}}",
+            trace.experts, trace.ranks
+        ),
+    )
+    .unwrap();
+    for rank in 0..trace.ranks as usize {
+        let mut buffers = Vec::new();
+        for (step, layers) in trace.steps.iter().enumerate() {
+            for (layer, matrix) in layers.iter().enumerate() {
+                let row =
+                    &matrix[rank * trace.experts as usize..(rank + 1) * trace.experts as usize];
+                let bytes: Vec<u8> = row
+                    .iter()
+                    .flat_map(|&c| i64::from(c).to_le_bytes())
+                    .collect();
+                buffers.push((format!("{}_{}", 100 + step, layer * 2), bytes));
+            }
+        }
+        let views: Vec<(String, TensorView<'_>)> = buffers
+            .iter()
+            .map(|(key, bytes)| {
+                (
+                    key.clone(),
+                    TensorView::new(Dtype::I64, vec![trace.experts as usize], bytes).unwrap(),
+                )
+            })
+            .collect();
+        std::fs::write(
+            dir.join(format!("rank{rank}.safetensors")),
+            serialize(views, None).unwrap(),
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn tensorrt_llm_dump_reads_back() {
+    let dir = scratch("trtllm");
+    let trace = small_trace(4, 16, 2, 3);
+    write_trtllm(&dir, &trace);
+    assert_eq!(Trace::load(&dir).unwrap(), trace);
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn tensorrt_llm_dump_errors_name_the_problem() {
+    let dir = scratch("trtllm-bad");
+    let trace = small_trace(2, 4, 1, 1);
+    write_trtllm(&dir, &trace);
+    // A truncated rank file.
+    let rank1 = dir.join("rank1.safetensors");
+    let bytes = std::fs::read(&rank1).unwrap();
+    std::fs::write(&rank1, &bytes[..bytes.len() - 7]).unwrap();
+    let error = Trace::load(&dir).unwrap_err().to_string();
+    assert!(error.contains("rank1.safetensors"), "{error}");
+    // Counts that are not integers.
+    let floats: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let view = TensorView::new(Dtype::F32, vec![4], &floats).unwrap();
+    std::fs::write(
+        &rank1,
+        serialize(vec![("100_0".to_owned(), view)], None).unwrap(),
+    )
+    .unwrap();
+    let error = Trace::load(&dir).unwrap_err().to_string();
+    assert!(error.contains("must be integers"), "{error}");
+    // A key a rank lacks.
+    let counts: Vec<u8> = [1i64, 2, 3, 4]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let view = TensorView::new(Dtype::I64, vec![4], &counts).unwrap();
+    std::fs::write(
+        &rank1,
+        serialize(vec![("101_0".to_owned(), view)], None).unwrap(),
+    )
+    .unwrap();
+    let error = Trace::load(&dir).unwrap_err().to_string();
+    assert!(error.contains("lacks key"), "{error}");
+    // A negative count.
+    let negative: Vec<u8> = [1i64, -2, 3, 4]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let view = TensorView::new(Dtype::I64, vec![4], &negative).unwrap();
+    std::fs::write(
+        &rank1,
+        serialize(vec![("100_0".to_owned(), view)], None).unwrap(),
+    )
+    .unwrap();
+    let error = Trace::load(&dir).unwrap_err().to_string();
+    assert!(error.contains("negative"), "{error}");
+    // No meta_info.json.
+    std::fs::remove_file(dir.join("meta_info.json")).unwrap();
+    let error = Trace::load(&dir).unwrap_err().to_string();
+    assert!(error.contains("meta_info.json"), "{error}");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn simulate_replays_a_trace() {
+    let dir = scratch("simulate");
+    let path = dir.join("qwen3.jsonl");
+    std::fs::write(&path, small_trace(8, 128, 2, 2).to_jsonl()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ultraep"))
+        .args([
+            "simulate",
+            "--trace",
+            path.to_str().unwrap(),
+            "--model",
+            "qwen3-235b",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.contains("| ultraep |"), "{table}");
+    let wrong_model = Command::new(env!("CARGO_BIN_EXE_ultraep"))
+        .args([
+            "simulate",
+            "--trace",
+            path.to_str().unwrap(),
+            "--model",
+            "deepseek-v3",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(wrong_model.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&wrong_model.stderr).contains("128 experts"));
+    std::fs::remove_dir_all(dir).ok();
+}
