@@ -7,8 +7,8 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::BenchError;
-use crate::experiment::{RunConfig, Scenario, run_scenario};
-use crate::report::{PUBLISHED, summary_table, write_report};
+use crate::experiment::{RunConfig, Scenario, run_scenario, run_sweeps};
+use crate::report::{PUBLISHED, summary_table, sweep_tables, write_report};
 use crate::xfer_command::nvl72_class_domain;
 
 /// Arguments of `ultraep bench`.
@@ -32,6 +32,9 @@ pub struct BenchArgs {
     /// Redundant slots per rank.
     #[arg(long)]
     pub slots: Option<u32>,
+    /// Skip the sweeps (EP size, slots, relays).
+    #[arg(long)]
+    pub no_sweeps: bool,
 }
 
 /// Runs the evaluation and returns the summary it prints.
@@ -54,10 +57,21 @@ pub fn run(args: &BenchArgs) -> Result<String, BenchError> {
         })
         .collect();
     let topology = nvl72_class_domain()?;
+    // Sweeps: 12 points of a shorter run.
+    let sweep_run = RunConfig {
+        steps: (config.steps / 2).max(2),
+        layers: (config.layers / 2).max(2),
+        ..config
+    };
+    let sweep_steps = if args.no_sweeps {
+        0
+    } else {
+        12 * u64::from(sweep_run.steps)
+    };
     let bar = if args.quiet {
         ProgressBar::hidden()
     } else {
-        ProgressBar::new(u64::from(config.steps) * scenarios.len() as u64)
+        ProgressBar::new(u64::from(config.steps) * scenarios.len() as u64 + sweep_steps)
     };
     bar.set_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} steps {msg}")
@@ -71,11 +85,18 @@ pub fn run(args: &BenchArgs) -> Result<String, BenchError> {
             bar.inc(1)
         })?);
     }
+    let sweeps = if args.no_sweeps {
+        None
+    } else {
+        bar.set_message("sweeps");
+        Some(run_sweeps(&sweep_run, &mut || bar.inc(1))?)
+    };
     bar.finish_and_clear();
-    write_report(&args.out, &config, &results)?;
+    write_report(&args.out, &config, &results, sweeps.as_ref())?;
     Ok(format!(
-        "{}\n{PUBLISHED}.\n\n{} scenarios, {} steps x {} layers each, in {:.0} s; report in {}\n",
+        "{}\n{PUBLISHED}.\n\n{}{} scenarios, {} steps x {} layers each, in {:.0} s; report in {}\n",
         summary_table(&results),
+        sweeps.as_ref().map(sweep_tables).unwrap_or_default(),
         results.len(),
         config.steps,
         config.layers,

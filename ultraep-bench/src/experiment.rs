@@ -518,3 +518,109 @@ pub fn run_steps(
         balancers,
     })
 }
+
+/// One point of a sweep.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SweepPoint {
+    /// What varies, e.g. "EP 16" or "2 slots".
+    pub label: String,
+    /// Mean no-balancing imbalance.
+    pub initial_imbalance: f64,
+    /// ultraep's mean imbalance.
+    pub ultraep_imbalance: f64,
+    /// Fractions of ideal throughput: none, EPLB as deployed, ultraep.
+    pub none_fraction: f64,
+    /// EPLB as deployed.
+    pub eplb_fraction: f64,
+    /// ultraep.
+    pub ultraep_fraction: f64,
+    /// ultraep's mean weight transfer per layer, microseconds.
+    pub transfer_us: f64,
+    /// ultraep's mean replicas per layer.
+    pub replicas: f64,
+}
+
+/// The sweeps of the evaluation: one model, one knob at a time.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Sweeps {
+    /// The scenario swept.
+    pub scenario: &'static str,
+    /// Expert-parallel size 8 to 72 (one NVL72 domain; the model's popularity as calibrated at
+    /// EP64, so the imbalance is what that popularity gives at each size).
+    pub ep_size: Vec<SweepPoint>,
+    /// Redundant slots per rank 0 to 4 at EP64.
+    pub slots: Vec<SweepPoint>,
+    /// ultraep's weight transfers with and without relays at EP64.
+    pub relays: Vec<SweepPoint>,
+}
+
+fn point(label: String, result: &ScenarioResult) -> SweepPoint {
+    let get = |name| {
+        result
+            .balancer(name)
+            .cloned()
+            .unwrap_or_else(|| result.balancers[0].clone())
+    };
+    let (none, eplb, ultraep) = (get("none"), get("eplb"), get("ultraep"));
+    SweepPoint {
+        label,
+        initial_imbalance: result.initial_imbalance,
+        ultraep_imbalance: ultraep.imbalance,
+        none_fraction: none.fraction_of_ideal,
+        eplb_fraction: eplb.fraction_of_ideal,
+        ultraep_fraction: ultraep.fraction_of_ideal,
+        transfer_us: ultraep.transfer_us,
+        replicas: ultraep.replicas,
+    }
+}
+
+/// Runs the sweeps on Qwen3-235B training with `run`'s steps and layers; `progress` is called
+/// after every step of every point.
+pub fn run_sweeps(run: &RunConfig, progress: &mut dyn FnMut()) -> Result<Sweeps, BenchError> {
+    let scenario = Scenario::published()
+        .into_iter()
+        .find(|s| s.name == "Qwen3-235B training")
+        .ok_or_else(|| BenchError::InvalidProblem {
+            source_name: "sweeps".into(),
+            message: "the Qwen3-235B training scenario is missing".into(),
+        })?;
+    let calibrated = workload_config(&scenario, run);
+    let preset = ultraep_topo::Preset::Gb200Nvl72;
+    let domain = |ranks: u32| {
+        ultraep_topo::TopologyBuilder::new(format!("{ranks} GPUs of a GB200 NVL72"))
+            .accelerator(preset.accelerator())
+            .domain("rack0", 0..ranks, preset.links())
+            .build()
+    };
+    let mut ep_size = Vec::new();
+    for ranks in [8, 16, 32, 64, 72] {
+        let config = WorkloadConfig {
+            ranks,
+            ..calibrated
+        };
+        let result = run_workload(&scenario, run, config, &domain(ranks)?, progress)?;
+        ep_size.push(point(format!("EP {ranks}"), &result));
+    }
+    let rack = domain(64)?;
+    let mut slots = Vec::new();
+    for count in 0..=4 {
+        let swept = RunConfig {
+            slots_per_rank: count,
+            ..*run
+        };
+        let result = run_workload(&scenario, &swept, calibrated, &rack, progress)?;
+        slots.push(point(format!("{count} slots"), &result));
+    }
+    let mut relays = Vec::new();
+    for (label, on) in [("relays on", true), ("relays off", false)] {
+        let swept = RunConfig { relays: on, ..*run };
+        let result = run_workload(&scenario, &swept, calibrated, &rack, progress)?;
+        relays.push(point(label.to_owned(), &result));
+    }
+    Ok(Sweeps {
+        scenario: scenario.name,
+        ep_size,
+        slots,
+        relays,
+    })
+}

@@ -6,7 +6,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::BenchError;
-use crate::experiment::{RunConfig, ScenarioResult};
+use crate::experiment::{RunConfig, ScenarioResult, SweepPoint, Sweeps};
 use crate::svg;
 
 /// The published averages this evaluation is compared with (`ultraep-facts.md` section 6).
@@ -100,6 +100,58 @@ struct ResultsFile<'a> {
     run: &'a RunConfig,
     averages: Averages,
     scenarios: &'a [ScenarioResult],
+    sweeps: Option<&'a Sweeps>,
+}
+
+/// The sweep tables (markdown).
+pub fn sweep_tables(sweeps: &Sweeps) -> String {
+    let mut out = format!("Sweeps on {}:\n\n", sweeps.scenario);
+    for (title, points) in [
+        ("expert-parallel size (one NVL72 domain)", &sweeps.ep_size),
+        ("redundant slots per rank (EP64)", &sweeps.slots),
+        (
+            "relays for ultraep's weight transfers (EP64)",
+            &sweeps.relays,
+        ),
+    ] {
+        let _ = writeln!(out, "**{title}**\n");
+        out.push_str("| point | initial | ultraep final | % of ideal: none / eplb / ultraep | ultraep replicas per layer | ultraep transfer per layer (us) |\n|---|---|---|---|---|---|\n");
+        for p in points.iter() {
+            let _ = writeln!(
+                out,
+                "| {} | {:.2} | {:.2} | {:.1} / {:.1} / {:.1} | {:.1} | {:.0} |",
+                p.label,
+                p.initial_imbalance,
+                p.ultraep_imbalance,
+                p.none_fraction * 100.0,
+                p.eplb_fraction * 100.0,
+                p.ultraep_fraction * 100.0,
+                p.replicas,
+                p.transfer_us
+            );
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn sweep_chart(title: &str, points: &[SweepPoint]) -> String {
+    let labels: Vec<String> = points.iter().map(|p| p.label.clone()).collect();
+    let series = vec![
+        (
+            "none".to_owned(),
+            points.iter().map(|p| p.none_fraction).collect(),
+        ),
+        (
+            "eplb".to_owned(),
+            points.iter().map(|p| p.eplb_fraction).collect(),
+        ),
+        (
+            "ultraep".to_owned(),
+            points.iter().map(|p| p.ultraep_fraction).collect(),
+        ),
+    ];
+    svg::grouped_bars(title, "", &labels, &series)
 }
 
 /// Writes `report.md`, `results.json` and the plots into `directory`.
@@ -107,6 +159,7 @@ pub fn write_report(
     directory: &Path,
     run: &RunConfig,
     results: &[ScenarioResult],
+    sweeps: Option<&Sweeps>,
 ) -> Result<(), BenchError> {
     let io = |source| BenchError::Io {
         path: directory.to_owned(),
@@ -117,11 +170,28 @@ pub fn write_report(
         let path = directory.join(name);
         std::fs::write(&path, text).map_err(|source| BenchError::Io { path, source })
     };
-    write("report.md", &markdown(run, results))?;
+    let mut report = markdown(run, results);
+    if let Some(sweeps) = sweeps {
+        report.push('\n');
+        report.push_str(&sweep_tables(sweeps));
+        write(
+            "sweep-ep-size.svg",
+            &sweep_chart("Fraction of ideal by expert-parallel size", &sweeps.ep_size),
+        )?;
+        write(
+            "sweep-slots.svg",
+            &sweep_chart(
+                "Fraction of ideal by redundant slots per rank",
+                &sweeps.slots,
+            ),
+        )?;
+    }
+    write("report.md", &report)?;
     let json = serde_json::to_string_pretty(&ResultsFile {
         run,
         averages: averages(results),
         scenarios: results,
+        sweeps,
     })
     .map_err(|error| BenchError::InvalidProblem {
         source_name: "results.json".into(),

@@ -6,10 +6,31 @@ const WIDTH: f64 = 760.0;
 const HEIGHT: f64 = 360.0;
 const LEFT: f64 = 60.0;
 const BOTTOM: f64 = 90.0;
-const TOP: f64 = 40.0;
+const TOP: f64 = 60.0;
 const COLOURS: [&str; 6] = [
     "#9e9e9e", "#e69f00", "#56b4e9", "#009e73", "#0072b2", "#d55e00",
 ];
+
+/// The same colour for a balancer in every chart; other series by position.
+fn colour(name: &str, position: usize) -> &'static str {
+    match name {
+        "none" => COLOURS[0],
+        "eplb" => COLOURS[1],
+        "eplb-oracle" => COLOURS[2],
+        "ultraep" => COLOURS[3],
+        "ideal" => COLOURS[4],
+        _ => COLOURS[position % COLOURS.len()],
+    }
+}
+
+/// `max` rounded up to two significant digits, so axes end on a tidy value.
+fn tidy(max: f64) -> f64 {
+    if max <= 0.0 || !max.is_finite() {
+        return 1.0;
+    }
+    let scale = 10f64.powf(max.log10().floor() - 1.0);
+    (max / scale).ceil() * scale
+}
 
 /// A chart of `series` (name, one value per category) over `categories`, as grouped bars.
 pub fn grouped_bars(
@@ -21,8 +42,8 @@ pub fn grouped_bars(
     let max = series
         .iter()
         .flat_map(|(_, values)| values.iter().copied())
-        .fold(0.0_f64, f64::max)
-        .max(f64::MIN_POSITIVE);
+        .fold(0.0_f64, f64::max);
+    let max = tidy(max);
     let mut svg = header(title, unit, max);
     let plot_width = WIDTH - LEFT - 20.0;
     let group = plot_width / categories.len().max(1) as f64;
@@ -39,7 +60,7 @@ pub fn grouped_bars(
                 HEIGHT - BOTTOM - height,
                 bar * 0.95,
                 height,
-                COLOURS[s % COLOURS.len()],
+                colour(&series[s].0, s),
                 escape(&series[s].0),
                 value
             );
@@ -64,8 +85,8 @@ pub fn lines(title: &str, unit: &str, x_label: &str, series: &[(String, Vec<f64>
     let max = series
         .iter()
         .flat_map(|(_, values)| values.iter().copied())
-        .fold(0.0_f64, f64::max)
-        .max(f64::MIN_POSITIVE);
+        .fold(0.0_f64, f64::max);
+    let max = tidy(max);
     let points = series
         .iter()
         .map(|(_, v)| v.len())
@@ -89,7 +110,7 @@ pub fn lines(title: &str, unit: &str, x_label: &str, series: &[(String, Vec<f64>
         let _ = write!(
             svg,
             r#"<polyline fill="none" stroke="{}" stroke-width="2" points="{}"><title>{}</title></polyline>"#,
-            COLOURS[s % COLOURS.len()],
+            colour(name, s),
             path.join(" "),
             escape(name)
         );
@@ -121,7 +142,7 @@ fn header(title: &str, unit: &str, max: f64) -> String {
         let y = HEIGHT - BOTTOM - f64::from(tick) / 4.0 * (HEIGHT - TOP - BOTTOM);
         let _ = write!(
             svg,
-            r##"<line x1="{LEFT}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#e0e0e0"/><text x="4" y="{:.1}" font-size="10">{value:.3} {}</text>"##,
+            r##"<line x1="{LEFT}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#e0e0e0"/><text x="4" y="{:.1}" font-size="10">{value:.2} {}</text>"##,
             WIDTH - 20.0,
             y + 3.0,
             escape(unit)
@@ -131,15 +152,14 @@ fn header(title: &str, unit: &str, max: f64) -> String {
 }
 
 fn legend<'a>(svg: &mut String, names: impl Iterator<Item = &'a str>) {
+    // Under the title, clear of the rotated category labels at the bottom.
     for (i, name) in names.enumerate() {
         let x = LEFT + i as f64 * 120.0;
         let _ = write!(
             svg,
-            r#"<rect x="{x:.1}" y="{:.1}" width="10" height="10" fill="{}"/><text x="{:.1}" y="{:.1}" font-size="11">{}</text>"#,
-            HEIGHT - 14.0,
-            COLOURS[i % COLOURS.len()],
+            r#"<rect x="{x:.1}" y="32" width="10" height="10" fill="{}"/><text x="{:.1}" y="41" font-size="11">{}</text>"#,
+            colour(name, i),
             x + 14.0,
-            HEIGHT - 5.0,
             escape(name)
         );
     }
