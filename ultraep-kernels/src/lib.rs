@@ -1,12 +1,26 @@
 //! The CUDA kernels of ultraep and a CPU reference for each one: load histogram, token reroute,
 //! persistent tile streaming and gradient reduction.
 //!
-//! Kernels are compiled at run time by NVRTC and loaded once per context; every GPU result is checked
-//! against its CPU reference.
+//! Kernel sources ([`sources`]) are CUDA C++ compiled at run time by NVRTC for Hopper
+//! ([`compile`]); they consume the `#[repr(C)]` descriptors of `ultraep-xfer` (tile tasks) and of
+//! this crate ([`reference::reroute::RerouteEntry`], [`reference::reduce::ReduceJob`]) as they are.
+//! Every kernel has a CPU reference with the same semantics ([`reference`]), so the whole system
+//! runs and is tested without a GPU, and GPU results are checked against them exactly.
 //!
-//! Status: issue 6; not written yet, so this crate exports nothing and does not link CUDA so far.
+//! Status: kernel sources, NVRTC compilation and the CPU references are here; the device-side
+//! launch wrappers, GPU tests and benchmarks come next (issue 6).
 //!
-//! Who uses it: `ultraep-runtime` and `ultraep-bench`.
-//!
-//! What it may depend on: `ultraep-topo`, `ultraep-plan`, `ultraep-xfer` and cudarc. It is the only
-//! crate of the workspace that may touch CUDA.
+//! Who uses it: `ultraep-runtime` and `ultraep-bench`. What it may depend on: `ultraep-plan`,
+//! `ultraep-xfer` and cudarc; it is the only crate of the workspace that touches CUDA, and it
+//! turns a missing driver or NVRTC into an error, never a panic.
+
+#![allow(unsafe_code)]
+
+mod compile;
+mod error;
+pub mod reference;
+pub mod sources;
+
+pub use compile::{ARCH, compile, nvrtc_available};
+pub use error::KernelError;
+pub use sources::KernelSource;

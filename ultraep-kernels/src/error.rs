@@ -1,0 +1,33 @@
+//! The one error type of this crate.
+
+use thiserror::Error;
+
+/// Everything the kernels and their host side refuse or fail at.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum KernelError {
+    /// NVRTC (`libnvrtc.so.13`) could not be loaded.
+    #[error(
+        "NVRTC is not available: libnvrtc.so.13 could not be loaded (install the nvidia-cuda-nvrtc wheel and put its lib folder on LD_LIBRARY_PATH)"
+    )]
+    NvrtcUnavailable,
+    /// A kernel did not compile.
+    #[error("kernel {kernel} did not compile: {log}")]
+    Compile {
+        /// The kernel's name.
+        kernel: &'static str,
+        /// NVRTC's message and log.
+        log: String,
+    },
+    /// An input the kernels cannot take (the message names it).
+    #[error("invalid kernel input: {0}")]
+    InvalidInput(String),
+    /// An id of the router's output names no expert.
+    #[error("{count} router id(s) name no expert (there are {experts})")]
+    InvalidExpertIds {
+        /// How many.
+        count: u32,
+        /// Experts of the layer.
+        experts: u32,
+    },
+}

@@ -1,0 +1,221 @@
+//! The CUDA C++ sources of the kernels, compiled at run time by NVRTC.
+//!
+//! Header-free on purpose: no CUDA include paths are needed, so any NVRTC compiles them. The
+//! structures mirror the `#[repr(C)]` descriptors of `ultraep-xfer` and of this crate field for
+//! field. Every kernel is deterministic: the same input gives the same output bit for bit.
+
+/// One kernel source and the entry points it defines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelSource {
+    /// A short name, e.g. "histogram".
+    pub name: &'static str,
+    /// The CUDA C++ source.
+    pub source: &'static str,
+    /// The `extern "C"` functions it defines.
+    pub entry_points: &'static [&'static str],
+}
+
+/// Router top-k ids of one rank's tokens -> per-expert counts. `counts` has `experts + 1` entries,
+/// zeroed before launch; the last counts ids that are out of range, so a bad input is reported,
+/// not miscounted. Shared memory: `experts * 4` bytes.
+pub const HISTOGRAM: KernelSource = KernelSource {
+    name: "histogram",
+    entry_points: &["ultraep_histogram"],
+    source: r#"
+extern "C" __global__ void ultraep_histogram(const unsigned int* ids, unsigned int n,
+                                             unsigned int experts, unsigned int* counts) {
+    extern __shared__ unsigned int local[];
+    for (unsigned int e = threadIdx.x; e < experts; e += blockDim.x) local[e] = 0;
+    __syncthreads();
+    unsigned int invalid = 0;
+    for (unsigned int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+        unsigned int e = ids[i];
+        if (e < experts) atomicAdd(&local[e], 1u); else ++invalid;
+    }
+    if (invalid) atomicAdd(&counts[experts], invalid);
+    __syncthreads();
+    for (unsigned int e = threadIdx.x; e < experts; e += blockDim.x)
+        if (local[e]) atomicAdd(&counts[e], local[e]);
+}
+"#,
+};
+
+/// Rewrites every (token, k) expert id of one source rank to the instance the plan's split assigns:
+/// the `j`-th occurrence of expert `e`, in token order, goes to the first entry of `e` whose
+/// cumulative `end` exceeds `j`. One block per source; occurrences are ranked in tiles of
+/// `blockDim.x` with shared counters, so the result does not depend on scheduling. Ids out of
+/// range, or occurrences beyond the expert's split, become `0xffffffff` and are counted in
+/// `invalid`. Shared memory: `experts * 4 + blockDim.x * 4` bytes.
+pub const REROUTE: KernelSource = KernelSource {
+    name: "reroute",
+    entry_points: &["ultraep_reroute"],
+    source: r#"
+struct RerouteEntry { unsigned int end; unsigned int instance; };
+
+extern "C" __global__ void ultraep_reroute(const unsigned int* ids, unsigned int n, unsigned int experts,
+                                           const unsigned int* offsets, const RerouteEntry* entries,
+                                           unsigned int* out, unsigned int* invalid) {
+    extern __shared__ unsigned int shared[];
+    unsigned int* seen = shared;
+    unsigned int* tile = shared + experts;
+    for (unsigned int e = threadIdx.x; e < experts; e += blockDim.x) seen[e] = 0;
+    __syncthreads();
+    for (unsigned int base = 0; base < n; base += blockDim.x) {
+        unsigned int i = base + threadIdx.x;
+        unsigned int e = i < n ? ids[i] : 0xffffffffu;
+        tile[threadIdx.x] = e;
+        __syncthreads();
+        if (i < n) {
+            unsigned int result = 0xffffffffu;
+            if (e < experts) {
+                unsigned int before = 0;
+                for (unsigned int j = 0; j < threadIdx.x; ++j) before += (tile[j] == e);
+                unsigned int occurrence = seen[e] + before;
+                for (unsigned int k = offsets[e]; k < offsets[e + 1]; ++k) {
+                    if (occurrence < entries[k].end) { result = entries[k].instance; break; }
+                }
+            }
+            if (result == 0xffffffffu) atomicAdd(invalid, 1u);
+            out[i] = result;
+        }
+        __syncthreads();
+        unsigned int in_tile = min(blockDim.x, n - base);
+        for (unsigned int x = threadIdx.x; x < experts; x += blockDim.x) {
+            unsigned int count = 0;
+            for (unsigned int j = 0; j < in_tile; ++j) count += (tile[j] == x);
+            seen[x] += count;
+        }
+        __syncthreads();
+    }
+}
+"#,
+};
+
+/// The persistent tile streamer: blocks take tile tasks in list order from an atomic counter,
+/// wait (thread 0, acquire) until a forwarded piece's flag counts all its tiles, load each tile
+/// once with 16-byte loads and store it to every destination, make the stores visible
+/// system-wide, then bump the destinations' flags. Regions: masters at `master_bases[rank] +
+/// index * state_bytes`, slots at `slot_bases[rank] + slot * state_bytes`; `state_bytes` and tile
+/// offsets are multiples of 16.
+pub const TILE_STREAM: KernelSource = KernelSource {
+    name: "tile_stream",
+    entry_points: &["ultraep_tile_stream"],
+    source: r#"
+struct TileTask {
+    unsigned int source_rank; unsigned int source_region; unsigned long long offset;
+    unsigned int bytes; unsigned int first_destination; unsigned int destination_count;
+    unsigned int wait_flag; unsigned int wait_count; unsigned int piece;
+};
+struct TileDestination { unsigned int rank; unsigned int region; unsigned int signal_flag; unsigned int expert; };
+struct __align__(16) Vec16 { unsigned int x, y, z, w; };
+
+__device__ unsigned char* region_ptr(unsigned int rank, unsigned int region,
+                                     const unsigned long long* master_bases,
+                                     const unsigned long long* slot_bases,
+                                     unsigned long long state_bytes) {
+    if (region >= 0x80000000u)
+        return (unsigned char*)slot_bases[rank] + (unsigned long long)(region & 0x7fffffffu) * state_bytes;
+    return (unsigned char*)master_bases[rank] + (unsigned long long)region * state_bytes;
+}
+
+extern "C" __global__ void ultraep_tile_stream(const TileTask* tasks, unsigned int task_count,
+                                               const TileDestination* destinations,
+                                               const unsigned long long* master_bases,
+                                               const unsigned long long* slot_bases,
+                                               unsigned long long state_bytes,
+                                               unsigned int* flags, unsigned int* next_task) {
+    __shared__ unsigned int claimed;
+    while (true) {
+        if (threadIdx.x == 0) claimed = atomicAdd(next_task, 1u);
+        __syncthreads();
+        unsigned int t = claimed;
+        __syncthreads();
+        if (t >= task_count) return;
+        TileTask task = tasks[t];
+        if (task.wait_flag != 0xffffffffu) {
+            if (threadIdx.x == 0) {
+                volatile unsigned int* flag = flags + task.wait_flag;
+                while (*flag < task.wait_count) { __nanosleep(64); }
+                __threadfence_system();
+            }
+            __syncthreads();
+        }
+        const unsigned char* source = region_ptr(task.source_rank, task.source_region, master_bases,
+                                                 slot_bases, state_bytes) + task.offset;
+        unsigned int vectors = task.bytes / 16;
+        for (unsigned int v = threadIdx.x; v < vectors; v += blockDim.x) {
+            Vec16 value = ((const Vec16*)source)[v];
+            for (unsigned int d = 0; d < task.destination_count; ++d) {
+                TileDestination to = destinations[task.first_destination + d];
+                unsigned char* target = region_ptr(to.rank, to.region, master_bases, slot_bases,
+                                                   state_bytes) + task.offset;
+                ((Vec16*)target)[v] = value;
+            }
+        }
+        for (unsigned int b = vectors * 16 + threadIdx.x; b < task.bytes; b += blockDim.x) {
+            unsigned char value = source[b];
+            for (unsigned int d = 0; d < task.destination_count; ++d) {
+                TileDestination to = destinations[task.first_destination + d];
+                region_ptr(to.rank, to.region, master_bases, slot_bases, state_bytes)[task.offset + b] = value;
+            }
+        }
+        __threadfence_system();
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            for (unsigned int d = 0; d < task.destination_count; ++d) {
+                unsigned int flag = destinations[task.first_destination + d].signal_flag;
+                if (flag != 0xffffffffu) atomicAdd(flags + flag, 1u);
+            }
+        }
+    }
+}
+"#,
+};
+
+/// Gradient reduction in the documented order, one thread per FP32 value and no atomics: a job
+/// without an owner adds its replicas to the master in list order (ascending rank); a job with an
+/// owner sums the owner's value and then the others' in list order, and adds that to the master.
+/// Every replica value is zeroed after it is read, ready for the next layer.
+pub const GRADIENT_REDUCE: KernelSource = KernelSource {
+    name: "gradient_reduce",
+    entry_points: &["ultraep_gradient_reduce"],
+    source: r#"
+struct ReduceJob {
+    unsigned long long master; unsigned int first_replica; unsigned int replica_count;
+    unsigned int owner; unsigned int floats;
+};
+
+extern "C" __global__ void ultraep_gradient_reduce(const ReduceJob* jobs, unsigned int job_count,
+                                                   const unsigned long long* replicas) {
+    for (unsigned int j = blockIdx.x; j < job_count; j += gridDim.x) {
+        ReduceJob job = jobs[j];
+        float* master = (float*)job.master;
+        for (unsigned int i = threadIdx.x; i < job.floats; i += blockDim.x) {
+            if (job.owner == 0xffffffffu) {
+                float sum = master[i];
+                for (unsigned int r = 0; r < job.replica_count; ++r) {
+                    float* replica = (float*)replicas[job.first_replica + r];
+                    sum += replica[i];
+                    replica[i] = 0.0f;
+                }
+                master[i] = sum;
+            } else {
+                float* owner = (float*)replicas[job.first_replica + job.owner];
+                float partial = owner[i];
+                owner[i] = 0.0f;
+                for (unsigned int r = 0; r < job.replica_count; ++r) {
+                    if (r == job.owner) continue;
+                    float* replica = (float*)replicas[job.first_replica + r];
+                    partial += replica[i];
+                    replica[i] = 0.0f;
+                }
+                master[i] = master[i] + partial;
+            }
+        }
+    }
+}
+"#,
+};
+
+/// Every kernel.
+pub const ALL: [KernelSource; 4] = [HISTOGRAM, REROUTE, TILE_STREAM, GRADIENT_REDUCE];

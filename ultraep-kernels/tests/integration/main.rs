@@ -1,0 +1,3 @@
+//! Integration tests of `ultraep-kernels`: the CPU references.
+
+mod references;

@@ -1,0 +1,228 @@
+//! The CPU references: what every kernel must compute.
+
+use proptest::prelude::*;
+use ultraep_kernels::reference::histogram::histogram;
+use ultraep_kernels::reference::reduce::{reduce, reduce_jobs};
+use ultraep_kernels::reference::reroute::{NO_INSTANCE, RerouteTable, reroute};
+use ultraep_kernels::reference::stream::{RankMemory, stream};
+use ultraep_plan::{Balancer, ExpertLayout, LoadMatrix, PlanConfig, Planner, RankDomains};
+use ultraep_topo::Preset;
+use ultraep_xfer::{
+    ExpertState, Region, ReplicaSet, TileTaskList, TransferConfig, TransferSchedule,
+    reduce_gradients,
+};
+
+/// A plan of 8 ranks x 4 experts with skewed loads, its load matrix and one source's ids.
+fn planned(loads: &[u32]) -> ultraep_plan::Plan {
+    let config = PlanConfig {
+        min_replica_tokens: 1,
+        ..PlanConfig::default()
+    };
+    let mut planner = Planner::new(
+        ExpertLayout::contiguous(8, 4).unwrap(),
+        RankDomains::single(8).unwrap(),
+        2,
+        config,
+    )
+    .unwrap();
+    planner
+        .plan(LoadMatrix::new(loads, 8, 32).unwrap())
+        .unwrap()
+}
+
+/// The source's ids: every expert repeated by its load, interleaved by `seed`.
+fn ids_of(row: &[u32], seed: u64) -> Vec<u32> {
+    let mut ids: Vec<u32> = row
+        .iter()
+        .enumerate()
+        .flat_map(|(e, &n)| std::iter::repeat_n(e as u32, n as usize))
+        .collect();
+    let mut state = seed | 1;
+    for i in (1..ids.len()).rev() {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        ids.swap(i, (state % (i as u64 + 1)) as usize);
+    }
+    ids
+}
+
+proptest! {
+    #[test]
+    fn reroute_gives_every_instance_exactly_its_share(
+        loads in prop::collection::vec(0u32..400, 8 * 32),
+        hot in 0usize..32,
+        seed in any::<u64>(),
+    ) {
+        let mut loads = loads;
+        for source in 0..8 {
+            loads[source * 32 + hot] += 2000;
+        }
+        let plan = planned(&loads);
+        let matrix = LoadMatrix::new(&loads, 8, 32).unwrap();
+        for source in 0..8u32 {
+            let table = RerouteTable::for_source(&plan, matrix, source).unwrap();
+            let ids = ids_of(matrix.row(source as usize), seed);
+            let (instances, invalid) = reroute(&ids, &table);
+            prop_assert_eq!(invalid, 0);
+            let mut received = vec![0u32; plan.instances().len()];
+            for (&id, &instance) in ids.iter().zip(&instances) {
+                prop_assert_eq!(plan.instances()[instance as usize].expert, id);
+                received[instance as usize] += 1;
+            }
+            for entry in plan.split(matrix).filter(|e| e.source == source) {
+                prop_assert_eq!(received[entry.instance as usize], entry.tokens);
+            }
+            // Deterministic: the same ids give the same instances.
+            prop_assert_eq!(reroute(&ids, &table).0, instances);
+        }
+    }
+}
+
+#[test]
+fn histogram_counts_and_reports_bad_ids() {
+    let (counts, invalid) = histogram(&[3, 1, 3, 3, 0, 7], 4);
+    assert_eq!((counts, invalid), (vec![1, 1, 0, 3], 1));
+}
+
+#[test]
+fn reroute_reports_ids_beyond_the_split() {
+    let mut loads = vec![10u32; 8 * 32];
+    loads[0] = 3000;
+    let plan = planned(&loads);
+    let matrix = LoadMatrix::new(&loads, 8, 32).unwrap();
+    let table = RerouteTable::for_source(&plan, matrix, 0).unwrap();
+    // One occurrence too many of expert 5 (source 0 sent 10), and an id past the experts.
+    let mut ids = ids_of(matrix.row(0), 1);
+    ids.push(5);
+    ids.push(99);
+    let (instances, invalid) = reroute(&ids, &table);
+    assert_eq!(invalid, 2);
+    assert_eq!(instances[instances.len() - 1], NO_INSTANCE);
+}
+
+#[test]
+fn streaming_reference_delivers_every_replica() {
+    let topology = Preset::HgxH100.topology(1).unwrap();
+    let mut loads = vec![50u32; 8 * 32];
+    for source in 0..8 {
+        loads[source * 32] = 4000;
+        loads[source * 32 + 9] = 2500;
+    }
+    let plan = planned(&loads);
+    let layout = ExpertLayout::contiguous(8, 4).unwrap();
+    let replicas = ReplicaSet::from_plan(&plan, &layout, &topology).unwrap();
+    // Large enough that relays pay for their extra hop (the cost model charges its latency).
+    let state_bytes = 1024 * 1024;
+    let state = ExpertState::opaque(state_bytes).unwrap();
+    let config = TransferConfig {
+        tile_bytes: 4096,
+        chunk_bytes: 16384,
+        ..TransferConfig::default()
+    };
+    let schedule = TransferSchedule::build(&replicas, &state, &topology, config).unwrap();
+    assert!(schedule.relayed_count() > 0);
+    let tasks = TileTaskList::build(&schedule);
+    let mut memory: Vec<RankMemory> = (0..8)
+        .map(|rank| RankMemory {
+            masters: (0..4 * state_bytes)
+                .map(|i| (i as u32).wrapping_mul(2654435761).wrapping_add(rank) as u8)
+                .collect(),
+            slots: vec![0; 2 * state_bytes as usize],
+        })
+        .collect();
+    stream(&tasks, &mut memory, state_bytes).unwrap();
+    for fanout in schedule.fanouts() {
+        let bytes = state_bytes as usize;
+        let master = &memory[fanout.master as usize].masters
+            [fanout.master_index as usize * bytes..][..bytes];
+        for &(rank, slot) in &fanout.destinations {
+            let copy = &memory[rank as usize].slots[slot as usize * bytes..][..bytes];
+            assert!(copy == master, "expert {} on rank {rank}", fanout.expert);
+        }
+    }
+}
+
+#[test]
+fn reduction_jobs_sum_exactly_as_the_documented_order() {
+    let topology = Preset::HgxH100.topology(1).unwrap();
+    let mut loads = vec![50u32; 8 * 32];
+    for source in 0..8 {
+        loads[source * 32] = 4000;
+    }
+    let plan = planned(&loads);
+    let layout = ExpertLayout::contiguous(8, 4).unwrap();
+    let replicas = ReplicaSet::from_plan(&plan, &layout, &topology).unwrap();
+    let floats = 6000usize;
+    let state = ExpertState::opaque(floats as u64 * 4).unwrap();
+    let config = TransferConfig {
+        tile_bytes: 1024,
+        chunk_bytes: 4096,
+        ..TransferConfig::default()
+    };
+    let schedule = TransferSchedule::build(&replicas, &state, &topology, config).unwrap();
+    // One flat memory: per rank 4 master states then 2 slots.
+    let region_floats = floats;
+    let rank_floats = 6 * region_floats;
+    let address = |rank: u32, region: Region| {
+        let index = match region {
+            Region::Master { index } => index as usize,
+            Region::Slot { slot } => 4 + slot as usize,
+        };
+        ((rank as usize * rank_floats + index * region_floats) * 4) as u64
+    };
+    let value = |i: usize| ((i * 7919) % 1000) as f32 * 10f32.powi((i % 9) as i32 - 4) - 3.0;
+    let mut memory: Vec<f32> = (0..8 * rank_floats).map(value).collect();
+    let original = memory.clone();
+    let (jobs, list) = reduce_jobs(&schedule, address).unwrap();
+    reduce(&jobs, &list, &mut memory).unwrap();
+    for fanout in schedule.fanouts() {
+        let slice = |m: &Vec<f32>, rank: u32, region: Region| {
+            let start = (address(rank, region) / 4) as usize;
+            m[start..start + floats].to_vec()
+        };
+        let mut expected = slice(
+            &original,
+            fanout.master,
+            Region::Master {
+                index: fanout.master_index,
+            },
+        );
+        let gradients: Vec<(u32, Vec<f32>)> = fanout
+            .destinations
+            .iter()
+            .map(|&(rank, slot)| (rank, slice(&original, rank, Region::Slot { slot })))
+            .collect();
+        reduce_gradients(&schedule, fanout, &mut expected, |rank| {
+            gradients
+                .iter()
+                .find(|(r, _)| *r == rank)
+                .map(|(_, g)| g.as_slice())
+                .unwrap()
+        })
+        .unwrap();
+        let reduced = slice(
+            &memory,
+            fanout.master,
+            Region::Master {
+                index: fanout.master_index,
+            },
+        );
+        assert!(
+            reduced
+                .iter()
+                .zip(&expected)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "expert {}",
+            fanout.expert
+        );
+        for &(rank, slot) in &fanout.destinations {
+            assert!(
+                slice(&memory, rank, Region::Slot { slot })
+                    .iter()
+                    .all(|&v| v == 0.0),
+                "replica slots are zeroed"
+            );
+        }
+    }
+}
