@@ -11,6 +11,12 @@ pub enum KernelError {
         "NVRTC is not available: libnvrtc.so.13 could not be loaded (install the nvidia-cuda-nvrtc wheel and put its lib folder on LD_LIBRARY_PATH)"
     )]
     NvrtcUnavailable,
+    /// The CUDA driver (`libcuda.so`) could not be loaded: there is no GPU here.
+    #[error("the CUDA driver is not available: libcuda.so could not be loaded")]
+    DriverUnavailable,
+    /// The driver refused an operation (opening the device, allocating, launching, copying).
+    #[error("CUDA driver error: {0}")]
+    Device(String),
     /// A kernel did not compile.
     #[error("kernel {kernel} did not compile: {log}")]
     Compile {

@@ -7,8 +7,8 @@
 //! Every kernel has a CPU reference with the same semantics ([`reference`]), so the whole system
 //! runs and is tested without a GPU, and GPU results are checked against them exactly.
 //!
-//! Status: kernel sources, NVRTC compilation and the CPU references are here; the device-side
-//! launch wrappers, GPU tests and benchmarks come next (issue 6).
+//! [`gpu::Gpu`] runs them on a device; without one, every GPU test shows as ignored. The GPU
+//! wrappers have not yet run on a GPU (see `docs/gpu-results.md`).
 //!
 //! Who uses it: `ultraep-runtime` and `ultraep-bench`. What it may depend on: `ultraep-plan`,
 //! `ultraep-xfer` and cudarc; it is the only crate of the workspace that touches CUDA, and it
@@ -18,6 +18,7 @@
 
 mod compile;
 mod error;
+pub mod gpu;
 pub mod reference;
 pub mod sources;
 

@@ -5,6 +5,8 @@
 //! - `cargo xtask bench --criterion [ARGS]`: the workspace's criterion micro-benchmarks instead;
 //!   ARGS go to criterion (e.g. `--quick`).
 //! - `cargo xtask ci`: exactly what CI runs (`bash .ci/run`).
+//! - `cargo xtask gpu-bundle`: builds the GPU and NVRTC test binaries in release into `gpu-bundle/`
+//!   with `run.sh`, which runs them on a GPU machine that has the driver and NVRTC but no Rust.
 //! - `cargo xtask check-architecture`: checks the dependency arrows and purity rules written down in
 //!   ARCHITECTURE.md; `cargo test` runs the same check.
 //!
@@ -23,6 +25,7 @@ fn main() -> ExitCode {
     let result = match task.as_deref() {
         Some("bench") => bench(&rest),
         Some("ci") => run(Command::new("bash").arg(".ci/run")),
+        Some("gpu-bundle") => gpu_bundle(),
         Some("check-architecture") => check_architecture(),
         Some("help" | "--help" | "-h") | None => {
             print_help();
@@ -46,6 +49,7 @@ fn print_help() {
          bench [ARGS]          run the evaluation (ultraep bench; ARGS go to it, e.g. --full)\n  \
          bench --criterion [ARGS]  run the criterion micro-benchmarks (ARGS go to criterion, e.g. --quick)\n  \
          ci                    run what CI runs (bash .ci/run)\n  \
+         gpu-bundle            build the GPU test binaries and their run script into gpu-bundle/\n  \
          check-architecture    check the dependency arrows and purity rules of ARCHITECTURE.md"
     );
 }
@@ -76,6 +80,71 @@ fn bench(args: &[String]) -> Result<(), String> {
         }
     }
     run(&mut command)
+}
+
+/// The test binaries the bundle carries, by cargo target name.
+const GPU_TESTS: [&str; 2] = ["nvrtc", "gpu"];
+
+fn gpu_bundle() -> Result<(), String> {
+    let output = cargo()
+        .args([
+            "test",
+            "--release",
+            "--package",
+            "ultraep-kernels",
+            "--no-run",
+            "--message-format=json",
+        ])
+        .output()
+        .map_err(|error| format!("could not start cargo: {error}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "building the GPU tests failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    let bundle = workspace_root().join("gpu-bundle");
+    std::fs::create_dir_all(&bundle)
+        .map_err(|error| format!("cannot create gpu-bundle/: {error}"))?;
+    let mut copied = Vec::new();
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let name = message["target"]["name"].as_str().unwrap_or_default();
+        if let (Some(executable), true) =
+            (message["executable"].as_str(), GPU_TESTS.contains(&name))
+        {
+            std::fs::copy(executable, bundle.join(name))
+                .map_err(|error| format!("cannot copy {executable}: {error}"))?;
+            copied.push(name.to_owned());
+        }
+    }
+    if copied.len() != GPU_TESTS.len() {
+        return Err(format!(
+            "expected test binaries {GPU_TESTS:?}, built {copied:?}"
+        ));
+    }
+    let script = r#"#!/usr/bin/env bash
+# Runs ultraep's NVRTC and GPU tests on a machine with the CUDA driver (580+) and NVRTC 13.0;
+# no Rust toolchain needed. Every kernel is compared bit for bit with its CPU reference.
+set -euo pipefail
+cd "$(dirname "$0")"
+for dir in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib            "$(python3 -c 'import os, nvidia.cu13 as m; print(os.path.join(list(m.__path__)[0], "lib"))' 2>/dev/null || true)"; do
+  if [ -n "$dir" ] && [ -d "$dir" ]; then export LD_LIBRARY_PATH="$dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; fi
+done
+export ULTRAEP_REQUIRE_GPU=1 ULTRAEP_REQUIRE_NVRTC=1
+./nvrtc
+./gpu
+"#;
+    let script_path = bundle.join("run.sh");
+    std::fs::write(&script_path, script)
+        .map_err(|error| format!("cannot write run.sh: {error}"))?;
+    println!(
+        "gpu-bundle/: {} and run.sh (run: bash gpu-bundle/run.sh)",
+        copied.join(", ")
+    );
+    Ok(())
 }
 
 fn check_architecture() -> Result<(), String> {

@@ -1,0 +1,210 @@
+//! Every kernel on a GPU, compared exactly with its CPU reference on random inputs.
+//!
+//! A custom harness: without a GPU (no driver, or no device) the trials show as *ignored*; with
+//! `ULTRAEP_REQUIRE_GPU=1` (as the GPU bundle's script sets) that is a failure instead.
+
+use std::sync::OnceLock;
+
+use libtest_mimic::{Arguments, Failed, Trial};
+use ultraep_kernels::gpu::{Gpu, driver_available};
+use ultraep_kernels::reference::histogram::histogram;
+use ultraep_kernels::reference::reduce::{reduce, reduce_jobs};
+use ultraep_kernels::reference::reroute::{RerouteTable, reroute};
+use ultraep_kernels::reference::stream::{RankMemory, stream};
+use ultraep_plan::{Balancer, ExpertLayout, LoadMatrix, PlanConfig, Planner, RankDomains};
+use ultraep_topo::Preset;
+use ultraep_xfer::{
+    ExpertState, Region, ReplicaSet, TileTaskList, TransferConfig, TransferSchedule,
+};
+
+fn gpu() -> Result<&'static Gpu, Failed> {
+    static GPU: OnceLock<Result<Gpu, String>> = OnceLock::new();
+    GPU.get_or_init(|| Gpu::open(0).map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(|e| Failed::from(format!("no GPU: {e}")))
+}
+
+/// A small deterministic generator for test inputs.
+struct Random(u64);
+impl Random {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// Loads of 8 ranks x 32 experts with two hot experts, their plan, and a source's ids.
+fn planned(seed: u64) -> (Vec<u32>, ultraep_plan::Plan) {
+    let mut random = Random(seed | 1);
+    let mut loads: Vec<u32> = (0..8 * 32).map(|_| (random.next() % 300) as u32).collect();
+    for source in 0..8 {
+        loads[source * 32] += 4000;
+        loads[source * 32 + 9] += 2500;
+    }
+    let config = PlanConfig {
+        min_replica_tokens: 1,
+        ..PlanConfig::default()
+    };
+    let mut planner = Planner::new(
+        ExpertLayout::contiguous(8, 4).unwrap(),
+        RankDomains::single(8).unwrap(),
+        2,
+        config,
+    )
+    .unwrap();
+    let plan = planner
+        .plan(LoadMatrix::new(&loads, 8, 32).unwrap())
+        .unwrap();
+    (loads, plan)
+}
+
+fn shuffled_ids(row: &[u32], seed: u64) -> Vec<u32> {
+    let mut ids: Vec<u32> = row
+        .iter()
+        .enumerate()
+        .flat_map(|(e, &n)| std::iter::repeat_n(e as u32, n as usize))
+        .collect();
+    let mut random = Random(seed | 1);
+    for i in (1..ids.len()).rev() {
+        ids.swap(i, (random.next() % (i as u64 + 1)) as usize);
+    }
+    ids
+}
+
+fn fail(error: impl std::fmt::Display) -> Failed {
+    Failed::from(error.to_string())
+}
+
+fn check(condition: bool, message: &str) -> Result<(), Failed> {
+    if condition {
+        Ok(())
+    } else {
+        Err(Failed::from(message))
+    }
+}
+
+fn histogram_matches() -> Result<(), Failed> {
+    let gpu = gpu()?;
+    for (experts, seed) in [(64u32, 1u64), (128, 2), (256, 3)] {
+        let mut random = Random(seed);
+        let ids: Vec<u32> = (0..8192 * 8)
+            .map(|_| (random.next() % u64::from(experts)) as u32)
+            .collect();
+        let counts = gpu.histogram(&ids, experts).map_err(fail)?;
+        check(
+            counts == histogram(&ids, experts).0,
+            "histogram differs from the CPU reference",
+        )?;
+    }
+    let bad = gpu.histogram(&[0, 1, 70], 64);
+    check(bad.is_err(), "an id naming no expert must be an error")
+}
+
+fn reroute_matches() -> Result<(), Failed> {
+    let gpu = gpu()?;
+    for seed in 1..4 {
+        let (loads, plan) = planned(seed);
+        let matrix = LoadMatrix::new(&loads, 8, 32).map_err(fail)?;
+        for source in 0..8u32 {
+            let table = RerouteTable::for_source(&plan, matrix, source).map_err(fail)?;
+            let ids = shuffled_ids(matrix.row(source as usize), seed * 31 + u64::from(source));
+            let got = gpu.reroute(&ids, &table).map_err(fail)?;
+            check(
+                got == reroute(&ids, &table),
+                "reroute differs from the CPU reference",
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn streaming_matches() -> Result<(), Failed> {
+    let gpu = gpu()?;
+    let topology = Preset::HgxH100.topology(1).map_err(fail)?;
+    let layout = ExpertLayout::contiguous(8, 4).map_err(fail)?;
+    for seed in 1..3 {
+        let (_, plan) = planned(seed);
+        let replicas = ReplicaSet::from_plan(&plan, &layout, &topology).map_err(fail)?;
+        let state_bytes = 1024 * 1024;
+        let state = ExpertState::opaque(state_bytes).map_err(fail)?;
+        let schedule =
+            TransferSchedule::build(&replicas, &state, &topology, TransferConfig::default())
+                .map_err(fail)?;
+        let tasks = TileTaskList::build(&schedule);
+        let mut random = Random(seed);
+        let memory: Vec<RankMemory> = (0..8)
+            .map(|_| RankMemory {
+                masters: (0..4 * state_bytes).map(|_| random.next() as u8).collect(),
+                // Poisoned: every byte a transfer should write differs from what it will hold.
+                slots: vec![0xa5; 2 * state_bytes as usize],
+            })
+            .collect();
+        let mut expected = memory.clone();
+        stream(&tasks, &mut expected, state_bytes).map_err(fail)?;
+        let mut got = memory;
+        gpu.stream_tiles(&tasks, &mut got, state_bytes)
+            .map_err(fail)?;
+        check(
+            got == expected,
+            "tile streaming differs from the CPU reference",
+        )?;
+    }
+    Ok(())
+}
+
+fn reduction_matches() -> Result<(), Failed> {
+    let gpu = gpu()?;
+    let topology = Preset::HgxH100.topology(1).map_err(fail)?;
+    let layout = ExpertLayout::contiguous(8, 4).map_err(fail)?;
+    let (_, plan) = planned(5);
+    let replicas = ReplicaSet::from_plan(&plan, &layout, &topology).map_err(fail)?;
+    let floats = 65536usize;
+    let state = ExpertState::opaque(floats as u64 * 4).map_err(fail)?;
+    let schedule = TransferSchedule::build(&replicas, &state, &topology, TransferConfig::default())
+        .map_err(fail)?;
+    let rank_floats = 6 * floats;
+    let address = |rank: u32, region: Region| {
+        let index = match region {
+            Region::Master { index } => index as usize,
+            Region::Slot { slot } => 4 + slot as usize,
+        };
+        ((rank as usize * rank_floats + index * floats) * 4) as u64
+    };
+    let (jobs, list) = reduce_jobs(&schedule, address).map_err(fail)?;
+    let mut random = Random(9);
+    let memory: Vec<f32> = (0..8 * rank_floats)
+        .map(|_| (random.next() % 20001) as f32 * 10f32.powi((random.next() % 9) as i32 - 4) - 1.0)
+        .collect();
+    let mut expected = memory.clone();
+    reduce(&jobs, &list, &mut expected).map_err(fail)?;
+    let mut got = memory;
+    gpu.reduce(&jobs, &list, &mut got).map_err(fail)?;
+    check(
+        got.iter()
+            .zip(&expected)
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "gradient reduction differs from the CPU reference bit for bit",
+    )
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let required = std::env::var("ULTRAEP_REQUIRE_GPU").is_ok_and(|value| value == "1");
+    let available = driver_available() && Gpu::open(0).is_ok();
+    let ignore = !available && !required;
+    let trials = vec![
+        Trial::test("gpu_histogram_matches_the_reference", histogram_matches)
+            .with_ignored_flag(ignore),
+        Trial::test("gpu_reroute_matches_the_reference", reroute_matches).with_ignored_flag(ignore),
+        Trial::test(
+            "gpu_tile_streaming_matches_the_reference",
+            streaming_matches,
+        )
+        .with_ignored_flag(ignore),
+        Trial::test("gpu_reduction_matches_the_reference", reduction_matches)
+            .with_ignored_flag(ignore),
+    ];
+    libtest_mimic::run(&args, trials).exit();
+}
