@@ -3,6 +3,9 @@
 //! A custom harness: without a GPU (no driver, or no device) the trials show as *ignored*; with
 //! `ULTRAEP_REQUIRE_GPU=1` (as the GPU bundle's script sets) that is a failure instead.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::sync::OnceLock;
 
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -11,7 +14,7 @@ use ultraep_kernels::reference::histogram::histogram;
 use ultraep_kernels::reference::reduce::{reduce, reduce_jobs};
 use ultraep_kernels::reference::reroute::{RerouteTable, reroute};
 use ultraep_kernels::reference::stream::{RankMemory, stream};
-use ultraep_plan::{Balancer, ExpertLayout, LoadMatrix, PlanConfig, Planner, RankDomains};
+use ultraep_plan::{ExpertLayout, LoadMatrix};
 use ultraep_topo::Preset;
 use ultraep_xfer::{
     ExpertState, Region, ReplicaSet, TileTaskList, TransferConfig, TransferSchedule,
@@ -28,49 +31,14 @@ fn gpu() -> Result<&'static Gpu, Failed> {
 struct Random(u64);
 impl Random {
     fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
+        common::next(&mut self.0)
     }
 }
 
-/// Loads of 8 ranks x 32 experts with two hot experts, their plan, and a source's ids.
 fn planned(seed: u64) -> (Vec<u32>, ultraep_plan::Plan) {
-    let mut random = Random(seed | 1);
-    let mut loads: Vec<u32> = (0..8 * 32).map(|_| (random.next() % 300) as u32).collect();
-    for source in 0..8 {
-        loads[source * 32] += 4000;
-        loads[source * 32 + 9] += 2500;
-    }
-    let config = PlanConfig {
-        min_replica_tokens: 1,
-        ..PlanConfig::default()
-    };
-    let mut planner = Planner::new(
-        ExpertLayout::contiguous(8, 4).unwrap(),
-        RankDomains::single(8).unwrap(),
-        2,
-        config,
-    )
-    .unwrap();
-    let plan = planner
-        .plan(LoadMatrix::new(&loads, 8, 32).unwrap())
-        .unwrap();
+    let loads = common::skewed_loads(seed);
+    let plan = common::plan_of(&loads);
     (loads, plan)
-}
-
-fn shuffled_ids(row: &[u32], seed: u64) -> Vec<u32> {
-    let mut ids: Vec<u32> = row
-        .iter()
-        .enumerate()
-        .flat_map(|(e, &n)| std::iter::repeat_n(e as u32, n as usize))
-        .collect();
-    let mut random = Random(seed | 1);
-    for i in (1..ids.len()).rev() {
-        ids.swap(i, (random.next() % (i as u64 + 1)) as usize);
-    }
-    ids
 }
 
 fn fail(error: impl std::fmt::Display) -> Failed {
@@ -109,7 +77,8 @@ fn reroute_matches() -> Result<(), Failed> {
         let matrix = LoadMatrix::new(&loads, 8, 32).map_err(fail)?;
         for source in 0..8u32 {
             let table = RerouteTable::for_source(&plan, matrix, source).map_err(fail)?;
-            let ids = shuffled_ids(matrix.row(source as usize), seed * 31 + u64::from(source));
+            let ids =
+                common::shuffled_ids(matrix.row(source as usize), seed * 31 + u64::from(source));
             let got = gpu.reroute(&ids, &table).map_err(fail)?;
             check(
                 got == reroute(&ids, &table),

@@ -5,47 +5,14 @@ use ultraep_kernels::reference::histogram::histogram;
 use ultraep_kernels::reference::reduce::{reduce, reduce_jobs};
 use ultraep_kernels::reference::reroute::{NO_INSTANCE, RerouteTable, reroute};
 use ultraep_kernels::reference::stream::{RankMemory, stream};
-use ultraep_plan::{Balancer, ExpertLayout, LoadMatrix, PlanConfig, Planner, RankDomains};
+use ultraep_plan::{ExpertLayout, LoadMatrix};
 use ultraep_topo::Preset;
 use ultraep_xfer::{
     ExpertState, Region, ReplicaSet, TileTaskList, TransferConfig, TransferSchedule,
     reduce_gradients,
 };
 
-/// A plan of 8 ranks x 4 experts with skewed loads, its load matrix and one source's ids.
-fn planned(loads: &[u32]) -> ultraep_plan::Plan {
-    let config = PlanConfig {
-        min_replica_tokens: 1,
-        ..PlanConfig::default()
-    };
-    let mut planner = Planner::new(
-        ExpertLayout::contiguous(8, 4).unwrap(),
-        RankDomains::single(8).unwrap(),
-        2,
-        config,
-    )
-    .unwrap();
-    planner
-        .plan(LoadMatrix::new(loads, 8, 32).unwrap())
-        .unwrap()
-}
-
-/// The source's ids: every expert repeated by its load, interleaved by `seed`.
-fn ids_of(row: &[u32], seed: u64) -> Vec<u32> {
-    let mut ids: Vec<u32> = row
-        .iter()
-        .enumerate()
-        .flat_map(|(e, &n)| std::iter::repeat_n(e as u32, n as usize))
-        .collect();
-    let mut state = seed | 1;
-    for i in (1..ids.len()).rev() {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        ids.swap(i, (state % (i as u64 + 1)) as usize);
-    }
-    ids
-}
+use crate::common::{plan_of as planned, shuffled_ids as ids_of, skewed_loads};
 
 proptest! {
     #[test]
@@ -104,11 +71,7 @@ fn reroute_reports_ids_beyond_the_split() {
 #[test]
 fn streaming_reference_delivers_every_replica() {
     let topology = Preset::HgxH100.topology(1).unwrap();
-    let mut loads = vec![50u32; 8 * 32];
-    for source in 0..8 {
-        loads[source * 32] = 4000;
-        loads[source * 32 + 9] = 2500;
-    }
+    let loads = skewed_loads(7);
     let plan = planned(&loads);
     let layout = ExpertLayout::contiguous(8, 4).unwrap();
     let replicas = ReplicaSet::from_plan(&plan, &layout, &topology).unwrap();
@@ -146,10 +109,7 @@ fn streaming_reference_delivers_every_replica() {
 #[test]
 fn reduction_jobs_sum_exactly_as_the_documented_order() {
     let topology = Preset::HgxH100.topology(1).unwrap();
-    let mut loads = vec![50u32; 8 * 32];
-    for source in 0..8 {
-        loads[source * 32] = 4000;
-    }
+    let loads = skewed_loads(8);
     let plan = planned(&loads);
     let layout = ExpertLayout::contiguous(8, 4).unwrap();
     let replicas = ReplicaSet::from_plan(&plan, &layout, &topology).unwrap();
