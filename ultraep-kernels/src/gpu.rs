@@ -90,28 +90,12 @@ impl Gpu {
     /// Counts of every expert among a rank's router ids (the [`crate::reference::histogram`]
     /// semantics); ids naming no expert are an error.
     pub fn histogram(&self, ids: &[u32], experts: u32) -> Result<Vec<u32>, KernelError> {
-        let function = self.function(&sources::HISTOGRAM)?;
-        let ids_device = self.stream.clone_htod(ids).map_err(driver)?;
+        let ids_device = self.stream.clone_htod(&pad_u32(ids)).map_err(driver)?;
         let mut counts = self
             .stream
             .alloc_zeros::<u32>(experts as usize + 1)
             .map_err(driver)?;
-        let n = ids.len() as u32;
-        let blocks = n.div_ceil(BLOCK).clamp(1, 1024);
-        let config = LaunchConfig {
-            grid_dim: (blocks, 1, 1),
-            block_dim: (BLOCK, 1, 1),
-            shared_mem_bytes: experts * 4,
-        };
-        let mut launch = self.stream.launch_builder(&function);
-        launch
-            .arg(&ids_device)
-            .arg(&n)
-            .arg(&experts)
-            .arg(&mut counts);
-        // SAFETY: the arguments match the kernel's signature and every buffer is as long as the
-        // kernel reads or writes (ids: n, counts: experts + 1; shared: experts words).
-        unsafe { launch.launch(config) }.map_err(driver)?;
+        self.launch_histogram(&ids_device, ids.len() as u32, experts, &mut counts)?;
         let mut host = self.stream.clone_dtoh(&counts).map_err(driver)?;
         let invalid = host.pop().unwrap_or(0);
         if invalid > 0 {
@@ -123,6 +107,35 @@ impl Gpu {
         Ok(host)
     }
 
+    /// Launches the histogram on device-resident ids; `counts` (`experts + 1` words, the last
+    /// counting bad ids) is zeroed first.
+    pub fn launch_histogram(
+        &self,
+        ids: &CudaSlice<u32>,
+        n: u32,
+        experts: u32,
+        counts: &mut CudaSlice<u32>,
+    ) -> Result<(), KernelError> {
+        if counts.len() < experts as usize + 1 || ids.len() < n as usize {
+            return Err(KernelError::InvalidInput(
+                "histogram buffers are too short".into(),
+            ));
+        }
+        let function = self.function(&sources::HISTOGRAM)?;
+        self.stream.memset_zeros(counts).map_err(driver)?;
+        let config = LaunchConfig {
+            grid_dim: (n.div_ceil(BLOCK).clamp(1, 1024), 1, 1),
+            block_dim: (BLOCK, 1, 1),
+            shared_mem_bytes: experts * 4,
+        };
+        let mut launch = self.stream.launch_builder(&function);
+        launch.arg(ids).arg(&n).arg(&experts).arg(counts);
+        // SAFETY: the arguments match the kernel's signature and every buffer is as long as the
+        // kernel reads or writes (checked above; shared: experts words).
+        unsafe { launch.launch(config) }.map_err(driver)?;
+        Ok(())
+    }
+
     /// The instance of every id of one source (the [`crate::reference::reroute`] semantics), and
     /// how many could not be placed.
     pub fn reroute(
@@ -130,39 +143,71 @@ impl Gpu {
         ids: &[u32],
         table: &RerouteTable,
     ) -> Result<(Vec<u32>, u32), KernelError> {
-        let function = self.function(&sources::REROUTE)?;
-        let experts = table.offsets.len().saturating_sub(1) as u32;
-        let ids_device = self.stream.clone_htod(ids).map_err(driver)?;
-        let offsets = self.stream.clone_htod(&table.offsets).map_err(driver)?;
-        let entries_bytes: &[u8] = bytemuck::cast_slice(&table.entries);
-        let entries = self.stream.clone_htod(entries_bytes).map_err(driver)?;
+        let resident = self.upload_reroute(ids, table)?;
         let mut out = self
             .stream
             .clone_htod(&vec![0xdead_beef_u32; ids.len().max(1)])
             .map_err(driver)?;
         let mut invalid = self.stream.alloc_zeros::<u32>(1).map_err(driver)?;
-        let n = ids.len() as u32;
-        let config = LaunchConfig {
-            grid_dim: (1, 1, 1),
-            block_dim: (BLOCK, 1, 1),
-            shared_mem_bytes: (experts + BLOCK) * 4,
-        };
-        let mut launch = self.stream.launch_builder(&function);
-        launch
-            .arg(&ids_device)
-            .arg(&n)
-            .arg(&experts)
-            .arg(&offsets)
-            .arg(&entries)
-            .arg(&mut out)
-            .arg(&mut invalid);
-        // SAFETY: arguments match the kernel's signature; offsets has experts + 1 entries, the
-        // entries the table's, out n words; shared memory is experts + BLOCK words.
-        unsafe { launch.launch(config) }.map_err(driver)?;
+        self.launch_reroute(&resident, &mut out, &mut invalid)?;
         let mut instances = self.stream.clone_dtoh(&out).map_err(driver)?;
         instances.truncate(ids.len());
         let invalid = self.stream.clone_dtoh(&invalid).map_err(driver)?;
         Ok((instances, invalid.first().copied().unwrap_or(0)))
+    }
+
+    /// Copies one source's ids and reroute table to the device.
+    pub fn upload_reroute(
+        &self,
+        ids: &[u32],
+        table: &RerouteTable,
+    ) -> Result<DeviceReroute, KernelError> {
+        let entries: &[u8] = bytemuck::cast_slice(&table.entries);
+        Ok(DeviceReroute {
+            ids: self.stream.clone_htod(&pad_u32(ids)).map_err(driver)?,
+            n: ids.len() as u32,
+            experts: table.offsets.len().saturating_sub(1) as u32,
+            offsets: self
+                .stream
+                .clone_htod(&pad_u32(&table.offsets))
+                .map_err(driver)?,
+            entries: self.stream.clone_htod(&pad(entries)).map_err(driver)?,
+        })
+    }
+
+    /// Launches the reroute on device-resident inputs; `invalid` is zeroed first.
+    pub fn launch_reroute(
+        &self,
+        input: &DeviceReroute,
+        out: &mut CudaSlice<u32>,
+        invalid: &mut CudaSlice<u32>,
+    ) -> Result<(), KernelError> {
+        if out.len() < input.n as usize || invalid.is_empty() {
+            return Err(KernelError::InvalidInput(
+                "reroute buffers are too short".into(),
+            ));
+        }
+        let function = self.function(&sources::REROUTE)?;
+        self.stream.memset_zeros(invalid).map_err(driver)?;
+        let config = LaunchConfig {
+            grid_dim: (1, 1, 1),
+            block_dim: (BLOCK, 1, 1),
+            shared_mem_bytes: (input.experts + BLOCK) * 4,
+        };
+        let mut launch = self.stream.launch_builder(&function);
+        launch
+            .arg(&input.ids)
+            .arg(&input.n)
+            .arg(&input.experts)
+            .arg(&input.offsets)
+            .arg(&input.entries)
+            .arg(out)
+            .arg(invalid);
+        // SAFETY: arguments match the kernel's signature; offsets has experts + 1 entries, the
+        // entries the table's, out at least n words (checked); shared memory is experts + BLOCK
+        // words.
+        unsafe { launch.launch(config) }.map_err(driver)?;
+        Ok(())
     }
 
     /// Executes `tasks` on the ranks' memory (copied to one device buffer per rank and region
@@ -173,15 +218,37 @@ impl Gpu {
         memory: &mut [RankMemory],
         state_bytes: u64,
     ) -> Result<(), KernelError> {
+        let mut ranks = self.upload_ranks(memory, state_bytes)?;
+        let mut device_tasks = self.upload_tasks(tasks)?;
+        self.run_tiles(&mut device_tasks, &mut ranks)?;
+        for (rank, (master, slot)) in memory
+            .iter_mut()
+            .zip(ranks.masters.iter().zip(&ranks.slots))
+        {
+            let back = self.stream.clone_dtoh(master).map_err(driver)?;
+            let len = rank.masters.len();
+            rank.masters.copy_from_slice(&back[..len]);
+            let back = self.stream.clone_dtoh(slot).map_err(driver)?;
+            let len = rank.slots.len();
+            rank.slots.copy_from_slice(&back[..len]);
+        }
+        Ok(())
+    }
+
+    /// Copies every rank's memory to its own device buffers (ranks emulated on one GPU).
+    pub fn upload_ranks(
+        &self,
+        memory: &[RankMemory],
+        state_bytes: u64,
+    ) -> Result<DeviceRanks, KernelError> {
         if !state_bytes.is_multiple_of(16) {
             return Err(KernelError::InvalidInput(
                 "expert states must be a multiple of 16 bytes".into(),
             ));
         }
-        let function = self.function(&sources::TILE_STREAM)?;
-        let mut masters: Vec<CudaSlice<u8>> = Vec::with_capacity(memory.len());
-        let mut slots: Vec<CudaSlice<u8>> = Vec::with_capacity(memory.len());
-        for rank in memory.iter() {
+        let mut masters = Vec::with_capacity(memory.len());
+        let mut slots = Vec::with_capacity(memory.len());
+        for rank in memory {
             masters.push(
                 self.stream
                     .clone_htod(&pad(&rank.masters))
@@ -197,19 +264,44 @@ impl Gpu {
         };
         let master_bases = self.stream.clone_htod(&bases(&masters)).map_err(driver)?;
         let slot_bases = self.stream.clone_htod(&bases(&slots)).map_err(driver)?;
+        Ok(DeviceRanks {
+            masters,
+            slots,
+            master_bases,
+            slot_bases,
+            state_bytes,
+        })
+    }
+
+    /// Copies a task list to the device, with its flags and task counter.
+    pub fn upload_tasks(&self, tasks: &TileTaskList) -> Result<DeviceTasks, KernelError> {
         let task_bytes: &[u8] = bytemuck::cast_slice(&tasks.tasks);
         let destination_bytes: &[u8] = bytemuck::cast_slice(&tasks.destinations);
-        let task_buffer = self.stream.clone_htod(&pad(task_bytes)).map_err(driver)?;
-        let destination_buffer = self
-            .stream
-            .clone_htod(&pad(destination_bytes))
-            .map_err(driver)?;
-        let mut flags = self
-            .stream
-            .alloc_zeros::<u32>(tasks.flag_count.max(1) as usize)
-            .map_err(driver)?;
-        let mut next = self.stream.alloc_zeros::<u32>(1).map_err(driver)?;
-        let task_count = tasks.tasks.len() as u32;
+        Ok(DeviceTasks {
+            tasks: self.stream.clone_htod(&pad(task_bytes)).map_err(driver)?,
+            destinations: self
+                .stream
+                .clone_htod(&pad(destination_bytes))
+                .map_err(driver)?,
+            flags: self
+                .stream
+                .alloc_zeros::<u32>(tasks.flag_count.max(1) as usize)
+                .map_err(driver)?,
+            next: self.stream.alloc_zeros::<u32>(1).map_err(driver)?,
+            count: tasks.tasks.len() as u32,
+        })
+    }
+
+    /// Runs the tile streamer on device-resident tasks and ranks (flags and the task counter are
+    /// reset first, so a task list can be run again).
+    pub fn run_tiles(
+        &self,
+        tasks: &mut DeviceTasks,
+        ranks: &mut DeviceRanks,
+    ) -> Result<(), KernelError> {
+        let function = self.function(&sources::TILE_STREAM)?;
+        self.stream.memset_zeros(&mut tasks.flags).map_err(driver)?;
+        self.stream.memset_zeros(&mut tasks.next).map_err(driver)?;
         let config = LaunchConfig {
             grid_dim: (self.multiprocessors()?, 1, 1),
             block_dim: (BLOCK, 1, 1),
@@ -217,27 +309,19 @@ impl Gpu {
         };
         let mut launch = self.stream.launch_builder(&function);
         launch
-            .arg(&task_buffer)
-            .arg(&task_count)
-            .arg(&destination_buffer)
-            .arg(&master_bases)
-            .arg(&slot_bases)
-            .arg(&state_bytes)
-            .arg(&mut flags)
-            .arg(&mut next);
+            .arg(&tasks.tasks)
+            .arg(&tasks.count)
+            .arg(&tasks.destinations)
+            .arg(&ranks.master_bases)
+            .arg(&ranks.slot_bases)
+            .arg(&ranks.state_bytes)
+            .arg(&mut tasks.flags)
+            .arg(&mut tasks.next);
         // SAFETY: arguments match the kernel's signature; the descriptors are the #[repr(C)] Pod
         // structures the kernel declares; every region a task names exists (the task list was
         // built for this memory) and the grid is no larger than the resident block count, so
         // waiting blocks never starve the tasks they wait for.
         unsafe { launch.launch(config) }.map_err(driver)?;
-        for (rank, (master, slot)) in memory.iter_mut().zip(masters.iter().zip(&slots)) {
-            let back = self.stream.clone_dtoh(master).map_err(driver)?;
-            let len = rank.masters.len();
-            rank.masters.copy_from_slice(&back[..len]);
-            let back = self.stream.clone_dtoh(slot).map_err(driver)?;
-            let len = rank.slots.len();
-            rank.slots.copy_from_slice(&back[..len]);
-        }
         Ok(())
     }
 
@@ -284,12 +368,49 @@ impl Gpu {
     }
 }
 
+/// One source's router ids and reroute table on the device.
+pub struct DeviceReroute {
+    ids: CudaSlice<u32>,
+    n: u32,
+    experts: u32,
+    offsets: CudaSlice<u32>,
+    entries: CudaSlice<u8>,
+}
+
+/// Every rank's memory on the device.
+pub struct DeviceRanks {
+    /// Master expert states, one buffer per rank.
+    pub masters: Vec<CudaSlice<u8>>,
+    /// Replica slots, one buffer per rank.
+    pub slots: Vec<CudaSlice<u8>>,
+    master_bases: CudaSlice<u64>,
+    slot_bases: CudaSlice<u64>,
+    state_bytes: u64,
+}
+
+/// A tile task list on the device.
+pub struct DeviceTasks {
+    tasks: CudaSlice<u8>,
+    destinations: CudaSlice<u8>,
+    flags: CudaSlice<u32>,
+    next: CudaSlice<u32>,
+    count: u32,
+}
+
 /// `bytes`, or one zero byte if empty (the driver does not allocate nothing).
 fn pad(bytes: &[u8]) -> Vec<u8> {
     if bytes.is_empty() {
         vec![0]
     } else {
         bytes.to_vec()
+    }
+}
+
+fn pad_u32(values: &[u32]) -> Vec<u32> {
+    if values.is_empty() {
+        vec![0]
+    } else {
+        values.to_vec()
     }
 }
 

@@ -5,8 +5,9 @@
 //! - `cargo xtask bench --criterion [ARGS]`: the workspace's criterion micro-benchmarks instead;
 //!   ARGS go to criterion (e.g. `--quick`).
 //! - `cargo xtask ci`: exactly what CI runs (`bash .ci/run`).
-//! - `cargo xtask gpu-bundle`: builds the GPU and NVRTC test binaries in release into `gpu-bundle/`
-//!   with `run.sh`, which runs them on a GPU machine that has the driver and NVRTC but no Rust.
+//! - `cargo xtask gpu-bundle`: builds the GPU and NVRTC test binaries and the GPU benchmark in
+//!   release into `gpu-bundle/` with `run.sh`, which runs them on a GPU machine that has the driver
+//!   and NVRTC but no Rust.
 //! - `cargo xtask check-architecture`: checks the dependency arrows and purity rules written down in
 //!   ARCHITECTURE.md; `cargo test` runs the same check.
 //!
@@ -86,43 +87,62 @@ fn bench(args: &[String]) -> Result<(), String> {
 const GPU_TESTS: [&str; 2] = ["nvrtc", "gpu"];
 
 fn gpu_bundle() -> Result<(), String> {
-    let output = cargo()
-        .args([
-            "test",
-            "--release",
-            "--package",
-            "ultraep-kernels",
-            "--no-run",
-            "--message-format=json",
-        ])
-        .output()
-        .map_err(|error| format!("could not start cargo: {error}"))?;
-    if !output.status.success() {
-        return Err(format!(
-            "building the GPU tests failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        ));
-    }
     let bundle = workspace_root().join("gpu-bundle");
     std::fs::create_dir_all(&bundle)
         .map_err(|error| format!("cannot create gpu-bundle/: {error}"))?;
     let mut copied = Vec::new();
-    for line in String::from_utf8_lossy(&output.stdout).lines() {
-        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        let name = message["target"]["name"].as_str().unwrap_or_default();
-        if let (Some(executable), true) =
-            (message["executable"].as_str(), GPU_TESTS.contains(&name))
-        {
-            std::fs::copy(executable, bundle.join(name))
-                .map_err(|error| format!("cannot copy {executable}: {error}"))?;
-            copied.push(name.to_owned());
+    // The test binaries, and the GPU benchmark (copied as gpu-bench).
+    for (command, wanted, kind) in [
+        ("test", &GPU_TESTS[..], "test"),
+        ("bench", &["gpu"][..], "bench"),
+    ] {
+        let mut build = cargo();
+        build.arg(command);
+        // Benchmarks are always built optimised; `cargo bench` refuses --release.
+        if command == "test" {
+            build.arg("--release");
+        }
+        let output = build
+            .args([
+                "--package",
+                "ultraep-kernels",
+                "--no-run",
+                "--message-format=json",
+            ])
+            .output()
+            .map_err(|error| format!("could not start cargo: {error}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "building the GPU {command}s failed:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        for line in String::from_utf8_lossy(&output.stdout).lines() {
+            let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            let name = message["target"]["name"].as_str().unwrap_or_default();
+            let is_kind = message["target"]["kind"]
+                .as_array()
+                .is_some_and(|kinds| kinds.iter().any(|k| k.as_str() == Some(kind)));
+            if let (Some(executable), true) = (
+                message["executable"].as_str(),
+                is_kind && wanted.contains(&name),
+            ) {
+                let file = if kind == "bench" {
+                    format!("{name}-bench")
+                } else {
+                    name.to_owned()
+                };
+                std::fs::copy(executable, bundle.join(&file))
+                    .map_err(|error| format!("cannot copy {executable}: {error}"))?;
+                copied.push(file);
+            }
         }
     }
-    if copied.len() != GPU_TESTS.len() {
+    if copied.len() != GPU_TESTS.len() + 1 {
         return Err(format!(
-            "expected test binaries {GPU_TESTS:?}, built {copied:?}"
+            "expected {GPU_TESTS:?} and the GPU benchmark, built {copied:?}"
         ));
     }
     let script = r#"#!/usr/bin/env bash
@@ -136,6 +156,7 @@ done
 export ULTRAEP_REQUIRE_GPU=1 ULTRAEP_REQUIRE_NVRTC=1
 ./nvrtc
 ./gpu
+./gpu-bench --bench
 "#;
     let script_path = bundle.join("run.sh");
     std::fs::write(&script_path, script)
