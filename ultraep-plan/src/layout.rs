@@ -89,6 +89,28 @@ impl ExpertLayout {
     pub fn homes(&self) -> &[u32] {
         &self.homes
     }
+
+    /// The index of every expert among the experts of its home rank (by ascending expert), and
+    /// how many experts every rank holds: where each master sits in its rank's expert memory.
+    ///
+    /// ```
+    /// let layout = ultraep_plan::ExpertLayout::from_homes(2, vec![1, 0, 1, 1])?;
+    /// assert_eq!(layout.home_indices(), (vec![0, 0, 1, 2], vec![1, 3]));
+    /// # Ok::<(), ultraep_plan::PlanError>(())
+    /// ```
+    pub fn home_indices(&self) -> (Vec<u32>, Vec<u32>) {
+        let mut per_rank = vec![0u32; self.num_ranks as usize];
+        let indices = self
+            .homes
+            .iter()
+            .map(|&home| {
+                let index = per_rank[home as usize];
+                per_rank[home as usize] += 1;
+                index
+            })
+            .collect();
+        (indices, per_rank)
+    }
 }
 
 /// The scale-up domain of every rank. Replicas stay in their master's domain.

@@ -1,12 +1,18 @@
 //! The runtime of ultraep: the per-layer, per-microbatch balancing engine that training and serving
 //! frameworks embed.
 //!
-//! Per layer and microbatch it takes the router's load, plans, builds the transfer schedule, moves the
-//! expert weights on its backend (CPU or CUDA), hands back the reroute map, and in training reduces
-//! replica gradients into the masters. Slot buffers are shared by all layers.
+//! [`Engine::step`] takes a layer's exact load, plans it, puts every replica's weights in a slot
+//! (slots are shared by all layers; a slot that already holds the wanted expert's current weights
+//! is reused without a copy) and reports what it did. Today the engine runs on in-process CPU
+//! ranks with real bytes (`ultraep_xfer::CpuTransport`); backward (weight restore and gradient
+//! reduction), the CUDA backend, collectives, metrics traces and several microbatches in flight are
+//! still to come (issue 7).
 //!
-//! Status: issue 7; not written yet, so this crate exports nothing so far.
-//!
-//! Who uses it: frameworks that embed ultraep, and `ultraep-bench`.
-//!
-//! What it may depend on: `ultraep-topo`, `ultraep-plan`, `ultraep-xfer` and `ultraep-kernels`.
+//! Who uses it: frameworks that embed ultraep, and `ultraep-bench`. What it may depend on:
+//! `ultraep-topo`, `ultraep-plan`, `ultraep-xfer` and `ultraep-kernels`.
+
+mod engine;
+mod error;
+
+pub use engine::{Engine, EngineConfig, StepReport};
+pub use error::RuntimeError;

@@ -58,17 +58,7 @@ impl ReplicaSet {
             });
         }
         let rank_count = topology.rank_count() as u32;
-        // The index of every expert among its home rank's experts, in one pass.
-        let mut seen_on_rank = vec![0u32; layout.num_ranks() as usize];
-        let master_indices: Vec<u32> = layout
-            .homes()
-            .iter()
-            .map(|&home| {
-                let index = seen_on_rank[home as usize];
-                seen_on_rank[home as usize] += 1;
-                index
-            })
-            .collect();
+        let (master_indices, _) = layout.home_indices();
         let mut fanouts = Vec::new();
         for expert in 0..plan.num_experts() {
             let instances = plan.instances_of(expert);

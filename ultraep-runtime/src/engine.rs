@@ -1,0 +1,337 @@
+//! The engine: per layer and microbatch, plan the exact load, put every replica's weights in a
+//! slot, and report what it did.
+
+use std::time::{Duration, Instant};
+
+use ultraep_plan::{
+    Balancer, ExpertLayout, LoadMatrix, Plan, PlanConfig, PlanMetrics, Planner, RankDomains,
+};
+use ultraep_topo::Topology;
+use ultraep_xfer::{
+    CpuTransport, ExpertState, Fanout, ReplicaSet, TileTaskList, TransferConfig, TransferSchedule,
+    Transport,
+};
+
+use crate::RuntimeError;
+
+/// What an engine is built for.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The machine.
+    pub topology: Topology,
+    /// Where every expert of a layer lives (the same for every layer).
+    pub layout: ExpertLayout,
+    /// MoE layers of the model.
+    pub layers: u32,
+    /// Redundant slots per rank, shared by all layers.
+    pub slots_per_rank: u16,
+    /// Bytes of one expert's weights.
+    pub state_bytes: u64,
+    /// The planner's configuration.
+    pub plan: PlanConfig,
+    /// How weights are cut up and moved.
+    pub transfer: TransferConfig,
+    /// Worker threads of the CPU transport.
+    pub workers: usize,
+}
+
+/// What one step did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepReport {
+    /// The layer.
+    pub layer: u32,
+    /// The plan's figures (imbalance before and after, replicas, traffic).
+    pub metrics: PlanMetrics,
+    /// Replicas whose weights were copied into a slot.
+    pub copies: u32,
+    /// Replicas whose slot already held the expert's current weights: no copy needed.
+    pub copies_skipped: u32,
+    /// Bytes the transfers stored.
+    pub bytes_moved: u64,
+    /// Time spent planning.
+    pub planning: Duration,
+    /// Time spent moving weights.
+    pub transfer: Duration,
+}
+
+/// A complete, verified copy held by a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SlotContent {
+    layer: u32,
+    expert: u32,
+    version: u64,
+}
+
+/// The balancing engine on in-process CPU ranks.
+///
+/// Masters of every layer live on their home rank; the `slots_per_rank` redundant slots of every
+/// rank are shared by all layers, so a slot costs one expert's weights, not one per layer. A slot
+/// that already holds the expert a plan wants, with its current weights, is used without a copy.
+#[derive(Debug)]
+pub struct Engine {
+    config: EngineConfig,
+    planner: Planner,
+    /// The plan of the last successful step, and the buffer the next one is made in.
+    plan: Plan,
+    candidate: Plan,
+    state: ExpertState,
+    transport: CpuTransport,
+    /// Experts homed on each rank, and every expert's index among them.
+    experts_on_rank: Vec<u32>,
+    local_index: Vec<u32>,
+    /// What every slot (rank-major) holds.
+    slots: Vec<Option<SlotContent>>,
+    /// The weights version of every (layer, expert), bumped when the master changes.
+    versions: Vec<u64>,
+    /// The physical slot of every instance of the last plan (`None` for masters).
+    placement: Vec<Option<(u32, u16)>>,
+    candidate_placement: Vec<Option<(u32, u16)>>,
+}
+
+impl Engine {
+    /// An engine for `config`; every master and slot starts zeroed.
+    pub fn new(config: EngineConfig) -> Result<Self, RuntimeError> {
+        let ranks = config.layout.num_ranks();
+        if config.topology.rank_count() != ranks as usize {
+            return Err(RuntimeError::InvalidConfig(format!(
+                "the topology has {} ranks, the expert layout {ranks}",
+                config.topology.rank_count()
+            )));
+        }
+        if config.layers == 0 {
+            return Err(RuntimeError::InvalidConfig(
+                "the model has no MoE layer".into(),
+            ));
+        }
+        let domains = RankDomains::from_labels(
+            config
+                .topology
+                .rank_domains()
+                .iter()
+                .map(|domain| domain.0)
+                .collect(),
+        )?;
+        let planner = Planner::new(
+            config.layout.clone(),
+            domains,
+            u32::from(config.slots_per_rank),
+            config.plan,
+        )?;
+        let state = ExpertState::opaque(config.state_bytes)?;
+        config.transfer.validate()?;
+        let (local_index, experts_on_rank) = config.layout.home_indices();
+        let masters: Vec<u32> = experts_on_rank.iter().map(|&n| n * config.layers).collect();
+        let transport = CpuTransport::new(
+            &masters,
+            config.slots_per_rank,
+            config.state_bytes,
+            config.transfer.tile_bytes,
+            config.workers,
+        );
+        let experts = config.layout.num_experts() as usize;
+        Ok(Self {
+            slots: vec![None; ranks as usize * usize::from(config.slots_per_rank)],
+            versions: vec![0; config.layers as usize * experts],
+            planner,
+            plan: Plan::default(),
+            candidate: Plan::default(),
+            state,
+            transport,
+            experts_on_rank,
+            local_index,
+            placement: Vec::new(),
+            candidate_placement: Vec::new(),
+            config,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// The plan of the last successful step.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// The (rank, slot) holding instance `instance` of the last plan's weights; `None` for a
+    /// master (whose weights are its own).
+    pub fn replica_slot(&self, instance: u32) -> Option<(u32, u16)> {
+        self.placement.get(instance as usize).copied().flatten()
+    }
+
+    fn check_layer(&self, layer: u32) -> Result<(), RuntimeError> {
+        if layer >= self.config.layers {
+            return Err(RuntimeError::UnknownLayer {
+                layer,
+                layers: self.config.layers,
+            });
+        }
+        Ok(())
+    }
+
+    /// The master region index of `expert` of `layer` on its home rank.
+    fn master_index(&self, layer: u32, expert: u32) -> u32 {
+        let home = self.config.layout.home(expert);
+        layer * self.experts_on_rank[home as usize] + self.local_index[expert as usize]
+    }
+
+    /// Sets the master weights of `expert` in `layer` (after an optimiser step, for instance);
+    /// copies of the old weights in slots stop counting as current.
+    pub fn write_master(
+        &mut self,
+        layer: u32,
+        expert: u32,
+        weights: &[u8],
+    ) -> Result<(), RuntimeError> {
+        self.check_layer(layer)?;
+        if expert >= self.config.layout.num_experts() {
+            return Err(RuntimeError::InvalidConfig(format!(
+                "expert {expert} does not exist"
+            )));
+        }
+        if weights.len() as u64 != self.config.state_bytes {
+            return Err(RuntimeError::WeightSize {
+                got: weights.len(),
+                expected: self.config.state_bytes,
+            });
+        }
+        let home = self.config.layout.home(expert);
+        self.transport
+            .write_master(home, self.master_index(layer, expert), weights)?;
+        self.versions[(layer * self.config.layout.num_experts() + expert) as usize] += 1;
+        Ok(())
+    }
+
+    /// The weights in slot `slot` of `rank`, if the slot holds a complete copy.
+    pub fn read_slot(&self, rank: u32, slot: u16) -> Result<Vec<u8>, RuntimeError> {
+        Ok(self.transport.read_slot(rank, slot)?)
+    }
+
+    /// Makes the next weight transfer fail at tile task `task` (for failure tests).
+    pub fn inject_transfer_failure(&mut self, task: usize) {
+        self.transport.inject_failure_at(task);
+    }
+
+    /// Plans `loads` for `layer` and puts every replica's current weights in a slot. On error the
+    /// engine keeps its previous plan; slots a failed transfer was writing are marked empty.
+    pub fn step(&mut self, layer: u32, loads: LoadMatrix<'_>) -> Result<StepReport, RuntimeError> {
+        self.check_layer(layer)?;
+        let started = Instant::now();
+        self.planner.plan_into(loads, &mut self.candidate)?;
+        let planning = started.elapsed();
+
+        let started = Instant::now();
+        let (replicas, skipped) = self.place_replicas(layer);
+        let copies = replicas.replica_count() as u32;
+        let mut bytes_moved = 0;
+        if copies > 0 {
+            let schedule = TransferSchedule::build(
+                &replicas,
+                &self.state,
+                &self.config.topology,
+                self.config.transfer,
+            )?;
+            let tasks = TileTaskList::build(&schedule);
+            if let Err(error) = self.transport.distribute(&schedule, &tasks) {
+                // The slots being written hold nothing usable any more.
+                for fanout in &replicas.fanouts {
+                    for &(rank, slot) in &fanout.destinations {
+                        let index = self.slot_index(rank, slot);
+                        self.slots[index] = None;
+                    }
+                }
+                return Err(error.into());
+            }
+            bytes_moved = tasks.bytes_stored();
+            let version = |expert: u32| {
+                self.versions[(layer * self.config.layout.num_experts() + expert) as usize]
+            };
+            for fanout in &replicas.fanouts {
+                let content = SlotContent {
+                    layer,
+                    expert: fanout.expert,
+                    version: version(fanout.expert),
+                };
+                for &(rank, slot) in &fanout.destinations {
+                    let index = self.slot_index(rank, slot);
+                    self.slots[index] = Some(content);
+                }
+            }
+        }
+        std::mem::swap(&mut self.plan, &mut self.candidate);
+        std::mem::swap(&mut self.placement, &mut self.candidate_placement);
+        Ok(StepReport {
+            layer,
+            metrics: *self.plan.metrics(),
+            copies,
+            copies_skipped: skipped,
+            bytes_moved,
+            planning,
+            transfer: started.elapsed(),
+        })
+    }
+
+    fn slot_index(&self, rank: u32, slot: u16) -> usize {
+        rank as usize * usize::from(self.config.slots_per_rank) + usize::from(slot)
+    }
+
+    /// Chooses the physical slot of every replica of the candidate plan: a slot that already
+    /// holds the expert's current weights if there is one (no copy), else a slot this plan does
+    /// not use, empty ones first, lowest number first. Returns the copies to make and how many
+    /// replicas needed none.
+    fn place_replicas(&mut self, layer: u32) -> (ReplicaSet, u32) {
+        let experts = self.config.layout.num_experts();
+        let slots = usize::from(self.config.slots_per_rank);
+        let instances = self.candidate.instances().to_vec();
+        self.candidate_placement.clear();
+        self.candidate_placement.resize(instances.len(), None);
+        let mut taken = vec![false; self.slots.len()];
+        let mut skipped = 0;
+        // First, replicas whose weights are already in a slot of their rank.
+        for (index, instance) in instances.iter().enumerate() {
+            if !instance.is_replica() {
+                continue;
+            }
+            let wanted = SlotContent {
+                layer,
+                expert: instance.expert,
+                version: self.versions[(layer * experts + instance.expert) as usize],
+            };
+            let base = instance.rank as usize * slots;
+            if let Some(slot) =
+                (0..slots).find(|&s| !taken[base + s] && self.slots[base + s] == Some(wanted))
+            {
+                taken[base + slot] = true;
+                self.candidate_placement[index] = Some((instance.rank, slot as u16));
+                skipped += 1;
+            }
+        }
+        // Then the others, into free slots.
+        let mut fanouts: Vec<Fanout> = Vec::new();
+        for (index, instance) in instances.iter().enumerate() {
+            if !instance.is_replica() || self.candidate_placement[index].is_some() {
+                continue;
+            }
+            let base = instance.rank as usize * slots;
+            let free = (0..slots)
+                .filter(|&s| !taken[base + s])
+                .min_by_key(|&s| (self.slots[base + s].is_some(), s))
+                .unwrap_or(0);
+            taken[base + free] = true;
+            self.candidate_placement[index] = Some((instance.rank, free as u16));
+            let expert = instance.expert;
+            match fanouts.iter_mut().find(|f| f.expert == expert) {
+                Some(fanout) => fanout.destinations.push((instance.rank, free as u16)),
+                None => fanouts.push(Fanout {
+                    expert,
+                    master: self.config.layout.home(expert),
+                    master_index: self.master_index(layer, expert),
+                    destinations: vec![(instance.rank, free as u16)],
+                }),
+            }
+        }
+        (ReplicaSet { fanouts }, skipped)
+    }
+}

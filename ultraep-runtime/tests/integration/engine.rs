@@ -1,0 +1,231 @@
+//! The engine on CPU ranks: replicas hold their master's bytes, slots are shared and reused, and
+//! bad input or a failed transfer leaves the engine usable with its previous state.
+
+use ultraep_plan::{ExpertLayout, LoadMatrix, PlanConfig};
+use ultraep_runtime::{Engine, EngineConfig, RuntimeError};
+use ultraep_topo::Preset;
+use ultraep_xfer::TransferConfig;
+
+const STATE: u64 = 256 * 1024;
+
+fn engine() -> Engine {
+    let mut engine = Engine::new(EngineConfig {
+        topology: Preset::HgxH100.topology(1).unwrap(),
+        layout: ExpertLayout::contiguous(8, 4).unwrap(),
+        layers: 3,
+        slots_per_rank: 2,
+        state_bytes: STATE,
+        plan: PlanConfig {
+            min_replica_tokens: 16,
+            ..PlanConfig::default()
+        },
+        transfer: TransferConfig {
+            tile_bytes: 4096,
+            chunk_bytes: 16384,
+            ..TransferConfig::default()
+        },
+        workers: 2,
+    })
+    .unwrap();
+    for layer in 0..3 {
+        for expert in 0..32 {
+            engine
+                .write_master(layer, expert, &weights(layer, expert, 0))
+                .unwrap();
+        }
+    }
+    engine
+}
+
+fn weights(layer: u32, expert: u32, version: u32) -> Vec<u8> {
+    (0..STATE as u32)
+        .map(|i| (i ^ (layer * 97 + expert * 13 + version * 7)) as u8)
+        .collect()
+}
+
+/// 8 ranks x 32 experts, `hot` taking most of every rank's tokens.
+fn loads(hot: usize) -> Vec<u32> {
+    let mut loads = vec![40u32; 8 * 32];
+    for source in 0..8 {
+        loads[source * 32 + hot] = 3000;
+    }
+    loads
+}
+
+/// Every replica of the engine's current plan holds its master's weights in its slot.
+fn replicas_hold_their_weights(engine: &Engine, layer: u32, version: u32) {
+    let plan = engine.plan();
+    let mut replicas = 0;
+    for (index, instance) in plan.instances().iter().enumerate() {
+        if let Some((rank, slot)) = engine.replica_slot(index as u32) {
+            assert_eq!(rank, instance.rank);
+            assert!(
+                engine.read_slot(rank, slot).unwrap() == weights(layer, instance.expert, version)
+            );
+            replicas += 1;
+        }
+    }
+    assert_eq!(replicas, plan.metrics().replicas);
+}
+
+#[test]
+fn a_step_puts_every_replica_in_a_slot() {
+    let mut engine = engine();
+    let loads = loads(0);
+    let report = engine
+        .step(0, LoadMatrix::new(&loads, 8, 32).unwrap())
+        .unwrap();
+    assert!(report.metrics.replicas >= 4, "{report:?}");
+    assert!(report.metrics.imbalance() < report.metrics.initial_imbalance());
+    assert_eq!(
+        (report.copies, report.copies_skipped),
+        (report.metrics.replicas, 0)
+    );
+    assert!(report.bytes_moved >= u64::from(report.copies) * STATE);
+    replicas_hold_their_weights(&engine, 0, 0);
+}
+
+#[test]
+fn slots_holding_current_weights_are_reused_without_copies() {
+    let mut engine = engine();
+    let loads = loads(0);
+    let matrix = LoadMatrix::new(&loads, 8, 32).unwrap();
+    let first = engine.step(0, matrix).unwrap();
+    let again = engine.step(0, matrix).unwrap();
+    assert_eq!((again.copies, again.copies_skipped), (0, first.copies));
+    assert_eq!(again.bytes_moved, 0);
+    replicas_hold_their_weights(&engine, 0, 0);
+}
+
+#[test]
+fn layers_share_slots() {
+    let mut engine = engine();
+    let (hot_0, hot_9, hot_18) = (loads(0), loads(9), loads(18));
+    let first = engine
+        .step(0, LoadMatrix::new(&hot_0, 8, 32).unwrap())
+        .unwrap();
+    // Another layer's replicas take the free slots; layer 0's copies survive it...
+    let other = engine
+        .step(1, LoadMatrix::new(&hot_9, 8, 32).unwrap())
+        .unwrap();
+    assert!(other.copies > 0);
+    replicas_hold_their_weights(&engine, 1, 0);
+    let back = engine
+        .step(0, LoadMatrix::new(&hot_0, 8, 32).unwrap())
+        .unwrap();
+    assert_eq!((back.copies, back.copies_skipped), (0, first.copies));
+    // ...but with two slots per rank, a third layer must evict, and layer 0 copies again.
+    engine
+        .step(1, LoadMatrix::new(&hot_9, 8, 32).unwrap())
+        .unwrap();
+    let third = engine
+        .step(2, LoadMatrix::new(&hot_18, 8, 32).unwrap())
+        .unwrap();
+    assert!(third.copies > 0);
+    replicas_hold_their_weights(&engine, 2, 0);
+    let evicted = engine
+        .step(0, LoadMatrix::new(&hot_0, 8, 32).unwrap())
+        .unwrap();
+    assert!(evicted.copies > 0, "{evicted:?}");
+    replicas_hold_their_weights(&engine, 0, 0);
+}
+
+#[test]
+fn new_master_weights_invalidate_copies() {
+    let mut engine = engine();
+    let loads = loads(0);
+    let matrix = LoadMatrix::new(&loads, 8, 32).unwrap();
+    let first = engine.step(0, matrix).unwrap();
+    engine.write_master(0, 0, &weights(0, 0, 1)).unwrap();
+    let after = engine.step(0, matrix).unwrap();
+    assert_eq!(
+        after.copies, first.copies,
+        "every replica of expert 0 is copied again"
+    );
+    for (index, instance) in engine.plan().instances().iter().enumerate() {
+        if let Some((rank, slot)) = engine.replica_slot(index as u32) {
+            assert!(
+                engine.read_slot(rank, slot).unwrap()
+                    == weights(0, instance.expert, u32::from(instance.expert == 0))
+            );
+        }
+    }
+}
+
+#[test]
+fn bad_input_leaves_the_engine_as_it_was() {
+    let mut engine = engine();
+    let loads = loads(0);
+    engine
+        .step(0, LoadMatrix::new(&loads, 8, 32).unwrap())
+        .unwrap();
+    let before = engine.plan().clone();
+    let short = vec![1u32; 8 * 31];
+    assert!(matches!(
+        engine.step(0, LoadMatrix::new(&short, 8, 31).unwrap()),
+        Err(RuntimeError::Plan(_))
+    ));
+    assert!(matches!(
+        engine.step(7, LoadMatrix::new(&loads, 8, 32).unwrap()),
+        Err(RuntimeError::UnknownLayer {
+            layer: 7,
+            layers: 3
+        })
+    ));
+    assert!(matches!(
+        engine.write_master(0, 0, &[1, 2, 3]),
+        Err(RuntimeError::WeightSize { .. })
+    ));
+    assert_eq!(engine.plan(), &before);
+    replicas_hold_their_weights(&engine, 0, 0);
+}
+
+#[test]
+fn a_failed_transfer_keeps_the_previous_plan_and_the_engine_recovers() {
+    let mut engine = engine();
+    let hot_0 = loads(0);
+    let hot_9 = loads(9);
+    engine
+        .step(0, LoadMatrix::new(&hot_0, 8, 32).unwrap())
+        .unwrap();
+    let before = engine.plan().clone();
+    engine.inject_transfer_failure(3);
+    let error = engine
+        .step(1, LoadMatrix::new(&hot_9, 8, 32).unwrap())
+        .unwrap_err();
+    assert!(matches!(error, RuntimeError::Transfer(_)), "{error}");
+    assert_eq!(engine.plan(), &before, "the previous plan stays in force");
+    // The same step succeeds when retried, with every replica's weights in place.
+    let retried = engine
+        .step(1, LoadMatrix::new(&hot_9, 8, 32).unwrap())
+        .unwrap();
+    assert!(retried.copies > 0);
+    replicas_hold_their_weights(&engine, 1, 0);
+}
+
+#[test]
+fn configurations_that_do_not_fit_are_refused() {
+    let config = EngineConfig {
+        topology: Preset::HgxH100.topology(2).unwrap(),
+        layout: ExpertLayout::contiguous(8, 4).unwrap(),
+        layers: 1,
+        slots_per_rank: 1,
+        state_bytes: STATE,
+        plan: PlanConfig::default(),
+        transfer: TransferConfig::default(),
+        workers: 1,
+    };
+    assert!(matches!(
+        Engine::new(config.clone()),
+        Err(RuntimeError::InvalidConfig(_))
+    ));
+    let no_layers = EngineConfig {
+        topology: Preset::HgxH100.topology(1).unwrap(),
+        layers: 0,
+        ..config
+    };
+    assert!(matches!(
+        Engine::new(no_layers),
+        Err(RuntimeError::InvalidConfig(_))
+    ));
+}

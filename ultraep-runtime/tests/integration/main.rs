@@ -1,0 +1,3 @@
+//! Integration tests of `ultraep-runtime`.
+
+mod engine;
