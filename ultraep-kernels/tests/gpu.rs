@@ -133,14 +133,8 @@ fn reduction_matches() -> Result<(), Failed> {
     let state = ExpertState::opaque(floats as u64 * 4).map_err(fail)?;
     let schedule = TransferSchedule::build(&replicas, &state, &topology, TransferConfig::default())
         .map_err(fail)?;
-    let rank_floats = 6 * floats;
-    let address = |rank: u32, region: Region| {
-        let index = match region {
-            Region::Master { index } => index as usize,
-            Region::Slot { slot } => 4 + slot as usize,
-        };
-        ((rank as usize * rank_floats + index * floats) * 4) as u64
-    };
+    let rank_floats = common::REGIONS_PER_RANK * floats;
+    let address = |rank: u32, region: Region| common::region_address(rank, region, floats);
     let (jobs, list) = reduce_jobs(&schedule, address).map_err(fail)?;
     let mut random = Random(9);
     let memory: Vec<f32> = (0..8 * rank_floats)

@@ -1,6 +1,20 @@
 //! Inputs shared by the CPU-reference tests and the GPU tests: small skewed plans and router ids.
 
 use ultraep_plan::{Balancer, ExpertLayout, LoadMatrix, Plan, PlanConfig, Planner, RankDomains};
+use ultraep_xfer::Region;
+
+/// Regions of every rank in the flat gradient memory of the reduction tests: its 4 master states,
+/// then its 2 slots, each `floats` FP32 values.
+pub const REGIONS_PER_RANK: usize = 6;
+
+/// The byte offset of `region` of `rank` in that memory.
+pub fn region_address(rank: u32, region: Region, floats: usize) -> u64 {
+    let index = match region {
+        Region::Master { index } => index as usize,
+        Region::Slot { slot } => 4 + slot as usize,
+    };
+    ((rank as usize * REGIONS_PER_RANK * floats + index * floats) * 4) as u64
+}
 
 /// The plan of 8 ranks x 4 experts (2 slots, no minimum replica quota) for `loads` (8 x 32).
 pub fn plan_of(loads: &[u32]) -> Plan {

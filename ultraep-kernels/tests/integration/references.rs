@@ -12,7 +12,9 @@ use ultraep_xfer::{
     reduce_gradients,
 };
 
-use crate::common::{plan_of as planned, shuffled_ids as ids_of, skewed_loads};
+use crate::common::{
+    REGIONS_PER_RANK, plan_of as planned, region_address, shuffled_ids as ids_of, skewed_loads,
+};
 
 proptest! {
     #[test]
@@ -123,14 +125,8 @@ fn reduction_jobs_sum_exactly_as_the_documented_order() {
     let schedule = TransferSchedule::build(&replicas, &state, &topology, config).unwrap();
     // One flat memory: per rank 4 master states then 2 slots.
     let region_floats = floats;
-    let rank_floats = 6 * region_floats;
-    let address = |rank: u32, region: Region| {
-        let index = match region {
-            Region::Master { index } => index as usize,
-            Region::Slot { slot } => 4 + slot as usize,
-        };
-        ((rank as usize * rank_floats + index * region_floats) * 4) as u64
-    };
+    let rank_floats = REGIONS_PER_RANK * region_floats;
+    let address = |rank: u32, region: Region| region_address(rank, region, region_floats);
     let value = |i: usize| ((i * 7919) % 1000) as f32 * 10f32.powi((i % 9) as i32 - 4) - 3.0;
     let mut memory: Vec<f32> = (0..8 * rank_floats).map(value).collect();
     let original = memory.clone();
