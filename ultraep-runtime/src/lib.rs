@@ -8,8 +8,13 @@
 //! reduction), the CUDA backend, collectives, metrics traces and several microbatches in flight are
 //! still to come (issue 7).
 //!
+//! How a framework embeds it, with code: [`guide`] (`docs/embedding.md`).
+//!
 //! Who uses it: frameworks that embed ultraep, and `ultraep-bench`. What it may depend on:
 //! `ultraep-topo`, `ultraep-plan`, `ultraep-xfer` and `ultraep-kernels`.
+
+#[doc = include_str!("../../docs/embedding.md")]
+pub mod guide {}
 
 mod engine;
 mod error;
