@@ -71,8 +71,8 @@ struct SlotContent {
 pub struct Engine {
     config: EngineConfig,
     planner: Planner,
-    /// The plan of the last successful step, and the buffer the next one is made in.
-    plan: Plan,
+    /// The plan of every layer's last successful step, and the buffer the next one is made in.
+    plans: Vec<Option<Plan>>,
     candidate: Plan,
     state: ExpertState,
     transport: CpuTransport,
@@ -83,9 +83,19 @@ pub struct Engine {
     slots: Vec<Option<SlotContent>>,
     /// The weights version of every (layer, expert), bumped when the master changes.
     versions: Vec<u64>,
-    /// The physical slot of every instance of the last plan (`None` for masters).
-    placement: Vec<Option<(u32, u16)>>,
-    candidate_placement: Vec<Option<(u32, u16)>>,
+    /// The physical slot of every instance of every layer's plan (`None` for masters).
+    placements: Vec<Vec<Option<(u32, u16)>>>,
+}
+
+/// What bringing a layer's replica weights back did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestoreReport {
+    /// Replicas whose weights were copied again (a later layer had taken their slot).
+    pub copies: u32,
+    /// Replicas whose slot still held their weights.
+    pub copies_skipped: u32,
+    /// Bytes the transfers stored.
+    pub bytes_moved: u64,
 }
 
 impl Engine {
@@ -133,14 +143,13 @@ impl Engine {
             slots: vec![None; ranks as usize * usize::from(config.slots_per_rank)],
             versions: vec![0; config.layers as usize * experts],
             planner,
-            plan: Plan::default(),
+            plans: vec![None; config.layers as usize],
             candidate: Plan::default(),
             state,
             transport,
             experts_on_rank,
             local_index,
-            placement: Vec::new(),
-            candidate_placement: Vec::new(),
+            placements: vec![Vec::new(); config.layers as usize],
             config,
         })
     }
@@ -150,15 +159,19 @@ impl Engine {
         &self.config
     }
 
-    /// The plan of the last successful step.
-    pub fn plan(&self) -> &Plan {
-        &self.plan
+    /// The plan of `layer`'s last successful step, if it has had one.
+    pub fn plan(&self, layer: u32) -> Option<&Plan> {
+        self.plans.get(layer as usize).and_then(Option::as_ref)
     }
 
-    /// The (rank, slot) holding instance `instance` of the last plan's weights; `None` for a
-    /// master (whose weights are its own).
-    pub fn replica_slot(&self, instance: u32) -> Option<(u32, u16)> {
-        self.placement.get(instance as usize).copied().flatten()
+    /// The (rank, slot) holding the weights of instance `instance` of `layer`'s plan; `None` for
+    /// a master (whose weights are its own) or an unknown instance.
+    pub fn replica_slot(&self, layer: u32, instance: u32) -> Option<(u32, u16)> {
+        self.placements
+            .get(layer as usize)
+            .and_then(|placement| placement.get(instance as usize))
+            .copied()
+            .flatten()
     }
 
     fn check_layer(&self, layer: u32) -> Result<(), RuntimeError> {
@@ -215,7 +228,7 @@ impl Engine {
     }
 
     /// Plans `loads` for `layer` and puts every replica's current weights in a slot. On error the
-    /// engine keeps its previous plan; slots a failed transfer was writing are marked empty.
+    /// engine keeps the layer's previous plan; slots a failed transfer was writing are marked empty.
     pub fn step(&mut self, layer: u32, loads: LoadMatrix<'_>) -> Result<StepReport, RuntimeError> {
         self.check_layer(layer)?;
         let started = Instant::now();
@@ -223,48 +236,16 @@ impl Engine {
         let planning = started.elapsed();
 
         let started = Instant::now();
-        let (replicas, skipped) = self.place_replicas(layer);
+        let (replicas, skipped, placement) = self.place_replicas(layer, self.candidate.instances());
         let copies = replicas.replica_count() as u32;
-        let mut bytes_moved = 0;
-        if copies > 0 {
-            let schedule = TransferSchedule::build(
-                &replicas,
-                &self.state,
-                &self.config.topology,
-                self.config.transfer,
-            )?;
-            let tasks = TileTaskList::build(&schedule);
-            if let Err(error) = self.transport.distribute(&schedule, &tasks) {
-                // The slots being written hold nothing usable any more.
-                for fanout in &replicas.fanouts {
-                    for &(rank, slot) in &fanout.destinations {
-                        let index = self.slot_index(rank, slot);
-                        self.slots[index] = None;
-                    }
-                }
-                return Err(error.into());
-            }
-            bytes_moved = tasks.bytes_stored();
-            let version = |expert: u32| {
-                self.versions[(layer * self.config.layout.num_experts() + expert) as usize]
-            };
-            for fanout in &replicas.fanouts {
-                let content = SlotContent {
-                    layer,
-                    expert: fanout.expert,
-                    version: version(fanout.expert),
-                };
-                for &(rank, slot) in &fanout.destinations {
-                    let index = self.slot_index(rank, slot);
-                    self.slots[index] = Some(content);
-                }
-            }
-        }
-        std::mem::swap(&mut self.plan, &mut self.candidate);
-        std::mem::swap(&mut self.placement, &mut self.candidate_placement);
+        let bytes_moved = self.copy(layer, &replicas)?;
+        let metrics = *self.candidate.metrics();
+        let plan = self.plans[layer as usize].get_or_insert_with(Plan::default);
+        std::mem::swap(plan, &mut self.candidate);
+        self.placements[layer as usize] = placement;
         Ok(StepReport {
             layer,
-            metrics: *self.plan.metrics(),
+            metrics,
             copies,
             copies_skipped: skipped,
             bytes_moved,
@@ -273,20 +254,73 @@ impl Engine {
         })
     }
 
+    /// Brings `layer`'s replica weights back into slots before its expert backward: slots are
+    /// shared by all layers, so later layers may have taken some. Replicas whose slot still holds
+    /// their weights are left alone; the others are copied again (perhaps into another slot, which
+    /// [`Engine::replica_slot`] then gives). If it fails, call it again before using the replicas.
+    pub fn restore(&mut self, layer: u32) -> Result<RestoreReport, RuntimeError> {
+        self.check_layer(layer)?;
+        let plan = self.plans[layer as usize]
+            .take()
+            .ok_or(RuntimeError::NoPlan { layer })?;
+        let (replicas, skipped, placement) = self.place_replicas(layer, plan.instances());
+        let result = self.copy(layer, &replicas);
+        self.plans[layer as usize] = Some(plan);
+        let bytes_moved = result?;
+        self.placements[layer as usize] = placement;
+        Ok(RestoreReport {
+            copies: replicas.replica_count() as u32,
+            copies_skipped: skipped,
+            bytes_moved,
+        })
+    }
+
+    /// Copies `replicas` of `layer` into their slots and records what the slots now hold; returns
+    /// the bytes stored. On failure the slots being written are marked empty.
+    fn copy(&mut self, layer: u32, replicas: &ReplicaSet) -> Result<u64, RuntimeError> {
+        if replicas.fanouts.is_empty() {
+            return Ok(0);
+        }
+        let schedule = TransferSchedule::build(
+            replicas,
+            &self.state,
+            &self.config.topology,
+            self.config.transfer,
+        )?;
+        let tasks = TileTaskList::build(&schedule);
+        let result = self.transport.distribute(&schedule, &tasks);
+        let experts = self.config.layout.num_experts();
+        for fanout in &replicas.fanouts {
+            let content = result.as_ref().ok().map(|_| SlotContent {
+                layer,
+                expert: fanout.expert,
+                version: self.versions[(layer * experts + fanout.expert) as usize],
+            });
+            for &(rank, slot) in &fanout.destinations {
+                let index = self.slot_index(rank, slot);
+                self.slots[index] = content;
+            }
+        }
+        result?;
+        Ok(tasks.bytes_stored())
+    }
+
     fn slot_index(&self, rank: u32, slot: u16) -> usize {
         rank as usize * usize::from(self.config.slots_per_rank) + usize::from(slot)
     }
 
-    /// Chooses the physical slot of every replica of the candidate plan: a slot that already
-    /// holds the expert's current weights if there is one (no copy), else a slot this plan does
-    /// not use, empty ones first, lowest number first. Returns the copies to make and how many
-    /// replicas needed none.
-    fn place_replicas(&mut self, layer: u32) -> (ReplicaSet, u32) {
+    /// Chooses the physical slot of every replica among `instances` (a plan of `layer`): a slot
+    /// that already holds the expert's current weights if there is one (no copy), else a slot
+    /// these replicas do not use, empty ones first, lowest number first. Returns the copies to
+    /// make, how many replicas needed none, and the slot of every instance.
+    fn place_replicas(
+        &self,
+        layer: u32,
+        instances: &[ultraep_plan::Instance],
+    ) -> (ReplicaSet, u32, Vec<Option<(u32, u16)>>) {
         let experts = self.config.layout.num_experts();
         let slots = usize::from(self.config.slots_per_rank);
-        let instances = self.candidate.instances().to_vec();
-        self.candidate_placement.clear();
-        self.candidate_placement.resize(instances.len(), None);
+        let mut placement = vec![None; instances.len()];
         let mut taken = vec![false; self.slots.len()];
         let mut skipped = 0;
         // First, replicas whose weights are already in a slot of their rank.
@@ -304,14 +338,14 @@ impl Engine {
                 (0..slots).find(|&s| !taken[base + s] && self.slots[base + s] == Some(wanted))
             {
                 taken[base + slot] = true;
-                self.candidate_placement[index] = Some((instance.rank, slot as u16));
+                placement[index] = Some((instance.rank, slot as u16));
                 skipped += 1;
             }
         }
         // Then the others, into free slots.
         let mut fanouts: Vec<Fanout> = Vec::new();
         for (index, instance) in instances.iter().enumerate() {
-            if !instance.is_replica() || self.candidate_placement[index].is_some() {
+            if !instance.is_replica() || placement[index].is_some() {
                 continue;
             }
             let base = instance.rank as usize * slots;
@@ -320,7 +354,7 @@ impl Engine {
                 .min_by_key(|&s| (self.slots[base + s].is_some(), s))
                 .unwrap_or(0);
             taken[base + free] = true;
-            self.candidate_placement[index] = Some((instance.rank, free as u16));
+            placement[index] = Some((instance.rank, free as u16));
             let expert = instance.expert;
             match fanouts.iter_mut().find(|f| f.expert == expert) {
                 Some(fanout) => fanout.destinations.push((instance.rank, free as u16)),
@@ -332,6 +366,6 @@ impl Engine {
                 }),
             }
         }
-        (ReplicaSet { fanouts }, skipped)
+        (ReplicaSet { fanouts }, skipped, placement)
     }
 }

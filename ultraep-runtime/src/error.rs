@@ -21,6 +21,12 @@ pub enum RuntimeError {
         /// Layers of the model.
         layers: u32,
     },
+    /// A layer that has had no successful step has no replicas to restore.
+    #[error("layer {layer} has no plan yet: step it before restoring it")]
+    NoPlan {
+        /// The layer.
+        layer: u32,
+    },
     /// Master weights of the wrong size.
     #[error("expert weights of {got} bytes, but an expert state is {expected} bytes")]
     WeightSize {

@@ -54,10 +54,10 @@ fn loads(hot: usize) -> Vec<u32> {
 
 /// Every replica of the engine's current plan holds its master's weights in its slot.
 fn replicas_hold_their_weights(engine: &Engine, layer: u32, version: u32) {
-    let plan = engine.plan();
+    let plan = engine.plan(layer).unwrap();
     let mut replicas = 0;
     for (index, instance) in plan.instances().iter().enumerate() {
-        if let Some((rank, slot)) = engine.replica_slot(index as u32) {
+        if let Some((rank, slot)) = engine.replica_slot(layer, index as u32) {
             assert_eq!(rank, instance.rank);
             assert!(
                 engine.read_slot(rank, slot).unwrap() == weights(layer, instance.expert, version)
@@ -142,8 +142,8 @@ fn new_master_weights_invalidate_copies() {
         after.copies, first.copies,
         "every replica of expert 0 is copied again"
     );
-    for (index, instance) in engine.plan().instances().iter().enumerate() {
-        if let Some((rank, slot)) = engine.replica_slot(index as u32) {
+    for (index, instance) in engine.plan(0).unwrap().instances().iter().enumerate() {
+        if let Some((rank, slot)) = engine.replica_slot(0, index as u32) {
             assert!(
                 engine.read_slot(rank, slot).unwrap()
                     == weights(0, instance.expert, u32::from(instance.expert == 0))
@@ -159,7 +159,7 @@ fn bad_input_leaves_the_engine_as_it_was() {
     engine
         .step(0, LoadMatrix::new(&loads, 8, 32).unwrap())
         .unwrap();
-    let before = engine.plan().clone();
+    let before = engine.plan(0).unwrap().clone();
     let short = vec![1u32; 8 * 31];
     assert!(matches!(
         engine.step(0, LoadMatrix::new(&short, 8, 31).unwrap()),
@@ -176,7 +176,7 @@ fn bad_input_leaves_the_engine_as_it_was() {
         engine.write_master(0, 0, &[1, 2, 3]),
         Err(RuntimeError::WeightSize { .. })
     ));
-    assert_eq!(engine.plan(), &before);
+    assert_eq!(engine.plan(0), Some(&before));
     replicas_hold_their_weights(&engine, 0, 0);
 }
 
@@ -185,16 +185,21 @@ fn a_failed_transfer_keeps_the_previous_plan_and_the_engine_recovers() {
     let mut engine = engine();
     let hot_0 = loads(0);
     let hot_9 = loads(9);
+    // Layer 1 first runs with expert 0 hot, then its next step (expert 9 hot) fails.
     engine
-        .step(0, LoadMatrix::new(&hot_0, 8, 32).unwrap())
+        .step(1, LoadMatrix::new(&hot_0, 8, 32).unwrap())
         .unwrap();
-    let before = engine.plan().clone();
+    let before = engine.plan(1).unwrap().clone();
     engine.inject_transfer_failure(3);
     let error = engine
         .step(1, LoadMatrix::new(&hot_9, 8, 32).unwrap())
         .unwrap_err();
     assert!(matches!(error, RuntimeError::Transfer(_)), "{error}");
-    assert_eq!(engine.plan(), &before, "the previous plan stays in force");
+    assert_eq!(
+        engine.plan(1),
+        Some(&before),
+        "the previous plan stays in force"
+    );
     // The same step succeeds when retried, with every replica's weights in place.
     let retried = engine
         .step(1, LoadMatrix::new(&hot_9, 8, 32).unwrap())
@@ -227,5 +232,45 @@ fn configurations_that_do_not_fit_are_refused() {
     assert!(matches!(
         Engine::new(no_layers),
         Err(RuntimeError::InvalidConfig(_))
+    ));
+}
+
+#[test]
+fn restore_brings_back_what_later_layers_took() {
+    let mut engine = engine();
+    let (hot_0, hot_9, hot_18) = (loads(0), loads(9), loads(18));
+    // Forward through three layers: with two slots per rank, layer 2 takes layer 0's slots.
+    let first = engine
+        .step(0, LoadMatrix::new(&hot_0, 8, 32).unwrap())
+        .unwrap();
+    engine
+        .step(1, LoadMatrix::new(&hot_9, 8, 32).unwrap())
+        .unwrap();
+    engine
+        .step(2, LoadMatrix::new(&hot_18, 8, 32).unwrap())
+        .unwrap();
+    // Backward runs the layers in reverse: layer 2's replicas are all still there...
+    let two = engine.restore(2).unwrap();
+    assert_eq!((two.copies, two.bytes_moved), (0, 0));
+    replicas_hold_their_weights(&engine, 2, 0);
+    // ...layer 0's were partly overwritten and come back, with the same plan.
+    let plan = engine.plan(0).unwrap().clone();
+    let zero = engine.restore(0).unwrap();
+    assert!(zero.copies > 0);
+    assert_eq!(zero.copies + zero.copies_skipped, first.copies);
+    assert_eq!(engine.plan(0), Some(&plan));
+    replicas_hold_their_weights(&engine, 0, 0);
+}
+
+#[test]
+fn restoring_a_layer_that_never_ran_is_an_error() {
+    let mut engine = engine();
+    assert!(matches!(
+        engine.restore(1),
+        Err(RuntimeError::NoPlan { layer: 1 })
+    ));
+    assert!(matches!(
+        engine.restore(9),
+        Err(RuntimeError::UnknownLayer { .. })
     ));
 }
