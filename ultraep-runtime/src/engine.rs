@@ -27,6 +27,9 @@ pub struct EngineConfig {
     pub slots_per_rank: u16,
     /// Bytes of one expert's weights.
     pub state_bytes: u64,
+    /// Bytes of one expert's FP32 weight gradient in training (a multiple of 4); 0 for inference,
+    /// where there are no gradients to reduce.
+    pub gradient_bytes: u64,
     /// The planner's configuration.
     pub plan: PlanConfig,
     /// How weights are cut up and moved.
@@ -54,6 +57,20 @@ pub struct StepReport {
     pub transfer: Duration,
 }
 
+fn bytes_of(values: &[f32]) -> Vec<u8> {
+    values
+        .iter()
+        .flat_map(|value| value.to_le_bytes())
+        .collect()
+}
+
+fn floats_of(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
 /// A complete, verified copy held by a slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct SlotContent {
@@ -76,6 +93,8 @@ pub struct Engine {
     candidate: Plan,
     state: ExpertState,
     transport: CpuTransport,
+    /// Master gradients (every layer's) and replica gradient slots, in training.
+    gradients: Option<(ExpertState, CpuTransport)>,
     /// Experts homed on each rank, and every expert's index among them.
     experts_on_rank: Vec<u32>,
     local_index: Vec<u32>,
@@ -138,8 +157,27 @@ impl Engine {
             config.transfer.tile_bytes,
             config.workers,
         );
+        let gradients = match config.gradient_bytes {
+            0 => None,
+            bytes if !bytes.is_multiple_of(4) => {
+                return Err(RuntimeError::InvalidConfig(format!(
+                    "a gradient of {bytes} bytes is not whole FP32 values"
+                )));
+            }
+            bytes => Some((
+                ExpertState::opaque(bytes)?,
+                CpuTransport::new(
+                    &masters,
+                    config.slots_per_rank,
+                    bytes,
+                    config.transfer.tile_bytes,
+                    config.workers,
+                ),
+            )),
+        };
         let experts = config.layout.num_experts() as usize;
         Ok(Self {
+            gradients,
             slots: vec![None; ranks as usize * usize::from(config.slots_per_rank)],
             versions: vec![0; config.layers as usize * experts],
             planner,
@@ -220,6 +258,97 @@ impl Engine {
     /// The weights in slot `slot` of `rank`, if the slot holds a complete copy.
     pub fn read_slot(&self, rank: u32, slot: u16) -> Result<Vec<u8>, RuntimeError> {
         Ok(self.transport.read_slot(rank, slot)?)
+    }
+
+    fn gradient_store(&mut self) -> Result<&mut (ExpertState, CpuTransport), RuntimeError> {
+        self.gradients.as_mut().ok_or_else(|| {
+            RuntimeError::InvalidConfig("the engine has no gradients (gradient_bytes is 0)".into())
+        })
+    }
+
+    /// Sets the gradient of `expert`'s master in `layer` (what its own tokens contributed).
+    pub fn write_master_gradient(
+        &mut self,
+        layer: u32,
+        expert: u32,
+        values: &[f32],
+    ) -> Result<(), RuntimeError> {
+        self.check_layer(layer)?;
+        let home = self.config.layout.home(expert);
+        let index = self.master_index(layer, expert);
+        let (_, store) = self.gradient_store()?;
+        store.write_master(home, index, &bytes_of(values))?;
+        Ok(())
+    }
+
+    /// The gradient of `expert`'s master in `layer`.
+    pub fn read_master_gradient(
+        &mut self,
+        layer: u32,
+        expert: u32,
+    ) -> Result<Vec<f32>, RuntimeError> {
+        self.check_layer(layer)?;
+        let home = self.config.layout.home(expert);
+        let index = self.master_index(layer, expert);
+        let (_, store) = self.gradient_store()?;
+        Ok(floats_of(&store.read_master(home, index)?))
+    }
+
+    /// Sets the gradient a replica (instance `instance` of `layer`'s plan) computed for its
+    /// tokens; it waits in the gradient slot twin of the replica's weight slot.
+    pub fn write_replica_gradient(
+        &mut self,
+        layer: u32,
+        instance: u32,
+        values: &[f32],
+    ) -> Result<(), RuntimeError> {
+        self.check_layer(layer)?;
+        let expert = self
+            .plan(layer)
+            .and_then(|plan| plan.instances().get(instance as usize))
+            .map(|instance| instance.expert)
+            .ok_or(RuntimeError::NoPlan { layer })?;
+        let (rank, slot) = self.replica_slot(layer, instance).ok_or_else(|| {
+            RuntimeError::InvalidConfig(format!(
+                "instance {instance} of layer {layer} is not a replica"
+            ))
+        })?;
+        let (_, store) = self.gradient_store()?;
+        store.write_slot(rank, slot, expert, &bytes_of(values))?;
+        Ok(())
+    }
+
+    /// Sums every replica gradient of `layer` into its master's gradient, in the documented order
+    /// of `ultraep_xfer::reduce_gradients`, and empties the replica gradient slots. Every replica
+    /// must have written its gradient; otherwise nothing changes.
+    pub fn reduce_gradients(&mut self, layer: u32) -> Result<(), RuntimeError> {
+        self.check_layer(layer)?;
+        let plan = self.plan(layer).ok_or(RuntimeError::NoPlan { layer })?;
+        let mut fanouts: Vec<Fanout> = Vec::new();
+        for (index, instance) in plan.instances().iter().enumerate() {
+            let Some(destination) = self.replica_slot(layer, index as u32) else {
+                continue;
+            };
+            match fanouts.iter_mut().find(|f| f.expert == instance.expert) {
+                Some(fanout) => fanout.destinations.push(destination),
+                None => fanouts.push(Fanout {
+                    expert: instance.expert,
+                    master: self.config.layout.home(instance.expert),
+                    master_index: self.master_index(layer, instance.expert),
+                    destinations: vec![destination],
+                }),
+            }
+        }
+        for fanout in &mut fanouts {
+            fanout.destinations.sort_unstable();
+        }
+        let replicas = ReplicaSet { fanouts };
+        let topology = self.config.topology.clone();
+        let transfer = self.config.transfer;
+        let (state, store) = self.gradient_store()?;
+        let schedule = TransferSchedule::build(&replicas, state, &topology, transfer)?;
+        store.reduce_gradients(&schedule)?;
+        Ok(())
     }
 
     /// Makes the next weight transfer fail at tile task `task` (for failure tests).

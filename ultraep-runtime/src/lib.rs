@@ -3,9 +3,10 @@
 //!
 //! [`Engine::step`] takes a layer's exact load, plans it, puts every replica's weights in a slot
 //! (slots are shared by all layers; a slot that already holds the wanted expert's current weights
-//! is reused without a copy) and reports what it did; [`Engine::restore`] brings a layer's replica
-//! weights back before its expert backward. Today the engine runs on in-process CPU ranks with real
-//! bytes (`ultraep_xfer::CpuTransport`); gradient reduction through the engine, the CUDA backend,
+//! is reused without a copy) and reports what it did. In training, [`Engine::restore`] brings a
+//! layer's replica weights back before its expert backward and [`Engine::reduce_gradients`] sums
+//! the replicas' gradients into the masters' in a fixed, documented order. Today the engine runs
+//! on in-process CPU ranks with real bytes (`ultraep_xfer::CpuTransport`); the CUDA backend,
 //! collectives, metrics traces and several microbatches in flight are still to come (issue 7).
 //!
 //! How a framework embeds it, with code: [`guide`] (`docs/embedding.md`).
