@@ -9,8 +9,9 @@ use ultraep_xfer::TransferConfig;
 const STATE: u64 = 256 * 1024;
 const GRADIENT: u64 = 16 * 1024;
 
-fn engine() -> Engine {
-    let mut engine = Engine::new(EngineConfig {
+/// One HGX node, 4 experts per rank, 2 slots, 3 layers, training (with gradients).
+fn base_config() -> EngineConfig {
+    EngineConfig {
         topology: Preset::HgxH100.topology(1).unwrap(),
         layout: ExpertLayout::contiguous(8, 4).unwrap(),
         layers: 3,
@@ -27,8 +28,11 @@ fn engine() -> Engine {
             ..TransferConfig::default()
         },
         workers: 2,
-    })
-    .unwrap();
+    }
+}
+
+fn engine() -> Engine {
+    let mut engine = Engine::new(base_config()).unwrap();
     for layer in 0..3 {
         for expert in 0..32 {
             engine
@@ -214,14 +218,7 @@ fn a_failed_transfer_keeps_the_previous_plan_and_the_engine_recovers() {
 fn configurations_that_do_not_fit_are_refused() {
     let config = EngineConfig {
         topology: Preset::HgxH100.topology(2).unwrap(),
-        layout: ExpertLayout::contiguous(8, 4).unwrap(),
-        layers: 1,
-        slots_per_rank: 1,
-        state_bytes: STATE,
-        gradient_bytes: 0,
-        plan: PlanConfig::default(),
-        transfer: TransferConfig::default(),
-        workers: 1,
+        ..base_config()
     };
     assert!(matches!(
         Engine::new(config.clone()),
@@ -330,15 +327,8 @@ fn replica_gradients_reduce_into_their_masters() {
 #[test]
 fn gradients_need_a_training_engine() {
     let mut engine = Engine::new(EngineConfig {
-        topology: Preset::HgxH100.topology(1).unwrap(),
-        layout: ExpertLayout::contiguous(8, 4).unwrap(),
-        layers: 1,
-        slots_per_rank: 1,
-        state_bytes: STATE,
         gradient_bytes: 0,
-        plan: PlanConfig::default(),
-        transfer: TransferConfig::default(),
-        workers: 1,
+        ..base_config()
     })
     .unwrap();
     assert!(matches!(
