@@ -8,8 +8,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::BenchError;
 use crate::experiment::{RunConfig, Scenario, run_scenario, run_sweeps};
+use crate::machine::nvl72_gpus;
 use crate::report::{PUBLISHED, summary_table, sweep_tables, write_report};
-use crate::xfer_command::nvl72_class_domain;
 
 /// Arguments of `ultraep bench`.
 #[derive(Debug, Args)]
@@ -56,7 +56,7 @@ pub fn run(args: &BenchArgs) -> Result<String, BenchError> {
                 .is_none_or(|only| s.name.contains(only.as_str()))
         })
         .collect();
-    let topology = nvl72_class_domain()?;
+    let topology = nvl72_gpus(64)?;
     // Sweeps: 12 points of a shorter run.
     let sweep_run = RunConfig {
         steps: (config.steps / 2).max(2),

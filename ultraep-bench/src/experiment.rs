@@ -23,6 +23,7 @@ use ultraep_xfer::{
 };
 
 use crate::BenchError;
+use crate::machine::nvl72_gpus;
 use crate::models::ModelShape;
 use crate::step::{Hardware, Mode, layer_outcome};
 use crate::workload::{Workload, WorkloadConfig, calibrate_skew};
@@ -585,23 +586,16 @@ pub fn run_sweeps(run: &RunConfig, progress: &mut dyn FnMut()) -> Result<Sweeps,
             message: "the Qwen3-235B training scenario is missing".into(),
         })?;
     let calibrated = workload_config(&scenario, run);
-    let preset = ultraep_topo::Preset::Gb200Nvl72;
-    let domain = |ranks: u32| {
-        ultraep_topo::TopologyBuilder::new(format!("{ranks} GPUs of a GB200 NVL72"))
-            .accelerator(preset.accelerator())
-            .domain("rack0", 0..ranks, preset.links())
-            .build()
-    };
     let mut ep_size = Vec::new();
     for ranks in [8, 16, 32, 64, 72] {
         let config = WorkloadConfig {
             ranks,
             ..calibrated
         };
-        let result = run_workload(&scenario, run, config, &domain(ranks)?, progress)?;
+        let result = run_workload(&scenario, run, config, &nvl72_gpus(ranks)?, progress)?;
         ep_size.push(point(format!("EP {ranks}"), &result));
     }
-    let rack = domain(64)?;
+    let rack = nvl72_gpus(64)?;
     let mut slots = Vec::new();
     for count in 0..=4 {
         let swept = RunConfig {

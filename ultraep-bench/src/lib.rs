@@ -13,6 +13,7 @@
 pub mod bench_command;
 mod error;
 pub mod experiment;
+pub mod machine;
 pub mod models;
 pub mod plan_command;
 pub mod problem_file;

@@ -3,15 +3,14 @@
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
-use ultraep_topo::{Preset, TopologyBuilder};
 
 use crate::BenchError;
 use crate::experiment::{RunConfig, Scenario, run_scenario, run_steps};
+use crate::machine::nvl72_gpus;
 use crate::models::ModelShape;
 use crate::report::summary_table;
 use crate::step::Mode;
 use crate::trace::Trace;
-use crate::xfer_command::nvl72_class_domain;
 
 /// Arguments of `ultraep simulate`.
 #[derive(Debug, Args)]
@@ -70,11 +69,7 @@ pub fn run(args: &SimulateArgs) -> Result<String, BenchError> {
                     ),
                 });
             }
-            let preset = Preset::Gb200Nvl72;
-            let topology = TopologyBuilder::new(format!("{} GPUs of a GB200 NVL72", trace.ranks))
-                .accelerator(preset.accelerator())
-                .domain("rack0", 0..trace.ranks, preset.links())
-                .build()?;
+            let topology = nvl72_gpus(trace.ranks)?;
             let scenario = Scenario {
                 name: "trace",
                 model: ModelShape {
@@ -123,7 +118,7 @@ pub fn run(args: &SimulateArgs) -> Result<String, BenchError> {
                             .join(", ")
                     ),
                 })?;
-            run_scenario(&scenario, &run, &nvl72_class_domain()?, &mut || {})?
+            run_scenario(&scenario, &run, &nvl72_gpus(64)?, &mut || {})?
         }
     };
     let mut out = summary_table(std::slice::from_ref(&result));

@@ -7,13 +7,14 @@ use std::fmt::Write;
 use clap::Args;
 use ultraep_plan::reference::ReferenceScenario;
 use ultraep_plan::{Balancer, PlanConfig, Planner};
-use ultraep_topo::{Preset, Topology, TopologyBuilder};
+use ultraep_topo::Topology;
 use ultraep_xfer::{
     ExpertState, Fanout, RelayPieces, ReplicaSet, Simulation, TransferConfig, TransferSchedule,
     simulate,
 };
 
 use crate::BenchError;
+use crate::machine::nvl72_gpus;
 
 /// Arguments of `ultraep xfer`.
 #[derive(Debug, Args)]
@@ -44,16 +45,6 @@ pub struct XferRow {
     pub chosen: Simulation,
 }
 
-/// A 64-GPU domain with GB200 NVL72 links: the rack the published numbers were measured on, less
-/// the GPUs EP64 does not use.
-pub fn nvl72_class_domain() -> Result<Topology, BenchError> {
-    let preset = Preset::Gb200Nvl72;
-    Ok(TopologyBuilder::new("64 GPUs of a GB200 NVL72")
-        .accelerator(preset.accelerator())
-        .domain("rack0", 0..64, preset.links())
-        .build()?)
-}
-
 /// DeepSeek-V3's routed expert in FP8 with block scales.
 pub fn deepseek_v3_expert() -> ExpertState {
     ExpertState::swiglu_fp8(7168, 2048)
@@ -79,7 +70,7 @@ pub fn compare(
 
 /// Every row of the comparison.
 pub fn rows(args: &XferArgs) -> Result<Vec<XferRow>, BenchError> {
-    let topology = nvl72_class_domain()?;
+    let topology = nvl72_gpus(64)?;
     let state = deepseek_v3_expert();
     let config = TransferConfig {
         relay_pieces: if args.chunk_relays {

@@ -90,7 +90,7 @@ impl Gpu {
     /// Counts of every expert among a rank's router ids (the [`crate::reference::histogram`]
     /// semantics); ids naming no expert are an error.
     pub fn histogram(&self, ids: &[u32], experts: u32) -> Result<Vec<u32>, KernelError> {
-        let ids_device = self.stream.clone_htod(&pad_u32(ids)).map_err(driver)?;
+        let ids_device = self.stream.clone_htod(&pad(ids)).map_err(driver)?;
         let mut counts = self
             .stream
             .alloc_zeros::<u32>(experts as usize + 1)
@@ -164,12 +164,12 @@ impl Gpu {
     ) -> Result<DeviceReroute, KernelError> {
         let entries: &[u8] = bytemuck::cast_slice(&table.entries);
         Ok(DeviceReroute {
-            ids: self.stream.clone_htod(&pad_u32(ids)).map_err(driver)?,
+            ids: self.stream.clone_htod(&pad(ids)).map_err(driver)?,
             n: ids.len() as u32,
             experts: table.offsets.len().saturating_sub(1) as u32,
             offsets: self
                 .stream
-                .clone_htod(&pad_u32(&table.offsets))
+                .clone_htod(&pad(&table.offsets))
                 .map_err(driver)?,
             entries: self.stream.clone_htod(&pad(entries)).map_err(driver)?,
         })
@@ -346,10 +346,7 @@ impl Gpu {
         let addresses: Vec<u64> = replicas.iter().map(|offset| base + offset).collect();
         let job_bytes: &[u8] = bytemuck::cast_slice(&relocated);
         let job_buffer = self.stream.clone_htod(&pad(job_bytes)).map_err(driver)?;
-        let address_buffer = self
-            .stream
-            .clone_htod(&pad_u64(&addresses))
-            .map_err(driver)?;
+        let address_buffer = self.stream.clone_htod(&pad(&addresses)).map_err(driver)?;
         let job_count = jobs.len() as u32;
         let config = LaunchConfig {
             grid_dim: (job_count.clamp(1, 4096), 1, 1),
@@ -397,26 +394,10 @@ pub struct DeviceTasks {
     count: u32,
 }
 
-/// `bytes`, or one zero byte if empty (the driver does not allocate nothing).
-fn pad(bytes: &[u8]) -> Vec<u8> {
-    if bytes.is_empty() {
-        vec![0]
-    } else {
-        bytes.to_vec()
-    }
-}
-
-fn pad_u32(values: &[u32]) -> Vec<u32> {
+/// `values`, or one zero value if empty (the driver does not allocate nothing).
+fn pad<T: Copy + Default>(values: &[T]) -> Vec<T> {
     if values.is_empty() {
-        vec![0]
-    } else {
-        values.to_vec()
-    }
-}
-
-fn pad_u64(values: &[u64]) -> Vec<u64> {
-    if values.is_empty() {
-        vec![0]
+        vec![T::default()]
     } else {
         values.to_vec()
     }

@@ -329,15 +329,7 @@ impl Engine {
             let Some(destination) = self.replica_slot(layer, index as u32) else {
                 continue;
             };
-            match fanouts.iter_mut().find(|f| f.expert == instance.expert) {
-                Some(fanout) => fanout.destinations.push(destination),
-                None => fanouts.push(Fanout {
-                    expert: instance.expert,
-                    master: self.config.layout.home(instance.expert),
-                    master_index: self.master_index(layer, instance.expert),
-                    destinations: vec![destination],
-                }),
-            }
+            self.add_destination(&mut fanouts, layer, instance.expert, destination);
         }
         for fanout in &mut fanouts {
             fanout.destinations.sort_unstable();
@@ -484,17 +476,33 @@ impl Engine {
                 .unwrap_or(0);
             taken[base + free] = true;
             placement[index] = Some((instance.rank, free as u16));
-            let expert = instance.expert;
-            match fanouts.iter_mut().find(|f| f.expert == expert) {
-                Some(fanout) => fanout.destinations.push((instance.rank, free as u16)),
-                None => fanouts.push(Fanout {
-                    expert,
-                    master: self.config.layout.home(expert),
-                    master_index: self.master_index(layer, expert),
-                    destinations: vec![(instance.rank, free as u16)],
-                }),
-            }
+            self.add_destination(
+                &mut fanouts,
+                layer,
+                instance.expert,
+                (instance.rank, free as u16),
+            );
         }
         (ReplicaSet { fanouts }, skipped, placement)
+    }
+
+    /// Adds `destination` to the fan-out of `expert` of `layer` in `fanouts`, starting one for
+    /// the expert if it has none yet.
+    fn add_destination(
+        &self,
+        fanouts: &mut Vec<Fanout>,
+        layer: u32,
+        expert: u32,
+        destination: (u32, u16),
+    ) {
+        match fanouts.iter_mut().find(|f| f.expert == expert) {
+            Some(fanout) => fanout.destinations.push(destination),
+            None => fanouts.push(Fanout {
+                expert,
+                master: self.config.layout.home(expert),
+                master_index: self.master_index(layer, expert),
+                destinations: vec![destination],
+            }),
+        }
     }
 }

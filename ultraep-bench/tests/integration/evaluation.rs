@@ -4,9 +4,9 @@ use ultraep_bench::experiment::{
     BALANCERS, BalancerResult, RunConfig, Scenario, ScenarioResult, run_scenario, run_workload,
     workload_config,
 };
+use ultraep_bench::machine::nvl72_gpus;
 use ultraep_bench::report::summary_table;
 use ultraep_bench::workload::{WorkloadConfig, mean_imbalance};
-use ultraep_bench::xfer_command::nvl72_class_domain;
 
 const SMALL: RunConfig = RunConfig {
     steps: 3,
@@ -37,7 +37,7 @@ fn every_scenario_is_calibrated_to_its_published_imbalance() {
 
 #[test]
 fn the_ideal_is_never_slower_and_eplb_sits_between_none_and_ultraep() {
-    let topology = nvl72_class_domain().unwrap();
+    let topology = nvl72_gpus(64).unwrap();
     let scenarios = Scenario::published();
     for scenario in [&scenarios[1], &scenarios[3]] {
         let result = run_scenario(scenario, &SMALL, &topology, &mut || {}).unwrap();
@@ -63,7 +63,7 @@ fn the_ideal_is_never_slower_and_eplb_sits_between_none_and_ultraep() {
 
 #[test]
 fn without_skew_every_balancer_gives_the_same_result() {
-    let topology = nvl72_class_domain().unwrap();
+    let topology = nvl72_gpus(64).unwrap();
     let scenario = Scenario::published()[0];
     let uniform = WorkloadConfig {
         ranks: 64,
