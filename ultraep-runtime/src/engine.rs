@@ -1,136 +1,84 @@
 //! The engine: per layer and microbatch, plan the exact load, put every replica's weights in a
-//! slot, and report what it did.
+//! slot, and, in training, bring them back for the backward and reduce their gradients.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use ultraep_plan::{
-    Balancer, ExpertLayout, LoadMatrix, Plan, PlanConfig, PlanMetrics, Planner, RankDomains,
-};
-use ultraep_topo::Topology;
-use ultraep_xfer::{
-    CpuTransport, ExpertState, Fanout, ReplicaSet, TileTaskList, TransferConfig, TransferSchedule,
-    Transport,
-};
+use ultraep_kernels::reference::reroute::{RerouteTable, reroute};
+use ultraep_plan::{Balancer, Instance, LoadMatrix, Plan, Planner, RankDomains};
+use ultraep_xfer::{CpuTransport, ExpertState, TileTaskList, TransferSchedule, Transport};
 
-use crate::RuntimeError;
+use crate::report::{RestoreReport, StepReport, Summary};
+use crate::slots::{FanoutPool, Placement, SlotContent, SlotTable};
+use crate::{EngineConfig, Mode, RuntimeError, StepId};
 
-/// What an engine is built for.
-#[derive(Debug, Clone)]
-pub struct EngineConfig {
-    /// The machine.
-    pub topology: Topology,
-    /// Where every expert of a layer lives (the same for every layer).
-    pub layout: ExpertLayout,
-    /// MoE layers of the model.
-    pub layers: u32,
-    /// Redundant slots per rank, shared by all layers.
-    pub slots_per_rank: u16,
-    /// Bytes of one expert's weights.
-    pub state_bytes: u64,
-    /// Bytes of one expert's FP32 weight gradient in training (a multiple of 4); 0 for inference,
-    /// where there are no gradients to reduce.
-    pub gradient_bytes: u64,
-    /// The planner's configuration.
-    pub plan: PlanConfig,
-    /// How weights are cut up and moved.
-    pub transfer: TransferConfig,
-    /// Worker threads of the CPU transport.
-    pub workers: usize,
+/// The plan of one (microbatch, layer) and what belongs to it.
+#[derive(Debug)]
+struct LayerStep {
+    microbatch: u32,
+    plan: Plan,
+    /// The load it was planned for, `ranks x experts` row-major.
+    loads: Vec<u32>,
+    /// The physical slot of every instance (`None` for masters).
+    slots: Vec<Option<(u32, u16)>>,
+    /// Training: its backward has not finished, so no other microbatch may replace it.
+    open: bool,
+    /// Its backward is in progress ([`Engine::restore`] ran): it holds its slots.
+    holding: bool,
 }
 
-/// What one step did.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct StepReport {
-    /// The layer.
-    pub layer: u32,
-    /// The plan's figures (imbalance before and after, replicas, traffic).
-    pub metrics: PlanMetrics,
-    /// Replicas whose weights were copied into a slot.
-    pub copies: u32,
-    /// Replicas whose slot already held the expert's current weights: no copy needed.
-    pub copies_skipped: u32,
-    /// Bytes the transfers stored.
-    pub bytes_moved: u64,
-    /// Time spent planning.
-    pub planning: Duration,
-    /// Time spent moving weights.
-    pub transfer: Duration,
-}
-
-fn bytes_of(values: &[f32]) -> Vec<u8> {
-    values
-        .iter()
-        .flat_map(|value| value.to_le_bytes())
-        .collect()
-}
-
-fn floats_of(bytes: &[u8]) -> Vec<f32> {
-    bytes
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect()
-}
-
-/// A complete, verified copy held by a slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct SlotContent {
-    layer: u32,
-    expert: u32,
-    version: u64,
-}
-
-/// The balancing engine on in-process CPU ranks.
+/// The balancing engine on in-process CPU ranks (real bytes, moved by worker threads).
 ///
 /// Masters of every layer live on their home rank; the `slots_per_rank` redundant slots of every
-/// rank are shared by all layers, so a slot costs one expert's weights, not one per layer. A slot
-/// that already holds the expert a plan wants, with its current weights, is used without a copy.
+/// rank are shared by all layers, so a slot costs one expert's weights (and, in training, one FP32
+/// gradient), not one per layer. A slot that already holds the expert a plan wants, with its
+/// current weights, is used without a copy. How a framework drives it: [`crate::guide`].
 #[derive(Debug)]
 pub struct Engine {
     config: EngineConfig,
     planner: Planner,
-    /// The plan of every layer's last successful step, and the buffer the next one is made in.
-    plans: Vec<Option<Plan>>,
-    candidate: Plan,
     state: ExpertState,
-    transport: CpuTransport,
-    /// Master gradients (every layer's) and replica gradient slots, in training.
+    weights: CpuTransport,
+    /// Training: the gradient state, and master gradients (every layer's) with the gradient twin
+    /// of every slot.
     gradients: Option<(ExpertState, CpuTransport)>,
-    /// Experts homed on each rank, and every expert's index among them.
-    experts_on_rank: Vec<u32>,
-    local_index: Vec<u32>,
-    /// What every slot (rank-major) holds.
-    slots: Vec<Option<SlotContent>>,
+    masters: MasterRegions,
     /// The weights version of every (layer, expert), bumped when the master changes.
     versions: Vec<u64>,
-    /// The physical slot of every instance of every layer's plan (`None` for masters).
-    placements: Vec<Vec<Option<(u32, u16)>>>,
-}
-
-/// What bringing a layer's replica weights back did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RestoreReport {
-    /// Replicas whose weights were copied again (a later layer had taken their slot).
-    pub copies: u32,
-    /// Replicas whose slot still held their weights.
-    pub copies_skipped: u32,
-    /// Bytes the transfers stored.
-    pub bytes_moved: u64,
+    slots: SlotTable,
+    /// Plans in flight: `microbatches_in_flight x layers`, microbatch-major.
+    steps: Vec<Option<LayerStep>>,
+    /// Buffers reused by every step, so a warm step does not allocate.
+    candidate: Plan,
+    placement: Placement,
+    fanouts: FanoutPool,
+    routed_loads: Vec<u32>,
+    summary: Summary,
 }
 
 impl Engine {
     /// An engine for `config`; every master and slot starts zeroed.
     pub fn new(config: EngineConfig) -> Result<Self, RuntimeError> {
         let ranks = config.layout.num_ranks();
+        let model = config.model;
+        let invalid = |message: String| Err(RuntimeError::InvalidConfig(message));
         if config.topology.rank_count() != ranks as usize {
-            return Err(RuntimeError::InvalidConfig(format!(
+            return invalid(format!(
                 "the topology has {} ranks, the expert layout {ranks}",
                 config.topology.rank_count()
-            )));
-        }
-        if config.layers == 0 {
-            return Err(RuntimeError::InvalidConfig(
-                "the model has no MoE layer".into(),
             ));
+        }
+        if model.layers == 0 || model.top_k == 0 {
+            return invalid("the model needs at least one MoE layer and top_k >= 1".into());
+        }
+        if model.experts != config.layout.num_experts() {
+            return invalid(format!(
+                "the model has {} experts a layer, the expert layout {}",
+                model.experts,
+                config.layout.num_experts()
+            ));
+        }
+        if config.microbatches_in_flight == 0 {
+            return invalid("microbatches_in_flight must be at least 1".into());
         }
         let domains = RankDomains::from_labels(
             config
@@ -146,48 +94,48 @@ impl Engine {
             u32::from(config.slots_per_rank),
             config.plan,
         )?;
-        let state = ExpertState::opaque(config.state_bytes)?;
         config.transfer.validate()?;
+        let state = model.expert_state()?;
         let (local_index, experts_on_rank) = config.layout.home_indices();
-        let masters: Vec<u32> = experts_on_rank.iter().map(|&n| n * config.layers).collect();
-        let transport = CpuTransport::new(
-            &masters,
-            config.slots_per_rank,
-            config.state_bytes,
-            config.transfer.tile_bytes,
-            config.workers,
-        );
-        let gradients = match config.gradient_bytes {
-            0 => None,
-            bytes if !bytes.is_multiple_of(4) => {
-                return Err(RuntimeError::InvalidConfig(format!(
-                    "a gradient of {bytes} bytes is not whole FP32 values"
-                )));
-            }
-            bytes => Some((
-                ExpertState::opaque(bytes)?,
-                CpuTransport::new(
-                    &masters,
-                    config.slots_per_rank,
-                    bytes,
-                    config.transfer.tile_bytes,
-                    config.workers,
-                ),
-            )),
-        };
-        let experts = config.layout.num_experts() as usize;
-        Ok(Self {
-            gradients,
-            slots: vec![None; ranks as usize * usize::from(config.slots_per_rank)],
-            versions: vec![0; config.layers as usize * experts],
-            planner,
-            plans: vec![None; config.layers as usize],
-            candidate: Plan::default(),
-            state,
-            transport,
-            experts_on_rank,
+        let masters: Vec<u32> = experts_on_rank.iter().map(|&n| n * model.layers).collect();
+        let regions = MasterRegions {
+            homes: (0..model.experts).map(|e| config.layout.home(e)).collect(),
             local_index,
-            placements: vec![Vec::new(); config.layers as usize],
+            experts_on_rank,
+        };
+        let memory = |bytes: u64| {
+            CpuTransport::new(
+                &masters,
+                config.slots_per_rank,
+                bytes,
+                config.transfer.tile_bytes,
+                config.workers,
+            )
+        };
+        let weights = memory(state.bytes());
+        let gradients = match config.mode {
+            Mode::Prefill => None,
+            Mode::Training => {
+                let gradient = model.gradient_state()?;
+                let store = memory(gradient.bytes());
+                Some((gradient, store))
+            }
+        };
+        let in_flight = usize::from(config.microbatches_in_flight) * model.layers as usize;
+        Ok(Self {
+            planner,
+            state,
+            weights,
+            gradients,
+            masters: regions,
+            versions: vec![0; (model.layers * model.experts) as usize],
+            slots: SlotTable::new(ranks, config.slots_per_rank),
+            steps: (0..in_flight).map(|_| None).collect(),
+            candidate: Plan::default(),
+            placement: Placement::default(),
+            fanouts: FanoutPool::default(),
+            routed_loads: vec![0; (ranks * model.experts) as usize],
+            summary: Summary::default(),
             config,
         })
     }
@@ -197,38 +145,71 @@ impl Engine {
         &self.config
     }
 
-    /// The plan of `layer`'s last successful step, if it has had one.
-    pub fn plan(&self, layer: u32) -> Option<&Plan> {
-        self.plans.get(layer as usize).and_then(Option::as_ref)
-    }
-
-    /// The (rank, slot) holding the weights of instance `instance` of `layer`'s plan; `None` for
-    /// a master (whose weights are its own) or an unknown instance.
-    pub fn replica_slot(&self, layer: u32, instance: u32) -> Option<(u32, u16)> {
-        self.placements
-            .get(layer as usize)
-            .and_then(|placement| placement.get(instance as usize))
-            .copied()
-            .flatten()
+    /// Figures summed over every successful step so far.
+    pub fn summary(&self) -> &Summary {
+        &self.summary
     }
 
     fn check_layer(&self, layer: u32) -> Result<(), RuntimeError> {
-        if layer >= self.config.layers {
+        if layer >= self.config.model.layers {
             return Err(RuntimeError::UnknownLayer {
                 layer,
-                layers: self.config.layers,
+                layers: self.config.model.layers,
             });
         }
         Ok(())
     }
 
-    /// The master region index of `expert` of `layer` on its home rank.
-    fn master_index(&self, layer: u32, expert: u32) -> u32 {
-        let home = self.config.layout.home(expert);
-        layer * self.experts_on_rank[home as usize] + self.local_index[expert as usize]
+    fn check_expert(&self, expert: u32) -> Result<(), RuntimeError> {
+        if expert >= self.config.model.experts {
+            return Err(RuntimeError::InvalidInput(format!(
+                "expert {expert} does not exist (a layer has {})",
+                self.config.model.experts
+            )));
+        }
+        Ok(())
     }
 
-    /// Sets the master weights of `expert` in `layer` (after an optimiser step, for instance);
+    /// Where `step`'s plan is kept.
+    fn entry_index(&self, step: StepId) -> usize {
+        let in_flight = u32::from(self.config.microbatches_in_flight);
+        ((step.microbatch % in_flight) * self.config.model.layers + step.layer) as usize
+    }
+
+    fn entry(&self, step: StepId) -> Result<&LayerStep, RuntimeError> {
+        self.check_layer(step.layer)?;
+        entry_in(&self.steps, self.entry_index(step), step)
+    }
+
+    /// The plan of `step`, if it ran and no later microbatch's plan has replaced it.
+    pub fn plan(&self, step: StepId) -> Option<&Plan> {
+        self.entry(step).ok().map(|entry| &entry.plan)
+    }
+
+    /// The load `step` was planned for.
+    pub fn loads(&self, step: StepId) -> Option<LoadMatrix<'_>> {
+        let entry = self.entry(step).ok()?;
+        LoadMatrix::new(
+            &entry.loads,
+            self.config.layout.num_ranks() as usize,
+            self.config.model.experts as usize,
+        )
+        .ok()
+    }
+
+    /// The (rank, slot) holding the weights of instance `instance` of `step`'s plan; `None` for
+    /// a master (whose weights are its own) or an unknown instance.
+    pub fn replica_slot(&self, step: StepId, instance: u32) -> Option<(u32, u16)> {
+        self.entry(step)
+            .ok()
+            .and_then(|entry| entry.slots.get(instance as usize).copied().flatten())
+    }
+
+    fn master_index(&self, layer: u32, expert: u32) -> u32 {
+        self.masters.index(layer, expert)
+    }
+
+    /// Sets the master weights of `expert` in `layer` (at start, and after every optimiser step);
     /// copies of the old weights in slots stop counting as current.
     pub fn write_master(
         &mut self,
@@ -237,33 +218,51 @@ impl Engine {
         weights: &[u8],
     ) -> Result<(), RuntimeError> {
         self.check_layer(layer)?;
-        if expert >= self.config.layout.num_experts() {
-            return Err(RuntimeError::InvalidConfig(format!(
-                "expert {expert} does not exist"
-            )));
-        }
-        if weights.len() as u64 != self.config.state_bytes {
-            return Err(RuntimeError::WeightSize {
-                got: weights.len(),
-                expected: self.config.state_bytes,
-            });
-        }
+        self.check_expert(expert)?;
+        check_size("weights", weights.len(), self.state.bytes())?;
         let home = self.config.layout.home(expert);
-        self.transport
+        self.weights
             .write_master(home, self.master_index(layer, expert), weights)?;
-        self.versions[(layer * self.config.layout.num_experts() + expert) as usize] += 1;
+        self.versions[(layer * self.config.model.experts + expert) as usize] += 1;
         Ok(())
+    }
+
+    /// The master weights of `expert` in `layer`.
+    pub fn read_master(&self, layer: u32, expert: u32) -> Result<Vec<u8>, RuntimeError> {
+        self.check_layer(layer)?;
+        self.check_expert(expert)?;
+        let home = self.config.layout.home(expert);
+        Ok(self
+            .weights
+            .read_master(home, self.master_index(layer, expert))?)
     }
 
     /// The weights in slot `slot` of `rank`, if the slot holds a complete copy.
     pub fn read_slot(&self, rank: u32, slot: u16) -> Result<Vec<u8>, RuntimeError> {
-        Ok(self.transport.read_slot(rank, slot)?)
+        Ok(self.weights.read_slot(rank, slot)?)
+    }
+
+    /// The weights instance `instance` of `step`'s plan computes with: its master's for a
+    /// master, its slot's for a replica.
+    pub fn instance_weights(&self, step: StepId, instance: u32) -> Result<Vec<u8>, RuntimeError> {
+        let entry = self.entry(step)?;
+        let found = entry
+            .plan
+            .instances()
+            .get(instance as usize)
+            .ok_or_else(|| {
+                RuntimeError::InvalidInput(format!("{step} has no instance {instance}"))
+            })?;
+        match entry.slots[instance as usize] {
+            Some((rank, slot)) => self.read_slot(rank, slot),
+            None => self.read_master(step.layer, found.expert),
+        }
     }
 
     fn gradient_store(&mut self) -> Result<&mut (ExpertState, CpuTransport), RuntimeError> {
-        self.gradients.as_mut().ok_or_else(|| {
-            RuntimeError::InvalidConfig("the engine has no gradients (gradient_bytes is 0)".into())
-        })
+        self.gradients
+            .as_mut()
+            .ok_or_else(|| RuntimeError::InvalidConfig("a prefill engine has no gradients".into()))
     }
 
     /// Sets the gradient of `expert`'s master in `layer` (what its own tokens contributed).
@@ -274,10 +273,12 @@ impl Engine {
         values: &[f32],
     ) -> Result<(), RuntimeError> {
         self.check_layer(layer)?;
+        self.check_expert(expert)?;
         let home = self.config.layout.home(expert);
         let index = self.master_index(layer, expert);
-        let (_, store) = self.gradient_store()?;
-        store.write_master(home, index, &bytes_of(values))?;
+        let (state, store) = self.gradient_store()?;
+        check_size("gradient", values.len() * 4, state.bytes())?;
+        store.write_master(home, index, bytemuck_bytes(values))?;
         Ok(())
     }
 
@@ -288,221 +289,418 @@ impl Engine {
         expert: u32,
     ) -> Result<Vec<f32>, RuntimeError> {
         self.check_layer(layer)?;
+        self.check_expert(expert)?;
         let home = self.config.layout.home(expert);
         let index = self.master_index(layer, expert);
         let (_, store) = self.gradient_store()?;
         Ok(floats_of(&store.read_master(home, index)?))
     }
 
-    /// Sets the gradient a replica (instance `instance` of `layer`'s plan) computed for its
-    /// tokens; it waits in the gradient slot twin of the replica's weight slot.
+    /// Sets the gradient that a replica (instance `instance` of `step`'s plan) computed for its
+    /// tokens, between [`Engine::restore`] and [`Engine::reduce_gradients`] of `step`; it waits in
+    /// the gradient twin of the replica's slot.
     pub fn write_replica_gradient(
         &mut self,
-        layer: u32,
+        step: StepId,
         instance: u32,
         values: &[f32],
     ) -> Result<(), RuntimeError> {
-        self.check_layer(layer)?;
-        let expert = self
-            .plan(layer)
-            .and_then(|plan| plan.instances().get(instance as usize))
-            .map(|instance| instance.expert)
-            .ok_or(RuntimeError::NoPlan { layer })?;
-        let (rank, slot) = self.replica_slot(layer, instance).ok_or_else(|| {
-            RuntimeError::InvalidConfig(format!(
-                "instance {instance} of layer {layer} is not a replica"
-            ))
-        })?;
-        let (_, store) = self.gradient_store()?;
-        store.write_slot(rank, slot, expert, &bytes_of(values))?;
+        let entry = self.entry(step)?;
+        if !entry.holding {
+            return Err(RuntimeError::InvalidInput(format!(
+                "{step} is not in its backward: restore it before writing replica gradients"
+            )));
+        }
+        let expert = entry
+            .plan
+            .instances()
+            .get(instance as usize)
+            .map(|instance| instance.expert);
+        let (expert, (rank, slot)) = expert
+            .zip(entry.slots.get(instance as usize).copied().flatten())
+            .ok_or_else(|| {
+                RuntimeError::InvalidInput(format!("instance {instance} of {step} is no replica"))
+            })?;
+        let (state, store) = self.gradient_store()?;
+        check_size("gradient", values.len() * 4, state.bytes())?;
+        store.write_slot(rank, slot, expert, bytemuck_bytes(values))?;
         Ok(())
     }
 
-    /// Sums every replica gradient of `layer` into its master's gradient, in the documented order
-    /// of `ultraep_xfer::reduce_gradients`, and empties the replica gradient slots. Every replica
-    /// must have written its gradient; otherwise nothing changes.
-    pub fn reduce_gradients(&mut self, layer: u32) -> Result<(), RuntimeError> {
-        self.check_layer(layer)?;
-        let plan = self.plan(layer).ok_or(RuntimeError::NoPlan { layer })?;
-        let mut fanouts: Vec<Fanout> = Vec::new();
-        for (index, instance) in plan.instances().iter().enumerate() {
-            let Some(destination) = self.replica_slot(layer, index as u32) else {
-                continue;
-            };
-            self.add_destination(&mut fanouts, layer, instance.expert, destination);
+    /// Sums every replica gradient of `step` into its master's gradient, in the documented order
+    /// of `ultraep_xfer::reduce_gradients`, empties the replica gradient slots and ends the step's
+    /// backward (its slots are free again, and a later microbatch may replace its plan). Every
+    /// replica must have written its gradient; otherwise nothing changes.
+    pub fn reduce_gradients(&mut self, step: StepId) -> Result<(), RuntimeError> {
+        self.check_layer(step.layer)?;
+        let index = self.entry_index(step);
+        let entry = entry_in(&self.steps, index, step)?;
+        if !entry.holding {
+            return Err(RuntimeError::InvalidInput(format!(
+                "{step} is not in its backward: restore it first"
+            )));
         }
-        for fanout in &mut fanouts {
-            fanout.destinations.sort_unstable();
+        self.fanouts.clear();
+        for (instance, slot) in entry.plan.instances().iter().zip(&entry.slots) {
+            if let Some(destination) = *slot {
+                let (home, index) = self.masters.region(step.layer, instance.expert);
+                self.fanouts.add(instance.expert, home, index, destination);
+            }
         }
-        let replicas = ReplicaSet { fanouts };
-        let topology = self.config.topology.clone();
-        let transfer = self.config.transfer;
-        let (state, store) = self.gradient_store()?;
-        let schedule = TransferSchedule::build(&replicas, state, &topology, transfer)?;
+        self.fanouts.sort();
+        let Some((state, store)) = self.gradients.as_mut() else {
+            return Err(RuntimeError::InvalidConfig(
+                "a prefill engine has no gradients".into(),
+            ));
+        };
+        let schedule = TransferSchedule::build(
+            &self.fanouts.set,
+            state,
+            &self.config.topology,
+            self.config.transfer,
+        )?;
         store.reduce_gradients(&schedule)?;
+        self.slots.release(step);
+        if let Some(entry) = self.steps[index].as_mut() {
+            entry.open = false;
+            entry.holding = false;
+        }
         Ok(())
     }
 
     /// Makes the next weight transfer fail at tile task `task` (for failure tests).
     pub fn inject_transfer_failure(&mut self, task: usize) {
-        self.transport.inject_failure_at(task);
+        self.weights.inject_failure_at(task);
     }
 
-    /// Plans `loads` for `layer` and puts every replica's current weights in a slot. On error the
-    /// engine keeps the layer's previous plan; slots a failed transfer was writing are marked empty.
-    pub fn step(&mut self, layer: u32, loads: LoadMatrix<'_>) -> Result<StepReport, RuntimeError> {
-        self.check_layer(layer)?;
+    /// Plans `loads` (the all-gathered exact load of the layer: tokens from every rank to every
+    /// expert) for `step` and puts every replica's current weights in a slot. The replicas stay
+    /// valid until the next `step` or `restore`. On error the engine keeps its previous plans;
+    /// slots a failed transfer was writing are marked empty.
+    pub fn step(
+        &mut self,
+        step: StepId,
+        loads: LoadMatrix<'_>,
+    ) -> Result<StepReport, RuntimeError> {
+        self.check_layer(step.layer)?;
+        let ranks = self.config.layout.num_ranks() as usize;
+        let experts = self.config.model.experts as usize;
+        if (loads.ranks(), loads.experts()) != (ranks, experts) {
+            return Err(RuntimeError::InvalidInput(format!(
+                "a load of {} ranks x {} experts for an engine of {ranks} x {experts}",
+                loads.ranks(),
+                loads.experts()
+            )));
+        }
+        let index = self.entry_index(step);
+        if let Some(entry) = &self.steps[index] {
+            if entry.microbatch != step.microbatch && entry.open {
+                return Err(RuntimeError::InFlight {
+                    step,
+                    busy: entry.microbatch,
+                });
+            }
+            if entry.microbatch == step.microbatch && entry.holding {
+                return Err(RuntimeError::InvalidInput(format!(
+                    "{step} is in its backward; it cannot be planned again"
+                )));
+            }
+        }
         let started = Instant::now();
         self.planner.plan_into(loads, &mut self.candidate)?;
         let planning = started.elapsed();
 
         let started = Instant::now();
-        let (replicas, skipped, placement) = self.place_replicas(layer, self.candidate.instances());
-        let copies = replicas.replica_count() as u32;
-        let bytes_moved = self.copy(layer, &replicas)?;
-        let metrics = *self.candidate.metrics();
-        let plan = self.plans[layer as usize].get_or_insert_with(Plan::default);
-        std::mem::swap(plan, &mut self.candidate);
-        self.placements[layer as usize] = placement;
-        Ok(StepReport {
-            layer,
-            metrics,
+        let copies = place_replicas(
+            &mut self.slots,
+            &mut self.placement,
+            &mut self.fanouts,
+            &self.masters,
+            &self.versions[step.layer as usize * experts..][..experts],
+            step,
+            self.candidate.instances(),
+        )?;
+        let bytes_moved = self.copy(step.layer)?;
+        let transfer = started.elapsed();
+
+        let entry = &mut self.steps[index];
+        let entry = entry.get_or_insert_with(|| LayerStep {
+            microbatch: step.microbatch,
+            plan: Plan::default(),
+            loads: Vec::new(),
+            slots: Vec::new(),
+            open: false,
+            holding: false,
+        });
+        std::mem::swap(&mut entry.plan, &mut self.candidate);
+        std::mem::swap(&mut entry.slots, &mut self.placement.slots);
+        entry.loads.clear();
+        entry.loads.extend_from_slice(loads.as_slice());
+        entry.microbatch = step.microbatch;
+        entry.open = self.config.mode == Mode::Training;
+        entry.holding = false;
+        let report = StepReport {
+            step,
+            metrics: *entry.plan.metrics(),
             copies,
-            copies_skipped: skipped,
+            copies_skipped: self.placement.skipped,
             bytes_moved,
             planning,
-            transfer: started.elapsed(),
-        })
+            transfer,
+        };
+        self.summary.add(&report);
+        Ok(report)
     }
 
-    /// Brings `layer`'s replica weights back into slots before its expert backward: slots are
-    /// shared by all layers, so later layers may have taken some. Replicas whose slot still holds
-    /// their weights are left alone; the others are copied again (perhaps into another slot, which
-    /// [`Engine::replica_slot`] then gives). If it fails, call it again before using the replicas.
-    pub fn restore(&mut self, layer: u32) -> Result<RestoreReport, RuntimeError> {
-        self.check_layer(layer)?;
-        let plan = self.plans[layer as usize]
-            .take()
-            .ok_or(RuntimeError::NoPlan { layer })?;
-        let (replicas, skipped, placement) = self.place_replicas(layer, plan.instances());
-        let result = self.copy(layer, &replicas);
-        self.plans[layer as usize] = Some(plan);
-        let bytes_moved = result?;
-        self.placements[layer as usize] = placement;
+    /// Like [`Engine::step`], from the router's output: `ids[r]` holds rank `r`'s top-k expert
+    /// ids, `top_k` per token, token-major. The load is their histogram; route every token with
+    /// [`Engine::reroute`] afterwards.
+    pub fn step_routed(
+        &mut self,
+        step: StepId,
+        ids: &[&[u32]],
+    ) -> Result<StepReport, RuntimeError> {
+        self.check_layer(step.layer)?;
+        let ranks = self.config.layout.num_ranks() as usize;
+        let experts = self.config.model.experts;
+        if ids.len() != ranks {
+            return Err(RuntimeError::InvalidInput(format!(
+                "router ids of {} ranks for an engine of {ranks}",
+                ids.len()
+            )));
+        }
+        let mut loads = std::mem::take(&mut self.routed_loads);
+        let counted = count_ids(ids, experts, self.config.model.top_k, &mut loads);
+        let result = counted.and_then(|()| {
+            let matrix = LoadMatrix::new(&loads, ranks, experts as usize)?;
+            self.step(step, matrix)
+        });
+        self.routed_loads = loads;
+        result
+    }
+
+    /// Rewrites rank `source`'s top-k expert ids (as given to [`Engine::step_routed`], or adding
+    /// up to its row of the load given to [`Engine::step`]) to the instance of `step`'s plan
+    /// that processes each, into `instances`: every instance receives exactly its share of the
+    /// source's tokens, the same for the same input.
+    pub fn reroute(
+        &self,
+        step: StepId,
+        source: u32,
+        ids: &[u32],
+        instances: &mut Vec<u32>,
+    ) -> Result<(), RuntimeError> {
+        let entry = self.entry(step)?;
+        let ranks = self.config.layout.num_ranks();
+        let experts = self.config.model.experts as usize;
+        if source >= ranks {
+            return Err(RuntimeError::InvalidInput(format!(
+                "source rank {source} of {ranks}"
+            )));
+        }
+        let row = &entry.loads[source as usize * experts..][..experts];
+        let mut counts = vec![0u32; experts];
+        count_ids(&[ids], experts as u32, self.config.model.top_k, &mut counts)?;
+        if let Some(expert) = (0..experts).find(|&e| counts[e] != row[e]) {
+            return Err(RuntimeError::InvalidInput(format!(
+                "rank {source}'s ids name expert {expert} {} times, but {step}'s load says {}",
+                counts[expert], row[expert]
+            )));
+        }
+        let loads = LoadMatrix::new(&entry.loads, ranks as usize, experts)?;
+        let table = RerouteTable::for_source(&entry.plan, loads, source)
+            .map_err(|error| RuntimeError::InvalidInput(error.to_string()))?;
+        let (routed, unplaced) = reroute(ids, &table);
+        if unplaced > 0 {
+            return Err(RuntimeError::InvalidInput(format!(
+                "{unplaced} of rank {source}'s ids found no instance"
+            )));
+        }
+        instances.clear();
+        instances.extend_from_slice(&routed);
+        Ok(())
+    }
+
+    /// Brings `step`'s replica weights back into slots before its expert backward (slots are
+    /// shared by all layers and microbatches, so later steps may have taken some), and holds them
+    /// until [`Engine::reduce_gradients`] ends the backward. Replicas whose slot still holds their
+    /// weights are left alone; the others are copied again, perhaps into another slot, which
+    /// [`Engine::replica_slot`] then gives. If it fails, call it again before using the replicas.
+    pub fn restore(&mut self, step: StepId) -> Result<RestoreReport, RuntimeError> {
+        self.check_layer(step.layer)?;
+        let index = self.entry_index(step);
+        let entry = entry_in(&self.steps, index, step)?;
+        if !entry.open {
+            return Err(RuntimeError::InvalidInput(format!(
+                "{step} has no backward to restore for (prefill, or its gradients were reduced)"
+            )));
+        }
+        let experts = self.config.model.experts as usize;
+        let copies = place_replicas(
+            &mut self.slots,
+            &mut self.placement,
+            &mut self.fanouts,
+            &self.masters,
+            &self.versions[step.layer as usize * experts..][..experts],
+            step,
+            entry.plan.instances(),
+        )?;
+        let bytes_moved = self.copy(step.layer)?;
+        let entry = self.steps[index]
+            .as_mut()
+            .ok_or(RuntimeError::NoPlan { step })?;
+        std::mem::swap(&mut entry.slots, &mut self.placement.slots);
+        entry.holding = true;
+        self.slots.hold(step, &entry.slots);
         Ok(RestoreReport {
-            copies: replicas.replica_count() as u32,
-            copies_skipped: skipped,
+            copies,
+            copies_skipped: self.placement.skipped,
             bytes_moved,
         })
     }
 
-    /// Copies `replicas` of `layer` into their slots and records what the slots now hold; returns
-    /// the bytes stored. On failure the slots being written are marked empty.
-    fn copy(&mut self, layer: u32, replicas: &ReplicaSet) -> Result<u64, RuntimeError> {
-        if replicas.fanouts.is_empty() {
+    /// Copies the fan-outs gathered in `self.fanouts` (replicas of `layer`) into their slots and
+    /// records what the slots now hold; returns the bytes stored. On failure the slots being
+    /// written are marked empty.
+    fn copy(&mut self, layer: u32) -> Result<u64, RuntimeError> {
+        if self.fanouts.set.fanouts.is_empty() {
             return Ok(0);
         }
+        self.fanouts.sort();
         let schedule = TransferSchedule::build(
-            replicas,
+            &self.fanouts.set,
             &self.state,
             &self.config.topology,
             self.config.transfer,
         )?;
         let tasks = TileTaskList::build(&schedule);
-        let result = self.transport.distribute(&schedule, &tasks);
-        let experts = self.config.layout.num_experts();
-        for fanout in &replicas.fanouts {
+        let result = self.weights.distribute(&schedule, &tasks);
+        let experts = self.config.model.experts;
+        for fanout in &self.fanouts.set.fanouts {
             let content = result.as_ref().ok().map(|_| SlotContent {
                 layer,
                 expert: fanout.expert,
                 version: self.versions[(layer * experts + fanout.expert) as usize],
             });
             for &(rank, slot) in &fanout.destinations {
-                let index = self.slot_index(rank, slot);
-                self.slots[index] = content;
+                self.slots.set_content(rank, slot, content);
             }
         }
-        result?;
-        Ok(tasks.bytes_stored())
+        let report = result?;
+        Ok(report.bytes_stored)
+    }
+}
+
+/// Chooses a slot for every replica among `instances` (`step`'s plan) into `placement`, and
+/// gathers the copies to make into `fanouts`; `versions` are the current weights versions of the
+/// step's layer. Returns the number of copies.
+fn place_replicas(
+    slots: &mut SlotTable,
+    placement: &mut Placement,
+    fanouts: &mut FanoutPool,
+    masters: &MasterRegions,
+    versions: &[u64],
+    step: StepId,
+    instances: &[Instance],
+) -> Result<u32, RuntimeError> {
+    fanouts.clear();
+    slots.place(
+        step,
+        instances,
+        |expert| versions[expert as usize],
+        placement,
+        |expert, destination| {
+            let (home, index) = masters.region(step.layer, expert);
+            fanouts.add(expert, home, index, destination);
+        },
+    )?;
+    Ok(fanouts.replica_count())
+}
+
+/// The plan kept at `index` if it is `step`'s.
+fn entry_in(
+    steps: &[Option<LayerStep>],
+    index: usize,
+    step: StepId,
+) -> Result<&LayerStep, RuntimeError> {
+    steps[index]
+        .as_ref()
+        .filter(|entry| entry.microbatch == step.microbatch)
+        .ok_or(RuntimeError::NoPlan { step })
+}
+
+/// Where every layer's master of every expert lives: its home rank, and its region there (the
+/// rank's experts of layer 0 first, then layer 1's, and so on).
+#[derive(Debug)]
+struct MasterRegions {
+    homes: Vec<u32>,
+    /// Every expert's index among the experts homed on its rank.
+    local_index: Vec<u32>,
+    /// Experts homed on each rank.
+    experts_on_rank: Vec<u32>,
+}
+
+impl MasterRegions {
+    fn index(&self, layer: u32, expert: u32) -> u32 {
+        let home = self.homes[expert as usize];
+        layer * self.experts_on_rank[home as usize] + self.local_index[expert as usize]
     }
 
-    fn slot_index(&self, rank: u32, slot: u16) -> usize {
-        rank as usize * usize::from(self.config.slots_per_rank) + usize::from(slot)
+    /// The home rank and master region of `expert` of `layer`.
+    fn region(&self, layer: u32, expert: u32) -> (u32, u32) {
+        (self.homes[expert as usize], self.index(layer, expert))
     }
+}
 
-    /// Chooses the physical slot of every replica among `instances` (a plan of `layer`): a slot
-    /// that already holds the expert's current weights if there is one (no copy), else a slot
-    /// these replicas do not use, empty ones first, lowest number first. Returns the copies to
-    /// make, how many replicas needed none, and the slot of every instance.
-    fn place_replicas(
-        &self,
-        layer: u32,
-        instances: &[ultraep_plan::Instance],
-    ) -> (ReplicaSet, u32, Vec<Option<(u32, u16)>>) {
-        let experts = self.config.layout.num_experts();
-        let slots = usize::from(self.config.slots_per_rank);
-        let mut placement = vec![None; instances.len()];
-        let mut taken = vec![false; self.slots.len()];
-        let mut skipped = 0;
-        // First, replicas whose weights are already in a slot of their rank.
-        for (index, instance) in instances.iter().enumerate() {
-            if !instance.is_replica() {
-                continue;
-            }
-            let wanted = SlotContent {
-                layer,
-                expert: instance.expert,
-                version: self.versions[(layer * experts + instance.expert) as usize],
-            };
-            let base = instance.rank as usize * slots;
-            if let Some(slot) =
-                (0..slots).find(|&s| !taken[base + s] && self.slots[base + s] == Some(wanted))
-            {
-                taken[base + slot] = true;
-                placement[index] = Some((instance.rank, slot as u16));
-                skipped += 1;
+/// Counts every id of every rank into `loads` (`ids.len() x experts`, row-major): every rank's
+/// ids must be whole tokens of `top_k` and name experts that exist.
+fn count_ids(
+    ids: &[&[u32]],
+    experts: u32,
+    top_k: u32,
+    loads: &mut [u32],
+) -> Result<(), RuntimeError> {
+    loads.fill(0);
+    for (rank, ids) in ids.iter().enumerate() {
+        if !ids.len().is_multiple_of(top_k as usize) {
+            return Err(RuntimeError::InvalidInput(format!(
+                "rank {rank} has {} router ids, not whole tokens of top_k = {top_k}",
+                ids.len()
+            )));
+        }
+        let row = &mut loads[rank * experts as usize..][..experts as usize];
+        for &id in *ids {
+            match row.get_mut(id as usize) {
+                Some(count) => *count += 1,
+                None => {
+                    return Err(RuntimeError::InvalidInput(format!(
+                        "rank {rank} routes a token to expert {id}, of {experts}"
+                    )));
+                }
             }
         }
-        // Then the others, into free slots.
-        let mut fanouts: Vec<Fanout> = Vec::new();
-        for (index, instance) in instances.iter().enumerate() {
-            if !instance.is_replica() || placement[index].is_some() {
-                continue;
-            }
-            let base = instance.rank as usize * slots;
-            let free = (0..slots)
-                .filter(|&s| !taken[base + s])
-                .min_by_key(|&s| (self.slots[base + s].is_some(), s))
-                .unwrap_or(0);
-            taken[base + free] = true;
-            placement[index] = Some((instance.rank, free as u16));
-            self.add_destination(
-                &mut fanouts,
-                layer,
-                instance.expert,
-                (instance.rank, free as u16),
-            );
-        }
-        (ReplicaSet { fanouts }, skipped, placement)
     }
+    Ok(())
+}
 
-    /// Adds `destination` to the fan-out of `expert` of `layer` in `fanouts`, starting one for
-    /// the expert if it has none yet.
-    fn add_destination(
-        &self,
-        fanouts: &mut Vec<Fanout>,
-        layer: u32,
-        expert: u32,
-        destination: (u32, u16),
-    ) {
-        match fanouts.iter_mut().find(|f| f.expert == expert) {
-            Some(fanout) => fanout.destinations.push(destination),
-            None => fanouts.push(Fanout {
-                expert,
-                master: self.config.layout.home(expert),
-                master_index: self.master_index(layer, expert),
-                destinations: vec![destination],
-            }),
-        }
+fn check_size(what: &'static str, got: usize, expected: u64) -> Result<(), RuntimeError> {
+    if got as u64 != expected {
+        return Err(RuntimeError::WrongSize {
+            what,
+            got,
+            expected,
+        });
     }
+    Ok(())
+}
+
+fn bytemuck_bytes(values: &[f32]) -> &[u8] {
+    bytemuck::cast_slice(values)
+}
+
+fn floats_of(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
 }

@@ -1,13 +1,17 @@
-//! The runtime of ultraep: the per-layer, per-microbatch balancing engine that training and serving
-//! frameworks embed.
+//! The runtime of ultraep: the per-layer, per-microbatch balancing engine that training and
+//! prefill frameworks embed.
 //!
-//! [`Engine::step`] takes a layer's exact load, plans it, puts every replica's weights in a slot
-//! (slots are shared by all layers; a slot that already holds the wanted expert's current weights
-//! is reused without a copy) and reports what it did. In training, [`Engine::restore`] brings a
-//! layer's replica weights back before its expert backward and [`Engine::reduce_gradients`] sums
-//! the replicas' gradients into the masters' in a fixed, documented order. Today the engine runs
-//! on in-process CPU ranks with real bytes (`ultraep_xfer::CpuTransport`); the CUDA backend,
-//! collectives, metrics traces and several microbatches in flight are still to come (issue 7).
+//! [`Engine::step`] takes a layer's exact load (or [`Engine::step_routed`] the router's top-k
+//! ids), plans it, puts every replica's weights in a slot (slots are shared by all layers; a slot
+//! that already holds the wanted expert's current weights is reused without a copy) and reports
+//! what it did; [`Engine::reroute`] sends every token to its instance. In training,
+//! [`Engine::restore`] brings a step's replica weights back before its expert backward and
+//! [`Engine::reduce_gradients`] sums the replicas' gradients into the masters' in a fixed,
+//! documented order. Several microbatches may be in flight, each with its own plans.
+//!
+//! The engine runs on in-process CPU ranks with real bytes (`ultraep_xfer::CpuTransport`). The
+//! load's all-gather across processes goes through [`Collective`]. Every step can be written to a
+//! JSON-lines trace ([`TraceWriter`]) that `ultraep simulate` replays.
 //!
 //! How a framework embeds it, with code: [`guide`] (`docs/embedding.md`).
 //!
@@ -17,8 +21,21 @@
 #[doc = include_str!("../../docs/embedding.md")]
 pub mod guide {}
 
+mod collective;
+mod config;
 mod engine;
 mod error;
+mod model;
+mod report;
+mod slots;
+mod step_id;
+mod trace;
 
-pub use engine::{Engine, EngineConfig, RestoreReport, StepReport};
+pub use collective::{Collective, InProcessCollective, LoadGather};
+pub use config::EngineConfig;
+pub use engine::Engine;
 pub use error::RuntimeError;
+pub use model::{Dtype, Mode, ModelShape};
+pub use report::{RestoreReport, StepReport, Summary};
+pub use step_id::StepId;
+pub use trace::TraceWriter;

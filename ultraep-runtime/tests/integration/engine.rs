@@ -1,69 +1,18 @@
 //! The engine on CPU ranks: replicas hold their master's bytes, slots are shared and reused, and
 //! bad input or a failed transfer leaves the engine usable with its previous state.
 
-use ultraep_plan::{ExpertLayout, LoadMatrix, PlanConfig};
-use ultraep_runtime::{Engine, EngineConfig, RuntimeError};
+use ultraep_plan::LoadMatrix;
+use ultraep_runtime::{Engine, EngineConfig, Mode, ModelShape, RuntimeError};
 use ultraep_topo::Preset;
-use ultraep_xfer::TransferConfig;
 
-const STATE: u64 = 256 * 1024;
-const GRADIENT: u64 = 16 * 1024;
-
-/// One HGX node, 4 experts per rank, 2 slots, 3 layers, training (with gradients).
-fn base_config() -> EngineConfig {
-    EngineConfig {
-        topology: Preset::HgxH100.topology(1).unwrap(),
-        layout: ExpertLayout::contiguous(8, 4).unwrap(),
-        layers: 3,
-        slots_per_rank: 2,
-        state_bytes: STATE,
-        gradient_bytes: GRADIENT,
-        plan: PlanConfig {
-            min_replica_tokens: 16,
-            ..PlanConfig::default()
-        },
-        transfer: TransferConfig {
-            tile_bytes: 4096,
-            chunk_bytes: 16384,
-            ..TransferConfig::default()
-        },
-        workers: 2,
-    }
-}
-
-fn engine() -> Engine {
-    let mut engine = Engine::new(base_config()).unwrap();
-    for layer in 0..3 {
-        for expert in 0..32 {
-            engine
-                .write_master(layer, expert, &weights(layer, expert, 0))
-                .unwrap();
-        }
-    }
-    engine
-}
-
-fn weights(layer: u32, expert: u32, version: u32) -> Vec<u8> {
-    (0..STATE as u32)
-        .map(|i| (i ^ (layer * 97 + expert * 13 + version * 7)) as u8)
-        .collect()
-}
-
-/// 8 ranks x 32 experts, `hot` taking most of every rank's tokens.
-fn loads(hot: usize) -> Vec<u32> {
-    let mut loads = vec![40u32; 8 * 32];
-    for source in 0..8 {
-        loads[source * 32 + hot] = 3000;
-    }
-    loads
-}
+use crate::fixture::{GRADIENT, STATE, base_config, engine, finish_backward, loads, s, weights};
 
 /// Every replica of the engine's current plan holds its master's weights in its slot.
 fn replicas_hold_their_weights(engine: &Engine, layer: u32, version: u32) {
-    let plan = engine.plan(layer).unwrap();
+    let plan = engine.plan(s(layer)).unwrap();
     let mut replicas = 0;
     for (index, instance) in plan.instances().iter().enumerate() {
-        if let Some((rank, slot)) = engine.replica_slot(layer, index as u32) {
+        if let Some((rank, slot)) = engine.replica_slot(s(layer), index as u32) {
             assert_eq!(rank, instance.rank);
             assert!(
                 engine.read_slot(rank, slot).unwrap() == weights(layer, instance.expert, version)
@@ -79,7 +28,7 @@ fn a_step_puts_every_replica_in_a_slot() {
     let mut engine = engine();
     let loads = loads(0);
     let report = engine
-        .step(0, LoadMatrix::new(&loads, 8, 32).unwrap())
+        .step(s(0), LoadMatrix::new(&loads, 8, 32).unwrap())
         .unwrap();
     assert!(report.metrics.replicas >= 4, "{report:?}");
     assert!(report.metrics.imbalance() < report.metrics.initial_imbalance());
@@ -96,8 +45,8 @@ fn slots_holding_current_weights_are_reused_without_copies() {
     let mut engine = engine();
     let loads = loads(0);
     let matrix = LoadMatrix::new(&loads, 8, 32).unwrap();
-    let first = engine.step(0, matrix).unwrap();
-    let again = engine.step(0, matrix).unwrap();
+    let first = engine.step(s(0), matrix).unwrap();
+    let again = engine.step(s(0), matrix).unwrap();
     assert_eq!((again.copies, again.copies_skipped), (0, first.copies));
     assert_eq!(again.bytes_moved, 0);
     replicas_hold_their_weights(&engine, 0, 0);
@@ -108,29 +57,29 @@ fn layers_share_slots() {
     let mut engine = engine();
     let (hot_0, hot_9, hot_18) = (loads(0), loads(9), loads(18));
     let first = engine
-        .step(0, LoadMatrix::new(&hot_0, 8, 32).unwrap())
+        .step(s(0), LoadMatrix::new(&hot_0, 8, 32).unwrap())
         .unwrap();
     // Another layer's replicas take the free slots; layer 0's copies survive it...
     let other = engine
-        .step(1, LoadMatrix::new(&hot_9, 8, 32).unwrap())
+        .step(s(1), LoadMatrix::new(&hot_9, 8, 32).unwrap())
         .unwrap();
     assert!(other.copies > 0);
     replicas_hold_their_weights(&engine, 1, 0);
     let back = engine
-        .step(0, LoadMatrix::new(&hot_0, 8, 32).unwrap())
+        .step(s(0), LoadMatrix::new(&hot_0, 8, 32).unwrap())
         .unwrap();
     assert_eq!((back.copies, back.copies_skipped), (0, first.copies));
     // ...but with two slots per rank, a third layer must evict, and layer 0 copies again.
     engine
-        .step(1, LoadMatrix::new(&hot_9, 8, 32).unwrap())
+        .step(s(1), LoadMatrix::new(&hot_9, 8, 32).unwrap())
         .unwrap();
     let third = engine
-        .step(2, LoadMatrix::new(&hot_18, 8, 32).unwrap())
+        .step(s(2), LoadMatrix::new(&hot_18, 8, 32).unwrap())
         .unwrap();
     assert!(third.copies > 0);
     replicas_hold_their_weights(&engine, 2, 0);
     let evicted = engine
-        .step(0, LoadMatrix::new(&hot_0, 8, 32).unwrap())
+        .step(s(0), LoadMatrix::new(&hot_0, 8, 32).unwrap())
         .unwrap();
     assert!(evicted.copies > 0, "{evicted:?}");
     replicas_hold_their_weights(&engine, 0, 0);
@@ -141,15 +90,15 @@ fn new_master_weights_invalidate_copies() {
     let mut engine = engine();
     let loads = loads(0);
     let matrix = LoadMatrix::new(&loads, 8, 32).unwrap();
-    let first = engine.step(0, matrix).unwrap();
+    let first = engine.step(s(0), matrix).unwrap();
     engine.write_master(0, 0, &weights(0, 0, 1)).unwrap();
-    let after = engine.step(0, matrix).unwrap();
+    let after = engine.step(s(0), matrix).unwrap();
     assert_eq!(
         after.copies, first.copies,
         "every replica of expert 0 is copied again"
     );
-    for (index, instance) in engine.plan(0).unwrap().instances().iter().enumerate() {
-        if let Some((rank, slot)) = engine.replica_slot(0, index as u32) {
+    for (index, instance) in engine.plan(s(0)).unwrap().instances().iter().enumerate() {
+        if let Some((rank, slot)) = engine.replica_slot(s(0), index as u32) {
             assert!(
                 engine.read_slot(rank, slot).unwrap()
                     == weights(0, instance.expert, u32::from(instance.expert == 0))
@@ -163,16 +112,16 @@ fn bad_input_leaves_the_engine_as_it_was() {
     let mut engine = engine();
     let loads = loads(0);
     engine
-        .step(0, LoadMatrix::new(&loads, 8, 32).unwrap())
+        .step(s(0), LoadMatrix::new(&loads, 8, 32).unwrap())
         .unwrap();
-    let before = engine.plan(0).unwrap().clone();
+    let before = engine.plan(s(0)).unwrap().clone();
     let short = vec![1u32; 8 * 31];
     assert!(matches!(
-        engine.step(0, LoadMatrix::new(&short, 8, 31).unwrap()),
-        Err(RuntimeError::Plan(_))
+        engine.step(s(0), LoadMatrix::new(&short, 8, 31).unwrap()),
+        Err(RuntimeError::InvalidInput(_))
     ));
     assert!(matches!(
-        engine.step(7, LoadMatrix::new(&loads, 8, 32).unwrap()),
+        engine.step(s(7), LoadMatrix::new(&loads, 8, 32).unwrap()),
         Err(RuntimeError::UnknownLayer {
             layer: 7,
             layers: 3
@@ -180,9 +129,9 @@ fn bad_input_leaves_the_engine_as_it_was() {
     ));
     assert!(matches!(
         engine.write_master(0, 0, &[1, 2, 3]),
-        Err(RuntimeError::WeightSize { .. })
+        Err(RuntimeError::WrongSize { .. })
     ));
-    assert_eq!(engine.plan(0), Some(&before));
+    assert_eq!(engine.plan(s(0)), Some(&before));
     replicas_hold_their_weights(&engine, 0, 0);
 }
 
@@ -193,22 +142,22 @@ fn a_failed_transfer_keeps_the_previous_plan_and_the_engine_recovers() {
     let hot_9 = loads(9);
     // Layer 1 first runs with expert 0 hot, then its next step (expert 9 hot) fails.
     engine
-        .step(1, LoadMatrix::new(&hot_0, 8, 32).unwrap())
+        .step(s(1), LoadMatrix::new(&hot_0, 8, 32).unwrap())
         .unwrap();
-    let before = engine.plan(1).unwrap().clone();
+    let before = engine.plan(s(1)).unwrap().clone();
     engine.inject_transfer_failure(3);
     let error = engine
-        .step(1, LoadMatrix::new(&hot_9, 8, 32).unwrap())
+        .step(s(1), LoadMatrix::new(&hot_9, 8, 32).unwrap())
         .unwrap_err();
     assert!(matches!(error, RuntimeError::Transfer(_)), "{error}");
     assert_eq!(
-        engine.plan(1),
+        engine.plan(s(1)),
         Some(&before),
         "the previous plan stays in force"
     );
     // The same step succeeds when retried, with every replica's weights in place.
     let retried = engine
-        .step(1, LoadMatrix::new(&hot_9, 8, 32).unwrap())
+        .step(s(1), LoadMatrix::new(&hot_9, 8, 32).unwrap())
         .unwrap();
     assert!(retried.copies > 0);
     replicas_hold_their_weights(&engine, 1, 0);
@@ -226,7 +175,10 @@ fn configurations_that_do_not_fit_are_refused() {
     ));
     let no_layers = EngineConfig {
         topology: Preset::HgxH100.topology(1).unwrap(),
-        layers: 0,
+        model: ModelShape {
+            layers: 0,
+            ..config.model
+        },
         ..config
     };
     assert!(matches!(
@@ -241,24 +193,27 @@ fn restore_brings_back_what_later_layers_took() {
     let (hot_0, hot_9, hot_18) = (loads(0), loads(9), loads(18));
     // Forward through three layers: with two slots per rank, layer 2 takes layer 0's slots.
     let first = engine
-        .step(0, LoadMatrix::new(&hot_0, 8, 32).unwrap())
+        .step(s(0), LoadMatrix::new(&hot_0, 8, 32).unwrap())
         .unwrap();
     engine
-        .step(1, LoadMatrix::new(&hot_9, 8, 32).unwrap())
+        .step(s(1), LoadMatrix::new(&hot_9, 8, 32).unwrap())
         .unwrap();
     engine
-        .step(2, LoadMatrix::new(&hot_18, 8, 32).unwrap())
+        .step(s(2), LoadMatrix::new(&hot_18, 8, 32).unwrap())
         .unwrap();
     // Backward runs the layers in reverse: layer 2's replicas are all still there...
-    let two = engine.restore(2).unwrap();
+    let two = engine.restore(s(2)).unwrap();
     assert_eq!((two.copies, two.bytes_moved), (0, 0));
     replicas_hold_their_weights(&engine, 2, 0);
+    finish_backward(&mut engine, s(2));
+    engine.restore(s(1)).unwrap();
+    finish_backward(&mut engine, s(1));
     // ...layer 0's were partly overwritten and come back, with the same plan.
-    let plan = engine.plan(0).unwrap().clone();
-    let zero = engine.restore(0).unwrap();
+    let plan = engine.plan(s(0)).unwrap().clone();
+    let zero = engine.restore(s(0)).unwrap();
     assert!(zero.copies > 0);
     assert_eq!(zero.copies + zero.copies_skipped, first.copies);
-    assert_eq!(engine.plan(0), Some(&plan));
+    assert_eq!(engine.plan(s(0)), Some(&plan));
     replicas_hold_their_weights(&engine, 0, 0);
 }
 
@@ -266,11 +221,11 @@ fn restore_brings_back_what_later_layers_took() {
 fn restoring_a_layer_that_never_ran_is_an_error() {
     let mut engine = engine();
     assert!(matches!(
-        engine.restore(1),
-        Err(RuntimeError::NoPlan { layer: 1 })
+        engine.restore(s(1)),
+        Err(RuntimeError::NoPlan { step }) if step == s(1)
     ));
     assert!(matches!(
-        engine.restore(9),
+        engine.restore(s(9)),
         Err(RuntimeError::UnknownLayer { .. })
     ));
 }
@@ -280,9 +235,9 @@ fn replica_gradients_reduce_into_their_masters() {
     let mut engine = engine();
     let loads = loads(0);
     engine
-        .step(0, LoadMatrix::new(&loads, 8, 32).unwrap())
+        .step(s(0), LoadMatrix::new(&loads, 8, 32).unwrap())
         .unwrap();
-    let plan = engine.plan(0).unwrap().clone();
+    let plan = engine.plan(s(0)).unwrap().clone();
     let floats = (GRADIENT / 4) as usize;
     // Small whole numbers: the sums are exact whatever the order, so the expected values need
     // no knowledge of it (the order itself is checked bit for bit in ultraep-xfer's tests).
@@ -292,17 +247,18 @@ fn replica_gradients_reduce_into_their_masters() {
         let values: Vec<f32> = (0..floats).map(|i| master(expert, i)).collect();
         engine.write_master_gradient(0, expert, &values).unwrap();
     }
+    engine.restore(s(0)).unwrap();
     let mut replicas_of = vec![Vec::new(); 32];
     for (index, instance) in plan.instances().iter().enumerate() {
         if instance.is_replica() {
             let values: Vec<f32> = (0..floats).map(|i| replica(index, i)).collect();
             engine
-                .write_replica_gradient(0, index as u32, &values)
+                .write_replica_gradient(s(0), index as u32, &values)
                 .unwrap();
             replicas_of[instance.expert as usize].push(index);
         }
     }
-    engine.reduce_gradients(0).unwrap();
+    engine.reduce_gradients(s(0)).unwrap();
     for expert in 0..32u32 {
         let got = engine.read_master_gradient(0, expert).unwrap();
         for (i, value) in got.iter().enumerate() {
@@ -314,20 +270,61 @@ fn replica_gradients_reduce_into_their_masters() {
             assert_eq!(*value, expected, "expert {expert} value {i}");
         }
     }
-    // The replica gradients were consumed: a second reduction has nothing to add and changes
-    // nothing.
+    // The backward is over: a second reduction is refused and changes nothing.
     let before = engine.read_master_gradient(0, 0).unwrap();
     assert!(matches!(
-        engine.reduce_gradients(0),
-        Err(RuntimeError::Transfer(_))
+        engine.reduce_gradients(s(0)),
+        Err(RuntimeError::InvalidInput(_))
     ));
     assert_eq!(engine.read_master_gradient(0, 0).unwrap(), before);
 }
 
 #[test]
+fn a_missing_replica_gradient_fails_the_reduction_and_changes_nothing() {
+    let mut engine = engine();
+    let loads = loads(0);
+    engine
+        .step(s(0), LoadMatrix::new(&loads, 8, 32).unwrap())
+        .unwrap();
+    let ones = vec![1f32; (GRADIENT / 4) as usize];
+    for expert in 0..32 {
+        engine.write_master_gradient(0, expert, &ones).unwrap();
+    }
+    // Replica gradients need the backward to have begun.
+    assert!(matches!(
+        engine.write_replica_gradient(s(0), 1, &ones),
+        Err(RuntimeError::InvalidInput(_))
+    ));
+    engine.restore(s(0)).unwrap();
+    let replicas: Vec<u32> = (0..engine.plan(s(0)).unwrap().instances().len() as u32)
+        .filter(|&i| engine.replica_slot(s(0), i).is_some())
+        .collect();
+    assert!(replicas.len() >= 2);
+    for &instance in &replicas[1..] {
+        engine
+            .write_replica_gradient(s(0), instance, &ones)
+            .unwrap();
+    }
+    assert!(matches!(
+        engine.reduce_gradients(s(0)),
+        Err(RuntimeError::Transfer(_))
+    ));
+    for expert in 0..32 {
+        assert_eq!(engine.read_master_gradient(0, expert).unwrap(), ones);
+    }
+    // The gradient arrives late; the reduction then goes through.
+    engine
+        .write_replica_gradient(s(0), replicas[0], &ones)
+        .unwrap();
+    engine.reduce_gradients(s(0)).unwrap();
+    let hot = engine.read_master_gradient(0, 0).unwrap();
+    assert!(hot.iter().all(|&v| v == 1.0 + replicas.len() as f32));
+}
+
+#[test]
 fn gradients_need_a_training_engine() {
     let mut engine = Engine::new(EngineConfig {
-        gradient_bytes: 0,
+        mode: Mode::Prefill,
         ..base_config()
     })
     .unwrap();

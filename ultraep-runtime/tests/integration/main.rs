@@ -1,3 +1,6 @@
 //! Integration tests of `ultraep-runtime`.
 
 mod engine;
+mod fixture;
+mod in_flight;
+mod routing;

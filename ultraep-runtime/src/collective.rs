@@ -1,0 +1,237 @@
+//! The all-gather of the load: every rank counts its own router output, and every rank needs the
+//! whole matrix to compute the same plan itself.
+//!
+//! [`Collective`] is what the engine needs of a communication library. [`InProcessCollective`]
+//! implements it for ranks that are threads of one process (tests, the CPU backend, single-node
+//! tools); an NCCL implementation lives behind the `nccl` feature.
+
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use ultraep_plan::LoadMatrix;
+
+use crate::RuntimeError;
+
+/// How long a rank waits for the others before it declares the collective failed.
+const WAIT_LIMIT: Duration = Duration::from_secs(60);
+
+/// Collective communication among the ranks of an expert-parallel group.
+pub trait Collective {
+    /// This rank's number.
+    fn rank(&self) -> u32;
+    /// Ranks in the group.
+    fn ranks(&self) -> u32;
+    /// Every rank contributes `local` (the same length on every rank); `gathered` receives every
+    /// rank's contribution, rank after rank, on every rank.
+    fn all_gather(&mut self, local: &[u32], gathered: &mut [u32]) -> Result<(), RuntimeError>;
+}
+
+/// One rank's end of an all-gather among threads of this process.
+///
+/// ```
+/// use ultraep_runtime::{Collective, InProcessCollective};
+/// let members = InProcessCollective::group(3);
+/// let rows: Vec<Vec<u32>> = std::thread::scope(|scope| {
+///     let handles: Vec<_> = members
+///         .into_iter()
+///         .map(|mut member| {
+///             scope.spawn(move || {
+///                 let mine = [member.rank(), 10 * member.rank()];
+///                 let mut all = vec![0; 6];
+///                 member.all_gather(&mine, &mut all).map(|()| all)
+///             })
+///         })
+///         .collect();
+///     handles.into_iter().map(|h| h.join().unwrap().unwrap()).collect()
+/// });
+/// assert!(rows.iter().all(|all| all == &[0, 0, 1, 10, 2, 20]));
+/// ```
+#[derive(Debug, Clone)]
+pub struct InProcessCollective {
+    rank: u32,
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    ranks: u32,
+    round: Mutex<Round>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Round {
+    buffer: Vec<u32>,
+    row: usize,
+    arrived: u32,
+    departed: u32,
+    /// Every rank has contributed; ranks are copying the result out.
+    draining: bool,
+    generation: u64,
+    /// A rank contributed a row of another length: this round fails on every rank.
+    broken: bool,
+}
+
+impl InProcessCollective {
+    /// The `ranks` members of a new group, member `r` for rank `r`.
+    pub fn group(ranks: u32) -> Vec<Self> {
+        let shared = Arc::new(Shared {
+            ranks,
+            round: Mutex::new(Round::default()),
+            changed: Condvar::new(),
+        });
+        (0..ranks)
+            .map(|rank| Self {
+                rank,
+                shared: Arc::clone(&shared),
+            })
+            .collect()
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, Round>, RuntimeError> {
+        self.shared
+            .round
+            .lock()
+            .map_err(|_| RuntimeError::Collective("a rank panicked in the all-gather".into()))
+    }
+
+    /// Waits on the condition variable until `done` holds, or fails after [`WAIT_LIMIT`].
+    fn wait_until<'a>(
+        &'a self,
+        mut round: MutexGuard<'a, Round>,
+        done: impl Fn(&Round) -> bool,
+    ) -> Result<MutexGuard<'a, Round>, RuntimeError> {
+        let started = Instant::now();
+        while !done(&round) {
+            let left = WAIT_LIMIT.checked_sub(started.elapsed()).ok_or_else(|| {
+                RuntimeError::Collective(format!(
+                    "rank {} waited {} s for the other ranks",
+                    self.rank,
+                    WAIT_LIMIT.as_secs()
+                ))
+            })?;
+            round = self
+                .shared
+                .changed
+                .wait_timeout(round, left)
+                .map_err(|_| RuntimeError::Collective("a rank panicked in the all-gather".into()))?
+                .0;
+        }
+        Ok(round)
+    }
+}
+
+impl Collective for InProcessCollective {
+    fn rank(&self) -> u32 {
+        self.rank
+    }
+
+    fn ranks(&self) -> u32 {
+        self.shared.ranks
+    }
+
+    fn all_gather(&mut self, local: &[u32], gathered: &mut [u32]) -> Result<(), RuntimeError> {
+        let ranks = self.shared.ranks;
+        // The previous round must be fully read before this one writes the buffer.
+        let mut round = self.wait_until(self.lock()?, |round| !round.draining)?;
+        if round.arrived == 0 {
+            round.row = local.len();
+            round.broken = false;
+            round.buffer.resize(local.len() * ranks as usize, 0);
+        } else if round.row != local.len() {
+            round.broken = true;
+        }
+        if !round.broken {
+            let row = round.row;
+            round.buffer[self.rank as usize * row..][..row].copy_from_slice(local);
+        }
+        round.arrived += 1;
+        let generation = round.generation;
+        if round.arrived == ranks {
+            round.draining = true;
+            round.generation += 1;
+            self.shared.changed.notify_all();
+        }
+        let mut round = self.wait_until(round, |round| round.generation != generation)?;
+        let result = if round.broken {
+            Err(RuntimeError::Collective(
+                "ranks contributed rows of different lengths".into(),
+            ))
+        } else if gathered.len() != round.buffer.len() {
+            Err(RuntimeError::Collective(format!(
+                "rank {} gathers into {} values, the group has {}",
+                self.rank,
+                gathered.len(),
+                round.buffer.len()
+            )))
+        } else {
+            gathered.copy_from_slice(&round.buffer);
+            Ok(())
+        };
+        round.departed += 1;
+        if round.departed == ranks {
+            round.arrived = 0;
+            round.departed = 0;
+            round.draining = false;
+            self.shared.changed.notify_all();
+        }
+        result
+    }
+}
+
+/// Counts this rank's router output and all-gathers the layer's load matrix, with buffers kept
+/// from call to call.
+#[derive(Debug, Clone)]
+pub struct LoadGather {
+    experts: u32,
+    top_k: u32,
+    row: Vec<u32>,
+    loads: Vec<u32>,
+}
+
+impl LoadGather {
+    /// For `ranks` ranks routing tokens to `top_k` of `experts` experts.
+    pub fn new(ranks: u32, experts: u32, top_k: u32) -> Self {
+        Self {
+            experts,
+            top_k: top_k.max(1),
+            row: vec![0; experts as usize],
+            loads: vec![0; ranks as usize * experts as usize],
+        }
+    }
+
+    /// The load matrix of the layer, from this rank's top-k expert ids (`top_k` per token,
+    /// token-major) and every other rank's, gathered through `collective`.
+    pub fn gather(
+        &mut self,
+        collective: &mut impl Collective,
+        ids: &[u32],
+    ) -> Result<LoadMatrix<'_>, RuntimeError> {
+        let ranks = self.loads.len() / self.experts.max(1) as usize;
+        if collective.ranks() as usize != ranks {
+            return Err(RuntimeError::InvalidInput(format!(
+                "a collective of {} ranks for a load of {ranks}",
+                collective.ranks()
+            )));
+        }
+        if !ids.len().is_multiple_of(self.top_k as usize) {
+            return Err(RuntimeError::InvalidInput(format!(
+                "{} router ids are not whole tokens of top_k = {}",
+                ids.len(),
+                self.top_k
+            )));
+        }
+        self.row.fill(0);
+        for &id in ids {
+            let count = self.row.get_mut(id as usize).ok_or_else(|| {
+                RuntimeError::InvalidInput(format!(
+                    "a token is routed to expert {id}, of {}",
+                    self.experts
+                ))
+            })?;
+            *count += 1;
+        }
+        collective.all_gather(&self.row, &mut self.loads)?;
+        Ok(LoadMatrix::new(&self.loads, ranks, self.experts as usize)?)
+    }
+}

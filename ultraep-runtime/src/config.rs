@@ -1,0 +1,32 @@
+//! How an engine is built: the machine, where experts live, the model, and the knobs of planning
+//! and transfers.
+
+use ultraep_plan::{ExpertLayout, PlanConfig};
+use ultraep_topo::Topology;
+use ultraep_xfer::TransferConfig;
+
+use crate::{Mode, ModelShape};
+
+/// What an engine is built for.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The machine: one rank per GPU of the expert-parallel group.
+    pub topology: Topology,
+    /// Where every expert of a layer lives (the same for every layer).
+    pub layout: ExpertLayout,
+    /// The model's MoE shape; its `experts` must match the layout.
+    pub model: ModelShape,
+    /// Training or forward only.
+    pub mode: Mode,
+    /// Redundant slots per rank, shared by all layers.
+    pub slots_per_rank: u16,
+    /// Microbatches that may be between their first step and the end of their backward at once
+    /// (pipeline parallelism keeps several in flight); at least 1.
+    pub microbatches_in_flight: u16,
+    /// The planner's configuration.
+    pub plan: PlanConfig,
+    /// How weights are cut up and moved.
+    pub transfer: TransferConfig,
+    /// Worker threads of the CPU backend.
+    pub workers: usize,
+}

@@ -1,0 +1,184 @@
+//! The redundant slots of every rank, shared by all layers: what each holds, which backward pass
+//! holds it, and the choice of a slot for every replica of a plan.
+
+use ultraep_plan::Instance;
+use ultraep_xfer::{Fanout, ReplicaSet};
+
+use crate::{RuntimeError, StepId};
+
+/// A complete, verified copy of one expert's weights, at one version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SlotContent {
+    pub layer: u32,
+    pub expert: u32,
+    pub version: u64,
+}
+
+/// Every slot of every rank (rank-major).
+#[derive(Debug)]
+pub(crate) struct SlotTable {
+    per_rank: usize,
+    contents: Vec<Option<SlotContent>>,
+    /// The step whose backward holds the slot (its weights are in use and its gradient twin
+    /// waits to be reduced): no other step may take it.
+    holders: Vec<Option<StepId>>,
+    /// Scratch: slots given out by the placement in progress.
+    taken: Vec<bool>,
+}
+
+/// Where the replicas of one plan go.
+#[derive(Debug, Default)]
+pub(crate) struct Placement {
+    /// The physical slot of every instance (`None` for masters).
+    pub slots: Vec<Option<(u32, u16)>>,
+    /// Replicas whose slot already held their weights.
+    pub skipped: u32,
+}
+
+impl SlotTable {
+    pub fn new(ranks: u32, per_rank: u16) -> Self {
+        let count = ranks as usize * usize::from(per_rank);
+        Self {
+            per_rank: usize::from(per_rank),
+            contents: vec![None; count],
+            holders: vec![None; count],
+            taken: vec![false; count],
+        }
+    }
+
+    fn index(&self, rank: u32, slot: u16) -> usize {
+        rank as usize * self.per_rank + usize::from(slot)
+    }
+
+    pub fn set_content(&mut self, rank: u32, slot: u16, content: Option<SlotContent>) {
+        let index = self.index(rank, slot);
+        self.contents[index] = content;
+    }
+
+    /// Marks `slots` as held by `step` until [`SlotTable::release`].
+    pub fn hold(&mut self, step: StepId, slots: &[Option<(u32, u16)>]) {
+        for &(rank, slot) in slots.iter().flatten() {
+            let index = self.index(rank, slot);
+            self.holders[index] = Some(step);
+        }
+    }
+
+    /// Frees every slot `step` holds.
+    pub fn release(&mut self, step: StepId) {
+        for holder in &mut self.holders {
+            if *holder == Some(step) {
+                *holder = None;
+            }
+        }
+    }
+
+    /// Chooses a slot for every replica among `instances` (a plan of `step`), into `placement`:
+    /// a slot of the replica's rank that already holds the expert's current weights if there is
+    /// one (no copy), else a free slot, empty ones first, then the lowest number. Slots held by
+    /// other steps' backward passes are never chosen. Every replica that needs a copy is handed
+    /// to `needs_copy`. Nothing changes in the table.
+    pub fn place(
+        &mut self,
+        step: StepId,
+        instances: &[Instance],
+        version_of: impl Fn(u32) -> u64,
+        placement: &mut Placement,
+        mut needs_copy: impl FnMut(u32, (u32, u16)),
+    ) -> Result<(), RuntimeError> {
+        let per_rank = self.per_rank;
+        self.taken.fill(false);
+        for (taken, holder) in self.taken.iter_mut().zip(&self.holders) {
+            *taken = holder.is_some_and(|holder| holder != step);
+        }
+        placement.slots.clear();
+        placement.slots.resize(instances.len(), None);
+        placement.skipped = 0;
+        // First, replicas whose weights are already in a slot of their rank.
+        for (index, instance) in instances.iter().enumerate() {
+            if !instance.is_replica() {
+                continue;
+            }
+            let wanted = SlotContent {
+                layer: step.layer,
+                expert: instance.expert,
+                version: version_of(instance.expert),
+            };
+            let base = instance.rank as usize * per_rank;
+            if let Some(slot) = (0..per_rank)
+                .find(|&s| !self.taken[base + s] && self.contents[base + s] == Some(wanted))
+            {
+                self.taken[base + slot] = true;
+                placement.slots[index] = Some((instance.rank, slot as u16));
+                placement.skipped += 1;
+            }
+        }
+        // Then the others, into free slots.
+        for (index, instance) in instances.iter().enumerate() {
+            if !instance.is_replica() || placement.slots[index].is_some() {
+                continue;
+            }
+            let base = instance.rank as usize * per_rank;
+            let free = (0..per_rank)
+                .filter(|&s| !self.taken[base + s])
+                .min_by_key(|&s| (self.contents[base + s].is_some(), s))
+                .ok_or(RuntimeError::SlotsBusy {
+                    step,
+                    rank: instance.rank,
+                })?;
+            self.taken[base + free] = true;
+            let destination = (instance.rank, free as u16);
+            placement.slots[index] = Some(destination);
+            needs_copy(instance.expert, destination);
+        }
+        Ok(())
+    }
+}
+
+/// The fan-outs of one transfer, built again every step without allocating once warm: cleared
+/// fan-outs keep their destination buffers in a spare pool.
+#[derive(Debug, Default)]
+pub(crate) struct FanoutPool {
+    /// The fan-outs, by ascending expert when added in plan order.
+    pub set: ReplicaSet,
+    spare: Vec<Fanout>,
+}
+
+impl FanoutPool {
+    pub fn clear(&mut self) {
+        while let Some(mut fanout) = self.set.fanouts.pop() {
+            fanout.destinations.clear();
+            self.spare.push(fanout);
+        }
+    }
+
+    /// Adds `destination` to the fan-out of `expert`, starting one (from `master`, the expert's
+    /// `master_index`-th on its rank) if it has none yet.
+    pub fn add(&mut self, expert: u32, master: u32, master_index: u32, destination: (u32, u16)) {
+        if let Some(fanout) = self.set.fanouts.iter_mut().find(|f| f.expert == expert) {
+            fanout.destinations.push(destination);
+            return;
+        }
+        let mut fanout = self.spare.pop().unwrap_or_else(|| Fanout {
+            expert,
+            master,
+            master_index,
+            destinations: Vec::new(),
+        });
+        fanout.expert = expert;
+        fanout.master = master;
+        fanout.master_index = master_index;
+        fanout.destinations.push(destination);
+        self.set.fanouts.push(fanout);
+    }
+
+    /// Puts destinations in ascending rank order, as schedules expect.
+    pub fn sort(&mut self) {
+        for fanout in &mut self.set.fanouts {
+            fanout.destinations.sort_unstable();
+        }
+    }
+
+    pub fn replica_count(&self) -> u32 {
+        self.set.replica_count() as u32
+    }
+}

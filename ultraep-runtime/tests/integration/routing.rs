@@ -1,0 +1,231 @@
+//! From the router's output: histogram, plan, and every token sent to an instance, so that each
+//! instance receives exactly its quota; and the load's all-gather among ranks.
+
+use ultraep_plan::{Balancer, LoadMatrix};
+use ultraep_runtime::{
+    Collective, Engine, EngineConfig, InProcessCollective, LoadGather, Mode, RuntimeError, StepId,
+    TraceWriter,
+};
+
+use crate::fixture::{base_config, s};
+
+/// Router output of 8 ranks, `tokens` each, top-4, skewed towards experts 3 and 17.
+fn router_ids(tokens: u32, seed: u32) -> Vec<Vec<u32>> {
+    (0..8u32)
+        .map(|rank| {
+            let mut state = 0x9e37_79b9u32 ^ (seed * 31 + rank);
+            let mut ids = Vec::new();
+            for _ in 0..tokens {
+                let mut chosen: Vec<u32> = Vec::new();
+                while chosen.len() < 4 {
+                    state ^= state << 13;
+                    state ^= state >> 17;
+                    state ^= state << 5;
+                    let expert = match state % 10 {
+                        0..=3 => 3,
+                        4..=5 => 17,
+                        _ => state / 10 % 32,
+                    };
+                    if !chosen.contains(&expert) {
+                        chosen.push(expert);
+                    }
+                }
+                ids.extend(chosen);
+            }
+            ids
+        })
+        .collect()
+}
+
+fn prefill_engine() -> Engine {
+    Engine::new(EngineConfig {
+        mode: Mode::Prefill,
+        ..base_config()
+    })
+    .unwrap()
+}
+
+#[test]
+fn every_instance_receives_exactly_its_quota() {
+    let mut engine = prefill_engine();
+    let ids = router_ids(512, 1);
+    let rows: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
+    let report = engine.step_routed(s(0), &rows).unwrap();
+    assert!(report.metrics.initial_imbalance() > 1.5, "{report:?}");
+    assert!(report.metrics.imbalance() < 1.05, "{report:?}");
+    let plan = engine.plan(s(0)).unwrap().clone();
+    let mut received = vec![0u32; plan.instances().len()];
+    let mut routed = Vec::new();
+    for (rank, ids) in rows.iter().enumerate() {
+        engine.reroute(s(0), rank as u32, ids, &mut routed).unwrap();
+        assert_eq!(routed.len(), ids.len());
+        for (&expert, &instance) in ids.iter().zip(&routed) {
+            assert_eq!(plan.instances()[instance as usize].expert, expert);
+            received[instance as usize] += 1;
+        }
+        let mut again = Vec::new();
+        engine.reroute(s(0), rank as u32, ids, &mut again).unwrap();
+        assert_eq!(again, routed, "the same input routes the same way");
+    }
+    let quotas: Vec<u32> = plan.instances().iter().map(|i| i.quota).collect();
+    assert_eq!(received, quotas);
+}
+
+#[test]
+fn router_output_that_does_not_add_up_is_refused() {
+    let mut engine = prefill_engine();
+    let ids = router_ids(64, 2);
+    let rows: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
+    engine.step_routed(s(0), &rows).unwrap();
+    let before = engine.plan(s(0)).unwrap().clone();
+
+    let ragged: Vec<&[u32]> = rows.iter().map(|row| &row[..row.len() - 1]).collect();
+    let mut unknown = ids.clone();
+    unknown[5][7] = 32;
+    let unknown_rows: Vec<&[u32]> = unknown.iter().map(Vec::as_slice).collect();
+    for bad in [&ragged[..], &unknown_rows[..], &rows[..7]] {
+        assert!(matches!(
+            engine.step_routed(s(0), bad),
+            Err(RuntimeError::InvalidInput(_))
+        ));
+        assert_eq!(engine.plan(s(0)), Some(&before));
+    }
+    // Ids that are not those the step was planned for.
+    let other = router_ids(64, 3);
+    let mut routed = Vec::new();
+    for (rank, ids) in [(2, &other[2][..]), (8, rows[0]), (1, &rows[1][..8])] {
+        assert!(matches!(
+            engine.reroute(s(0), rank, ids, &mut routed),
+            Err(RuntimeError::InvalidInput(_))
+        ));
+    }
+    assert!(matches!(
+        engine.reroute(StepId::new(4, 0), 0, rows[0], &mut routed),
+        Err(RuntimeError::NoPlan { .. })
+    ));
+}
+
+#[test]
+fn every_rank_gathers_the_same_load_and_computes_the_same_plan() {
+    let ids = router_ids(256, 4);
+    let members = InProcessCollective::group(8);
+    let plans = std::thread::scope(|scope| {
+        let handles: Vec<_> = members
+            .into_iter()
+            .map(|mut member| {
+                let ids = &ids;
+                scope.spawn(move || {
+                    let rank = member.rank() as usize;
+                    let mut gather = LoadGather::new(8, 32, 4);
+                    let config = base_config();
+                    let domains = ultraep_plan::RankDomains::single(8).unwrap();
+                    let mut planner = ultraep_plan::Planner::new(
+                        config.layout.clone(),
+                        domains,
+                        u32::from(config.slots_per_rank),
+                        config.plan,
+                    )
+                    .unwrap();
+                    let mut plans = Vec::new();
+                    for _ in 0..3 {
+                        let loads = gather.gather(&mut member, &ids[rank]).unwrap();
+                        plans.push(planner.plan(loads).unwrap());
+                    }
+                    plans
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| handle.join().unwrap())
+            .collect::<Vec<_>>()
+    });
+    let rows: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
+    let mut engine = prefill_engine();
+    engine.step_routed(s(0), &rows).unwrap();
+    for plans in &plans {
+        for plan in plans {
+            assert_eq!(plan, engine.plan(s(0)).unwrap());
+        }
+    }
+}
+
+#[test]
+fn a_rank_contributing_a_row_of_another_length_fails_every_rank() {
+    let members = InProcessCollective::group(3);
+    let results = std::thread::scope(|scope| {
+        let handles: Vec<_> = members
+            .into_iter()
+            .map(|mut member| {
+                scope.spawn(move || {
+                    let row = vec![1u32; if member.rank() == 1 { 3 } else { 2 }];
+                    let mut all = vec![0; 6];
+                    member.all_gather(&row, &mut all)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| handle.join().unwrap())
+            .collect::<Vec<_>>()
+    });
+    assert!(
+        results
+            .iter()
+            .all(|result| matches!(result, Err(RuntimeError::Collective(_))))
+    );
+}
+
+#[test]
+fn the_trace_holds_every_load_and_the_metrics() {
+    let mut engine = prefill_engine();
+    let mut trace = TraceWriter::new(Vec::new(), 8, 32, 3, Some(4)).unwrap();
+    for microbatch in [5, 9] {
+        for layer in 0..2 {
+            let ids = router_ids(32, microbatch * 3 + layer);
+            let rows: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
+            let step = StepId::new(microbatch, layer);
+            let report = engine.step_routed(step, &rows).unwrap();
+            trace.record(&report, engine.loads(step).unwrap()).unwrap();
+            // A second record of the same step is not written twice.
+            trace.record(&report, engine.loads(step).unwrap()).unwrap();
+            if (microbatch, layer) == (9, 1) {
+                let last = format!("{:?}", engine.loads(step).unwrap().row(7));
+                let text = String::from_utf8(trace.finish().unwrap()).unwrap();
+                let lines: Vec<&str> = text.lines().collect();
+                assert_eq!(lines.len(), 1 + 4 * (8 + 1));
+                assert_eq!(
+                    lines[0],
+                    r#"{"ultraep_trace": 1, "ranks": 8, "experts": 32, "layers": 3, "top_k": 4}"#
+                );
+                let row_7 = lines[lines.len() - 2];
+                assert!(row_7.starts_with(r#"{"step": 1, "layer": 1, "rank": 7, "counts": ["#));
+                assert!(row_7.ends_with(&format!("{}}}", last)), "{row_7}");
+                assert!(lines[lines.len() - 1].contains(r#""metrics": {"initial_imbalance""#));
+                return;
+            }
+        }
+    }
+    unreachable!("the loop returns at its last step");
+}
+
+#[test]
+fn loads_of_the_wrong_shape_are_refused_by_the_gather() {
+    let mut member = InProcessCollective::group(1).remove(0);
+    let mut gather = LoadGather::new(8, 32, 4);
+    assert!(matches!(
+        gather.gather(&mut member, &[1, 2, 3, 4]),
+        Err(RuntimeError::InvalidInput(_))
+    ));
+    let mut gather = LoadGather::new(1, 32, 4);
+    assert!(matches!(
+        gather.gather(&mut member, &[1, 2, 3]),
+        Err(RuntimeError::InvalidInput(_))
+    ));
+    assert!(matches!(
+        gather.gather(&mut member, &[1, 2, 3, 40]),
+        Err(RuntimeError::InvalidInput(_))
+    ));
+    let loads: LoadMatrix<'_> = gather.gather(&mut member, &[1, 2, 3, 1]).unwrap();
+    assert_eq!(&loads.row(0)[..4], &[0, 2, 1, 1]);
+}
