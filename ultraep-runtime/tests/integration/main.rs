@@ -4,3 +4,4 @@ mod engine;
 mod fixture;
 mod in_flight;
 mod routing;
+mod tiny_moe;
