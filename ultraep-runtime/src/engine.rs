@@ -5,7 +5,10 @@ use std::time::Instant;
 
 use ultraep_kernels::reference::reroute::{RerouteTable, reroute};
 use ultraep_plan::{Balancer, Instance, LoadMatrix, Plan, Planner, RankDomains};
-use ultraep_xfer::{CpuTransport, ExpertState, TileTaskList, TransferSchedule, Transport};
+use ultraep_xfer::{
+    CpuTransport, ExpertState, ScheduleBuilder, TaskListBuilder, TileTaskList, TransferSchedule,
+    Transport,
+};
 
 use crate::report::{RestoreReport, StepReport, Summary};
 use crate::slots::{FanoutPool, Placement, SlotContent, SlotTable};
@@ -51,6 +54,10 @@ pub struct Engine {
     candidate: Plan,
     placement: Placement,
     fanouts: FanoutPool,
+    schedule: TransferSchedule,
+    schedule_builder: ScheduleBuilder,
+    tasks: TileTaskList,
+    task_builder: TaskListBuilder,
     routed_loads: Vec<u32>,
     summary: Summary,
 }
@@ -134,6 +141,10 @@ impl Engine {
             candidate: Plan::default(),
             placement: Placement::default(),
             fanouts: FanoutPool::default(),
+            schedule: TransferSchedule::default(),
+            schedule_builder: ScheduleBuilder::default(),
+            tasks: TileTaskList::default(),
+            task_builder: TaskListBuilder::default(),
             routed_loads: vec![0; (ranks * model.experts) as usize],
             summary: Summary::default(),
             config,
@@ -143,6 +154,11 @@ impl Engine {
     /// The configuration.
     pub fn config(&self) -> &EngineConfig {
         &self.config
+    }
+
+    /// The weight transfer schedule of the last step or restore that copied anything.
+    pub fn last_schedule(&self) -> &TransferSchedule {
+        &self.schedule
     }
 
     /// Figures summed over every successful step so far.
@@ -353,13 +369,14 @@ impl Engine {
                 "a prefill engine has no gradients".into(),
             ));
         };
-        let schedule = TransferSchedule::build(
+        self.schedule_builder.build_into(
             &self.fanouts.set,
             state,
             &self.config.topology,
             self.config.transfer,
+            &mut self.schedule,
         )?;
-        store.reduce_gradients(&schedule)?;
+        store.reduce_gradients(&self.schedule)?;
         self.slots.release(step);
         if let Some(entry) = self.steps[index].as_mut() {
             entry.open = false;
@@ -567,14 +584,16 @@ impl Engine {
             return Ok(0);
         }
         self.fanouts.sort();
-        let schedule = TransferSchedule::build(
+        self.schedule_builder.build_into(
             &self.fanouts.set,
             &self.state,
             &self.config.topology,
             self.config.transfer,
+            &mut self.schedule,
         )?;
-        let tasks = TileTaskList::build(&schedule);
-        let result = self.weights.distribute(&schedule, &tasks);
+        self.task_builder
+            .build_into(&self.schedule, &mut self.tasks);
+        let result = self.weights.distribute(&self.schedule, &self.tasks);
         let experts = self.config.model.experts;
         for fanout in &self.fanouts.set.fanouts {
             let content = result.as_ref().ok().map(|_| SlotContent {

@@ -6,14 +6,20 @@
 //! counts all its tiles, with release/acquire ordering so the bytes are visible once the count is.
 //! A failure (an injected one, a poisoned lock, a wait that times out) stops every worker, and the
 //! slots the distribution was writing stay not ready.
+//!
+//! The workers are threads started with the transport and kept until it is dropped; each
+//! distribution copies the task list into buffers they share and wakes them. With one worker the
+//! calling thread does the work. Either way a distribution allocates nothing once the buffers have
+//! grown to the largest task list seen, and verification checksums regions block by block.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::transport::{TransferReport, Transport};
 use crate::{
-    NO_FLAG, Region, TileTask, TileTaskList, TransferSchedule, XferError, checksum, region_of,
+    Checksum, NO_FLAG, Region, TileTask, TileTaskList, TransferSchedule, XferError, region_of,
 };
 
 /// How long a worker waits for a piece before declaring the distribution failed.
@@ -53,6 +59,14 @@ impl RegionMemory {
         Self { blocks }
     }
 
+    fn checksum(&self, bytes: u64) -> Result<u64, XferError> {
+        let mut sum = Checksum::new(bytes);
+        for block in &self.blocks {
+            sum.update(&lock(block)?);
+        }
+        Ok(sum.finish())
+    }
+
     fn read_all(&self) -> Result<Vec<u8>, XferError> {
         let mut out = Vec::new();
         for block in &self.blocks {
@@ -83,19 +97,57 @@ impl RegionMemory {
     }
 }
 
-fn lock(block: &Mutex<Vec<u8>>) -> Result<MutexGuard<'_, Vec<u8>>, XferError> {
-    block.lock().map_err(|_| XferError::TransferFailed {
+fn lock<T>(mutex: &Mutex<T>) -> Result<MutexGuard<'_, T>, XferError> {
+    mutex.lock().map_err(|_| poisoned())
+}
+
+fn poisoned() -> XferError {
+    XferError::TransferFailed {
         task: usize::MAX,
-        reason: "a memory block's lock was poisoned by a panicking worker".into(),
+        reason: "a lock was poisoned by a panicking worker".into(),
         slots: 0,
-    })
+    }
 }
 
 #[derive(Debug)]
 struct RankMemory {
     masters: Vec<RegionMemory>,
     slots: Vec<RegionMemory>,
-    slot_states: Vec<SlotState>,
+}
+
+/// Every rank's memory: what the workers share.
+#[derive(Debug)]
+struct Memory {
+    ranks: Vec<RankMemory>,
+    block_bytes: u64,
+}
+
+/// One distribution's work, in buffers reused from one distribution to the next.
+#[derive(Debug, Default)]
+struct Job {
+    tasks: TileTaskList,
+    flags: Vec<AtomicU32>,
+    next: AtomicUsize,
+    failed: AtomicBool,
+    failure: Mutex<Option<(usize, String)>>,
+    fail_at_task: Option<usize>,
+}
+
+/// Wakes the workers for a new job and tells the caller when all are done.
+#[derive(Debug, Default)]
+struct Control {
+    generation: u64,
+    busy: usize,
+    shutdown: bool,
+}
+
+#[derive(Debug)]
+struct Shared {
+    memory: Memory,
+    job: RwLock<Job>,
+    control: Mutex<Control>,
+    wake: Condvar,
+    done: Condvar,
 }
 
 /// In-process ranks and the workers that move expert state between them.
@@ -120,8 +172,13 @@ struct RankMemory {
 pub struct CpuTransport {
     state_bytes: u64,
     block_bytes: u64,
-    ranks: Vec<RankMemory>,
-    workers: usize,
+    shared: Arc<Shared>,
+    /// What every slot of every rank holds (only the caller's thread changes it).
+    slot_states: Vec<Vec<SlotState>>,
+    /// The pool's threads; empty with one worker, when the caller does the work.
+    threads: Vec<JoinHandle<()>>,
+    /// The caller's tile buffer when it does the work itself.
+    tile: Vec<u8>,
     fail_at_task: Option<usize>,
 }
 
@@ -146,14 +203,35 @@ impl CpuTransport {
                 slots: (0..slots)
                     .map(|_| RegionMemory::new(state_bytes, block))
                     .collect(),
-                slot_states: vec![SlotState::Empty; usize::from(slots)],
             })
             .collect();
+        let shared = Arc::new(Shared {
+            memory: Memory {
+                ranks,
+                block_bytes: block,
+            },
+            job: RwLock::new(Job::default()),
+            control: Mutex::new(Control::default()),
+            wake: Condvar::new(),
+            done: Condvar::new(),
+        });
+        let threads = if workers > 1 {
+            (0..workers)
+                .map(|_| {
+                    let shared = Arc::clone(&shared);
+                    std::thread::spawn(move || worker(&shared))
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         Self {
             state_bytes,
             block_bytes: block,
-            ranks,
-            workers: workers.max(1),
+            shared,
+            slot_states: vec![vec![SlotState::Empty; usize::from(slots)]; masters_per_rank.len()],
+            threads,
+            tile: Vec::with_capacity(block as usize),
             fail_at_task: None,
         }
     }
@@ -184,7 +262,7 @@ impl CpuTransport {
         bytes: &[u8],
     ) -> Result<(), XferError> {
         self.region(rank, Region::Slot { slot })?.write_all(bytes)?;
-        self.ranks[rank as usize].slot_states[usize::from(slot)] = SlotState::Ready { expert };
+        self.slot_states[rank as usize][usize::from(slot)] = SlotState::Ready { expert };
         Ok(())
     }
 
@@ -251,7 +329,7 @@ impl CpuTransport {
             for &(rank, slot) in &fanout.destinations {
                 self.region(rank, Region::Slot { slot })?
                     .write_all(&zeros)?;
-                self.ranks[rank as usize].slot_states[usize::from(slot)] = SlotState::Empty;
+                self.slot_states[rank as usize][usize::from(slot)] = SlotState::Empty;
             }
         }
         Ok(())
@@ -259,9 +337,9 @@ impl CpuTransport {
 
     /// What slot `slot` of `rank` holds.
     pub fn slot_state(&self, rank: u32, slot: u16) -> Result<SlotState, XferError> {
-        self.ranks
+        self.slot_states
             .get(rank as usize)
-            .and_then(|memory| memory.slot_states.get(usize::from(slot)))
+            .and_then(|states| states.get(usize::from(slot)))
             .copied()
             .ok_or_else(|| self.no_such(rank, Region::Slot { slot }))
     }
@@ -275,18 +353,11 @@ impl CpuTransport {
     }
 
     fn region(&self, rank: u32, region: Region) -> Result<&RegionMemory, XferError> {
-        let memory = self.ranks.get(rank as usize);
-        let found = match region {
-            Region::Master { index } => memory.and_then(|m| m.masters.get(index as usize)),
-            Region::Slot { slot } => memory.and_then(|m| m.slots.get(usize::from(slot))),
-        };
-        found.ok_or_else(|| self.no_such(rank, region))
+        self.shared.memory.region(rank, region)
     }
 
     fn no_such(&self, rank: u32, region: Region) -> XferError {
-        XferError::MemoryMismatch {
-            reason: format!("rank {rank} has no {region:?} ({} ranks)", self.ranks.len()),
-        }
+        self.shared.memory.no_such(rank, region)
     }
 
     /// Checks that every task and destination of `tasks` names memory that exists.
@@ -324,8 +395,25 @@ impl CpuTransport {
         }
         Ok(())
     }
+}
 
-    /// Copies one tile to every destination of `task`, bumping their flags.
+impl Memory {
+    fn region(&self, rank: u32, region: Region) -> Result<&RegionMemory, XferError> {
+        let memory = self.ranks.get(rank as usize);
+        let found = match region {
+            Region::Master { index } => memory.and_then(|m| m.masters.get(index as usize)),
+            Region::Slot { slot } => memory.and_then(|m| m.slots.get(usize::from(slot))),
+        };
+        found.ok_or_else(|| self.no_such(rank, region))
+    }
+
+    fn no_such(&self, rank: u32, region: Region) -> XferError {
+        XferError::MemoryMismatch {
+            reason: format!("rank {rank} has no {region:?} ({} ranks)", self.ranks.len()),
+        }
+    }
+
+    /// Copies one tile to every destination of `task` through `tile`, bumping their flags.
     fn execute(
         &self,
         task: &TileTask,
@@ -352,60 +440,146 @@ impl CpuTransport {
         Ok(())
     }
 
-    /// Runs the workers; returns the first failure, if any.
-    fn run_workers(&self, tasks: &TileTaskList) -> Option<(usize, String)> {
-        let flags: Vec<AtomicU32> = (0..tasks.flag_count).map(|_| AtomicU32::new(0)).collect();
-        let next = AtomicUsize::new(0);
-        let failed = AtomicBool::new(false);
-        let failure: Mutex<Option<(usize, String)>> = Mutex::new(None);
+    /// One worker's share of `job`: tasks taken in list order until none is left or one fails.
+    fn work(&self, job: &Job, tile: &mut Vec<u8>) {
         let fail = |task: usize, reason: String| {
-            failed.store(true, Ordering::Release);
-            if let Ok(mut first) = failure.lock()
+            job.failed.store(true, Ordering::Release);
+            if let Ok(mut first) = job.failure.lock()
                 && first.is_none()
             {
                 *first = Some((task, reason));
             }
         };
-        std::thread::scope(|scope| {
-            for _ in 0..self.workers {
-                scope.spawn(|| {
-                    let mut tile = Vec::with_capacity(self.block_bytes as usize);
-                    loop {
-                        let index = next.fetch_add(1, Ordering::Relaxed);
-                        if index >= tasks.tasks.len() || failed.load(Ordering::Acquire) {
-                            return;
-                        }
-                        if self.fail_at_task == Some(index) {
-                            fail(index, "injected failure".into());
-                            return;
-                        }
-                        let task = &tasks.tasks[index];
-                        if task.wait_flag != NO_FLAG {
-                            let flag = &flags[task.wait_flag as usize];
-                            let started = Instant::now();
-                            while flag.load(Ordering::Acquire) < task.wait_count {
-                                if failed.load(Ordering::Acquire) {
-                                    return;
-                                }
-                                if started.elapsed() > WAIT_LIMIT {
-                                    fail(
-                                        index,
-                                        format!("piece {} never arrived at its relay", task.piece),
-                                    );
-                                    return;
-                                }
-                                std::thread::yield_now();
-                            }
-                        }
-                        if let Err(error) = self.execute(task, tasks, &flags, &mut tile) {
-                            fail(index, error.to_string());
-                            return;
-                        }
-                    }
-                });
+        let tasks = &job.tasks;
+        loop {
+            let index = job.next.fetch_add(1, Ordering::Relaxed);
+            if index >= tasks.tasks.len() || job.failed.load(Ordering::Acquire) {
+                return;
             }
-        });
-        failure.into_inner().ok().flatten()
+            if job.fail_at_task == Some(index) {
+                fail(index, "injected failure".into());
+                return;
+            }
+            let task = &tasks.tasks[index];
+            if task.wait_flag != NO_FLAG {
+                let flag = &job.flags[task.wait_flag as usize];
+                let started = Instant::now();
+                while flag.load(Ordering::Acquire) < task.wait_count {
+                    if job.failed.load(Ordering::Acquire) {
+                        return;
+                    }
+                    if started.elapsed() > WAIT_LIMIT {
+                        fail(
+                            index,
+                            format!("piece {} never arrived at its relay", task.piece),
+                        );
+                        return;
+                    }
+                    std::thread::yield_now();
+                }
+            }
+            if let Err(error) = self.execute(task, tasks, &job.flags, tile) {
+                fail(index, error.to_string());
+                return;
+            }
+        }
+    }
+}
+
+/// A pool thread: waits for a job, does its share, reports, until the transport is dropped.
+fn worker(shared: &Shared) {
+    let mut tile = Vec::with_capacity(shared.memory.block_bytes as usize);
+    let mut seen = 0;
+    loop {
+        let Ok(mut control) = shared.control.lock() else {
+            return;
+        };
+        while control.generation == seen && !control.shutdown {
+            let Ok(next) = shared.wake.wait(control) else {
+                return;
+            };
+            control = next;
+        }
+        if control.shutdown {
+            return;
+        }
+        seen = control.generation;
+        drop(control);
+        if let Ok(job) = shared.job.read() {
+            shared.memory.work(&job, &mut tile);
+        }
+        let Ok(mut control) = shared.control.lock() else {
+            return;
+        };
+        control.busy -= 1;
+        if control.busy == 0 {
+            shared.done.notify_all();
+        }
+    }
+}
+
+impl CpuTransport {
+    /// Runs `tasks` on the workers (or on this thread with one worker); returns the first
+    /// failure, if any.
+    fn run_workers(&mut self, tasks: &TileTaskList) -> Result<Option<(usize, String)>, XferError> {
+        {
+            let mut job = self.shared.job.write().map_err(|_| poisoned())?;
+            job.tasks.tasks.clone_from(&tasks.tasks);
+            job.tasks.destinations.clone_from(&tasks.destinations);
+            job.tasks.flag_count = tasks.flag_count;
+            let flags = tasks.flag_count as usize;
+            if job.flags.len() < flags {
+                job.flags.resize_with(flags, || AtomicU32::new(0));
+            }
+            for flag in &job.flags[..flags] {
+                flag.store(0, Ordering::Relaxed);
+            }
+            job.next.store(0, Ordering::Relaxed);
+            job.failed.store(false, Ordering::Relaxed);
+            *lock(&job.failure)? = None;
+            job.fail_at_task = self.fail_at_task;
+        }
+        if self.threads.is_empty() {
+            let job = self.shared.job.read().map_err(|_| poisoned())?;
+            self.shared.memory.work(&job, &mut self.tile);
+        } else {
+            let mut control = lock(&self.shared.control)?;
+            control.generation += 1;
+            control.busy = self.threads.len();
+            self.shared.wake.notify_all();
+            let started = Instant::now();
+            while control.busy > 0 {
+                let left = (WAIT_LIMIT * 2)
+                    .checked_sub(started.elapsed())
+                    .ok_or_else(|| XferError::TransferFailed {
+                        task: usize::MAX,
+                        reason: "the workers did not finish".into(),
+                        slots: 0,
+                    })?;
+                control = self
+                    .shared
+                    .done
+                    .wait_timeout(control, left)
+                    .map_err(|_| poisoned())?
+                    .0;
+            }
+        }
+        let job = self.shared.job.read().map_err(|_| poisoned())?;
+        let failure = lock(&job.failure)?.take();
+        Ok(failure)
+    }
+}
+
+impl Drop for CpuTransport {
+    fn drop(&mut self) {
+        if let Ok(mut control) = self.shared.control.lock() {
+            control.shutdown = true;
+            self.shared.wake.notify_all();
+        }
+        for thread in self.threads.drain(..) {
+            // A worker that panicked has nothing left to clean up.
+            let _ = thread.join();
+        }
     }
 }
 
@@ -421,7 +595,7 @@ impl Transport for CpuTransport {
         for fanout in schedule.fanouts() {
             for &(rank, slot) in &fanout.destinations {
                 self.region(rank, Region::Slot { slot })?;
-                self.ranks[rank as usize].slot_states[usize::from(slot)] = SlotState::NotReady {
+                self.slot_states[rank as usize][usize::from(slot)] = SlotState::NotReady {
                     expert: fanout.expert,
                 };
                 slots += 1;
@@ -429,6 +603,7 @@ impl Transport for CpuTransport {
         }
         let failure = self.run_workers(tasks);
         self.fail_at_task = None;
+        let failure = failure?;
         if let Some((task, reason)) = failure {
             return Err(XferError::TransferFailed {
                 task,
@@ -437,18 +612,18 @@ impl Transport for CpuTransport {
             });
         }
         for fanout in schedule.fanouts() {
-            let expected = checksum(
-                &self
-                    .region(
-                        fanout.master,
-                        Region::Master {
-                            index: fanout.master_index,
-                        },
-                    )?
-                    .read_all()?,
-            );
+            let expected = self
+                .region(
+                    fanout.master,
+                    Region::Master {
+                        index: fanout.master_index,
+                    },
+                )?
+                .checksum(self.state_bytes)?;
             for &(rank, slot) in &fanout.destinations {
-                let found = checksum(&self.region(rank, Region::Slot { slot })?.read_all()?);
+                let found = self
+                    .region(rank, Region::Slot { slot })?
+                    .checksum(self.state_bytes)?;
                 if found != expected {
                     return Err(XferError::ChecksumMismatch {
                         expert: fanout.expert,
@@ -458,7 +633,7 @@ impl Transport for CpuTransport {
                         found,
                     });
                 }
-                self.ranks[rank as usize].slot_states[usize::from(slot)] = SlotState::Ready {
+                self.slot_states[rank as usize][usize::from(slot)] = SlotState::Ready {
                     expert: fanout.expert,
                 };
             }

@@ -25,16 +25,17 @@ mod state;
 mod tasks;
 mod transport;
 
-pub use checksum::checksum;
+pub use checksum::{Checksum, checksum};
 pub use config::{RelayPieces, TransferConfig};
 pub use cpu::{CpuTransport, SlotState};
 pub use error::XferError;
 pub use reduction::reduce_gradients;
 pub use replicas::{Fanout, Region, ReplicaSet};
-pub use schedule::{Piece, Route, ScheduledFanout, TransferSchedule};
+pub use schedule::{Piece, Route, ScheduleBuilder, ScheduledFanout, TransferSchedule};
 pub use simulate::{ReplicaReady, Simulation, lower_bound, simulate, simulate_reduction};
 pub use state::{ExpertState, Shard};
 pub use tasks::{
-    NO_FLAG, SLOT_REGION, TileDestination, TileTask, TileTaskList, region_code, region_of,
+    NO_FLAG, SLOT_REGION, TaskListBuilder, TileDestination, TileTask, TileTaskList, region_code,
+    region_of,
 };
 pub use transport::{TransferReport, Transport};

@@ -81,6 +81,17 @@ pub struct TransferSchedule {
     fanouts: Vec<ScheduledFanout>,
 }
 
+impl Default for TransferSchedule {
+    /// An empty schedule (no fan-out), to build into with [`ScheduleBuilder::build_into`].
+    fn default() -> Self {
+        Self {
+            config: TransferConfig::default(),
+            state_bytes: 0,
+            fanouts: Vec::new(),
+        }
+    }
+}
+
 impl TransferSchedule {
     /// Chooses a route for every expert of `replicas`, whose state is `state`, on `topology`.
     pub fn build(
@@ -89,55 +100,9 @@ impl TransferSchedule {
         topology: &Topology,
         config: TransferConfig,
     ) -> Result<Self, XferError> {
-        config.validate()?;
-        let state_bytes = state.bytes();
-        if state_bytes == 0 {
-            return Err(XferError::EmptyState);
-        }
-        let rank_count = topology.rank_count() as u32;
-        for fanout in &replicas.fanouts {
-            for rank in
-                std::iter::once(fanout.master).chain(fanout.destinations.iter().map(|d| d.0))
-            {
-                if rank >= rank_count {
-                    return Err(XferError::UnknownRank { rank, rank_count });
-                }
-            }
-        }
-        let mut model = CostModel::new(topology, state_bytes, config);
-        let mut order: Vec<usize> = (0..replicas.fanouts.len()).collect();
-        order.sort_by_key(|&i| {
-            let fanout = &replicas.fanouts[i];
-            (std::cmp::Reverse(fanout.destinations.len()), fanout.expert)
-        });
-        let mut routes = vec![Route::Direct; replicas.fanouts.len()];
-        for index in order {
-            routes[index] = model.choose(&replicas.fanouts[index], topology);
-        }
-        let fanouts = replicas
-            .fanouts
-            .iter()
-            .zip(routes)
-            .map(|(fanout, route)| {
-                let piece_bytes = match (&route, config.relay_pieces) {
-                    (Route::Relayed { .. }, RelayPieces::Tiles) => config.tile_bytes,
-                    _ => config.chunk_bytes,
-                };
-                ScheduledFanout {
-                    expert: fanout.expert,
-                    master: fanout.master,
-                    master_index: fanout.master_index,
-                    destinations: fanout.destinations.clone(),
-                    route,
-                    piece_bytes,
-                }
-            })
-            .collect();
-        Ok(Self {
-            config,
-            state_bytes,
-            fanouts,
-        })
+        let mut schedule = Self::default();
+        ScheduleBuilder::default().build_into(replicas, state, topology, config, &mut schedule)?;
+        Ok(schedule)
     }
 
     /// The scheduled fan-outs, by ascending expert.
@@ -163,17 +128,30 @@ impl TransferSchedule {
     /// The pieces `fanout`'s state travels in, in order. A relayed expert's pieces go to the relay
     /// that owns the fewest bytes so far (ties: the earlier relay), so relays forward equal shares.
     pub fn pieces(&self, fanout: &ScheduledFanout) -> Vec<Piece> {
+        let mut pieces = Vec::new();
+        self.pieces_into(fanout, &mut pieces, &mut Vec::new());
+        pieces
+    }
+
+    /// Appends [`TransferSchedule::pieces`] of `fanout` to `pieces`, counting relays' bytes in
+    /// `owned` (scratch); allocates nothing once the buffers are large enough.
+    pub fn pieces_into(
+        &self,
+        fanout: &ScheduledFanout,
+        pieces: &mut Vec<Piece>,
+        owned: &mut Vec<u64>,
+    ) {
         let size = u64::from(fanout.piece_bytes.max(1));
-        let mut pieces: Vec<Piece> = (0..self.state_bytes.div_ceil(size))
-            .map(|index| Piece {
-                offset: index * size,
-                bytes: size.min(self.state_bytes - index * size),
-                owner: None,
-            })
-            .collect();
+        let first = pieces.len();
+        pieces.extend((0..self.state_bytes.div_ceil(size)).map(|index| Piece {
+            offset: index * size,
+            bytes: size.min(self.state_bytes - index * size),
+            owner: None,
+        }));
         if let Route::Relayed { relays } = &fanout.route {
-            let mut owned = vec![0u64; relays.len()];
-            for piece in &mut pieces {
+            owned.clear();
+            owned.resize(relays.len(), 0);
+            for piece in &mut pieces[first..] {
                 let mut least = 0;
                 for index in 1..owned.len() {
                     if owned[index] < owned[least] {
@@ -184,7 +162,6 @@ impl TransferSchedule {
                 piece.owner = Some(relays[least]);
             }
         }
-        pieces
     }
 
     /// Bytes of chunk `chunk` (the last one may be short).
@@ -213,24 +190,130 @@ impl TransferSchedule {
     }
 }
 
-/// Port loads of the layer so far, in picoseconds of egress per rank.
-struct CostModel {
+/// Builds schedules again and again in the same buffers: once warm (after a layer with as many
+/// fan-outs, destinations and relays), [`ScheduleBuilder::build_into`] does not allocate.
+///
+/// ```
+/// use ultraep_topo::Preset;
+/// use ultraep_xfer::*;
+/// let topo = Preset::HgxH100.topology(1)?;
+/// let replicas = ReplicaSet {
+///     fanouts: vec![Fanout { expert: 0, master: 0, master_index: 0, destinations: vec![(1, 0), (2, 0)] }],
+/// };
+/// let state = ExpertState::opaque(1 << 20)?;
+/// let mut builder = ScheduleBuilder::default();
+/// let mut schedule = TransferSchedule::default();
+/// builder.build_into(&replicas, &state, &topo, TransferConfig::default(), &mut schedule)?;
+/// assert_eq!(schedule, TransferSchedule::build(&replicas, &state, &topo, TransferConfig::default())?);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Default)]
+pub struct ScheduleBuilder {
     egress_ps: Vec<u64>,
-    state_bytes: u64,
-    config: TransferConfig,
     candidates: Vec<(u64, u32)>,
+    order: Vec<usize>,
+    /// Fan-outs and relay lists of earlier schedules, kept for their buffers.
+    spare_fanouts: Vec<ScheduledFanout>,
+    spare_relays: Vec<Vec<u32>>,
 }
 
-impl CostModel {
-    fn new(topology: &Topology, state_bytes: u64, config: TransferConfig) -> Self {
-        Self {
-            egress_ps: vec![0; topology.rank_count()],
+impl ScheduleBuilder {
+    /// Builds into `schedule` what [`TransferSchedule::build`] returns, reusing the buffers of
+    /// this builder and of the schedule's previous contents. On error `schedule` is left empty.
+    pub fn build_into(
+        &mut self,
+        replicas: &ReplicaSet,
+        state: &ExpertState,
+        topology: &Topology,
+        config: TransferConfig,
+        schedule: &mut TransferSchedule,
+    ) -> Result<(), XferError> {
+        while let Some(mut fanout) = schedule.fanouts.pop() {
+            if let Route::Relayed { relays } = std::mem::replace(&mut fanout.route, Route::Direct) {
+                self.spare_relays.push(relays);
+            }
+            self.spare_fanouts.push(fanout);
+        }
+        config.validate()?;
+        let state_bytes = state.bytes();
+        if state_bytes == 0 {
+            return Err(XferError::EmptyState);
+        }
+        let rank_count = topology.rank_count() as u32;
+        for fanout in &replicas.fanouts {
+            for rank in
+                std::iter::once(fanout.master).chain(fanout.destinations.iter().map(|d| d.0))
+            {
+                if rank >= rank_count {
+                    return Err(XferError::UnknownRank { rank, rank_count });
+                }
+            }
+        }
+        schedule.config = config;
+        schedule.state_bytes = state_bytes;
+        for fanout in &replicas.fanouts {
+            let mut scheduled = self.spare_fanouts.pop().unwrap_or(ScheduledFanout {
+                expert: 0,
+                master: 0,
+                master_index: 0,
+                destinations: Vec::new(),
+                route: Route::Direct,
+                piece_bytes: 0,
+            });
+            scheduled.expert = fanout.expert;
+            scheduled.master = fanout.master;
+            scheduled.master_index = fanout.master_index;
+            scheduled.destinations.clear();
+            scheduled
+                .destinations
+                .extend_from_slice(&fanout.destinations);
+            scheduled.piece_bytes = config.chunk_bytes;
+            schedule.fanouts.push(scheduled);
+        }
+        // Experts with the most destinations choose their route first.
+        self.order.clear();
+        self.order.extend(0..replicas.fanouts.len());
+        self.order.sort_unstable_by_key(|&i| {
+            let fanout = &replicas.fanouts[i];
+            (
+                std::cmp::Reverse(fanout.destinations.len()),
+                fanout.expert,
+                i,
+            )
+        });
+        self.egress_ps.clear();
+        self.egress_ps.resize(topology.rank_count(), 0);
+        let mut model = CostModel {
+            egress_ps: &mut self.egress_ps,
             state_bytes,
             config,
-            candidates: Vec::new(),
+            candidates: &mut self.candidates,
+        };
+        for &index in &self.order {
+            let fanout = &mut schedule.fanouts[index];
+            let mut relays = self.spare_relays.pop().unwrap_or_default();
+            if model.choose(&replicas.fanouts[index], topology, &mut relays) {
+                fanout.route = Route::Relayed { relays };
+                if config.relay_pieces == RelayPieces::Tiles {
+                    fanout.piece_bytes = config.tile_bytes;
+                }
+            } else {
+                self.spare_relays.push(relays);
+            }
         }
+        Ok(())
     }
+}
 
+/// Port loads of the layer so far, in picoseconds of egress per rank.
+struct CostModel<'a> {
+    egress_ps: &'a mut Vec<u64>,
+    state_bytes: u64,
+    config: TransferConfig,
+    candidates: &'a mut Vec<(u64, u32)>,
+}
+
+impl CostModel<'_> {
     /// Picoseconds `rank`'s scale-up egress port needs to send `bytes`.
     fn egress_time(topology: &Topology, rank: u32, bytes: u64) -> u64 {
         let bandwidth = topology
@@ -239,14 +322,21 @@ impl CostModel {
         picoseconds(bytes, bandwidth)
     }
 
-    fn choose(&mut self, fanout: &crate::Fanout, topology: &Topology) -> Route {
+    /// Chooses the route of `fanout`: `true` for relays, whose ranks are then in `relays`
+    /// (cleared first), `false` for direct fan-out.
+    fn choose(
+        &mut self,
+        fanout: &crate::Fanout,
+        topology: &Topology,
+        relays: &mut Vec<u32>,
+    ) -> bool {
         let n = fanout.destinations.len() as u64;
         let master = fanout.master;
         let one_copy = Self::egress_time(topology, master, self.state_bytes);
         let direct_cost = self.egress_ps[master as usize] + one_copy * n;
         if !self.config.allow_relays || n < 2 {
             self.egress_ps[master as usize] += one_copy * n;
-            return Route::Direct;
+            return false;
         }
         // Relay candidates: destinations that send least so far, ties to the lower rank.
         self.candidates.clear();
@@ -273,31 +363,31 @@ impl CostModel {
         // every other destination.
         let forwarded = |relays: usize| state_bytes.div_ceil(relays as u64) * (n - 1);
         let mut best: Option<(u64, usize)> = None;
-        for relays in 1..=fanout.destinations.len() {
+        for count in 1..=fanout.destinations.len() {
             let mut worst = master_once;
-            for &(load, rank) in &self.candidates[..relays] {
-                worst = worst.max(load + Self::egress_time(topology, rank, forwarded(relays)));
+            for &(load, rank) in &self.candidates[..count] {
+                worst = worst.max(load + Self::egress_time(topology, rank, forwarded(count)));
             }
             let cost = worst + hop;
             if best.is_none_or(|(b, _)| cost < b) {
-                best = Some((cost, relays));
+                best = Some((cost, count));
             }
         }
         match best {
-            Some((cost, relays)) if cost < direct_cost => {
+            Some((cost, count)) if cost < direct_cost => {
                 self.egress_ps[master as usize] = master_once;
-                let mut ranks = Vec::with_capacity(relays);
-                for index in 0..relays {
+                relays.clear();
+                for index in 0..count {
                     let rank = self.candidates[index].1;
-                    let bytes = forwarded(relays);
+                    let bytes = forwarded(count);
                     self.egress_ps[rank as usize] += Self::egress_time(topology, rank, bytes);
-                    ranks.push(rank);
+                    relays.push(rank);
                 }
-                Route::Relayed { relays: ranks }
+                true
             }
             _ => {
                 self.egress_ps[master as usize] += one_copy * n;
-                Route::Direct
+                false
             }
         }
     }

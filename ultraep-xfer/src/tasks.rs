@@ -94,38 +94,44 @@ pub struct TileTaskList {
     pub flag_count: u32,
 }
 
-impl TileTaskList {
-    /// Cuts `schedule` into tiles.
-    ///
-    /// ```
-    /// use ultraep_topo::Preset;
-    /// use ultraep_xfer::{ExpertState, ReplicaSet, Fanout, TileTaskList, TransferConfig, TransferSchedule};
-    /// let topo = Preset::HgxH100.topology(1)?;
-    /// let replicas = ReplicaSet {
-    ///     fanouts: vec![Fanout { expert: 0, master: 0, master_index: 0, destinations: vec![(1, 0), (2, 0)] }],
-    /// };
-    /// let state = ExpertState::opaque(1 << 20)?; // 1 MiB: 4 chunks of 8 tiles
-    /// let direct = TransferConfig { allow_relays: false, ..TransferConfig::default() };
-    /// let schedule = TransferSchedule::build(&replicas, &state, &topo, direct)?;
-    /// let list = TileTaskList::build(&schedule);
-    /// assert_eq!(list.tasks.len(), 32); // direct: every tile loaded once, stored twice
-    /// assert!(list.tasks.iter().all(|t| t.destination_count == 2));
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn build(schedule: &TransferSchedule) -> Self {
-        let mut list = TileTaskList::default();
-        let pieces: Vec<Vec<Piece>> = schedule
-            .fanouts()
-            .iter()
-            .map(|f| schedule.pieces(f))
-            .collect();
-        let steps = pieces.iter().map(Vec::len).max().unwrap_or(0);
+/// Cuts schedules into task lists again and again in the same buffers: once warm,
+/// [`TaskListBuilder::build_into`] does not allocate.
+#[derive(Debug, Default)]
+pub struct TaskListBuilder {
+    /// Every fan-out's pieces, one after the other; fan-out `f`'s start at `starts[f]`.
+    pieces: Vec<Piece>,
+    starts: Vec<usize>,
+    owned: Vec<u64>,
+    others: Vec<(u32, u16)>,
+}
+
+impl TaskListBuilder {
+    /// Builds into `list` what [`TileTaskList::build`] returns, reusing its buffers.
+    pub fn build_into(&mut self, schedule: &TransferSchedule, list: &mut TileTaskList) {
+        list.tasks.clear();
+        list.destinations.clear();
+        list.flag_count = 0;
+        self.pieces.clear();
+        self.starts.clear();
+        for fanout in schedule.fanouts() {
+            self.starts.push(self.pieces.len());
+            schedule.pieces_into(fanout, &mut self.pieces, &mut self.owned);
+        }
+        self.starts.push(self.pieces.len());
+        let steps = self
+            .starts
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .max()
+            .unwrap_or(0);
         let tile = u64::from(schedule.config().tile_bytes);
         for step in 0..steps {
-            for (fanout, pieces) in schedule.fanouts().iter().zip(&pieces) {
-                let Some(&piece) = pieces.get(step) else {
+            for (index, fanout) in schedule.fanouts().iter().enumerate() {
+                let (start, end) = (self.starts[index], self.starts[index + 1]);
+                if start + step >= end {
                     continue;
-                };
+                }
+                let piece = self.pieces[start + step];
                 let piece_index = step as u32;
                 let master = Source {
                     rank: fanout.master,
@@ -165,20 +171,17 @@ impl TileTaskList {
                             rank: owner,
                             region: region_code(Region::Slot { slot: owner_slot }),
                         };
-                        let others: Vec<(u32, u16)> = fanout
-                            .destinations
-                            .iter()
-                            .copied()
-                            .filter(|d| d.0 != owner)
-                            .collect();
-                        if !others.is_empty() {
+                        self.others.clear();
+                        self.others
+                            .extend(fanout.destinations.iter().copied().filter(|d| d.0 != owner));
+                        if !self.others.is_empty() {
                             list.push_multicast(
                                 tile,
                                 fanout,
                                 piece_index,
                                 piece,
                                 relay,
-                                &others,
+                                &self.others,
                                 Some(flag),
                                 NO_FLAG,
                             );
@@ -187,6 +190,30 @@ impl TileTaskList {
                 }
             }
         }
+    }
+}
+
+impl TileTaskList {
+    /// Cuts `schedule` into tiles.
+    ///
+    /// ```
+    /// use ultraep_topo::Preset;
+    /// use ultraep_xfer::{ExpertState, ReplicaSet, Fanout, TileTaskList, TransferConfig, TransferSchedule};
+    /// let topo = Preset::HgxH100.topology(1)?;
+    /// let replicas = ReplicaSet {
+    ///     fanouts: vec![Fanout { expert: 0, master: 0, master_index: 0, destinations: vec![(1, 0), (2, 0)] }],
+    /// };
+    /// let state = ExpertState::opaque(1 << 20)?; // 1 MiB: 4 chunks of 8 tiles
+    /// let direct = TransferConfig { allow_relays: false, ..TransferConfig::default() };
+    /// let schedule = TransferSchedule::build(&replicas, &state, &topo, direct)?;
+    /// let list = TileTaskList::build(&schedule);
+    /// assert_eq!(list.tasks.len(), 32); // direct: every tile loaded once, stored twice
+    /// assert!(list.tasks.iter().all(|t| t.destination_count == 2));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn build(schedule: &TransferSchedule) -> Self {
+        let mut list = TileTaskList::default();
+        TaskListBuilder::default().build_into(schedule, &mut list);
         list
     }
 

@@ -1,6 +1,8 @@
 //! Integration tests of `ultraep-runtime`.
 
+mod allocation;
 mod engine;
+mod ep64;
 mod fixture;
 mod in_flight;
 mod routing;

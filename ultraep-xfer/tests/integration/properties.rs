@@ -1,13 +1,15 @@
 //! Property tests: every destination gets every byte once, relays forward only what they hold,
-//! gradient reduction follows its documented order bit for bit, and schedules are deterministic.
+//! gradient reduction follows its documented order bit for bit, schedules are deterministic, and
+//! builders reused from one layer to the next build what fresh ones do.
 
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 use ultraep_topo::{Bandwidth, Nanos, RankLinks, Topology, TopologyBuilder};
 use ultraep_xfer::{
-    ExpertState, Fanout, NO_FLAG, Region, RelayPieces, ReplicaSet, TileTaskList, TransferConfig,
-    TransferSchedule, reduce_gradients, region_of, simulate, simulate_reduction,
+    Checksum, ExpertState, Fanout, NO_FLAG, Region, RelayPieces, ReplicaSet, ScheduleBuilder,
+    TaskListBuilder, TileTaskList, TransferConfig, TransferSchedule, checksum, reduce_gradients,
+    region_of, simulate, simulate_reduction,
 };
 
 /// A tile stored into a slot: (offset, bytes, expert).
@@ -191,6 +193,42 @@ proptest! {
         let second = schedule(&case);
         prop_assert_eq!(&first, &second);
         prop_assert_eq!(TileTaskList::build(&first), TileTaskList::build(&second));
+    }
+
+    #[test]
+    fn reused_builders_build_what_fresh_ones_do(first in case(), second in case()) {
+        // One builder and one pair of buffers for two layers in a row, as the engine uses them.
+        let mut schedule_builder = ScheduleBuilder::default();
+        let mut task_builder = TaskListBuilder::default();
+        let mut reused = TransferSchedule::default();
+        let mut tasks = TileTaskList::default();
+        for case in [&first, &second, &first] {
+            let state = ExpertState::opaque(case.state_bytes).unwrap();
+            let topology = topology(case.ranks);
+            schedule_builder
+                .build_into(&case.replicas, &state, &topology, case.config, &mut reused)
+                .unwrap();
+            let fresh = schedule(case);
+            prop_assert_eq!(&reused, &fresh);
+            task_builder.build_into(&reused, &mut tasks);
+            prop_assert_eq!(&tasks, &TileTaskList::build(&fresh));
+        }
+    }
+
+    #[test]
+    fn a_checksum_fed_in_pieces_equals_the_whole(
+        bytes in prop::collection::vec(any::<u8>(), 0..200),
+        cuts in prop::collection::vec(0usize..200, 0..6),
+    ) {
+        let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(bytes.len())).collect();
+        cuts.sort_unstable();
+        let mut sum = Checksum::new(bytes.len() as u64);
+        let mut at = 0;
+        for cut in cuts.into_iter().chain([bytes.len()]) {
+            sum.update(&bytes[at..cut]);
+            at = cut;
+        }
+        prop_assert_eq!(sum.finish(), checksum(&bytes));
     }
 
     #[test]

@@ -1,0 +1,110 @@
+//! `Engine::step` on the CPU backend for the published EP64 shape (64 ranks of one NVL72 domain,
+//! 256 experts, 4 + 2 slots per rank, top-8, 8192 tokens per rank), next to the planner alone on
+//! the same loads: what the engine adds on top of planning.
+//!
+//! - `planner/imbalance-X`: `Planner::plan_into` alone.
+//! - `engine/in-place/imbalance-X`: a step whose replicas are already in their slots (the same
+//!   load again): planning plus slot choice and bookkeeping, no bytes moved.
+//! - `engine/moving/rotation`: every step a layer sees another load, so replicas move: planning,
+//!   slot choice, schedule, task list, the copies (48 KiB experts, 4 worker threads) and their
+//!   checksums; the time per step.
+//!
+//! Before measuring, it counts heap allocations of every thread over warm steps of both kinds
+//! and fails if there is any.
+
+#[path = "../../test-support/counting_allocator.rs"]
+mod counting_allocator;
+#[path = "../tests/integration/ep64.rs"]
+mod ep64;
+
+use std::hint::black_box;
+
+use counting_allocator::{CountingAllocator, allocations_everywhere};
+use criterion::{Criterion, criterion_group, criterion_main};
+use ultraep_plan::reference::ReferenceScenario;
+use ultraep_plan::{Balancer, Plan, PlanConfig, Planner};
+use ultraep_runtime::{Engine, StepId};
+
+use ep64::{LAYERS, ep64_engine, ep64_loads};
+
+#[global_allocator]
+static ALLOCATOR: CountingAllocator = CountingAllocator;
+
+const TARGETS: [f64; 3] = [1.5, 2.0, 3.0];
+
+/// Every layer sees every load once: 9 steps that move replicas.
+fn rotation(engine: &mut Engine, loads: &[ultraep_plan::reference::ReferenceLoad]) -> u32 {
+    let mut copies = 0;
+    for (index, load) in loads.iter().enumerate() {
+        for layer in 0..LAYERS {
+            let step = StepId::new(index as u32, layer);
+            copies += engine.step(step, load.matrix()).expect("steps").copies;
+        }
+    }
+    copies
+}
+
+fn check_no_allocations(engine: &mut Engine, loads: &[ultraep_plan::reference::ReferenceLoad]) {
+    for _ in 0..2 {
+        rotation(engine, loads);
+    }
+    let mut copies = 0;
+    let moving = allocations_everywhere(|| {
+        for _ in 0..3 {
+            copies += rotation(engine, loads);
+        }
+    });
+    let in_place = allocations_everywhere(|| {
+        for _ in 0..10 {
+            engine
+                .step(StepId::new(0, 0), loads[0].matrix())
+                .expect("steps");
+        }
+    });
+    println!(
+        "heap allocations, every thread: {moving} in 27 warm steps moving {copies} replicas, \
+         {in_place} in 10 warm in-place steps"
+    );
+    assert_eq!((moving, in_place), (0, 0), "a warm step allocated");
+}
+
+fn step(c: &mut Criterion) {
+    let loads = ep64_loads();
+    let mut engine = ep64_engine(4);
+    check_no_allocations(&mut engine, &loads);
+
+    let scenario = ReferenceScenario::published(2.0);
+    let mut planner = Planner::new(
+        scenario.layout().expect("a valid layout"),
+        scenario.domains().expect("valid domains"),
+        scenario.slots_per_rank,
+        PlanConfig::default(),
+    )
+    .expect("a valid planner");
+    let mut plan = Plan::default();
+    for (target, load) in TARGETS.iter().zip(&loads) {
+        planner.plan_into(load.matrix(), &mut plan).expect("plans");
+        c.bench_function(&format!("planner/imbalance-{target:.1}"), |b| {
+            b.iter(|| {
+                planner
+                    .plan_into(black_box(load.matrix()), &mut plan)
+                    .expect("plans");
+                black_box(plan.metrics().max_rank_load)
+            })
+        });
+        let id = StepId::new(0, 0);
+        engine.step(id, load.matrix()).expect("steps");
+        c.bench_function(&format!("engine/in-place/imbalance-{target:.1}"), |b| {
+            b.iter(|| {
+                let report = engine.step(id, black_box(load.matrix())).expect("steps");
+                black_box(report.copies_skipped)
+            })
+        });
+    }
+    c.bench_function("engine/moving/rotation-of-9-steps", |b| {
+        b.iter(|| black_box(rotation(&mut engine, &loads)))
+    });
+}
+
+criterion_group!(benches, step);
+criterion_main!(benches);
