@@ -11,7 +11,9 @@
 //!
 //! `counts[e]` is the number of the rank's tokens routed to expert `e` in that layer and step.
 //! Steps are numbered from 0; every (step, layer, rank) of every step up to the last must appear
-//! exactly once, in any order. `top_k` is optional.
+//! exactly once, in any order. `top_k` is optional. Lines with a `"metrics"` key (what
+//! `ultraep_runtime::TraceWriter` writes beside the loads of every step) are figures, not loads,
+//! and are skipped.
 //!
 //! **TensorRT-LLM** (`EXPERT_STATISTIC_PATH` dumps): a directory with `meta_info.json`
 //! (`num_experts`, `num_experts_per_token`) and `rank{r}.safetensors` for ranks 0 to R - 1, each
@@ -107,8 +109,13 @@ impl Trace {
         let mut seen: BTreeSet<(u32, u32, u32)> = BTreeSet::new();
         for (index, line) in lines {
             let at = |message: String| invalid(source, format!("line {}: {message}", index + 1));
-            let record: Record =
+            let value: serde_json::Value =
                 serde_json::from_str(line).map_err(|error| at(error.to_string()))?;
+            if value.get("metrics").is_some() {
+                continue;
+            }
+            let record: Record =
+                serde_json::from_value(value).map_err(|error| at(error.to_string()))?;
             if record.rank >= header.ranks || record.layer >= header.layers {
                 return Err(at(format!(
                     "rank {} layer {} is outside the header's {} ranks and {} layers",

@@ -269,3 +269,75 @@ fn simulate_replays_a_trace() {
     assert!(String::from_utf8_lossy(&wrong_model.stderr).contains("128 experts"));
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// A trace the runtime's engine wrote while it ran: `ultraep simulate` replays it.
+#[test]
+fn simulate_replays_a_trace_the_engine_wrote() {
+    use ultraep_plan::{ExpertLayout, PlanConfig};
+    use ultraep_runtime::{Dtype, Engine, EngineConfig, Mode, ModelShape, StepId, TraceWriter};
+
+    let recorded = small_trace(8, 128, 2, 2);
+    let mut engine = Engine::new(EngineConfig {
+        topology: ultraep_topo::Preset::HgxH100.topology(1).unwrap(),
+        layout: ExpertLayout::contiguous(8, 16).unwrap(),
+        model: ModelShape {
+            layers: 2,
+            experts: 128,
+            top_k: 8,
+            hidden: 16,
+            expert_width: 16,
+            dtype: Dtype::Bf16,
+        },
+        mode: Mode::Prefill,
+        slots_per_rank: 2,
+        microbatches_in_flight: 1,
+        plan: PlanConfig {
+            min_replica_tokens: 16,
+            ..PlanConfig::default()
+        },
+        transfer: ultraep_xfer::TransferConfig {
+            tile_bytes: 512,
+            chunk_bytes: 1024,
+            ..ultraep_xfer::TransferConfig::default()
+        },
+        workers: 2,
+    })
+    .unwrap();
+    let mut writer = TraceWriter::new(Vec::new(), 8, 128, 2, Some(8)).unwrap();
+    for (microbatch, layers) in recorded.steps.iter().enumerate() {
+        for (layer, loads) in layers.iter().enumerate() {
+            let step = StepId::new(100 + microbatch as u32, layer as u32);
+            let matrix = ultraep_plan::LoadMatrix::new(loads, 8, 128).unwrap();
+            let report = engine.step(step, matrix).unwrap();
+            writer.record(&report, matrix).unwrap();
+        }
+    }
+    let text = String::from_utf8(writer.finish().unwrap()).unwrap();
+    assert!(text.contains(r#""metrics": {"#));
+    assert_eq!(Trace::from_jsonl(&text, "engine.jsonl").unwrap(), recorded);
+
+    let dir = scratch("engine");
+    let path = dir.join("engine.jsonl");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ultraep"))
+        .args([
+            "simulate",
+            "--trace",
+            path.to_str().unwrap(),
+            "--model",
+            "qwen3-235b",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .contains("| ultraep |")
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
