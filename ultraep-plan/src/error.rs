@@ -7,6 +7,9 @@ use thiserror::Error;
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
 pub enum PlanError {
+    /// A residency hint made for another number of ranks or slots.
+    #[error("the residency hint does not match the planner's ranks and slots")]
+    ResidencyShape,
     /// The problem has no rank.
     #[error("there are no ranks")]
     NoRanks,

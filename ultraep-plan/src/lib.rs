@@ -135,6 +135,7 @@ mod load;
 mod plan;
 mod planner;
 pub mod reference;
+mod residency;
 mod split;
 mod threshold;
 
@@ -147,3 +148,4 @@ pub use layout::{ExpertLayout, RankDomains};
 pub use load::LoadMatrix;
 pub use plan::{Instance, Plan, PlanKind, PlanMetrics, SplitEntry};
 pub use planner::Planner;
+pub use residency::Residency;

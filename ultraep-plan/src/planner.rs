@@ -2,7 +2,9 @@
 
 use crate::assembler::{Assembler, Replica};
 use crate::threshold::{DomainProblem, ExportSearch};
-use crate::{Balancer, ExpertLayout, LoadMatrix, Plan, PlanConfig, PlanError, RankDomains};
+use crate::{
+    Balancer, ExpertLayout, LoadMatrix, Plan, PlanConfig, PlanError, RankDomains, Residency,
+};
 
 /// The quota planner. Build it once per layer shape; call [`Balancer::plan_into`] every microbatch.
 ///
@@ -85,6 +87,29 @@ impl Balancer for Planner {
     }
 
     fn plan_into(&mut self, loads: LoadMatrix<'_>, plan: &mut Plan) -> Result<(), PlanError> {
+        self.plan_preferring(loads, None, plan)
+    }
+}
+
+impl Planner {
+    /// Like [`Balancer::plan_into`], preferring replica placements where `residency` says the
+    /// expert's weights already are, when that costs no balance: the busiest rank of every
+    /// domain is never busier than without the preference. Deterministic like every plan, given
+    /// the same residency on every rank.
+    pub fn plan_preferring(
+        &mut self,
+        loads: LoadMatrix<'_>,
+        residency: Option<&Residency>,
+        plan: &mut Plan,
+    ) -> Result<(), PlanError> {
+        if let Some(residency) = residency
+            && !residency.fits(
+                self.assembler.layout.num_ranks(),
+                self.assembler.slots_per_rank,
+            )
+        {
+            return Err(PlanError::ResidencyShape);
+        }
         self.assembler.measure(loads)?;
         let assembler = &self.assembler;
         // Order every rank's experts by load, largest first (ties: lower expert), in place.
@@ -106,6 +131,7 @@ impl Balancer for Planner {
                 offsets: &assembler.rank_expert_offsets,
                 slots_per_rank: assembler.slots_per_rank,
                 config: &self.config,
+                residency,
             };
             let threshold = self.search.balance(&problem);
             self.thresholds.push(threshold);

@@ -12,9 +12,14 @@
 //! The search probes `floor(lower bound * (1 + tolerance))` first, which succeeds on most loads; when
 //! it fails, it bisects between that and the domain's current maximum (always feasible: no replicas),
 //! and stops once the interval is within the tolerance.
+//!
+//! With a [`Residency`], the search then probes its threshold once more, sending each piece that a
+//! rank holding the expert's weights can take whole to that rank (the lowest such rank). That probe
+//! replaces the first only if it succeeds and its busiest rank is no busier: the preference never
+//! costs balance.
 
-use crate::PlanConfig;
 use crate::assembler::Replica;
+use crate::{PlanConfig, Residency};
 
 /// One domain's problem, borrowed from the planner.
 pub(crate) struct DomainProblem<'a> {
@@ -29,6 +34,8 @@ pub(crate) struct DomainProblem<'a> {
     pub offsets: &'a [u32],
     pub slots_per_rank: u32,
     pub config: &'a PlanConfig,
+    /// Experts whose weights sit in slots already, to prefer as targets.
+    pub residency: Option<&'a Residency>,
 }
 
 impl DomainProblem<'_> {
@@ -59,6 +66,9 @@ pub(crate) struct ExportSearch {
     /// Ranks that can still take a piece (room for the minimum, a free slot), in no order.
     candidates: Vec<u32>,
     trial: Vec<Replica>,
+    /// The busiest rank of the domain after the last probe, and after the kept one.
+    peak: u64,
+    best_peak: u64,
     /// The replicas of the best feasible probe so far.
     pub best: Vec<Replica>,
 }
@@ -71,6 +81,8 @@ impl ExportSearch {
             over: Vec::with_capacity(num_ranks),
             candidates: Vec::with_capacity(num_ranks),
             trial: Vec::with_capacity(max_replicas),
+            peak: 0,
+            best_peak: 0,
             best: Vec::with_capacity(max_replicas),
         }
     }
@@ -108,8 +120,31 @@ impl ExportSearch {
         self.over
             .sort_unstable_by_key(|&r| (std::cmp::Reverse(domain.rank_load[r as usize]), r));
 
-        if self.probe(domain, target) {
-            std::mem::swap(&mut self.best, &mut self.trial);
+        let threshold = self.search(domain, target, max, lower, ppm);
+        if let Some(residency) = domain.residency
+            && !residency.is_empty()
+            && !self.best.is_empty()
+        {
+            let peak = self.best_peak;
+            if self.probe(domain, threshold, true) && self.peak <= peak {
+                std::mem::swap(&mut self.best, &mut self.trial);
+            }
+        }
+        threshold
+    }
+
+    /// The lowest threshold the greedy export reaches (within the tolerance), its replicas left
+    /// in `self.best` and its busiest rank in `self.best_peak`.
+    fn search(
+        &mut self,
+        domain: &DomainProblem<'_>,
+        target: u64,
+        max: u64,
+        lower: u64,
+        ppm: u64,
+    ) -> u64 {
+        if self.probe(domain, target, false) {
+            self.keep_trial();
             return target;
         }
         // `infeasible` failed, `feasible` succeeded (the current maximum needs no replica).
@@ -117,9 +152,9 @@ impl ExportSearch {
         let precision = (lower * ppm / 1_000_000).max(1);
         while feasible - infeasible > precision {
             let middle = infeasible + (feasible - infeasible) / 2;
-            if self.probe(domain, middle) {
+            if self.probe(domain, middle, false) {
                 feasible = middle;
-                std::mem::swap(&mut self.best, &mut self.trial);
+                self.keep_trial();
             } else {
                 infeasible = middle;
             }
@@ -127,11 +162,18 @@ impl ExportSearch {
         feasible
     }
 
+    fn keep_trial(&mut self) {
+        std::mem::swap(&mut self.best, &mut self.trial);
+        self.best_peak = self.peak;
+    }
+
     /// Whether greedy export brings every rank of the domain to at most `threshold`; the replicas
-    /// it made are left in `self.trial`.
-    fn probe(&mut self, domain: &DomainProblem<'_>, threshold: u64) -> bool {
+    /// it made are left in `self.trial` and the busiest rank's load in `self.peak`. With `prefer`,
+    /// pieces go to ranks holding the expert's weights when such a rank takes them whole.
+    fn probe(&mut self, domain: &DomainProblem<'_>, threshold: u64, prefer: bool) -> bool {
         self.trial.clear();
         self.candidates.clear();
+        self.peak = 0;
         let min_piece = domain.min_piece();
         for &rank in domain.ranks {
             let slack = threshold.saturating_sub(domain.rank_load[rank as usize]);
@@ -147,12 +189,14 @@ impl ExportSearch {
                 break;
             }
             let mut excess = load - threshold;
+            let mut exported = 0;
             for &expert in domain.experts_of(source) {
                 let expert_load = domain.expert_load[expert as usize];
                 let mut available = expert_load - domain.kept_by_master(expert_load);
                 while excess > 0 && available >= min_piece {
                     let whole = excess.min(available);
-                    let Some(position) = self.choose_target(whole) else {
+                    let resident = domain.residency.filter(|_| prefer);
+                    let Some(position) = self.choose_target(whole, expert, resident) else {
                         break;
                     };
                     let target = self.candidates[position] as usize;
@@ -169,6 +213,7 @@ impl ExportSearch {
                         self.candidates.swap_remove(position);
                     }
                     excess = excess.saturating_sub(piece);
+                    exported += piece;
                     available -= piece;
                 }
                 if excess == 0 {
@@ -178,6 +223,13 @@ impl ExportSearch {
             if excess > 0 {
                 return false;
             }
+            // The source ends at the threshold, or below it when the last piece was raised.
+            self.peak = self.peak.max(load - exported);
+        }
+        for &rank in domain.ranks {
+            if domain.rank_load[rank as usize] <= threshold {
+                self.peak = self.peak.max(threshold - self.slack[rank as usize]);
+            }
         }
         true
     }
@@ -186,7 +238,25 @@ impl ExportSearch {
     /// best fit among ranks that take it whole, else the rank with the most slack; ties go to the
     /// lower rank. Pieces of one expert never meet on a rank: after a piece that did not finish the
     /// export, the target's slack is spent (or the expert is).
-    fn choose_target(&self, whole: u64) -> Option<usize> {
+    fn choose_target(
+        &self,
+        whole: u64,
+        expert: u32,
+        residency: Option<&Residency>,
+    ) -> Option<usize> {
+        if let Some(residency) = residency {
+            let holder = self
+                .candidates
+                .iter()
+                .enumerate()
+                .filter(|&(_, &rank)| {
+                    self.slack[rank as usize] >= whole && residency.holds(rank, expert)
+                })
+                .min_by_key(|&(_, &rank)| rank);
+            if let Some((position, _)) = holder {
+                return Some(position);
+            }
+        }
         let mut best_fit: Option<(u64, u32, usize)> = None;
         let mut most_slack: Option<(u64, u32, usize)> = None;
         for (position, &rank) in self.candidates.iter().enumerate() {

@@ -25,6 +25,9 @@ pub struct EngineConfig {
     pub microbatches_in_flight: u16,
     /// The planner's configuration.
     pub plan: PlanConfig,
+    /// Let the planner put replicas where slots already hold the expert's current weights, when
+    /// that costs no balance (no copy is then needed).
+    pub prefer_resident_replicas: bool,
     /// How weights are cut up and moved.
     pub transfer: TransferConfig,
     /// Worker threads of the CPU backend.

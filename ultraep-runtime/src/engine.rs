@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use ultraep_kernels::reference::reroute::{RerouteTable, reroute};
-use ultraep_plan::{Balancer, Instance, LoadMatrix, Plan, Planner, RankDomains};
+use ultraep_plan::{Instance, LoadMatrix, Plan, Planner, RankDomains, Residency};
 use ultraep_xfer::{
     CpuTransport, ExpertState, ScheduleBuilder, TaskListBuilder, TileTaskList, TransferSchedule,
     Transport,
@@ -52,6 +52,7 @@ pub struct Engine {
     steps: Vec<Option<LayerStep>>,
     /// Buffers reused by every step, so a warm step does not allocate.
     candidate: Plan,
+    residency: Residency,
     placement: Placement,
     fanouts: FanoutPool,
     schedule: TransferSchedule,
@@ -139,6 +140,7 @@ impl Engine {
             slots: SlotTable::new(ranks, config.slots_per_rank),
             steps: (0..in_flight).map(|_| None).collect(),
             candidate: Plan::default(),
+            residency: Residency::new(ranks, u32::from(config.slots_per_rank)),
             placement: Placement::default(),
             fanouts: FanoutPool::default(),
             schedule: TransferSchedule::default(),
@@ -424,7 +426,16 @@ impl Engine {
             }
         }
         let started = Instant::now();
-        self.planner.plan_into(loads, &mut self.candidate)?;
+        let versions = &self.versions[step.layer as usize * experts..][..experts];
+        let residency = if self.config.prefer_resident_replicas {
+            self.slots
+                .residency_into(step, |e| versions[e as usize], &mut self.residency);
+            Some(&self.residency)
+        } else {
+            None
+        };
+        self.planner
+            .plan_preferring(loads, residency, &mut self.candidate)?;
         let planning = started.elapsed();
 
         let started = Instant::now();

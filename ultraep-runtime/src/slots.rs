@@ -1,7 +1,7 @@
 //! The redundant slots of every rank, shared by all layers: what each holds, which backward pass
 //! holds it, and the choice of a slot for every replica of a plan.
 
-use ultraep_plan::Instance;
+use ultraep_plan::{Instance, Residency};
 use ultraep_xfer::{Fanout, ReplicaSet};
 
 use crate::{RuntimeError, StepId};
@@ -53,6 +53,27 @@ impl SlotTable {
     pub fn set_content(&mut self, rank: u32, slot: u16, content: Option<SlotContent>) {
         let index = self.index(rank, slot);
         self.contents[index] = content;
+    }
+
+    /// Writes into `residency` which slots hold current weights of `step`'s layer and are free
+    /// for `step` (not held by another step's backward).
+    pub fn residency_into(
+        &self,
+        step: StepId,
+        version_of: impl Fn(u32) -> u64,
+        residency: &mut Residency,
+    ) {
+        residency.clear();
+        for (index, (content, holder)) in self.contents.iter().zip(&self.holders).enumerate() {
+            if let Some(content) = content
+                && content.layer == step.layer
+                && content.version == version_of(content.expert)
+                && holder.is_none_or(|holder| holder == step)
+            {
+                let (rank, slot) = (index / self.per_rank, index % self.per_rank);
+                residency.set(rank as u32, slot as u32, Some(content.expert));
+            }
+        }
     }
 
     /// Marks `slots` as held by `step` until [`SlotTable::release`].

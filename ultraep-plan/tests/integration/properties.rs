@@ -3,7 +3,7 @@
 use proptest::prelude::*;
 use ultraep_plan::{
     Balancer, Eplb, EplbMode, ExpertLayout, ForceBalanced, LoadMatrix, NoBalance, Plan, PlanConfig,
-    PlanKind, Planner, RankDomains, SplitMode,
+    PlanKind, Planner, RankDomains, Residency, SplitMode,
 };
 
 use crate::invariants::{Promises, check_plan};
@@ -127,6 +127,40 @@ proptest! {
         prop_assert_eq!(plan.has_split(), problem.config.split != SplitMode::None);
         // Balancing never makes the busiest rank busier, and is within tolerance where it says so.
         prop_assert!(plan.metrics().max_rank_load <= plan.metrics().initial_max_rank_load);
+    }
+
+    #[test]
+    fn preferring_resident_replicas_meets_every_constraint_and_costs_no_balance(
+        problem in problem(),
+        held in prop::collection::vec((any::<u32>(), any::<u32>()), 0..24),
+    ) {
+        // Put the experts of a plan of this very load in random slots, plus random others, as an
+        // engine that planned a similar load before would hold them.
+        let mut residency = Residency::new(problem.ranks() as u32, problem.slots);
+        let mut planner = problem.planner();
+        let plain = planner.plan(problem.matrix()).unwrap();
+        for (rank, pick) in &held {
+            let rank = rank % problem.ranks() as u32;
+            let slot = pick % problem.slots.max(1);
+            residency.set(rank, slot, Some(pick % problem.experts() as u32));
+        }
+        for instance in plain.instances().iter().filter(|i| i.is_replica()).step_by(2) {
+            residency.set(instance.rank, instance.replica_slot.unwrap().into(), Some(instance.expert));
+        }
+        let mut preferring = Plan::default();
+        planner.plan_preferring(problem.matrix(), Some(&residency), &mut preferring).unwrap();
+        let promises = Promises {
+            min_replica_tokens: problem.config.min_replica_tokens.max(1),
+            master_keeps_token: problem.config.master_keeps_token,
+        };
+        check_plan(&preferring, problem.matrix(), &problem.layout(), &problem.domains(), problem.slots, Some(promises));
+        prop_assert!(preferring.metrics().max_rank_load <= plain.metrics().max_rank_load);
+        // Deterministic, and without a residency it is the plain plan.
+        let mut again = Plan::default();
+        problem.planner().plan_preferring(problem.matrix(), Some(&residency), &mut again).unwrap();
+        prop_assert_eq!(&again, &preferring);
+        problem.planner().plan_preferring(problem.matrix(), None, &mut again).unwrap();
+        prop_assert_eq!(&again, &plain);
     }
 
     #[test]

@@ -276,6 +276,7 @@ pub fn engine(model: &TinyMoe) -> Result<Engine, RuntimeError> {
         mode: Mode::Training,
         slots_per_rank: 2,
         microbatches_in_flight: model.microbatches as u16,
+        prefer_resident_replicas: true,
         plan: PlanConfig {
             min_replica_tokens: 8,
             ..PlanConfig::default()

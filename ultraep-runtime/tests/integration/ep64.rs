@@ -22,6 +22,12 @@ pub fn ep64_loads() -> Vec<ReferenceLoad> {
 
 /// The engine, every master written, moving weights with `workers` threads.
 pub fn ep64_engine(workers: usize) -> Engine {
+    ep64_engine_with(workers, true)
+}
+
+/// The engine, every master written, moving weights with `workers` threads; the planner prefers
+/// replicas whose weights are in place if `prefer_resident`.
+pub fn ep64_engine_with(workers: usize, prefer_resident: bool) -> Engine {
     let scenario = ReferenceScenario::published(2.0);
     let preset = Preset::Gb200Nvl72;
     let topology = TopologyBuilder::new("64 GPUs of a GB200 NVL72")
@@ -44,6 +50,7 @@ pub fn ep64_engine(workers: usize) -> Engine {
         mode: Mode::Prefill,
         slots_per_rank: scenario.slots_per_rank as u16,
         microbatches_in_flight: 1,
+        prefer_resident_replicas: prefer_resident,
         plan: PlanConfig::default(),
         transfer: TransferConfig {
             tile_bytes: 4096,

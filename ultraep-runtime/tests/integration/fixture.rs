@@ -30,6 +30,7 @@ pub(crate) fn base_config() -> EngineConfig {
         mode: Mode::Training,
         slots_per_rank: 2,
         microbatches_in_flight: 1,
+        prefer_resident_replicas: true,
         plan: PlanConfig {
             min_replica_tokens: 16,
             ..PlanConfig::default()

@@ -5,5 +5,6 @@ mod engine;
 mod ep64;
 mod fixture;
 mod in_flight;
+mod residency;
 mod routing;
 mod tiny_moe;
