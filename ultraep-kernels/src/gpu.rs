@@ -19,9 +19,9 @@ use crate::reference::stream::RankMemory;
 use crate::{KernelError, KernelSource, compile, sources};
 
 /// Threads per block for every kernel.
-const BLOCK: u32 = 256;
+pub(crate) const BLOCK: u32 = 256;
 
-fn driver(error: impl std::fmt::Debug) -> KernelError {
+pub(crate) fn driver(error: impl std::fmt::Debug) -> KernelError {
     KernelError::Device(format!("{error:?}"))
 }
 
@@ -73,7 +73,7 @@ impl Gpu {
         &self.stream
     }
 
-    fn function(&self, kernel: &KernelSource) -> Result<CudaFunction, KernelError> {
+    pub(crate) fn function(&self, kernel: &KernelSource) -> Result<CudaFunction, KernelError> {
         let index = sources::ALL
             .iter()
             .position(|k| k.name == kernel.name)
@@ -380,9 +380,9 @@ pub struct DeviceRanks {
     pub masters: Vec<CudaSlice<u8>>,
     /// Replica slots, one buffer per rank.
     pub slots: Vec<CudaSlice<u8>>,
-    master_bases: CudaSlice<u64>,
-    slot_bases: CudaSlice<u64>,
-    state_bytes: u64,
+    pub(crate) master_bases: CudaSlice<u64>,
+    pub(crate) slot_bases: CudaSlice<u64>,
+    pub(crate) state_bytes: u64,
 }
 
 /// A tile task list on the device.
@@ -395,7 +395,7 @@ pub struct DeviceTasks {
 }
 
 /// `values`, or one zero value if empty (the driver does not allocate nothing).
-fn pad<T: Copy + Default>(values: &[T]) -> Vec<T> {
+pub(crate) fn pad<T: Copy + Default>(values: &[T]) -> Vec<T> {
     if values.is_empty() {
         vec![T::default()]
     } else {

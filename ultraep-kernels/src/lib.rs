@@ -17,8 +17,11 @@
 #![allow(unsafe_code)]
 
 mod compile;
+mod device_memory;
 mod error;
 pub mod gpu;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 pub mod reference;
 pub mod sources;
 

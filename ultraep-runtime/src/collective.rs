@@ -3,7 +3,8 @@
 //!
 //! [`Collective`] is what the engine needs of a communication library. [`InProcessCollective`]
 //! implements it for ranks that are threads of one process (tests, the CPU backend, single-node
-//! tools); an NCCL implementation lives behind the `nccl` feature.
+//! tools); with the `nccl` feature, `ultraep_kernels::nccl::NcclGather` implements it for ranks
+//! that are processes on GPUs of their own.
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -233,5 +234,21 @@ impl LoadGather {
         }
         collective.all_gather(&self.row, &mut self.loads)?;
         Ok(LoadMatrix::new(&self.loads, ranks, self.experts as usize)?)
+    }
+}
+
+#[cfg(feature = "nccl")]
+impl Collective for ultraep_kernels::nccl::NcclGather<'_> {
+    fn rank(&self) -> u32 {
+        ultraep_kernels::nccl::NcclGather::rank(self)
+    }
+
+    fn ranks(&self) -> u32 {
+        ultraep_kernels::nccl::NcclGather::ranks(self)
+    }
+
+    fn all_gather(&mut self, local: &[u32], gathered: &mut [u32]) -> Result<(), RuntimeError> {
+        ultraep_kernels::nccl::NcclGather::all_gather(self, local, gathered)
+            .map_err(|error| RuntimeError::Collective(error.to_string()))
     }
 }

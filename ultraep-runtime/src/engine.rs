@@ -7,9 +7,9 @@ use ultraep_kernels::reference::reroute::{RerouteTable, reroute};
 use ultraep_plan::{Instance, LoadMatrix, Plan, Planner, RankDomains, Residency};
 use ultraep_xfer::{
     CpuTransport, ExpertState, ScheduleBuilder, TaskListBuilder, TileTaskList, TransferSchedule,
-    Transport,
 };
 
+use crate::backend::{Backend, MemoryShape, cpu_backend};
 use crate::report::{RestoreReport, StepReport, Summary};
 use crate::slots::{FanoutPool, Placement, SlotContent, SlotTable};
 use crate::{EngineConfig, Mode, RuntimeError, StepId};
@@ -29,21 +29,22 @@ struct LayerStep {
     holding: bool,
 }
 
-/// The balancing engine on in-process CPU ranks (real bytes, moved by worker threads).
+/// The balancing engine, on a [`Backend`]: by default in-process CPU ranks (real bytes, moved
+/// by worker threads); [`crate::CudaBackend`] emulates the ranks on one GPU.
 ///
 /// Masters of every layer live on their home rank; the `slots_per_rank` redundant slots of every
 /// rank are shared by all layers, so a slot costs one expert's weights (and, in training, one FP32
 /// gradient), not one per layer. A slot that already holds the expert a plan wants, with its
 /// current weights, is used without a copy. How a framework drives it: [`crate::guide`].
 #[derive(Debug)]
-pub struct Engine {
+pub struct Engine<B = CpuTransport> {
     config: EngineConfig,
     planner: Planner,
     state: ExpertState,
-    weights: CpuTransport,
+    weights: B,
     /// Training: the gradient state, and master gradients (every layer's) with the gradient twin
     /// of every slot.
-    gradients: Option<(ExpertState, CpuTransport)>,
+    gradients: Option<(ExpertState, B)>,
     masters: MasterRegions,
     /// The weights version of every (layer, expert), bumped when the master changes.
     versions: Vec<u64>,
@@ -64,8 +65,19 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// An engine for `config`; every master and slot starts zeroed.
+    /// An engine for `config` on in-process CPU ranks; every master and slot starts zeroed.
     pub fn new(config: EngineConfig) -> Result<Self, RuntimeError> {
+        Self::with_backend(config, cpu_backend)
+    }
+}
+
+impl<B: Backend> Engine<B> {
+    /// An engine for `config` whose weights (and, in training, gradients) live in backends that
+    /// `make` builds for each memory shape; every master and slot starts zeroed.
+    pub fn with_backend(
+        config: EngineConfig,
+        mut make: impl FnMut(&MemoryShape<'_>) -> Result<B, RuntimeError>,
+    ) -> Result<Self, RuntimeError> {
         let ranks = config.layout.num_ranks();
         let model = config.model;
         let invalid = |message: String| Err(RuntimeError::InvalidConfig(message));
@@ -111,21 +123,21 @@ impl Engine {
             local_index,
             experts_on_rank,
         };
-        let memory = |bytes: u64| {
-            CpuTransport::new(
-                &masters,
-                config.slots_per_rank,
-                bytes,
-                config.transfer.tile_bytes,
-                config.workers,
-            )
+        let mut memory = |bytes: u64| {
+            make(&MemoryShape {
+                masters_per_rank: &masters,
+                slots_per_rank: config.slots_per_rank,
+                state_bytes: bytes,
+                tile_bytes: config.transfer.tile_bytes,
+                workers: config.workers,
+            })
         };
-        let weights = memory(state.bytes());
+        let weights = memory(state.bytes())?;
         let gradients = match config.mode {
             Mode::Prefill => None,
             Mode::Training => {
                 let gradient = model.gradient_state()?;
-                let store = memory(gradient.bytes());
+                let store = memory(gradient.bytes())?;
                 Some((gradient, store))
             }
         };
@@ -250,14 +262,13 @@ impl Engine {
         self.check_layer(layer)?;
         self.check_expert(expert)?;
         let home = self.config.layout.home(expert);
-        Ok(self
-            .weights
-            .read_master(home, self.master_index(layer, expert))?)
+        self.weights
+            .read_master(home, self.master_index(layer, expert))
     }
 
     /// The weights in slot `slot` of `rank`, if the slot holds a complete copy.
     pub fn read_slot(&self, rank: u32, slot: u16) -> Result<Vec<u8>, RuntimeError> {
-        Ok(self.weights.read_slot(rank, slot)?)
+        self.weights.read_slot(rank, slot)
     }
 
     /// The weights instance `instance` of `step`'s plan computes with: its master's for a
@@ -277,7 +288,7 @@ impl Engine {
         }
     }
 
-    fn gradient_store(&mut self) -> Result<&mut (ExpertState, CpuTransport), RuntimeError> {
+    fn gradient_store(&mut self) -> Result<&mut (ExpertState, B), RuntimeError> {
         self.gradients
             .as_mut()
             .ok_or_else(|| RuntimeError::InvalidConfig("a prefill engine has no gradients".into()))
@@ -616,8 +627,7 @@ impl Engine {
                 self.slots.set_content(rank, slot, content);
             }
         }
-        let report = result?;
-        Ok(report.bytes_stored)
+        result
     }
 }
 

@@ -65,6 +65,9 @@ pub enum RuntimeError {
     /// The all-gather of the load failed.
     #[error("the collective failed: {0}")]
     Collective(String),
+    /// The backend (the GPU, its driver or its kernels) failed; the message says how.
+    #[error("the backend failed: {0}")]
+    Backend(String),
     /// Writing the trace failed.
     #[error("writing the trace failed: {0}")]
     Trace(String),

@@ -9,8 +9,9 @@
 //! [`Engine::reduce_gradients`] sums the replicas' gradients into the masters' in a fixed,
 //! documented order. Several microbatches may be in flight, each with its own plans.
 //!
-//! The engine runs on in-process CPU ranks with real bytes (`ultraep_xfer::CpuTransport`). The
-//! load's all-gather across processes goes through [`Collective`]. Every step can be written to a
+//! The engine runs on a [`Backend`]: in-process CPU ranks with real bytes
+//! (`ultraep_xfer::CpuTransport`, the default) or ranks emulated on one GPU ([`CudaBackend`]).
+//! The load's all-gather across processes goes through [`Collective`]. Every step can be written to a
 //! JSON-lines trace ([`TraceWriter`]) that `ultraep simulate` replays.
 //!
 //! How a framework embeds it, with code: [`guide`] (`docs/embedding.md`).
@@ -21,6 +22,7 @@
 #[doc = include_str!("../../docs/embedding.md")]
 pub mod guide {}
 
+mod backend;
 mod collective;
 mod config;
 mod engine;
@@ -31,6 +33,7 @@ mod slots;
 mod step_id;
 mod trace;
 
+pub use backend::{Backend, CudaBackend, MemoryShape, cpu_backend};
 pub use collective::{Collective, InProcessCollective, LoadGather};
 pub use config::EngineConfig;
 pub use engine::Engine;

@@ -83,29 +83,37 @@ fn bench(args: &[String]) -> Result<(), String> {
     run(&mut command)
 }
 
-/// The test binaries the bundle carries, by cargo target name.
-const GPU_TESTS: [&str; 2] = ["nvrtc", "gpu"];
+/// What the bundle carries: (package, cargo command, target, kind, file name in the bundle).
+const BUNDLE: [(&str, &str, &str, &str, &str); 4] = [
+    ("ultraep-kernels", "test", "nvrtc", "test", "nvrtc"),
+    ("ultraep-kernels", "test", "gpu", "test", "gpu"),
+    ("ultraep-runtime", "test", "gpu", "test", "runtime-gpu"),
+    ("ultraep-kernels", "bench", "gpu", "bench", "gpu-bench"),
+];
 
 fn gpu_bundle() -> Result<(), String> {
     let bundle = workspace_root().join("gpu-bundle");
     std::fs::create_dir_all(&bundle)
         .map_err(|error| format!("cannot create gpu-bundle/: {error}"))?;
     let mut copied = Vec::new();
-    // The test binaries, and the GPU benchmark (copied as gpu-bench).
-    for (command, wanted, kind) in [
-        ("test", &GPU_TESTS[..], "test"),
-        ("bench", &["gpu"][..], "bench"),
-    ] {
+    for (package, command, target, kind, file) in BUNDLE {
         let mut build = cargo();
         build.arg(command);
         // Benchmarks are always built optimised; `cargo bench` refuses --release.
         if command == "test" {
             build.arg("--release");
         }
+        let target_flag = if kind == "bench" { "--bench" } else { "--test" };
+        // The runtime's GPU tests include the NCCL all-gather (ignored where NCCL is missing).
+        if package == "ultraep-runtime" {
+            build.args(["--features", "nccl"]);
+        }
         let output = build
             .args([
                 "--package",
-                "ultraep-kernels",
+                package,
+                target_flag,
+                target,
                 "--no-run",
                 "--message-format=json",
             ])
@@ -113,7 +121,7 @@ fn gpu_bundle() -> Result<(), String> {
             .map_err(|error| format!("could not start cargo: {error}"))?;
         if !output.status.success() {
             return Err(format!(
-                "building the GPU {command}s failed:\n{}",
+                "building {package}'s {kind} {target} failed:\n{}",
                 String::from_utf8_lossy(&output.stderr)
             ));
         }
@@ -125,24 +133,23 @@ fn gpu_bundle() -> Result<(), String> {
             let is_kind = message["target"]["kind"]
                 .as_array()
                 .is_some_and(|kinds| kinds.iter().any(|k| k.as_str() == Some(kind)));
+            let ours = message["package_id"]
+                .as_str()
+                .is_some_and(|id| id.contains(package));
             if let (Some(executable), true) = (
                 message["executable"].as_str(),
-                is_kind && wanted.contains(&name),
+                is_kind && ours && name == target,
             ) {
-                let file = if kind == "bench" {
-                    format!("{name}-bench")
-                } else {
-                    name.to_owned()
-                };
-                std::fs::copy(executable, bundle.join(&file))
+                std::fs::copy(executable, bundle.join(file))
                     .map_err(|error| format!("cannot copy {executable}: {error}"))?;
                 copied.push(file);
             }
         }
     }
-    if copied.len() != GPU_TESTS.len() + 1 {
+    if copied.len() != BUNDLE.len() {
         return Err(format!(
-            "expected {GPU_TESTS:?} and the GPU benchmark, built {copied:?}"
+            "expected {:?}, built {copied:?}",
+            BUNDLE.map(|entry| entry.4)
         ));
     }
     let script = r#"#!/usr/bin/env bash
@@ -156,6 +163,7 @@ done
 export ULTRAEP_REQUIRE_GPU=1 ULTRAEP_REQUIRE_NVRTC=1
 ./nvrtc
 ./gpu
+./runtime-gpu
 ./gpu-bench --bench
 "#;
     let script_path = bundle.join("run.sh");

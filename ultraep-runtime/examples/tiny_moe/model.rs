@@ -13,7 +13,7 @@
 use ndarray::{Array2, ArrayView2, Axis};
 use ultraep_plan::{ExpertLayout, PlanConfig};
 use ultraep_runtime::{
-    Dtype, Engine, EngineConfig, Mode, ModelShape, RuntimeError, StepId, StepReport,
+    Backend, Dtype, Engine, EngineConfig, Mode, ModelShape, RuntimeError, StepId, StepReport,
 };
 use ultraep_topo::Preset;
 use ultraep_xfer::TransferConfig;
@@ -259,10 +259,10 @@ fn floats_of(bytes: &[u8]) -> Vec<f32> {
         .collect()
 }
 
-/// The engine for `model`: one HGX H100 node, 2 slots per rank, every microbatch of a step in
-/// flight at once.
-pub fn engine(model: &TinyMoe) -> Result<Engine, RuntimeError> {
-    Engine::new(EngineConfig {
+/// The engine configuration for `model`: one HGX H100 node, 2 slots per rank, every microbatch
+/// of a step in flight at once.
+pub fn engine_config(model: &TinyMoe) -> Result<EngineConfig, RuntimeError> {
+    Ok(EngineConfig {
         topology: Preset::HgxH100.topology(1)?,
         layout: ExpertLayout::contiguous(model.ranks, model.experts_per_rank)?,
         model: ModelShape {
@@ -290,12 +290,19 @@ pub fn engine(model: &TinyMoe) -> Result<Engine, RuntimeError> {
     })
 }
 
+/// Trains with an engine on in-process CPU ranks; see [`train_balanced_on`].
+pub fn train_balanced(model: &TinyMoe) -> Result<RunRecord, RuntimeError> {
+    train_balanced_on(model, Engine::new(engine_config(model)?)?)
+}
+
 /// Trains with the engine: every microbatch's layers are planned, replicas filled and tokens
 /// rerouted in the forward; the backward restores replicas, writes every instance's gradient and
 /// reduces the replicas' into the masters'.
-pub fn train_balanced(model: &TinyMoe) -> Result<RunRecord, RuntimeError> {
+pub fn train_balanced_on<B: Backend>(
+    model: &TinyMoe,
+    mut engine: Engine<B>,
+) -> Result<RunRecord, RuntimeError> {
     let experts = model.experts();
-    let mut engine = engine(model)?;
     for layer in 0..model.layers {
         for e in 0..experts {
             engine.write_master(layer, e, &bytes_of(&initial_weights(model, layer, e)))?;
@@ -369,8 +376,8 @@ pub fn train_balanced(model: &TinyMoe) -> Result<RunRecord, RuntimeError> {
 
 /// The token rows (rank-major) every instance of `id`'s plan computes, from the reroute of every
 /// rank's ids, in token order.
-fn instance_rows(
-    engine: &Engine,
+fn instance_rows<B: Backend>(
+    engine: &Engine<B>,
     model: &TinyMoe,
     id: StepId,
     rows: &[&[u32]],

@@ -1,0 +1,317 @@
+//! Where expert weights and gradients live and how they move: the engine's data plane.
+//!
+//! [`Backend`] is what the engine needs of it. Two implementations ship: the CPU transport of
+//! `ultraep-xfer` (in-process ranks, real bytes, worker threads) and [`CudaBackend`] (ranks
+//! emulated as separate buffers of one GPU, moved by the tile-streaming kernel and reduced by the
+//! reduction kernel of `ultraep-kernels`).
+
+use std::sync::Arc;
+
+use ultraep_kernels::gpu::{DeviceRanks, Gpu};
+use ultraep_xfer::{
+    CpuTransport, Region, SlotState, TileTaskList, TransferSchedule, Transport, XferError, checksum,
+};
+
+use crate::RuntimeError;
+
+/// The shape of one backend memory: every rank's master states and slots.
+#[derive(Debug, Clone, Copy)]
+pub struct MemoryShape<'a> {
+    /// Master expert states on every rank (every layer's).
+    pub masters_per_rank: &'a [u32],
+    /// Redundant slots per rank.
+    pub slots_per_rank: u16,
+    /// Bytes of one state (weights, or an FP32 gradient).
+    pub state_bytes: u64,
+    /// The transfer tile (the CPU transport locks memory in tile-sized blocks).
+    pub tile_bytes: u32,
+    /// Worker threads (CPU).
+    pub workers: usize,
+}
+
+/// Rank memory and the means to move expert state between ranks.
+///
+/// A backend never lets a half-written slot be read: a slot a distribution writes is not ready
+/// until every byte has landed and been verified, and stays not ready if the distribution fails.
+pub trait Backend {
+    /// Sets master state `index` of `rank`.
+    fn write_master(&mut self, rank: u32, index: u32, bytes: &[u8]) -> Result<(), RuntimeError>;
+    /// Master state `index` of `rank`.
+    fn read_master(&self, rank: u32, index: u32) -> Result<Vec<u8>, RuntimeError>;
+    /// The state in slot `slot` of `rank`, if it holds a complete copy.
+    fn read_slot(&self, rank: u32, slot: u16) -> Result<Vec<u8>, RuntimeError>;
+    /// Fills slot `slot` of `rank` with `bytes` of `expert` and marks it ready (a replica's
+    /// gradient).
+    fn write_slot(
+        &mut self,
+        rank: u32,
+        slot: u16,
+        expert: u32,
+        bytes: &[u8],
+    ) -> Result<(), RuntimeError>;
+    /// Executes a weight distribution; returns the bytes stored.
+    fn distribute(
+        &mut self,
+        schedule: &TransferSchedule,
+        tasks: &TileTaskList,
+    ) -> Result<u64, RuntimeError>;
+    /// Sums the replicas' FP32 states of `schedule` into their masters' in the documented order
+    /// and empties the replica slots; every replica slot must be ready, or nothing changes.
+    fn reduce_gradients(&mut self, schedule: &TransferSchedule) -> Result<(), RuntimeError>;
+    /// Makes the next distribution fail at tile task `task` (for failure tests).
+    fn inject_failure_at(&mut self, task: usize);
+}
+
+impl Backend for CpuTransport {
+    fn write_master(&mut self, rank: u32, index: u32, bytes: &[u8]) -> Result<(), RuntimeError> {
+        Ok(CpuTransport::write_master(self, rank, index, bytes)?)
+    }
+
+    fn read_master(&self, rank: u32, index: u32) -> Result<Vec<u8>, RuntimeError> {
+        Ok(CpuTransport::read_master(self, rank, index)?)
+    }
+
+    fn read_slot(&self, rank: u32, slot: u16) -> Result<Vec<u8>, RuntimeError> {
+        Ok(CpuTransport::read_slot(self, rank, slot)?)
+    }
+
+    fn write_slot(
+        &mut self,
+        rank: u32,
+        slot: u16,
+        expert: u32,
+        bytes: &[u8],
+    ) -> Result<(), RuntimeError> {
+        Ok(CpuTransport::write_slot(self, rank, slot, expert, bytes)?)
+    }
+
+    fn distribute(
+        &mut self,
+        schedule: &TransferSchedule,
+        tasks: &TileTaskList,
+    ) -> Result<u64, RuntimeError> {
+        Ok(Transport::distribute(self, schedule, tasks)?.bytes_stored)
+    }
+
+    fn reduce_gradients(&mut self, schedule: &TransferSchedule) -> Result<(), RuntimeError> {
+        Ok(CpuTransport::reduce_gradients(self, schedule)?)
+    }
+
+    fn inject_failure_at(&mut self, task: usize) {
+        CpuTransport::inject_failure_at(self, task);
+    }
+}
+
+/// The CPU backend: [`CpuTransport`] with the engine's shape.
+pub fn cpu_backend(shape: &MemoryShape<'_>) -> Result<CpuTransport, RuntimeError> {
+    Ok(CpuTransport::new(
+        shape.masters_per_rank,
+        shape.slots_per_rank,
+        shape.state_bytes,
+        shape.tile_bytes,
+        shape.workers,
+    ))
+}
+
+/// Ranks emulated on one GPU: every rank's masters and slots are device buffers of their own,
+/// weights move by the persistent tile-streaming kernel, gradients are reduced in place by the
+/// reduction kernel, and every copy is verified against its master by checksum.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use ultraep_kernels::gpu::Gpu;
+/// use ultraep_runtime::{CudaBackend, Engine, EngineConfig};
+/// # fn config() -> EngineConfig { unimplemented!() }
+/// let gpu = Arc::new(Gpu::open(0)?);
+/// let engine = Engine::with_backend(config(), |shape| CudaBackend::new(Arc::clone(&gpu), shape))?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct CudaBackend {
+    gpu: Arc<Gpu>,
+    ranks: DeviceRanks,
+    slot_states: Vec<Vec<SlotState>>,
+    fail_at_task: Option<usize>,
+}
+
+impl std::fmt::Debug for CudaBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaBackend").finish_non_exhaustive()
+    }
+}
+
+impl CudaBackend {
+    /// Zeroed device memory of `shape` on `gpu`.
+    pub fn new(gpu: Arc<Gpu>, shape: &MemoryShape<'_>) -> Result<Self, RuntimeError> {
+        let ranks = gpu
+            .alloc_ranks(
+                shape.masters_per_rank,
+                shape.slots_per_rank,
+                shape.state_bytes,
+            )
+            .map_err(kernel)?;
+        Ok(Self {
+            gpu,
+            ranks,
+            slot_states: vec![
+                vec![SlotState::Empty; usize::from(shape.slots_per_rank)];
+                shape.masters_per_rank.len()
+            ],
+            fail_at_task: None,
+        })
+    }
+
+    fn slot_state(&self, rank: u32, slot: u16) -> Result<SlotState, RuntimeError> {
+        self.slot_states
+            .get(rank as usize)
+            .and_then(|states| states.get(usize::from(slot)))
+            .copied()
+            .ok_or_else(|| {
+                RuntimeError::InvalidInput(format!("rank {rank} has no slot {slot} on the GPU"))
+            })
+    }
+
+    fn set_slot(&mut self, rank: u32, slot: u16, state: SlotState) {
+        if let Some(entry) = self
+            .slot_states
+            .get_mut(rank as usize)
+            .and_then(|states| states.get_mut(usize::from(slot)))
+        {
+            *entry = state;
+        }
+    }
+}
+
+fn kernel(error: ultraep_kernels::KernelError) -> RuntimeError {
+    RuntimeError::Backend(error.to_string())
+}
+
+impl Backend for CudaBackend {
+    fn write_master(&mut self, rank: u32, index: u32, bytes: &[u8]) -> Result<(), RuntimeError> {
+        self.gpu
+            .write_region(&mut self.ranks, rank, Region::Master { index }, bytes)
+            .map_err(kernel)
+    }
+
+    fn read_master(&self, rank: u32, index: u32) -> Result<Vec<u8>, RuntimeError> {
+        self.gpu
+            .read_region(&self.ranks, rank, Region::Master { index })
+            .map_err(kernel)
+    }
+
+    fn read_slot(&self, rank: u32, slot: u16) -> Result<Vec<u8>, RuntimeError> {
+        match self.slot_state(rank, slot)? {
+            SlotState::Ready { .. } => self
+                .gpu
+                .read_region(&self.ranks, rank, Region::Slot { slot })
+                .map_err(kernel),
+            _ => Err(XferError::SlotNotReady { rank, slot }.into()),
+        }
+    }
+
+    fn write_slot(
+        &mut self,
+        rank: u32,
+        slot: u16,
+        expert: u32,
+        bytes: &[u8],
+    ) -> Result<(), RuntimeError> {
+        self.gpu
+            .write_region(&mut self.ranks, rank, Region::Slot { slot }, bytes)
+            .map_err(kernel)?;
+        self.set_slot(rank, slot, SlotState::Ready { expert });
+        Ok(())
+    }
+
+    fn distribute(
+        &mut self,
+        schedule: &TransferSchedule,
+        tasks: &TileTaskList,
+    ) -> Result<u64, RuntimeError> {
+        let mut slots = 0;
+        for fanout in schedule.fanouts() {
+            for &(rank, slot) in &fanout.destinations {
+                self.slot_state(rank, slot)?;
+                self.set_slot(
+                    rank,
+                    slot,
+                    SlotState::NotReady {
+                        expert: fanout.expert,
+                    },
+                );
+                slots += 1;
+            }
+        }
+        // An injected failure runs the tasks before it and stops: a transfer cut off midway.
+        if let Some(task) = self.fail_at_task.take() {
+            let mut partial = tasks.clone();
+            partial.tasks.truncate(task);
+            self.gpu
+                .stream_resident(&partial, &mut self.ranks)
+                .map_err(kernel)?;
+            return Err(XferError::TransferFailed {
+                task,
+                reason: "injected failure".into(),
+                slots,
+            }
+            .into());
+        }
+        self.gpu
+            .stream_resident(tasks, &mut self.ranks)
+            .map_err(kernel)?;
+        for fanout in schedule.fanouts() {
+            let expected = checksum(&self.read_master(fanout.master, fanout.master_index)?);
+            for &(rank, slot) in &fanout.destinations {
+                let bytes = self
+                    .gpu
+                    .read_region(&self.ranks, rank, Region::Slot { slot })
+                    .map_err(kernel)?;
+                let found = checksum(&bytes);
+                if found != expected {
+                    return Err(XferError::ChecksumMismatch {
+                        expert: fanout.expert,
+                        rank,
+                        slot,
+                        expected,
+                        found,
+                    }
+                    .into());
+                }
+                self.set_slot(
+                    rank,
+                    slot,
+                    SlotState::Ready {
+                        expert: fanout.expert,
+                    },
+                );
+            }
+        }
+        Ok(tasks.bytes_stored())
+    }
+
+    fn reduce_gradients(&mut self, schedule: &TransferSchedule) -> Result<(), RuntimeError> {
+        for fanout in schedule.fanouts() {
+            for &(rank, slot) in &fanout.destinations {
+                if self.slot_state(rank, slot)?
+                    != (SlotState::Ready {
+                        expert: fanout.expert,
+                    })
+                {
+                    return Err(XferError::SlotNotReady { rank, slot }.into());
+                }
+            }
+        }
+        self.gpu
+            .reduce_resident(schedule, &mut self.ranks)
+            .map_err(kernel)?;
+        for fanout in schedule.fanouts() {
+            for &(rank, slot) in &fanout.destinations {
+                self.set_slot(rank, slot, SlotState::Empty);
+            }
+        }
+        Ok(())
+    }
+
+    fn inject_failure_at(&mut self, task: usize) {
+        self.fail_at_task = Some(task);
+    }
+}
