@@ -120,11 +120,11 @@ pub fn cpu_backend(shape: &MemoryShape<'_>) -> Result<CpuTransport, RuntimeError
 /// ```no_run
 /// use std::sync::Arc;
 /// use ultraep_kernels::gpu::Gpu;
-/// use ultraep_runtime::{CudaBackend, Engine, EngineConfig};
-/// # fn config() -> EngineConfig { unimplemented!() }
-/// let gpu = Arc::new(Gpu::open(0)?);
-/// let engine = Engine::with_backend(config(), |shape| CudaBackend::new(Arc::clone(&gpu), shape))?;
-/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// use ultraep_runtime::{CudaBackend, Engine, EngineConfig, RuntimeError};
+///
+/// fn on_gpu(config: EngineConfig, gpu: Arc<Gpu>) -> Result<Engine<CudaBackend>, RuntimeError> {
+///     Engine::with_backend(config, |shape| CudaBackend::new(Arc::clone(&gpu), shape))
+/// }
 /// ```
 pub struct CudaBackend {
     gpu: Arc<Gpu>,
