@@ -1,9 +1,12 @@
 //! The engine: per layer and microbatch, plan the exact load, put every replica's weights in a
-//! slot, and, in training, bring them back for the backward and reduce their gradients.
+//! slot, and, in training, bring them back for the backward. Gradients are in `gradients.rs`; the
+//! router's ids and the token reroute in `routing.rs`.
+
+mod gradients;
+mod routing;
 
 use std::time::Instant;
 
-use ultraep_kernels::reference::reroute::{RerouteTable, reroute};
 use ultraep_plan::{Instance, LoadMatrix, Plan, Planner, RankDomains, Residency};
 use ultraep_xfer::{
     CpuTransport, ExpertState, ScheduleBuilder, TaskListBuilder, TileTaskList, TransferSchedule,
@@ -288,116 +291,6 @@ impl<B: Backend> Engine<B> {
         }
     }
 
-    fn gradient_store(&mut self) -> Result<&mut (ExpertState, B), RuntimeError> {
-        self.gradients
-            .as_mut()
-            .ok_or_else(|| RuntimeError::InvalidConfig("a prefill engine has no gradients".into()))
-    }
-
-    /// Sets the gradient of `expert`'s master in `layer` (what its own tokens contributed).
-    pub fn write_master_gradient(
-        &mut self,
-        layer: u32,
-        expert: u32,
-        values: &[f32],
-    ) -> Result<(), RuntimeError> {
-        self.check_layer(layer)?;
-        self.check_expert(expert)?;
-        let home = self.config.layout.home(expert);
-        let index = self.master_index(layer, expert);
-        let (state, store) = self.gradient_store()?;
-        check_size("gradient", values.len() * 4, state.bytes())?;
-        store.write_master(home, index, bytemuck_bytes(values))?;
-        Ok(())
-    }
-
-    /// The gradient of `expert`'s master in `layer`.
-    pub fn read_master_gradient(
-        &mut self,
-        layer: u32,
-        expert: u32,
-    ) -> Result<Vec<f32>, RuntimeError> {
-        self.check_layer(layer)?;
-        self.check_expert(expert)?;
-        let home = self.config.layout.home(expert);
-        let index = self.master_index(layer, expert);
-        let (_, store) = self.gradient_store()?;
-        Ok(floats_of(&store.read_master(home, index)?))
-    }
-
-    /// Sets the gradient that a replica (instance `instance` of `step`'s plan) computed for its
-    /// tokens, between [`Engine::restore`] and [`Engine::reduce_gradients`] of `step`; it waits in
-    /// the gradient twin of the replica's slot.
-    pub fn write_replica_gradient(
-        &mut self,
-        step: StepId,
-        instance: u32,
-        values: &[f32],
-    ) -> Result<(), RuntimeError> {
-        let entry = self.entry(step)?;
-        if !entry.holding {
-            return Err(RuntimeError::InvalidInput(format!(
-                "{step} is not in its backward: restore it before writing replica gradients"
-            )));
-        }
-        let expert = entry
-            .plan
-            .instances()
-            .get(instance as usize)
-            .map(|instance| instance.expert);
-        let (expert, (rank, slot)) = expert
-            .zip(entry.slots.get(instance as usize).copied().flatten())
-            .ok_or_else(|| {
-                RuntimeError::InvalidInput(format!("instance {instance} of {step} is no replica"))
-            })?;
-        let (state, store) = self.gradient_store()?;
-        check_size("gradient", values.len() * 4, state.bytes())?;
-        store.write_slot(rank, slot, expert, bytemuck_bytes(values))?;
-        Ok(())
-    }
-
-    /// Sums every replica gradient of `step` into its master's gradient, in the documented order
-    /// of `ultraep_xfer::reduce_gradients`, empties the replica gradient slots and ends the step's
-    /// backward (its slots are free again, and a later microbatch may replace its plan). Every
-    /// replica must have written its gradient; otherwise nothing changes.
-    pub fn reduce_gradients(&mut self, step: StepId) -> Result<(), RuntimeError> {
-        self.check_layer(step.layer)?;
-        let index = self.entry_index(step);
-        let entry = entry_in(&self.steps, index, step)?;
-        if !entry.holding {
-            return Err(RuntimeError::InvalidInput(format!(
-                "{step} is not in its backward: restore it first"
-            )));
-        }
-        self.fanouts.clear();
-        for (instance, slot) in entry.plan.instances().iter().zip(&entry.slots) {
-            if let Some(destination) = *slot {
-                let (home, index) = self.masters.region(step.layer, instance.expert);
-                self.fanouts.add(instance.expert, home, index, destination);
-            }
-        }
-        self.fanouts.sort();
-        let Some((state, store)) = self.gradients.as_mut() else {
-            return Err(RuntimeError::InvalidConfig(
-                "a prefill engine has no gradients".into(),
-            ));
-        };
-        self.schedule_builder.build_into(
-            &self.fanouts.set,
-            state,
-            &self.config.topology,
-            self.config.transfer,
-            &mut self.schedule,
-        )?;
-        store.reduce_gradients(&self.schedule)?;
-        self.slots.release(step);
-        if let Some(entry) = self.steps[index].as_mut() {
-            entry.open = false;
-            entry.holding = false;
-        }
-        Ok(())
-    }
-
     /// Makes the next weight transfer fail at tile task `task` (for failure tests).
     pub fn inject_transfer_failure(&mut self, task: usize) {
         self.weights.inject_failure_at(task);
@@ -489,75 +382,6 @@ impl<B: Backend> Engine<B> {
         };
         self.summary.add(&report);
         Ok(report)
-    }
-
-    /// Like [`Engine::step`], from the router's output: `ids[r]` holds rank `r`'s top-k expert
-    /// ids, `top_k` per token, token-major. The load is their histogram; route every token with
-    /// [`Engine::reroute`] afterwards.
-    pub fn step_routed(
-        &mut self,
-        step: StepId,
-        ids: &[&[u32]],
-    ) -> Result<StepReport, RuntimeError> {
-        self.check_layer(step.layer)?;
-        let ranks = self.config.layout.num_ranks() as usize;
-        let experts = self.config.model.experts;
-        if ids.len() != ranks {
-            return Err(RuntimeError::InvalidInput(format!(
-                "router ids of {} ranks for an engine of {ranks}",
-                ids.len()
-            )));
-        }
-        let mut loads = std::mem::take(&mut self.routed_loads);
-        let counted = count_ids(ids, experts, self.config.model.top_k, &mut loads);
-        let result = counted.and_then(|()| {
-            let matrix = LoadMatrix::new(&loads, ranks, experts as usize)?;
-            self.step(step, matrix)
-        });
-        self.routed_loads = loads;
-        result
-    }
-
-    /// Rewrites rank `source`'s top-k expert ids (as given to [`Engine::step_routed`], or adding
-    /// up to its row of the load given to [`Engine::step`]) to the instance of `step`'s plan
-    /// that processes each, into `instances`: every instance receives exactly its share of the
-    /// source's tokens, the same for the same input.
-    pub fn reroute(
-        &self,
-        step: StepId,
-        source: u32,
-        ids: &[u32],
-        instances: &mut Vec<u32>,
-    ) -> Result<(), RuntimeError> {
-        let entry = self.entry(step)?;
-        let ranks = self.config.layout.num_ranks();
-        let experts = self.config.model.experts as usize;
-        if source >= ranks {
-            return Err(RuntimeError::InvalidInput(format!(
-                "source rank {source} of {ranks}"
-            )));
-        }
-        let row = &entry.loads[source as usize * experts..][..experts];
-        let mut counts = vec![0u32; experts];
-        count_ids(&[ids], experts as u32, self.config.model.top_k, &mut counts)?;
-        if let Some(expert) = (0..experts).find(|&e| counts[e] != row[e]) {
-            return Err(RuntimeError::InvalidInput(format!(
-                "rank {source}'s ids name expert {expert} {} times, but {step}'s load says {}",
-                counts[expert], row[expert]
-            )));
-        }
-        let loads = LoadMatrix::new(&entry.loads, ranks as usize, experts)?;
-        let table = RerouteTable::for_source(&entry.plan, loads, source)
-            .map_err(|error| RuntimeError::InvalidInput(error.to_string()))?;
-        let (routed, unplaced) = reroute(ids, &table);
-        if unplaced > 0 {
-            return Err(RuntimeError::InvalidInput(format!(
-                "{unplaced} of rank {source}'s ids found no instance"
-            )));
-        }
-        instances.clear();
-        instances.extend_from_slice(&routed);
-        Ok(())
     }
 
     /// Brings `step`'s replica weights back into slots before its expert backward (slots are
@@ -692,37 +516,7 @@ impl MasterRegions {
     }
 }
 
-/// Counts every id of every rank into `loads` (`ids.len() x experts`, row-major): every rank's
-/// ids must be whole tokens of `top_k` and name experts that exist.
-fn count_ids(
-    ids: &[&[u32]],
-    experts: u32,
-    top_k: u32,
-    loads: &mut [u32],
-) -> Result<(), RuntimeError> {
-    loads.fill(0);
-    for (rank, ids) in ids.iter().enumerate() {
-        if !ids.len().is_multiple_of(top_k as usize) {
-            return Err(RuntimeError::InvalidInput(format!(
-                "rank {rank} has {} router ids, not whole tokens of top_k = {top_k}",
-                ids.len()
-            )));
-        }
-        let row = &mut loads[rank * experts as usize..][..experts as usize];
-        for &id in *ids {
-            match row.get_mut(id as usize) {
-                Some(count) => *count += 1,
-                None => {
-                    return Err(RuntimeError::InvalidInput(format!(
-                        "rank {rank} routes a token to expert {id}, of {experts}"
-                    )));
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
+/// Refuses a weight or gradient buffer whose size is not one expert state.
 fn check_size(what: &'static str, got: usize, expected: u64) -> Result<(), RuntimeError> {
     if got as u64 != expected {
         return Err(RuntimeError::WrongSize {
@@ -732,15 +526,4 @@ fn check_size(what: &'static str, got: usize, expected: u64) -> Result<(), Runti
         });
     }
     Ok(())
-}
-
-fn bytemuck_bytes(values: &[f32]) -> &[u8] {
-    bytemuck::cast_slice(values)
-}
-
-fn floats_of(bytes: &[u8]) -> Vec<f32> {
-    bytes
-        .chunks_exact(4)
-        .map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-        .collect()
 }

@@ -1,0 +1,129 @@
+//! Training: master and replica gradients, and their reduction into the masters.
+
+use ultraep_xfer::ExpertState;
+
+use super::{Engine, check_size, entry_in};
+use crate::{Backend, RuntimeError, StepId};
+
+impl<B: Backend> Engine<B> {
+    fn gradient_store(&mut self) -> Result<&mut (ExpertState, B), RuntimeError> {
+        self.gradients
+            .as_mut()
+            .ok_or_else(|| RuntimeError::InvalidConfig("a prefill engine has no gradients".into()))
+    }
+
+    /// Sets the gradient of `expert`'s master in `layer` (what its own tokens contributed).
+    pub fn write_master_gradient(
+        &mut self,
+        layer: u32,
+        expert: u32,
+        values: &[f32],
+    ) -> Result<(), RuntimeError> {
+        self.check_layer(layer)?;
+        self.check_expert(expert)?;
+        let home = self.config.layout.home(expert);
+        let index = self.master_index(layer, expert);
+        let (state, store) = self.gradient_store()?;
+        check_size("gradient", values.len() * 4, state.bytes())?;
+        store.write_master(home, index, bytemuck_bytes(values))?;
+        Ok(())
+    }
+
+    /// The gradient of `expert`'s master in `layer`.
+    pub fn read_master_gradient(
+        &mut self,
+        layer: u32,
+        expert: u32,
+    ) -> Result<Vec<f32>, RuntimeError> {
+        self.check_layer(layer)?;
+        self.check_expert(expert)?;
+        let home = self.config.layout.home(expert);
+        let index = self.master_index(layer, expert);
+        let (_, store) = self.gradient_store()?;
+        Ok(floats_of(&store.read_master(home, index)?))
+    }
+
+    /// Sets the gradient that a replica (instance `instance` of `step`'s plan) computed for its
+    /// tokens, between [`Engine::restore`] and [`Engine::reduce_gradients`] of `step`; it waits in
+    /// the gradient twin of the replica's slot.
+    pub fn write_replica_gradient(
+        &mut self,
+        step: StepId,
+        instance: u32,
+        values: &[f32],
+    ) -> Result<(), RuntimeError> {
+        let entry = self.entry(step)?;
+        if !entry.holding {
+            return Err(RuntimeError::InvalidInput(format!(
+                "{step} is not in its backward: restore it before writing replica gradients"
+            )));
+        }
+        let expert = entry
+            .plan
+            .instances()
+            .get(instance as usize)
+            .map(|instance| instance.expert);
+        let (expert, (rank, slot)) = expert
+            .zip(entry.slots.get(instance as usize).copied().flatten())
+            .ok_or_else(|| {
+                RuntimeError::InvalidInput(format!("instance {instance} of {step} is no replica"))
+            })?;
+        let (state, store) = self.gradient_store()?;
+        check_size("gradient", values.len() * 4, state.bytes())?;
+        store.write_slot(rank, slot, expert, bytemuck_bytes(values))?;
+        Ok(())
+    }
+
+    /// Sums every replica gradient of `step` into its master's gradient, in the documented order
+    /// of `ultraep_xfer::reduce_gradients`, empties the replica gradient slots and ends the step's
+    /// backward (its slots are free again, and a later microbatch may replace its plan). Every
+    /// replica must have written its gradient; otherwise nothing changes.
+    pub fn reduce_gradients(&mut self, step: StepId) -> Result<(), RuntimeError> {
+        self.check_layer(step.layer)?;
+        let index = self.entry_index(step);
+        let entry = entry_in(&self.steps, index, step)?;
+        if !entry.holding {
+            return Err(RuntimeError::InvalidInput(format!(
+                "{step} is not in its backward: restore it first"
+            )));
+        }
+        self.fanouts.clear();
+        for (instance, slot) in entry.plan.instances().iter().zip(&entry.slots) {
+            if let Some(destination) = *slot {
+                let (home, index) = self.masters.region(step.layer, instance.expert);
+                self.fanouts.add(instance.expert, home, index, destination);
+            }
+        }
+        self.fanouts.sort();
+        let Some((state, store)) = self.gradients.as_mut() else {
+            return Err(RuntimeError::InvalidConfig(
+                "a prefill engine has no gradients".into(),
+            ));
+        };
+        self.schedule_builder.build_into(
+            &self.fanouts.set,
+            state,
+            &self.config.topology,
+            self.config.transfer,
+            &mut self.schedule,
+        )?;
+        store.reduce_gradients(&self.schedule)?;
+        self.slots.release(step);
+        if let Some(entry) = self.steps[index].as_mut() {
+            entry.open = false;
+            entry.holding = false;
+        }
+        Ok(())
+    }
+}
+
+fn bytemuck_bytes(values: &[f32]) -> &[u8] {
+    bytemuck::cast_slice(values)
+}
+
+fn floats_of(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}

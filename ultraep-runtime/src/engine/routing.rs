@@ -1,0 +1,110 @@
+//! From the router's output: the load as the histogram of every rank's top-k ids, and every
+//! token rerouted to the instance of the plan that processes it.
+
+use ultraep_kernels::reference::reroute::{RerouteTable, reroute};
+use ultraep_plan::LoadMatrix;
+
+use super::Engine;
+use crate::{Backend, RuntimeError, StepId, StepReport};
+
+impl<B: Backend> Engine<B> {
+    /// Like [`Engine::step`], from the router's output: `ids[r]` holds rank `r`'s top-k expert
+    /// ids, `top_k` per token, token-major. The load is their histogram; route every token with
+    /// [`Engine::reroute`] afterwards.
+    pub fn step_routed(
+        &mut self,
+        step: StepId,
+        ids: &[&[u32]],
+    ) -> Result<StepReport, RuntimeError> {
+        self.check_layer(step.layer)?;
+        let ranks = self.config.layout.num_ranks() as usize;
+        let experts = self.config.model.experts;
+        if ids.len() != ranks {
+            return Err(RuntimeError::InvalidInput(format!(
+                "router ids of {} ranks for an engine of {ranks}",
+                ids.len()
+            )));
+        }
+        let mut loads = std::mem::take(&mut self.routed_loads);
+        let counted = count_ids(ids, experts, self.config.model.top_k, &mut loads);
+        let result = counted.and_then(|()| {
+            let matrix = LoadMatrix::new(&loads, ranks, experts as usize)?;
+            self.step(step, matrix)
+        });
+        self.routed_loads = loads;
+        result
+    }
+
+    /// Rewrites rank `source`'s top-k expert ids (as given to [`Engine::step_routed`], or adding
+    /// up to its row of the load given to [`Engine::step`]) to the instance of `step`'s plan
+    /// that processes each, into `instances`: every instance receives exactly its share of the
+    /// source's tokens, the same for the same input.
+    pub fn reroute(
+        &self,
+        step: StepId,
+        source: u32,
+        ids: &[u32],
+        instances: &mut Vec<u32>,
+    ) -> Result<(), RuntimeError> {
+        let entry = self.entry(step)?;
+        let ranks = self.config.layout.num_ranks();
+        let experts = self.config.model.experts as usize;
+        if source >= ranks {
+            return Err(RuntimeError::InvalidInput(format!(
+                "source rank {source} of {ranks}"
+            )));
+        }
+        let row = &entry.loads[source as usize * experts..][..experts];
+        let mut counts = vec![0u32; experts];
+        count_ids(&[ids], experts as u32, self.config.model.top_k, &mut counts)?;
+        if let Some(expert) = (0..experts).find(|&e| counts[e] != row[e]) {
+            return Err(RuntimeError::InvalidInput(format!(
+                "rank {source}'s ids name expert {expert} {} times, but {step}'s load says {}",
+                counts[expert], row[expert]
+            )));
+        }
+        let loads = LoadMatrix::new(&entry.loads, ranks as usize, experts)?;
+        let table = RerouteTable::for_source(&entry.plan, loads, source)
+            .map_err(|error| RuntimeError::InvalidInput(error.to_string()))?;
+        let (routed, unplaced) = reroute(ids, &table);
+        if unplaced > 0 {
+            return Err(RuntimeError::InvalidInput(format!(
+                "{unplaced} of rank {source}'s ids found no instance"
+            )));
+        }
+        instances.clear();
+        instances.extend_from_slice(&routed);
+        Ok(())
+    }
+}
+
+/// Counts every id of every rank into `loads` (`ids.len() x experts`, row-major): every rank's
+/// ids must be whole tokens of `top_k` and name experts that exist.
+fn count_ids(
+    ids: &[&[u32]],
+    experts: u32,
+    top_k: u32,
+    loads: &mut [u32],
+) -> Result<(), RuntimeError> {
+    loads.fill(0);
+    for (rank, ids) in ids.iter().enumerate() {
+        if !ids.len().is_multiple_of(top_k as usize) {
+            return Err(RuntimeError::InvalidInput(format!(
+                "rank {rank} has {} router ids, not whole tokens of top_k = {top_k}",
+                ids.len()
+            )));
+        }
+        let row = &mut loads[rank * experts as usize..][..experts as usize];
+        for &id in *ids {
+            match row.get_mut(id as usize) {
+                Some(count) => *count += 1,
+                None => {
+                    return Err(RuntimeError::InvalidInput(format!(
+                        "rank {rank} routes a token to expert {id}, of {experts}"
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
