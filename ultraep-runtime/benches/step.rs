@@ -5,6 +5,8 @@
 //! - `planner/imbalance-X`: `Planner::plan_into` alone.
 //! - `engine/in-place/imbalance-X`: a step whose replicas are already in their slots (the same
 //!   load again): planning plus slot choice and bookkeeping, no bytes moved.
+//! - `engine/in-place-no-preference/imbalance-2.0`: the same without the planner's preference for
+//!   replicas already in place (its extra probe and the residency it reads).
 //! - `engine/moving/rotation`: every step a layer sees another load, so replicas move: planning,
 //!   slot choice, schedule, task list, the copies (48 KiB experts, 4 worker threads) and their
 //!   checksums; the time per step.
@@ -25,7 +27,7 @@ use ultraep_plan::reference::ReferenceScenario;
 use ultraep_plan::{Balancer, Plan, PlanConfig, Planner};
 use ultraep_runtime::{Engine, StepId};
 
-use ep64::{LAYERS, ep64_engine, ep64_loads};
+use ep64::{LAYERS, ep64_engine, ep64_engine_with, ep64_loads};
 
 #[global_allocator]
 static ALLOCATOR: CountingAllocator = CountingAllocator;
@@ -101,6 +103,16 @@ fn step(c: &mut Criterion) {
             })
         });
     }
+    let mut plain = ep64_engine_with(4, false);
+    let id = StepId::new(0, 0);
+    plain.step(id, loads[1].matrix()).expect("steps");
+    c.bench_function("engine/in-place-no-preference/imbalance-2.0", |b| {
+        b.iter(|| {
+            let report = plain.step(id, black_box(loads[1].matrix())).expect("steps");
+            black_box(report.copies_skipped)
+        })
+    });
+    drop(plain);
     c.bench_function("engine/moving/rotation-of-9-steps", |b| {
         b.iter(|| black_box(rotation(&mut engine, &loads)))
     });
