@@ -7,6 +7,9 @@
 //!   load again): planning plus slot choice and bookkeeping, no bytes moved.
 //! - `engine/in-place-no-preference/imbalance-2.0`: the same without the planner's preference for
 //!   replicas already in place (its extra probe and the residency it reads).
+//! - `engine/reroute/one-rank`: `Engine::reroute` of one rank's 65 536 top-8 ids (8192 tokens)
+//!   after a step at imbalance 2.0: the CPU reference of the reroute kernel (the published GPU
+//!   reroute takes 36-39 us).
 //! - `engine/moving/rotation`: every step a layer sees another load, so replicas move: planning,
 //!   slot choice, schedule, task list, the copies (48 KiB experts, 4 worker threads) and their
 //!   checksums; the time per step.
@@ -113,6 +116,21 @@ fn step(c: &mut Criterion) {
         })
     });
     drop(plain);
+    // Rank 0's ids: every expert as often as the load says, in expert order.
+    let row = loads[1].matrix().row(0);
+    let ids: Vec<u32> = (0..row.len() as u32)
+        .flat_map(|expert| std::iter::repeat_n(expert, row[expert as usize] as usize))
+        .collect();
+    engine.step(id, loads[1].matrix()).expect("steps");
+    let mut routed = Vec::new();
+    c.bench_function("engine/reroute/one-rank", |b| {
+        b.iter(|| {
+            engine
+                .reroute(id, 0, black_box(&ids), &mut routed)
+                .expect("reroutes");
+            black_box(routed.len())
+        })
+    });
     c.bench_function("engine/moving/rotation-of-9-steps", |b| {
         b.iter(|| black_box(rotation(&mut engine, &loads)))
     });

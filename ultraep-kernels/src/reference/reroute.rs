@@ -37,64 +37,100 @@ impl RerouteTable {
         loads: LoadMatrix<'_>,
         source: u32,
     ) -> Result<Self, KernelError> {
+        let mut table = Self::default();
+        table.rebuild(plan, loads, source)?;
+        Ok(table)
+    }
+
+    /// Makes this the table of `source` under `plan` for `loads`, reusing its buffers (no
+    /// allocation once they are large enough). On error the table is left empty.
+    pub fn rebuild(
+        &mut self,
+        plan: &Plan,
+        loads: LoadMatrix<'_>,
+        source: u32,
+    ) -> Result<(), KernelError> {
+        self.offsets.clear();
+        self.entries.clear();
         if !plan.has_split() {
             return Err(KernelError::InvalidInput(
                 "the plan has no split to reroute by".into(),
             ));
         }
-        if source as usize >= loads.ranks() {
+        if source as usize >= loads.ranks() || loads.experts() != plan.num_experts() as usize {
             return Err(KernelError::InvalidInput(format!(
-                "source rank {source} is not in the load matrix"
+                "source rank {source} is not in the {} x {} load matrix of a {}-expert plan",
+                loads.ranks(),
+                loads.experts(),
+                plan.num_experts()
             )));
         }
-        let experts = plan.num_experts() as usize;
-        let mut per_expert: Vec<Vec<RerouteEntry>> = vec![Vec::new(); experts];
-        for entry in plan.split(loads).filter(|entry| entry.source == source) {
-            let shares = &mut per_expert[entry.expert as usize];
-            let end = shares.last().map_or(0, |last| last.end) + entry.tokens;
-            shares.push(RerouteEntry {
-                end,
-                instance: entry.instance,
-            });
+        self.offsets.push(0);
+        for expert in 0..plan.num_experts() {
+            if plan.instances_of(expert).len() > 1 {
+                // Split entries are ordered by (source, instance) within an expert.
+                let split = plan.replicated_split(expert);
+                let first = split.partition_point(|entry| entry.source < source);
+                let mut end = 0;
+                for entry in split[first..].iter().take_while(|e| e.source == source) {
+                    end += entry.tokens;
+                    self.entries.push(RerouteEntry {
+                        end,
+                        instance: entry.instance,
+                    });
+                }
+            } else {
+                let tokens = loads.get(source as usize, expert as usize);
+                if tokens > 0 {
+                    self.entries.push(RerouteEntry {
+                        end: tokens,
+                        instance: plan.master_index(expert),
+                    });
+                }
+            }
+            self.offsets.push(self.entries.len() as u32);
         }
-        let mut table = RerouteTable {
-            offsets: Vec::with_capacity(experts + 1),
-            entries: Vec::new(),
-        };
-        table.offsets.push(0);
-        for shares in per_expert {
-            table.entries.extend(shares);
-            table.offsets.push(table.entries.len() as u32);
-        }
-        Ok(table)
+        Ok(())
     }
 }
 
 /// The instance of every id, in order, and how many ids could not be placed.
 pub fn reroute(ids: &[u32], table: &RerouteTable) -> (Vec<u32>, u32) {
-    let experts = table.offsets.len().saturating_sub(1);
-    let mut seen = vec![0u32; experts];
-    let mut invalid = 0;
-    let out = ids
-        .iter()
-        .map(|&id| {
-            let expert = id as usize;
-            if expert >= experts {
-                invalid += 1;
-                return NO_INSTANCE;
-            }
-            let occurrence = seen[expert];
-            seen[expert] += 1;
-            let shares =
-                &table.entries[table.offsets[expert] as usize..table.offsets[expert + 1] as usize];
-            match shares.iter().find(|share| occurrence < share.end) {
-                Some(share) => share.instance,
-                None => {
-                    invalid += 1;
-                    NO_INSTANCE
-                }
-            }
-        })
-        .collect();
+    let mut out = Vec::with_capacity(ids.len());
+    let invalid = reroute_into(ids, table, &mut Vec::new(), &mut out);
     (out, invalid)
+}
+
+/// [`reroute`] into `out` (cleared first), counting occurrences in `seen` (scratch): no
+/// allocation once both are large enough. Returns how many ids could not be placed.
+pub fn reroute_into(
+    ids: &[u32],
+    table: &RerouteTable,
+    seen: &mut Vec<u32>,
+    out: &mut Vec<u32>,
+) -> u32 {
+    let experts = table.offsets.len().saturating_sub(1);
+    seen.clear();
+    seen.resize(experts, 0);
+    out.clear();
+    let mut invalid = 0;
+    out.extend(ids.iter().map(|&id| {
+        let expert = id as usize;
+        if expert >= experts {
+            invalid += 1;
+            return NO_INSTANCE;
+        }
+        let occurrence = seen[expert];
+        seen[expert] += 1;
+        let shares =
+            &table.entries[table.offsets[expert] as usize..table.offsets[expert + 1] as usize];
+        match shares.iter().find(|share| occurrence < share.end) {
+            Some(share) => share.instance,
+            None => {
+                invalid += 1;
+                NO_INSTANCE
+            }
+        }
+    }));
+    invalid
 }

@@ -3,7 +3,9 @@
 use proptest::prelude::*;
 use ultraep_kernels::reference::histogram::histogram;
 use ultraep_kernels::reference::reduce::{reduce, reduce_jobs};
-use ultraep_kernels::reference::reroute::{NO_INSTANCE, RerouteTable, reroute};
+use ultraep_kernels::reference::reroute::{
+    NO_INSTANCE, RerouteEntry, RerouteTable, reroute, reroute_into,
+};
 use ultraep_kernels::reference::stream::{RankMemory, stream};
 use ultraep_plan::{ExpertLayout, LoadMatrix};
 use ultraep_topo::Preset;
@@ -44,6 +46,41 @@ proptest! {
             }
             // Deterministic: the same ids give the same instances.
             prop_assert_eq!(reroute(&ids, &table).0, instances);
+        }
+    }
+
+    #[test]
+    fn a_reused_table_is_the_split_of_its_source(
+        loads in prop::collection::vec(0u32..400, 8 * 32),
+        hot in 0usize..32,
+        seed in any::<u64>(),
+    ) {
+        let mut loads = loads;
+        for source in 0..8 {
+            loads[source * 32 + hot] += 2000;
+        }
+        let plan = planned(&loads);
+        let matrix = LoadMatrix::new(&loads, 8, 32).unwrap();
+        // One table and one pair of buffers for every source in turn, as the engine uses them.
+        let (mut table, mut seen, mut routed) = (RerouteTable::default(), Vec::new(), Vec::new());
+        for source in (0..8u32).rev() {
+            table.rebuild(&plan, matrix, source).unwrap();
+            // The table spelled out from the plan's split, expert by expert.
+            let mut offsets = vec![0u32];
+            let mut entries = Vec::new();
+            for expert in 0..32 {
+                let mut end = 0;
+                for entry in plan.split(matrix).filter(|e| e.source == source && e.expert == expert) {
+                    end += entry.tokens;
+                    entries.push(RerouteEntry { end, instance: entry.instance });
+                }
+                offsets.push(entries.len() as u32);
+            }
+            prop_assert_eq!(&table.offsets, &offsets);
+            prop_assert_eq!(&table.entries, &entries);
+            let ids = ids_of(matrix.row(source as usize), seed);
+            let invalid = reroute_into(&ids, &table, &mut seen, &mut routed);
+            prop_assert_eq!((routed.clone(), invalid), reroute(&ids, &table));
         }
     }
 }

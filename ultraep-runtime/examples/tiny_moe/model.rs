@@ -325,7 +325,7 @@ pub fn train_balanced_on<B: Backend>(
                 let rows: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
                 record.reports.push(engine.step_routed(id, &rows)?);
                 let (x, dy) = tokens(model, step, microbatch, layer);
-                let groups = instance_rows(&engine, model, id, &rows)?;
+                let groups = instance_rows(&mut engine, model, id, &rows)?;
                 let mut out = Array2::<f32>::zeros(x.dim());
                 for (instance, rows) in groups.iter().enumerate() {
                     let w = floats_of(&engine.instance_weights(id, instance as u32)?);
@@ -377,7 +377,7 @@ pub fn train_balanced_on<B: Backend>(
 /// The token rows (rank-major) every instance of `id`'s plan computes, from the reroute of every
 /// rank's ids, in token order.
 fn instance_rows<B: Backend>(
-    engine: &Engine<B>,
+    engine: &mut Engine<B>,
     model: &TinyMoe,
     id: StepId,
     rows: &[&[u32]],

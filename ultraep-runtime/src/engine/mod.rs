@@ -64,6 +64,7 @@ pub struct Engine<B = CpuTransport> {
     tasks: TileTaskList,
     task_builder: TaskListBuilder,
     routed_loads: Vec<u32>,
+    reroute_scratch: routing::RerouteScratch,
     summary: Summary,
 }
 
@@ -163,6 +164,7 @@ impl<B: Backend> Engine<B> {
             tasks: TileTaskList::default(),
             task_builder: TaskListBuilder::default(),
             routed_loads: vec![0; (ranks * model.experts) as usize],
+            reroute_scratch: routing::RerouteScratch::default(),
             summary: Summary::default(),
             config,
         })

@@ -1,10 +1,10 @@
 //! From the router's output: the load as the histogram of every rank's top-k ids, and every
 //! token rerouted to the instance of the plan that processes it.
 
-use ultraep_kernels::reference::reroute::{RerouteTable, reroute};
+use ultraep_kernels::reference::reroute::{RerouteTable, reroute_into};
 use ultraep_plan::LoadMatrix;
 
-use super::Engine;
+use super::{Engine, entry_in};
 use crate::{Backend, RuntimeError, StepId, StepReport};
 
 impl<B: Backend> Engine<B> {
@@ -38,15 +38,18 @@ impl<B: Backend> Engine<B> {
     /// Rewrites rank `source`'s top-k expert ids (as given to [`Engine::step_routed`], or adding
     /// up to its row of the load given to [`Engine::step`]) to the instance of `step`'s plan
     /// that processes each, into `instances`: every instance receives exactly its share of the
-    /// source's tokens, the same for the same input.
+    /// source's tokens, the same for the same input. Allocates nothing once warm; on error
+    /// `instances` is left empty.
     pub fn reroute(
-        &self,
+        &mut self,
         step: StepId,
         source: u32,
         ids: &[u32],
         instances: &mut Vec<u32>,
     ) -> Result<(), RuntimeError> {
-        let entry = self.entry(step)?;
+        instances.clear();
+        self.check_layer(step.layer)?;
+        let entry = entry_in(&self.steps, self.entry_index(step), step)?;
         let ranks = self.config.layout.num_ranks();
         let experts = self.config.model.experts as usize;
         if source >= ranks {
@@ -54,26 +57,33 @@ impl<B: Backend> Engine<B> {
                 "source rank {source} of {ranks}"
             )));
         }
+        let scratch = &mut self.reroute_scratch;
         let row = &entry.loads[source as usize * experts..][..experts];
-        let mut counts = vec![0u32; experts];
-        count_ids(&[ids], experts as u32, self.config.model.top_k, &mut counts)?;
-        if let Some(expert) = (0..experts).find(|&e| counts[e] != row[e]) {
+        scratch.counts.resize(experts, 0);
+        count_ids(
+            &[ids],
+            experts as u32,
+            self.config.model.top_k,
+            &mut scratch.counts,
+        )?;
+        if let Some(expert) = (0..experts).find(|&e| scratch.counts[e] != row[e]) {
             return Err(RuntimeError::InvalidInput(format!(
                 "rank {source}'s ids name expert {expert} {} times, but {step}'s load says {}",
-                counts[expert], row[expert]
+                scratch.counts[expert], row[expert]
             )));
         }
         let loads = LoadMatrix::new(&entry.loads, ranks as usize, experts)?;
-        let table = RerouteTable::for_source(&entry.plan, loads, source)
+        scratch
+            .table
+            .rebuild(&entry.plan, loads, source)
             .map_err(|error| RuntimeError::InvalidInput(error.to_string()))?;
-        let (routed, unplaced) = reroute(ids, &table);
+        let unplaced = reroute_into(ids, &scratch.table, &mut scratch.seen, instances);
         if unplaced > 0 {
+            instances.clear();
             return Err(RuntimeError::InvalidInput(format!(
                 "{unplaced} of rank {source}'s ids found no instance"
             )));
         }
-        instances.clear();
-        instances.extend_from_slice(&routed);
         Ok(())
     }
 }
@@ -107,4 +117,12 @@ fn count_ids(
         }
     }
     Ok(())
+}
+
+/// Buffers of [`Engine::reroute`], kept between calls.
+#[derive(Debug, Default)]
+pub(super) struct RerouteScratch {
+    table: RerouteTable,
+    seen: Vec<u32>,
+    counts: Vec<u32>,
 }

@@ -48,3 +48,52 @@ fn a_warm_step_does_not_allocate() {
     );
     assert_eq!(counted, 0, "allocations in 27 warm steps");
 }
+
+/// Router ids that add up to `row`: every expert's id as often as its count, spread over tokens.
+fn ids_of(row: &[u32]) -> Vec<u32> {
+    let mut ids: Vec<u32> = Vec::new();
+    for (expert, &count) in row.iter().enumerate() {
+        ids.extend(std::iter::repeat_n(expert as u32, count as usize));
+    }
+    ids
+}
+
+#[test]
+fn a_warm_routed_step_and_its_reroute_do_not_allocate() {
+    let mut engine = ep64_engine(1);
+    let loads = ep64_loads();
+    let ids: Vec<Vec<Vec<u32>>> = loads
+        .iter()
+        .map(|load| {
+            (0..64)
+                .map(|rank| ids_of(load.matrix().row(rank)))
+                .collect()
+        })
+        .collect();
+    let mut routed = Vec::new();
+    let mut round = |engine: &mut ultraep_runtime::Engine, tokens: &mut usize| {
+        for (index, ids) in ids.iter().enumerate() {
+            let rows: [&[u32]; 64] = std::array::from_fn(|rank| ids[rank].as_slice());
+            for layer in 0..LAYERS {
+                let step = StepId::new(index as u32, layer);
+                engine.step_routed(step, &rows).expect("steps");
+                for (rank, row) in rows.iter().enumerate() {
+                    engine
+                        .reroute(step, rank as u32, row, &mut routed)
+                        .expect("reroutes");
+                    *tokens += routed.len();
+                }
+            }
+        }
+    };
+    let mut warm = 0;
+    round(&mut engine, &mut warm);
+    round(&mut engine, &mut warm);
+    let mut tokens = 0;
+    let counted = allocations_on_this_thread(|| round(&mut engine, &mut tokens));
+    assert_eq!(tokens, 3 * 3 * 64 * 8192 * 8, "every id was rerouted");
+    assert_eq!(
+        counted, 0,
+        "allocations in 9 warm routed steps and their 576 reroutes"
+    );
+}
