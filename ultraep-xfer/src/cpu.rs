@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use crate::transport::{TransferReport, Transport};
 use crate::{
-    Checksum, NO_FLAG, Region, TileTask, TileTaskList, TransferSchedule, XferError, region_of,
+    Checksum, NO_FLAG, ReductionScratch, Region, TileTask, TileTaskList, TransferSchedule,
+    XferError, region_of,
 };
 
 /// How long a worker waits for a piece before declaring the distribution failed.
@@ -65,6 +66,39 @@ impl RegionMemory {
             sum.update(&lock(block)?);
         }
         Ok(sum.finish())
+    }
+
+    /// Reads the region as little-endian FP32 values into `out` (cleared first).
+    fn read_floats_into(&self, out: &mut Vec<f32>) -> Result<(), XferError> {
+        out.clear();
+        for block in &self.blocks {
+            let block = lock(block)?;
+            out.extend(
+                block
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            );
+        }
+        Ok(())
+    }
+
+    /// Writes `values` as little-endian FP32 over the whole region.
+    fn write_floats(&self, values: &[f32]) -> Result<(), XferError> {
+        let mut values = values.iter();
+        for block in &self.blocks {
+            let mut block = lock(block)?;
+            for (bytes, value) in block.chunks_exact_mut(4).zip(&mut values) {
+                bytes.copy_from_slice(&value.to_le_bytes());
+            }
+        }
+        Ok(())
+    }
+
+    fn zero(&self) -> Result<(), XferError> {
+        for block in &self.blocks {
+            lock(block)?.fill(0);
+        }
+        Ok(())
     }
 
     fn read_all(&self) -> Result<Vec<u8>, XferError> {
@@ -133,6 +167,14 @@ struct Job {
     fail_at_task: Option<usize>,
 }
 
+/// A reduction's master and replica values, and the reduction's own scratch.
+#[derive(Debug, Default)]
+struct ReductionBuffers {
+    master: Vec<f32>,
+    replicas: Vec<(u32, Vec<f32>)>,
+    scratch: ReductionScratch,
+}
+
 /// Wakes the workers for a new job and tells the caller when all are done.
 #[derive(Debug, Default)]
 struct Control {
@@ -179,6 +221,8 @@ pub struct CpuTransport {
     threads: Vec<JoinHandle<()>>,
     /// The caller's tile buffer when it does the work itself.
     tile: Vec<u8>,
+    /// Buffers of gradient reductions, kept between calls.
+    reduction: ReductionBuffers,
     fail_at_task: Option<usize>,
 }
 
@@ -232,6 +276,7 @@ impl CpuTransport {
             slot_states: vec![vec![SlotState::Empty; usize::from(slots)]; masters_per_rank.len()],
             threads,
             tile: Vec::with_capacity(block as usize),
+            reduction: ReductionBuffers::default(),
             fail_at_task: None,
         }
     }
@@ -291,44 +336,42 @@ impl CpuTransport {
                 }
             }
         }
-        let floats = |bytes: Vec<u8>| -> Vec<f32> {
-            bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect()
-        };
+        let memory = &self.shared.memory;
+        let buffers = &mut self.reduction;
         for fanout in schedule.fanouts() {
-            let master_region = Region::Master {
-                index: fanout.master_index,
-            };
-            let mut master = floats(self.region(fanout.master, master_region)?.read_all()?);
-            let replicas: Vec<(u32, Vec<f32>)> = fanout
-                .destinations
-                .iter()
-                .map(|&(rank, slot)| {
-                    Ok((
-                        rank,
-                        floats(self.region(rank, Region::Slot { slot })?.read_all()?),
-                    ))
-                })
-                .collect::<Result<_, XferError>>()?;
+            let master = memory.region(
+                fanout.master,
+                Region::Master {
+                    index: fanout.master_index,
+                },
+            )?;
+            master.read_floats_into(&mut buffers.master)?;
+            // Replica buffers are kept (and reused) across fan-outs and calls.
+            let count = fanout.destinations.len();
+            while buffers.replicas.len() < count {
+                buffers.replicas.push((0, Vec::new()));
+            }
+            for (&(rank, slot), (held_rank, values)) in
+                fanout.destinations.iter().zip(&mut buffers.replicas)
+            {
+                *held_rank = rank;
+                memory
+                    .region(rank, Region::Slot { slot })?
+                    .read_floats_into(values)?;
+            }
+            let replicas = &buffers.replicas[..count];
             let empty: &[f32] = &[];
-            crate::reduce_gradients(schedule, fanout, &mut master, |rank| {
-                replicas
-                    .iter()
-                    .find(|(r, _)| *r == rank)
-                    .map_or(empty, |(_, gradient)| gradient.as_slice())
-            })?;
-            let bytes: Vec<u8> = master
-                .iter()
-                .flat_map(|value| value.to_le_bytes())
-                .collect();
-            self.region(fanout.master, master_region)?
-                .write_all(&bytes)?;
-            let zeros = vec![0u8; self.state_bytes as usize];
+            buffers
+                .scratch
+                .reduce(schedule, fanout, &mut buffers.master, |rank| {
+                    replicas
+                        .iter()
+                        .find(|(r, _)| *r == rank)
+                        .map_or(empty, |(_, gradient)| gradient.as_slice())
+                })?;
+            master.write_floats(&buffers.master)?;
             for &(rank, slot) in &fanout.destinations {
-                self.region(rank, Region::Slot { slot })?
-                    .write_all(&zeros)?;
+                memory.region(rank, Region::Slot { slot })?.zero()?;
                 self.slot_states[rank as usize][usize::from(slot)] = SlotState::Empty;
             }
         }

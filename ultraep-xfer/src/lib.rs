@@ -29,7 +29,7 @@ pub use checksum::{Checksum, checksum};
 pub use config::{RelayPieces, TransferConfig};
 pub use cpu::{CpuTransport, SlotState};
 pub use error::XferError;
-pub use reduction::reduce_gradients;
+pub use reduction::{ReductionScratch, reduce_gradients};
 pub use replicas::{Fanout, Region, ReplicaSet};
 pub use schedule::{Piece, Route, ScheduleBuilder, ScheduledFanout, TransferSchedule};
 pub use simulate::{ReplicaReady, Simulation, lower_bound, simulate, simulate_reduction};

@@ -1,5 +1,6 @@
 //! A warm engine step allocates nothing: planning, slot choice, schedule, task list, the transfer
-//! and its verification, on the published EP64 shape. Counted on this thread, so the CPU backend
+//! and its verification, on the published EP64 shape; and a training step's backward (restore,
+//! replica gradients, reduction). Counted on this thread, so the CPU backend
 //! runs with one worker (the calling thread); the step benchmark counts every thread with four.
 
 #[path = "../../../test-support/counting_allocator.rs"]
@@ -9,6 +10,7 @@ use counting_allocator::{CountingAllocator, allocations_on_this_thread};
 use ultraep_runtime::StepId;
 
 use crate::ep64::{LAYERS, ep64_engine, ep64_loads};
+use crate::fixture::{GRADIENT, base_config, engine_with, loads};
 
 #[global_allocator]
 static ALLOCATOR: CountingAllocator = CountingAllocator;
@@ -95,5 +97,53 @@ fn a_warm_routed_step_and_its_reroute_do_not_allocate() {
     assert_eq!(
         counted, 0,
         "allocations in 9 warm routed steps and their 576 reroutes"
+    );
+}
+
+#[test]
+fn a_warm_backward_does_not_allocate() {
+    let mut engine = engine_with(ultraep_runtime::EngineConfig {
+        workers: 1,
+        ..base_config()
+    });
+    let gradient = vec![0.5f32; (GRADIENT / 4) as usize];
+    let hot: Vec<Vec<u32>> = [0, 9, 18].into_iter().map(loads).collect();
+    let mut instances = Vec::new();
+    let mut round = |engine: &mut ultraep_runtime::Engine, reduced: &mut usize| {
+        for (microbatch, loads) in hot.iter().enumerate() {
+            let matrix = ultraep_plan::LoadMatrix::new(loads, 8, 32).expect("a load");
+            for layer in 0..3 {
+                let step = StepId::new(microbatch as u32, layer);
+                engine.step(step, matrix).expect("steps");
+            }
+            for layer in (0..3).rev() {
+                let step = StepId::new(microbatch as u32, layer);
+                engine.restore(step).expect("restores");
+                instances.clear();
+                let count = engine.plan(step).map_or(0, |plan| plan.instances().len());
+                instances
+                    .extend((0..count as u32).filter(|&i| engine.replica_slot(step, i).is_some()));
+                for &instance in &instances {
+                    engine
+                        .write_replica_gradient(step, instance, &gradient)
+                        .expect("writes");
+                }
+                engine.reduce_gradients(step).expect("reduces");
+                *reduced += instances.len();
+            }
+        }
+    };
+    let mut warm = 0;
+    round(&mut engine, &mut warm);
+    round(&mut engine, &mut warm);
+    let mut reduced = 0;
+    let counted = allocations_on_this_thread(|| round(&mut engine, &mut reduced));
+    assert!(
+        reduced > 20,
+        "the counted backward passes reduced {reduced} replicas"
+    );
+    assert_eq!(
+        counted, 0,
+        "allocations in 9 warm forward and backward layer steps"
     );
 }
