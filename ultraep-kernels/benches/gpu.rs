@@ -111,8 +111,10 @@ fn tile_streaming(gpu: &Gpu) -> Result<(), KernelError> {
 }
 
 fn histogram_and_reroute(gpu: &Gpu) -> Result<(), KernelError> {
-    println!("\n| experts | ids | histogram (us) | histogram GB/s | reroute (us) | reroute GB/s |");
-    println!("|---|---|---|---|---|---|");
+    println!(
+        "\n| experts | ids | histogram (us) | histogram GB/s | reroute (us) | reroute GB/s | chunked reroute (us) | chunked GB/s |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
     for experts in [64u32, 128, 256] {
         let ranks = 64u32;
         let mut loads = vec![0u32; (ranks * experts) as usize];
@@ -146,7 +148,7 @@ fn histogram_and_reroute(gpu: &Gpu) -> Result<(), KernelError> {
             .enumerate()
             .flat_map(|(e, &n)| std::iter::repeat_n(e as u32, n as usize))
             .collect();
-        let resident = gpu.upload_reroute(&ids, &table)?;
+        let mut resident = gpu.upload_reroute(&ids, &table)?;
         let stream = gpu.stream().clone();
         let ids_device = stream
             .clone_htod(&ids)
@@ -167,14 +169,19 @@ fn histogram_and_reroute(gpu: &Gpu) -> Result<(), KernelError> {
         let reroute = median_seconds(gpu, 50, || {
             gpu.launch_reroute(&resident, &mut out, &mut invalid)
         })?;
+        let chunked = median_seconds(gpu, 50, || {
+            gpu.launch_reroute_chunked(&mut resident, &mut out, &mut invalid)
+        })?;
         let bytes = (ids.len() * 4) as f64;
         println!(
-            "| {experts} | {} | {:.1} | {:.0} | {:.1} | {:.0} |",
+            "| {experts} | {} | {:.1} | {:.0} | {:.1} | {:.0} | {:.1} | {:.0} |",
             ids.len(),
             histogram * 1e6,
             bytes / histogram / 1e9,
             reroute * 1e6,
-            2.0 * bytes / reroute / 1e9
+            2.0 * bytes / reroute / 1e9,
+            chunked * 1e6,
+            2.0 * bytes / chunked / 1e9
         );
     }
     Ok(())

@@ -29,7 +29,7 @@ pub(crate) fn driver(error: impl std::fmt::Debug) -> KernelError {
 pub struct Gpu {
     context: Arc<CudaContext>,
     stream: Arc<CudaStream>,
-    modules: [OnceLock<Result<Arc<CudaModule>, KernelError>>; 4],
+    modules: [OnceLock<Result<Arc<CudaModule>, KernelError>>; sources::ALL.len()],
 }
 
 impl std::fmt::Debug for Gpu {
@@ -74,6 +74,15 @@ impl Gpu {
     }
 
     pub(crate) fn function(&self, kernel: &KernelSource) -> Result<CudaFunction, KernelError> {
+        self.function_named(kernel, kernel.entry_points[0])
+    }
+
+    /// Entry point `entry` of `kernel`, compiled and loaded the first time.
+    pub(crate) fn function_named(
+        &self,
+        kernel: &KernelSource,
+        entry: &str,
+    ) -> Result<CudaFunction, KernelError> {
         let index = sources::ALL
             .iter()
             .position(|k| k.name == kernel.name)
@@ -84,7 +93,7 @@ impl Gpu {
                 self.context.load_module(ptx).map_err(driver)
             })
             .clone()?;
-        module.load_function(kernel.entry_points[0]).map_err(driver)
+        module.load_function(entry).map_err(driver)
     }
 
     /// Counts of every expert among a rank's router ids (the [`crate::reference::histogram`]
@@ -163,7 +172,16 @@ impl Gpu {
         table: &RerouteTable,
     ) -> Result<DeviceReroute, KernelError> {
         let entries: &[u8] = bytemuck::cast_slice(&table.entries);
+        let experts = table.offsets.len().saturating_sub(1);
+        let chunks = ids
+            .len()
+            .div_ceil(crate::chunked_reroute::CHUNK as usize)
+            .max(1);
         Ok(DeviceReroute {
+            chunk_counts: self
+                .stream
+                .alloc_zeros::<u32>((chunks * experts).max(1))
+                .map_err(driver)?,
             ids: self.stream.clone_htod(&pad(ids)).map_err(driver)?,
             n: ids.len() as u32,
             experts: table.offsets.len().saturating_sub(1) as u32,
@@ -367,11 +385,13 @@ impl Gpu {
 
 /// One source's router ids and reroute table on the device.
 pub struct DeviceReroute {
-    ids: CudaSlice<u32>,
-    n: u32,
-    experts: u32,
-    offsets: CudaSlice<u32>,
-    entries: CudaSlice<u8>,
+    pub(crate) ids: CudaSlice<u32>,
+    pub(crate) n: u32,
+    pub(crate) experts: u32,
+    pub(crate) offsets: CudaSlice<u32>,
+    pub(crate) entries: CudaSlice<u8>,
+    /// Per-chunk counts of the chunked reroute (chunks x experts).
+    pub(crate) chunk_counts: CudaSlice<u32>,
 }
 
 /// Every rank's memory on the device.

@@ -16,6 +16,7 @@
 
 #![allow(unsafe_code)]
 
+mod chunked_reroute;
 mod compile;
 mod device_memory;
 mod error;

@@ -217,5 +217,118 @@ extern "C" __global__ void ultraep_gradient_reduce(const ReduceJob* jobs, unsign
 "#,
 };
 
+/// The reroute of [`REROUTE`] spread over many blocks, in three deterministic passes over chunks of
+/// `chunk` ids (one block per chunk):
+///
+/// 1. `ultraep_reroute_count`: every chunk counts its ids per expert into `counts[chunk][e]`.
+/// 2. `ultraep_reroute_scan`: per expert, an exclusive prefix sum over the chunks, in place, so
+///    `counts[chunk][e]` becomes the occurrences of `e` before the chunk.
+/// 3. `ultraep_reroute_assign`: every chunk ranks its ids in sub-tiles of `blockDim.x`: within a
+///    warp with `__match_any_sync` (the lanes before with the same expert), across the warps of the
+///    sub-tile through per-warp counts in shared memory, across sub-tiles with running counters
+///    seeded from pass 2. The occurrence then picks the entry as in [`REROUTE`].
+///
+/// No ordering depends on scheduling, so the result equals the single-block kernel's. Shared
+/// memory of pass 1: `experts * 4` bytes; of pass 3: `experts * 4 * (1 + blockDim.x / 32)`.
+pub const REROUTE_CHUNKED: KernelSource = KernelSource {
+    name: "reroute_chunked",
+    entry_points: &[
+        "ultraep_reroute_count",
+        "ultraep_reroute_scan",
+        "ultraep_reroute_assign",
+    ],
+    source: r#"
+struct RerouteEntry { unsigned int end; unsigned int instance; };
+
+extern "C" __global__ void ultraep_reroute_count(const unsigned int* ids, unsigned int n,
+                                                 unsigned int experts, unsigned int chunk,
+                                                 unsigned int* counts) {
+    extern __shared__ unsigned int local[];
+    for (unsigned int e = threadIdx.x; e < experts; e += blockDim.x) local[e] = 0;
+    __syncthreads();
+    unsigned long long start = (unsigned long long)blockIdx.x * chunk;
+    unsigned long long end = min(start + chunk, (unsigned long long)n);
+    for (unsigned long long i = start + threadIdx.x; i < end; i += blockDim.x) {
+        unsigned int e = ids[i];
+        if (e < experts) atomicAdd(&local[e], 1u);
+    }
+    __syncthreads();
+    for (unsigned int e = threadIdx.x; e < experts; e += blockDim.x)
+        counts[(unsigned long long)blockIdx.x * experts + e] = local[e];
+}
+
+extern "C" __global__ void ultraep_reroute_scan(unsigned int* counts, unsigned int chunks,
+                                                unsigned int experts) {
+    unsigned int e = blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= experts) return;
+    unsigned int running = 0;
+    for (unsigned int c = 0; c < chunks; ++c) {
+        unsigned long long at = (unsigned long long)c * experts + e;
+        unsigned int here = counts[at];
+        counts[at] = running;
+        running += here;
+    }
+}
+
+extern "C" __global__ void ultraep_reroute_assign(const unsigned int* ids, unsigned int n,
+                                                  unsigned int experts, unsigned int chunk,
+                                                  const unsigned int* before_chunk,
+                                                  const unsigned int* offsets,
+                                                  const RerouteEntry* entries,
+                                                  unsigned int* out, unsigned int* invalid) {
+    extern __shared__ unsigned int shared[];
+    unsigned int warps = blockDim.x / 32;
+    unsigned int* seen = shared;
+    unsigned int* warp_counts = shared + experts;
+    unsigned int lane = threadIdx.x & 31u;
+    unsigned int warp = threadIdx.x >> 5;
+    for (unsigned int e = threadIdx.x; e < experts; e += blockDim.x)
+        seen[e] = before_chunk[(unsigned long long)blockIdx.x * experts + e];
+    unsigned long long start = (unsigned long long)blockIdx.x * chunk;
+    unsigned long long end = min(start + chunk, (unsigned long long)n);
+    unsigned int bad = 0;
+    for (unsigned long long base = start; base < end; base += blockDim.x) {
+        for (unsigned int x = threadIdx.x; x < warps * experts; x += blockDim.x) warp_counts[x] = 0;
+        __syncthreads();
+        unsigned long long i = base + threadIdx.x;
+        unsigned int e = i < end ? ids[i] : 0xffffffffu;
+        bool valid = i < end && e < experts;
+        unsigned int key = valid ? e : 0xffffffffu;
+        unsigned int same = __match_any_sync(0xffffffffu, key);
+        unsigned int rank_in_warp = __popc(same & ((1u << lane) - 1u));
+        if (valid && (unsigned int)(__ffs(same) - 1) == lane)
+            warp_counts[warp * experts + e] = __popc(same);
+        __syncthreads();
+        if (i < end) {
+            unsigned int result = 0xffffffffu;
+            if (valid) {
+                unsigned int occurrence = seen[e] + rank_in_warp;
+                for (unsigned int w = 0; w < warp; ++w) occurrence += warp_counts[w * experts + e];
+                for (unsigned int k = offsets[e]; k < offsets[e + 1]; ++k) {
+                    if (occurrence < entries[k].end) { result = entries[k].instance; break; }
+                }
+            }
+            if (result == 0xffffffffu) ++bad;
+            out[i] = result;
+        }
+        __syncthreads();
+        for (unsigned int x = threadIdx.x; x < experts; x += blockDim.x) {
+            unsigned int sum = 0;
+            for (unsigned int w = 0; w < warps; ++w) sum += warp_counts[w * experts + x];
+            seen[x] += sum;
+        }
+        __syncthreads();
+    }
+    if (bad) atomicAdd(invalid, bad);
+}
+"#,
+};
+
 /// Every kernel.
-pub const ALL: [KernelSource; 4] = [HISTOGRAM, REROUTE, TILE_STREAM, GRADIENT_REDUCE];
+pub const ALL: [KernelSource; 5] = [
+    HISTOGRAM,
+    REROUTE,
+    REROUTE_CHUNKED,
+    TILE_STREAM,
+    GRADIENT_REDUCE,
+];

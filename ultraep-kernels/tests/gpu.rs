@@ -89,6 +89,39 @@ fn reroute_matches() -> Result<(), Failed> {
     Ok(())
 }
 
+/// The chunked reroute equals the CPU reference too: small plans, and 8192 tokens x top-8 of
+/// shuffled ids (64 chunks, the last one partial) with some ids naming no expert.
+fn chunked_reroute_matches() -> Result<(), Failed> {
+    let gpu = gpu()?;
+    for seed in 1..4 {
+        let (loads, plan) = planned(seed);
+        let matrix = LoadMatrix::new(&loads, 8, 32).map_err(fail)?;
+        for source in 0..8u32 {
+            let table = RerouteTable::for_source(&plan, matrix, source).map_err(fail)?;
+            let ids =
+                common::shuffled_ids(matrix.row(source as usize), seed * 31 + u64::from(source));
+            let got = gpu.reroute_chunked(&ids, &table).map_err(fail)?;
+            check(
+                got == reroute(&ids, &table),
+                "the chunked reroute differs from the CPU reference",
+            )?;
+        }
+    }
+    let (loads, plan) = planned(9);
+    let matrix = LoadMatrix::new(&loads, 8, 32).map_err(fail)?;
+    let table = RerouteTable::for_source(&plan, matrix, 0).map_err(fail)?;
+    let mut random = Random(5);
+    let mut ids: Vec<u32> = (0..8192 * 8 + 77)
+        .map(|_| (random.next() % 33) as u32)
+        .collect();
+    ids[17] = u32::MAX;
+    let got = gpu.reroute_chunked(&ids, &table).map_err(fail)?;
+    check(
+        got == reroute(&ids, &table),
+        "the chunked reroute of 65 613 ids differs from the CPU reference",
+    )
+}
+
 fn streaming_matches() -> Result<(), Failed> {
     let gpu = gpu()?;
     let topology = Preset::HgxH100.topology(1).map_err(fail)?;
@@ -161,6 +194,11 @@ fn main() {
         Trial::test("gpu_histogram_matches_the_reference", histogram_matches)
             .with_ignored_flag(ignore),
         Trial::test("gpu_reroute_matches_the_reference", reroute_matches).with_ignored_flag(ignore),
+        Trial::test(
+            "gpu_chunked_reroute_matches_the_reference",
+            chunked_reroute_matches,
+        )
+        .with_ignored_flag(ignore),
         Trial::test(
             "gpu_tile_streaming_matches_the_reference",
             streaming_matches,

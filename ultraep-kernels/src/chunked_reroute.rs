@@ -1,0 +1,108 @@
+//! The chunked reroute on a GPU: [`crate::sources::REROUTE_CHUNKED`]'s three passes, one block
+//! per chunk of ids, with the semantics of [`crate::reference::reroute`].
+
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+
+use crate::gpu::{BLOCK, DeviceReroute, Gpu, driver};
+use crate::reference::reroute::RerouteTable;
+use crate::{KernelError, sources};
+
+/// Ids per block.
+pub const CHUNK: u32 = 1024;
+
+impl Gpu {
+    /// The instance of every id of one source, by the chunked kernel, and how many could not be
+    /// placed; equal to [`Gpu::reroute`] and to the CPU reference.
+    pub fn reroute_chunked(
+        &self,
+        ids: &[u32],
+        table: &RerouteTable,
+    ) -> Result<(Vec<u32>, u32), KernelError> {
+        let mut resident = self.upload_reroute(ids, table)?;
+        let stream = self.stream();
+        let mut out = stream
+            .clone_htod(&vec![0xdead_beef_u32; ids.len().max(1)])
+            .map_err(driver)?;
+        let mut invalid = stream.alloc_zeros::<u32>(1).map_err(driver)?;
+        self.launch_reroute_chunked(&mut resident, &mut out, &mut invalid)?;
+        let mut instances = stream.clone_dtoh(&out).map_err(driver)?;
+        instances.truncate(ids.len());
+        let invalid = stream.clone_dtoh(&invalid).map_err(driver)?;
+        Ok((instances, invalid.first().copied().unwrap_or(0)))
+    }
+
+    /// Launches the three passes on device-resident inputs; `invalid` is zeroed first.
+    pub fn launch_reroute_chunked(
+        &self,
+        input: &mut DeviceReroute,
+        out: &mut CudaSlice<u32>,
+        invalid: &mut CudaSlice<u32>,
+    ) -> Result<(), KernelError> {
+        if out.len() < input.n as usize || invalid.is_empty() {
+            return Err(KernelError::InvalidInput(
+                "reroute buffers are too short".into(),
+            ));
+        }
+        let stream = self.stream();
+        stream.memset_zeros(invalid).map_err(driver)?;
+        if input.n == 0 || input.experts == 0 {
+            return Ok(());
+        }
+        let chunks = input.n.div_ceil(CHUNK);
+        let warps = BLOCK / 32;
+        let count = self.function_named(&sources::REROUTE_CHUNKED, "ultraep_reroute_count")?;
+        let scan = self.function_named(&sources::REROUTE_CHUNKED, "ultraep_reroute_scan")?;
+        let assign = self.function_named(&sources::REROUTE_CHUNKED, "ultraep_reroute_assign")?;
+
+        let mut launch = stream.launch_builder(&count);
+        launch
+            .arg(&input.ids)
+            .arg(&input.n)
+            .arg(&input.experts)
+            .arg(&CHUNK)
+            .arg(&mut input.chunk_counts);
+        let config = LaunchConfig {
+            grid_dim: (chunks, 1, 1),
+            block_dim: (BLOCK, 1, 1),
+            shared_mem_bytes: input.experts * 4,
+        };
+        // SAFETY: arguments match the kernel's signature; chunk_counts holds chunks x experts
+        // words (allocated by upload_reroute for these ids), ids holds n words.
+        unsafe { launch.launch(config) }.map_err(driver)?;
+
+        let mut launch = stream.launch_builder(&scan);
+        launch
+            .arg(&mut input.chunk_counts)
+            .arg(&chunks)
+            .arg(&input.experts);
+        let config = LaunchConfig {
+            grid_dim: (input.experts.div_ceil(BLOCK), 1, 1),
+            block_dim: (BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: as above; one thread per expert walks the chunks.
+        unsafe { launch.launch(config) }.map_err(driver)?;
+
+        let mut launch = stream.launch_builder(&assign);
+        launch
+            .arg(&input.ids)
+            .arg(&input.n)
+            .arg(&input.experts)
+            .arg(&CHUNK)
+            .arg(&input.chunk_counts)
+            .arg(&input.offsets)
+            .arg(&input.entries)
+            .arg(out)
+            .arg(invalid);
+        let config = LaunchConfig {
+            grid_dim: (chunks, 1, 1),
+            block_dim: (BLOCK, 1, 1),
+            shared_mem_bytes: input.experts * 4 * (1 + warps),
+        };
+        // SAFETY: arguments match the kernel's signature; offsets has experts + 1 entries, out at
+        // least n words (checked), the block size a multiple of 32 (every lane joins the warp
+        // match), shared memory as the kernel's documentation says.
+        unsafe { launch.launch(config) }.map_err(driver)?;
+        Ok(())
+    }
+}
