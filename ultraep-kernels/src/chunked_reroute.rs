@@ -18,17 +18,9 @@ impl Gpu {
         ids: &[u32],
         table: &RerouteTable,
     ) -> Result<(Vec<u32>, u32), KernelError> {
-        let mut resident = self.upload_reroute(ids, table)?;
-        let stream = self.stream();
-        let mut out = stream
-            .clone_htod(&vec![0xdead_beef_u32; ids.len().max(1)])
-            .map_err(driver)?;
-        let mut invalid = stream.alloc_zeros::<u32>(1).map_err(driver)?;
-        self.launch_reroute_chunked(&mut resident, &mut out, &mut invalid)?;
-        let mut instances = stream.clone_dtoh(&out).map_err(driver)?;
-        instances.truncate(ids.len());
-        let invalid = stream.clone_dtoh(&invalid).map_err(driver)?;
-        Ok((instances, invalid.first().copied().unwrap_or(0)))
+        self.run_reroute(ids, table, |resident, out, invalid| {
+            self.launch_reroute_chunked(resident, out, invalid)
+        })
     }
 
     /// Launches the three passes on device-resident inputs; `invalid` is zeroed first.

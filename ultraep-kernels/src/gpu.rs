@@ -152,13 +152,30 @@ impl Gpu {
         ids: &[u32],
         table: &RerouteTable,
     ) -> Result<(Vec<u32>, u32), KernelError> {
-        let resident = self.upload_reroute(ids, table)?;
+        self.run_reroute(ids, table, |resident, out, invalid| {
+            self.launch_reroute(resident, out, invalid)
+        })
+    }
+
+    /// Uploads `ids` and `table`, runs `launch` on them with poisoned outputs, and brings back
+    /// the instances and the count of ids placed nowhere.
+    pub(crate) fn run_reroute(
+        &self,
+        ids: &[u32],
+        table: &RerouteTable,
+        launch: impl FnOnce(
+            &mut DeviceReroute,
+            &mut CudaSlice<u32>,
+            &mut CudaSlice<u32>,
+        ) -> Result<(), KernelError>,
+    ) -> Result<(Vec<u32>, u32), KernelError> {
+        let mut resident = self.upload_reroute(ids, table)?;
         let mut out = self
             .stream
             .clone_htod(&vec![0xdead_beef_u32; ids.len().max(1)])
             .map_err(driver)?;
         let mut invalid = self.stream.alloc_zeros::<u32>(1).map_err(driver)?;
-        self.launch_reroute(&resident, &mut out, &mut invalid)?;
+        launch(&mut resident, &mut out, &mut invalid)?;
         let mut instances = self.stream.clone_dtoh(&out).map_err(driver)?;
         instances.truncate(ids.len());
         let invalid = self.stream.clone_dtoh(&invalid).map_err(driver)?;
