@@ -4,7 +4,7 @@
 //! Kernel sources ([`sources`]) are CUDA C++ compiled at run time by NVRTC for Hopper
 //! ([`compile`]); they consume the `#[repr(C)]` descriptors of `ultraep-xfer` (tile tasks) and of
 //! this crate ([`reference::reroute::RerouteEntry`], [`reference::reduce::ReduceJob`]) as they are.
-//! Every kernel has a CPU reference with the same semantics ([`reference`]), so the whole system
+//! Every kernel has a CPU reference with the same semantics ([`reference`](mod@reference)), so the whole system
 //! runs and is tested without a GPU, and GPU results are checked against them exactly.
 //!
 //! [`gpu::Gpu`] runs them on a device; without one, every GPU test shows as ignored. The GPU

@@ -122,7 +122,7 @@
 //! [`NoBalance`] (masters only), [`Eplb`] (DeepSeek's EPLB with fixed masters, planned from an
 //! estimate and applied to the real load) and [`ForceBalanced`] (the unreachable ideal, for
 //! throughput comparisons) implement the same [`Balancer`] trait and return the same [`Plan`].
-//! [`reference`] rebuilds the published EP64 test scenario.
+//! [`reference`](mod@reference) rebuilds the published EP64 test scenario.
 
 mod assembler;
 mod balancer;
