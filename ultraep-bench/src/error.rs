@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 use ultraep_plan::PlanError;
+use ultraep_runtime::RuntimeError;
 use ultraep_topo::TopoError;
 use ultraep_xfer::XferError;
 
@@ -44,6 +45,9 @@ pub enum BenchError {
     /// A plan could not be made.
     #[error(transparent)]
     Planning(#[from] PlanError),
+    /// The runtime's engine refused or failed.
+    #[error(transparent)]
+    Engine(#[from] RuntimeError),
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {

@@ -11,6 +11,7 @@
 //! What it may depend on: every other ultraep crate. Nothing depends on it.
 
 pub mod bench_command;
+pub mod engine_command;
 mod error;
 pub mod experiment;
 pub mod machine;

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use ultraep_bench::bench_command::{self, BenchArgs};
+use ultraep_bench::engine_command::{self, EngineArgs};
 use ultraep_bench::plan_command::{self, PlanArgs};
 use ultraep_bench::simulate_command::{self, SimulateArgs};
 use ultraep_bench::topo_command::{self, TopoArgs};
@@ -29,6 +30,8 @@ enum Command {
     Bench(BenchArgs),
     /// Run one scenario, or a recorded trace, through every balancer.
     Simulate(SimulateArgs),
+    /// Run a scenario's loads through the runtime's engine on CPU ranks (real copies).
+    Engine(EngineArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +42,7 @@ fn main() -> ExitCode {
         Command::Xfer(args) => xfer_command::run(args),
         Command::Bench(args) => bench_command::run(args),
         Command::Simulate(args) => simulate_command::run(args),
+        Command::Engine(args) => engine_command::run(args),
     };
     match result {
         Ok(out) => {

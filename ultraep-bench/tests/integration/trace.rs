@@ -342,3 +342,45 @@ fn simulate_replays_a_trace_the_engine_wrote() {
     );
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// `ultraep engine` runs a scenario through the runtime's engine and writes a trace that reads
+/// back with every step's loads.
+#[test]
+fn the_engine_command_runs_a_scenario_and_writes_its_trace() {
+    let dir = scratch("engine-command");
+    let path = dir.join("run.jsonl");
+    let out = Command::new(env!("CARGO_BIN_EXE_ultraep"))
+        .args([
+            "engine",
+            "--scenario",
+            "GLM-4.5-Air",
+            "--steps",
+            "2",
+            "--layers",
+            "2",
+            "--trace",
+        ])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.contains("| max/mean before -> after | 2."), "{table}");
+    assert!(
+        table.contains("| copies again before the backward |"),
+        "{table}"
+    );
+    let trace = Trace::load(&path).unwrap();
+    assert_eq!((trace.ranks, trace.experts, trace.layers()), (64, 128, 2));
+    assert_eq!(trace.steps.len(), 2);
+    let bad = Command::new(env!("CARGO_BIN_EXE_ultraep"))
+        .args(["engine", "--scenario", "no such model"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -1,0 +1,232 @@
+//! `ultraep engine`: a published scenario's drifting loads through the runtime's real engine on
+//! in-process CPU ranks: plans, slot choices, real copies of (scaled-down) expert weights, and in
+//! training the backward's restores and gradient reductions; with and without the planner's
+//! preference for replicas already in place. Optionally writes the run's JSON-lines trace.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use ultraep_plan::{ExpertLayout, LoadMatrix, PlanConfig};
+use ultraep_runtime::{Dtype, Engine, EngineConfig, ModelShape, StepId, TraceWriter};
+use ultraep_xfer::TransferConfig;
+
+use crate::BenchError;
+use crate::experiment::{RunConfig, Scenario, workload_config};
+use crate::machine::nvl72_gpus;
+use crate::step::Mode;
+use crate::workload::Workload;
+
+/// Arguments of `ultraep engine`.
+#[derive(Debug, Args)]
+pub struct EngineArgs {
+    /// A published scenario (by name, or a part of it such as "DeepSeek").
+    #[arg(long, default_value = "Qwen3-235B training")]
+    pub scenario: String,
+    /// Microbatches.
+    #[arg(long, default_value_t = 8)]
+    pub steps: u32,
+    /// MoE layers.
+    #[arg(long, default_value_t = 4)]
+    pub layers: u32,
+    /// Worker threads moving weights.
+    #[arg(long, default_value_t = 4)]
+    pub workers: usize,
+    /// Write the run's trace (JSON lines, replayable by `ultraep simulate --trace`) here.
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
+}
+
+/// Sums over one run.
+#[derive(Debug, Default)]
+struct Totals {
+    layer_steps: u64,
+    initial: f64,
+    last: f64,
+    replicas: u64,
+    copies: u64,
+    skipped: u64,
+    restore_copies: u64,
+    bytes: u64,
+    planning: Duration,
+    engine: Duration,
+}
+
+/// The table's rows, in the order of [`Totals::cells`].
+const ROWS: [&str; 7] = [
+    "max/mean before -> after",
+    "replicas per layer step",
+    "weight copies / reused in place",
+    "copies again before the backward",
+    "bytes moved (MB)",
+    "planning per layer step (us)",
+    "placing and copying per layer step (us)",
+];
+
+impl Totals {
+    /// The figures of [`ROWS`], formatted.
+    fn cells(&self) -> [String; 7] {
+        let steps = self.layer_steps.max(1) as f64;
+        [
+            format!("{:.2} -> {:.3}", self.initial / steps, self.last / steps),
+            format!("{:.1}", self.replicas as f64 / steps),
+            format!("{} / {}", self.copies, self.skipped),
+            self.restore_copies.to_string(),
+            format!("{:.1}", self.bytes as f64 / 1e6),
+            format!("{:.1}", self.planning.as_secs_f64() * 1e6 / steps),
+            format!("{:.1}", self.engine.as_secs_f64() * 1e6 / steps),
+        ]
+    }
+}
+
+/// Runs `ultraep engine` and returns its table.
+pub fn run(args: &EngineArgs) -> Result<String, BenchError> {
+    let scenario = Scenario::published()
+        .into_iter()
+        .find(|s| s.name.contains(args.scenario.as_str()))
+        .ok_or_else(|| BenchError::InvalidProblem {
+            source_name: args.scenario.clone(),
+            message: "no such scenario".into(),
+        })?;
+    if args.steps == 0 || args.layers == 0 {
+        return Err(BenchError::InvalidProblem {
+            source_name: "ultraep engine".into(),
+            message: "--steps and --layers must be at least 1".into(),
+        });
+    }
+    let run = RunConfig {
+        steps: args.steps,
+        layers: args.layers,
+        ..RunConfig::QUICK
+    };
+    let workload = workload_config(&scenario, &run);
+    let mut trace = match &args.trace {
+        Some(path) => {
+            let file = std::fs::File::create(path).map_err(|source| BenchError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            Some(TraceWriter::new(
+                std::io::BufWriter::new(file),
+                64,
+                scenario.model.routed_experts,
+                args.layers,
+                Some(scenario.model.top_k),
+            )?)
+        }
+        None => None,
+    };
+    let with = engine_run(
+        &scenario,
+        args,
+        Workload::new(workload),
+        true,
+        trace.as_mut(),
+    )?;
+    let without =
+        engine_run::<std::io::Sink>(&scenario, args, Workload::new(workload), false, None)?;
+    if let Some(trace) = trace {
+        let mut out = trace.finish()?;
+        out.flush().map_err(|source| BenchError::Io {
+            path: args.trace.clone().unwrap_or_default(),
+            source,
+        })?;
+    }
+    let mut out = format!(
+        "{} on 64 GB200 NVL72 GPUs through the runtime's engine (CPU backend, 48 KiB experts \
+         standing in for the real ones): {} microbatches x {} layers\n\n\
+         | | prefer replicas in place | no preference |\n|---|---|---|\n",
+        scenario.name, args.steps, args.layers
+    );
+    for (name, (a, b)) in ROWS
+        .iter()
+        .zip(with.cells().into_iter().zip(without.cells()))
+    {
+        out.push_str(&format!("| {name} | {a} | {b} |\n"));
+    }
+    Ok(out)
+}
+
+fn engine_run<W: Write>(
+    scenario: &Scenario,
+    args: &EngineArgs,
+    mut workload: Workload,
+    prefer: bool,
+    mut trace: Option<&mut TraceWriter<W>>,
+) -> Result<Totals, BenchError> {
+    let experts = scenario.model.routed_experts;
+    let model = ModelShape {
+        layers: args.layers,
+        experts,
+        top_k: scenario.model.top_k,
+        hidden: 64,
+        expert_width: 64,
+        dtype: Dtype::F32,
+    };
+    let training = scenario.mode == Mode::Training;
+    let mut engine = Engine::new(EngineConfig {
+        topology: nvl72_gpus(64)?,
+        layout: ExpertLayout::balanced_blocks(64, experts)?,
+        model,
+        mode: if training {
+            ultraep_runtime::Mode::Training
+        } else {
+            ultraep_runtime::Mode::Prefill
+        },
+        slots_per_rank: 2,
+        microbatches_in_flight: 1,
+        prefer_resident_replicas: prefer,
+        plan: PlanConfig::default(),
+        transfer: TransferConfig {
+            tile_bytes: 4096,
+            chunk_bytes: 16384,
+            ..TransferConfig::default()
+        },
+        workers: args.workers,
+    })?;
+    let state = model.expert_state()?.bytes() as usize;
+    for layer in 0..args.layers {
+        for expert in 0..experts {
+            engine.write_master(layer, expert, &vec![(layer + expert) as u8; state])?;
+        }
+    }
+    let zeros = vec![0f32; model.gradient_state()?.bytes() as usize / 4];
+    let mut totals = Totals::default();
+    for microbatch in 0..args.steps {
+        let loads = workload.next_step();
+        for (layer, loads) in loads.iter().enumerate() {
+            let step = StepId::new(microbatch, layer as u32);
+            let matrix = LoadMatrix::new(loads, 64, experts as usize)?;
+            let report = engine.step(step, matrix)?;
+            if let Some(trace) = trace.as_deref_mut() {
+                trace.record(&report, matrix)?;
+            }
+            totals.layer_steps += 1;
+            totals.initial += report.metrics.initial_imbalance();
+            totals.last += report.metrics.imbalance();
+            totals.replicas += u64::from(report.metrics.replicas);
+            totals.copies += u64::from(report.copies);
+            totals.skipped += u64::from(report.copies_skipped);
+            totals.bytes += report.bytes_moved;
+            totals.planning += report.planning;
+            totals.engine += report.transfer;
+        }
+        if training {
+            for layer in (0..args.layers).rev() {
+                let step = StepId::new(microbatch, layer);
+                let restored = engine.restore(step)?;
+                totals.restore_copies += u64::from(restored.copies);
+                totals.bytes += restored.bytes_moved;
+                let instances = engine.plan(step).map_or(0, |plan| plan.instances().len());
+                for instance in 0..instances as u32 {
+                    if engine.replica_slot(step, instance).is_some() {
+                        engine.write_replica_gradient(step, instance, &zeros)?;
+                    }
+                }
+                engine.reduce_gradients(step)?;
+            }
+        }
+    }
+    Ok(totals)
+}
