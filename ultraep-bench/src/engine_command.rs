@@ -5,11 +5,10 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::Args;
 use ultraep_plan::{ExpertLayout, LoadMatrix, PlanConfig};
-use ultraep_runtime::{Dtype, Engine, EngineConfig, ModelShape, StepId, TraceWriter};
+use ultraep_runtime::{Dtype, Engine, EngineConfig, ModelShape, StepId, Summary, TraceWriter};
 use ultraep_xfer::TransferConfig;
 
 use crate::BenchError;
@@ -38,19 +37,12 @@ pub struct EngineArgs {
     pub trace: Option<PathBuf>,
 }
 
-/// Sums over one run.
+/// What one run did: the engine's summary of its steps, and the backward's restores.
 #[derive(Debug, Default)]
 struct Totals {
-    layer_steps: u64,
-    initial: f64,
-    last: f64,
-    replicas: u64,
-    copies: u64,
-    skipped: u64,
+    steps: Summary,
     restore_copies: u64,
-    bytes: u64,
-    planning: Duration,
-    engine: Duration,
+    restore_bytes: u64,
 }
 
 /// The table's rows, in the order of [`Totals::cells`].
@@ -67,15 +59,23 @@ const ROWS: [&str; 7] = [
 impl Totals {
     /// The figures of [`ROWS`], formatted.
     fn cells(&self) -> [String; 7] {
-        let steps = self.layer_steps.max(1) as f64;
+        let summary = &self.steps;
+        let steps = summary.steps.max(1) as f64;
         [
-            format!("{:.2} -> {:.3}", self.initial / steps, self.last / steps),
-            format!("{:.1}", self.replicas as f64 / steps),
-            format!("{} / {}", self.copies, self.skipped),
+            format!(
+                "{:.2} -> {:.3}",
+                summary.initial_imbalance_sum / steps,
+                summary.imbalance_sum / steps
+            ),
+            format!("{:.1}", summary.replicas as f64 / steps),
+            format!("{} / {}", summary.copies, summary.copies_skipped),
             self.restore_copies.to_string(),
-            format!("{:.1}", self.bytes as f64 / 1e6),
-            format!("{:.1}", self.planning.as_secs_f64() * 1e6 / steps),
-            format!("{:.1}", self.engine.as_secs_f64() * 1e6 / steps),
+            format!(
+                "{:.1}",
+                (summary.bytes_moved + self.restore_bytes) as f64 / 1e6
+            ),
+            format!("{:.1}", summary.planning.as_secs_f64() * 1e6 / steps),
+            format!("{:.1}", summary.transfer.as_secs_f64() * 1e6 / steps),
         ]
     }
 }
@@ -202,22 +202,13 @@ fn engine_run<W: Write>(
             if let Some(trace) = trace.as_deref_mut() {
                 trace.record(&report, matrix)?;
             }
-            totals.layer_steps += 1;
-            totals.initial += report.metrics.initial_imbalance();
-            totals.last += report.metrics.imbalance();
-            totals.replicas += u64::from(report.metrics.replicas);
-            totals.copies += u64::from(report.copies);
-            totals.skipped += u64::from(report.copies_skipped);
-            totals.bytes += report.bytes_moved;
-            totals.planning += report.planning;
-            totals.engine += report.transfer;
         }
         if training {
             for layer in (0..args.layers).rev() {
                 let step = StepId::new(microbatch, layer);
                 let restored = engine.restore(step)?;
                 totals.restore_copies += u64::from(restored.copies);
-                totals.bytes += restored.bytes_moved;
+                totals.restore_bytes += restored.bytes_moved;
                 let instances = engine.plan(step).map_or(0, |plan| plan.instances().len());
                 for instance in 0..instances as u32 {
                     if engine.replica_slot(step, instance).is_some() {
@@ -228,5 +219,6 @@ fn engine_run<W: Write>(
             }
         }
     }
+    totals.steps = *engine.summary();
     Ok(totals)
 }
