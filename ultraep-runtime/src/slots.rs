@@ -50,6 +50,10 @@ impl SlotTable {
         rank as usize * self.per_rank + usize::from(slot)
     }
 
+    pub fn content(&self, rank: u32, slot: u16) -> Option<SlotContent> {
+        self.contents.get(self.index(rank, slot)).copied().flatten()
+    }
+
     pub fn set_content(&mut self, rank: u32, slot: u16, content: Option<SlotContent>) {
         let index = self.index(rank, slot);
         self.contents[index] = content;

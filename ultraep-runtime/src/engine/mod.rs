@@ -277,7 +277,8 @@ impl<B: Backend> Engine<B> {
     }
 
     /// The weights instance `instance` of `step`'s plan computes with: its master's for a
-    /// master, its slot's for a replica.
+    /// master, its slot's for a replica. A replica whose slot no longer holds its current weights
+    /// (a later step took the slot, or the master changed) is an error, never stale bytes.
     pub fn instance_weights(&self, step: StepId, instance: u32) -> Result<Vec<u8>, RuntimeError> {
         let entry = self.entry(step)?;
         let found = entry
@@ -288,7 +289,20 @@ impl<B: Backend> Engine<B> {
                 RuntimeError::InvalidInput(format!("{step} has no instance {instance}"))
             })?;
         match entry.slots[instance as usize] {
-            Some((rank, slot)) => self.read_slot(rank, slot),
+            Some((rank, slot)) => {
+                let current = SlotContent {
+                    layer: step.layer,
+                    expert: found.expert,
+                    version: self.versions
+                        [(step.layer * self.config.model.experts + found.expert) as usize],
+                };
+                if self.slots.content(rank, slot) != Some(current) {
+                    return Err(RuntimeError::InvalidInput(format!(
+                        "the slot of instance {instance} of {step} no longer holds its current                          weights (a later step took it, or the master changed): restore {step}"
+                    )));
+                }
+                self.read_slot(rank, slot)
+            }
             None => self.read_master(step.layer, found.expert),
         }
     }

@@ -333,3 +333,56 @@ fn gradients_need_a_training_engine() {
         Err(RuntimeError::InvalidConfig(_))
     ));
 }
+
+#[test]
+fn weights_of_a_replica_whose_slot_was_taken_are_refused_until_restored() {
+    let mut engine = engine();
+    let (hot_0, hot_9, hot_18) = (loads(0), loads(9), loads(18));
+    engine
+        .step(s(0), LoadMatrix::new(&hot_0, 8, 32).unwrap())
+        .unwrap();
+    let replicas: Vec<u32> = (0..64)
+        .filter(|&i| engine.replica_slot(s(0), i).is_some())
+        .collect();
+    for &instance in &replicas {
+        engine.instance_weights(s(0), instance).unwrap();
+    }
+    // Two more layers take every slot layer 0's replicas were in.
+    engine
+        .step(s(1), LoadMatrix::new(&hot_9, 8, 32).unwrap())
+        .unwrap();
+    engine
+        .step(s(2), LoadMatrix::new(&hot_18, 8, 32).unwrap())
+        .unwrap();
+    let stale: Vec<u32> = replicas
+        .iter()
+        .copied()
+        .filter(|&i| engine.instance_weights(s(0), i).is_err())
+        .collect();
+    assert!(!stale.is_empty(), "layer 2 took some of layer 0's slots");
+    // A master update makes its replicas stale too.
+    engine.write_master(2, 18, &weights(2, 18, 1)).unwrap();
+    let hot_replica = (0..64)
+        .find(|&i| {
+            engine.replica_slot(s(2), i).is_some()
+                && engine.plan(s(2)).unwrap().instances()[i as usize].expert == 18
+        })
+        .unwrap();
+    assert!(matches!(
+        engine.instance_weights(s(2), hot_replica),
+        Err(RuntimeError::InvalidInput(_))
+    ));
+    // Restoring layer 0 makes every replica readable again, with its master's weights.
+    finish_backward_after_restore(&mut engine, s(2));
+    finish_backward_after_restore(&mut engine, s(1));
+    engine.restore(s(0)).unwrap();
+    for &instance in &replicas {
+        let expert = engine.plan(s(0)).unwrap().instances()[instance as usize].expert;
+        assert!(engine.instance_weights(s(0), instance).unwrap() == weights(0, expert, 0));
+    }
+}
+
+fn finish_backward_after_restore(engine: &mut Engine, step: ultraep_runtime::StepId) {
+    engine.restore(step).unwrap();
+    finish_backward(engine, step);
+}
