@@ -18,7 +18,6 @@ pub struct Residency {
     slots_per_rank: usize,
     /// `experts[rank * slots_per_rank + slot]`, [`Residency::EMPTY`] for none.
     experts: Vec<u32>,
-    count: usize,
 }
 
 impl Residency {
@@ -29,14 +28,12 @@ impl Residency {
         Self {
             slots_per_rank: slots_per_rank as usize,
             experts: vec![Self::EMPTY; ranks as usize * slots_per_rank as usize],
-            count: 0,
         }
     }
 
     /// Forgets every entry.
     pub fn clear(&mut self) {
         self.experts.fill(Self::EMPTY);
-        self.count = 0;
     }
 
     /// Records that slot `slot` of `rank` holds `expert` (or nothing); out-of-range slots are
@@ -47,10 +44,7 @@ impl Residency {
         }
         let index = rank as usize * self.slots_per_rank + slot as usize;
         if let Some(entry) = self.experts.get_mut(index) {
-            let was = *entry != Self::EMPTY;
             *entry = expert.unwrap_or(Self::EMPTY);
-            let is = *entry != Self::EMPTY;
-            self.count = self.count + usize::from(is) - usize::from(was);
         }
     }
 
@@ -70,6 +64,6 @@ impl Residency {
 
     /// Whether no slot holds anything.
     pub fn is_empty(&self) -> bool {
-        self.count == 0
+        self.experts.iter().all(|&expert| expert == Self::EMPTY)
     }
 }

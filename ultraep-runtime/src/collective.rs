@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use ultraep_plan::LoadMatrix;
 
 use crate::RuntimeError;
+use crate::router_counts::count_ids;
 
 /// How long a rank waits for the others before it declares the collective failed.
 const WAIT_LIMIT: Duration = Duration::from_secs(60);
@@ -215,23 +216,7 @@ impl LoadGather {
                 collective.ranks()
             )));
         }
-        if !ids.len().is_multiple_of(self.top_k as usize) {
-            return Err(RuntimeError::InvalidInput(format!(
-                "{} router ids are not whole tokens of top_k = {}",
-                ids.len(),
-                self.top_k
-            )));
-        }
-        self.row.fill(0);
-        for &id in ids {
-            let count = self.row.get_mut(id as usize).ok_or_else(|| {
-                RuntimeError::InvalidInput(format!(
-                    "a token is routed to expert {id}, of {}",
-                    self.experts
-                ))
-            })?;
-            *count += 1;
-        }
+        count_ids(&[ids], self.experts, self.top_k, &mut self.row)?;
         collective.all_gather(&self.row, &mut self.loads)?;
         Ok(LoadMatrix::new(&self.loads, ranks, self.experts as usize)?)
     }

@@ -29,6 +29,7 @@ mod engine;
 mod error;
 mod model;
 mod report;
+mod router_counts;
 mod slots;
 mod step_id;
 mod trace;

@@ -111,7 +111,6 @@ impl SlotTable {
         mut needs_copy: impl FnMut(u32, (u32, u16)),
     ) -> Result<(), RuntimeError> {
         let per_rank = self.per_rank;
-        self.taken.fill(false);
         for (taken, holder) in self.taken.iter_mut().zip(&self.holders) {
             *taken = holder.is_some_and(|holder| holder != step);
         }

@@ -7,7 +7,7 @@ mod routing;
 
 use std::time::Instant;
 
-use ultraep_plan::{Instance, LoadMatrix, Plan, Planner, RankDomains, Residency};
+use ultraep_plan::{LoadMatrix, Plan, Planner, RankDomains, Residency};
 use ultraep_xfer::{
     CpuTransport, ExpertState, ScheduleBuilder, TaskListBuilder, TileTaskList, TransferSchedule,
 };
@@ -359,15 +359,7 @@ impl<B: Backend> Engine<B> {
         let planning = started.elapsed();
 
         let started = Instant::now();
-        let copies = place_replicas(
-            &mut self.slots,
-            &mut self.placement,
-            &mut self.fanouts,
-            &self.masters,
-            &self.versions[step.layer as usize * experts..][..experts],
-            step,
-            self.candidate.instances(),
-        )?;
+        let copies = self.place(step, Planned::Candidate)?;
         let bytes_moved = self.copy(step.layer)?;
         let transfer = started.elapsed();
 
@@ -414,16 +406,7 @@ impl<B: Backend> Engine<B> {
                 "{step} has no backward to restore for (prefill, or its gradients were reduced)"
             )));
         }
-        let experts = self.config.model.experts as usize;
-        let copies = place_replicas(
-            &mut self.slots,
-            &mut self.placement,
-            &mut self.fanouts,
-            &self.masters,
-            &self.versions[step.layer as usize * experts..][..experts],
-            step,
-            entry.plan.instances(),
-        )?;
+        let copies = self.place(step, Planned::Kept(index))?;
         let bytes_moved = self.copy(step.layer)?;
         let entry = self.steps[index]
             .as_mut()
@@ -436,6 +419,32 @@ impl<B: Backend> Engine<B> {
             copies_skipped: self.placement.skipped,
             bytes_moved,
         })
+    }
+
+    /// Chooses a slot for every replica of `planned` (`step`'s plan) into `self.placement`, and
+    /// gathers the copies to make into `self.fanouts`. Returns the number of copies.
+    fn place(&mut self, step: StepId, planned: Planned) -> Result<u32, RuntimeError> {
+        let experts = self.config.model.experts as usize;
+        let versions = &self.versions[step.layer as usize * experts..][..experts];
+        let instances = match planned {
+            Planned::Candidate => self.candidate.instances(),
+            Planned::Kept(index) => self.steps[index]
+                .as_ref()
+                .map_or(&[][..], |entry| entry.plan.instances()),
+        };
+        let (masters, fanouts) = (&self.masters, &mut self.fanouts);
+        fanouts.clear();
+        self.slots.place(
+            step,
+            instances,
+            |expert| versions[expert as usize],
+            &mut self.placement,
+            |expert, destination| {
+                let (home, index) = masters.region(step.layer, expert);
+                fanouts.add(expert, home, index, destination);
+            },
+        )?;
+        Ok(fanouts.replica_count())
     }
 
     /// Copies the fan-outs gathered in `self.fanouts` (replicas of `layer`) into their slots and
@@ -471,30 +480,11 @@ impl<B: Backend> Engine<B> {
     }
 }
 
-/// Chooses a slot for every replica among `instances` (`step`'s plan) into `placement`, and
-/// gathers the copies to make into `fanouts`; `versions` are the current weights versions of the
-/// step's layer. Returns the number of copies.
-fn place_replicas(
-    slots: &mut SlotTable,
-    placement: &mut Placement,
-    fanouts: &mut FanoutPool,
-    masters: &MasterRegions,
-    versions: &[u64],
-    step: StepId,
-    instances: &[Instance],
-) -> Result<u32, RuntimeError> {
-    fanouts.clear();
-    slots.place(
-        step,
-        instances,
-        |expert| versions[expert as usize],
-        placement,
-        |expert, destination| {
-            let (home, index) = masters.region(step.layer, expert);
-            fanouts.add(expert, home, index, destination);
-        },
-    )?;
-    Ok(fanouts.replica_count())
+/// Which plan to place: the one just made, or one kept in the table of plans in flight.
+#[derive(Debug, Clone, Copy)]
+enum Planned {
+    Candidate,
+    Kept(usize),
 }
 
 /// The plan kept at `index` if it is `step`'s.
