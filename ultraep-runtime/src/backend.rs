@@ -1,23 +1,30 @@
 //! Where expert weights and gradients live and how they move: the engine's data plane.
 //!
-//! [`Backend`] is what the engine needs of it. Two implementations ship: the CPU transport of
-//! `ultraep-xfer` (in-process ranks, real bytes, worker threads) and [`CudaBackend`] (ranks
-//! emulated as separate buffers of one GPU, moved by the tile-streaming kernel and reduced by the
-//! reduction kernel of `ultraep-kernels`).
+//! [`Backend`] is what the engine needs of it: the memory of the engine's *local* ranks (one rank
+//! in a process-per-GPU deployment) and the means to take part in a transfer with the others.
+//! Two implementations ship: [`crate::HostPlane`] (CPU memory that peers map: ranks that are
+//! threads of one process, or processes of one host over shared memory) and [`CudaBackend`] (every
+//! rank local, emulated as separate buffers of one GPU, moved by the tile-streaming kernel and
+//! reduced by the reduction kernel of `ultraep-kernels`).
 
+use std::borrow::Cow;
+use std::ops::Range;
 use std::sync::Arc;
 
 use ultraep_kernels::gpu::{DeviceRanks, Gpu};
-use ultraep_xfer::{
-    CpuTransport, Region, SlotState, TileTaskList, TransferSchedule, Transport, XferError, checksum,
-};
+use ultraep_xfer::{Region, SlotState, TileTaskList, TransferSchedule, XferError, checksum};
 
 use crate::RuntimeError;
 
-/// The shape of one backend memory: every rank's master states and slots.
-#[derive(Debug, Clone, Copy)]
+/// The shape of one backend memory: every rank's master states and slots, and which ranks'
+/// memory this backend holds.
+#[derive(Debug, Clone)]
 pub struct MemoryShape<'a> {
-    /// Master expert states on every rank (every layer's).
+    /// What the memory holds (`"weights"` or `"gradients"`): it names shared-memory segments.
+    pub purpose: &'static str,
+    /// The ranks whose memory this backend holds; it reaches the others only as peers.
+    pub local: Range<u32>,
+    /// Master expert states on every rank of the group (every layer's).
     pub masters_per_rank: &'a [u32],
     /// Redundant slots per rank.
     pub slots_per_rank: u16,
@@ -34,83 +41,43 @@ pub struct MemoryShape<'a> {
 /// A backend never lets a half-written slot be read: a slot a distribution writes is not ready
 /// until every byte has landed and been verified, and stays not ready if the distribution fails.
 pub trait Backend {
+    /// The ranks whose memory this backend holds.
+    fn local_ranks(&self) -> Range<u32>;
     /// Sets master state `index` of `rank`.
     fn write_master(&mut self, rank: u32, index: u32, bytes: &[u8]) -> Result<(), RuntimeError>;
-    /// Master state `index` of `rank`.
-    fn read_master(&self, rank: u32, index: u32) -> Result<Vec<u8>, RuntimeError>;
-    /// The state in slot `slot` of `rank`, if it holds a complete copy.
-    fn read_slot(&self, rank: u32, slot: u16) -> Result<Vec<u8>, RuntimeError>;
+    /// Master state `index` of `rank`: borrowed in place where the memory is the host's.
+    fn read_master(&self, rank: u32, index: u32) -> Result<Cow<'_, [u8]>, RuntimeError>;
+    /// The state in slot `slot` of `rank`, if it holds a complete copy: borrowed in place where
+    /// the memory is the host's.
+    fn read_slot(&self, rank: u32, slot: u16) -> Result<Cow<'_, [u8]>, RuntimeError>;
     /// Fills slot `slot` of `rank` with `bytes` of `expert` and marks it ready (a replica's
-    /// gradient).
+    /// gradient), for the reduction whose `token` every rank agrees on.
     fn write_slot(
         &mut self,
         rank: u32,
         slot: u16,
         expert: u32,
         bytes: &[u8],
+        token: u64,
     ) -> Result<(), RuntimeError>;
-    /// Executes a weight distribution; returns the bytes stored.
+    /// Executes this backend's share of a weight distribution (the tiles its ranks send or
+    /// forward, and the wait for the slots they receive); returns the bytes the whole
+    /// distribution stores.
     fn distribute(
         &mut self,
         schedule: &TransferSchedule,
         tasks: &TileTaskList,
     ) -> Result<u64, RuntimeError>;
     /// Sums the replicas' FP32 states of `schedule` into their masters' in the documented order
-    /// and empties the replica slots; every replica slot must be ready, or nothing changes.
-    fn reduce_gradients(&mut self, schedule: &TransferSchedule) -> Result<(), RuntimeError>;
-    /// Makes the next distribution fail at tile task `task` (for failure tests).
-    fn inject_failure_at(&mut self, task: usize);
-}
-
-impl Backend for CpuTransport {
-    fn write_master(&mut self, rank: u32, index: u32, bytes: &[u8]) -> Result<(), RuntimeError> {
-        Ok(CpuTransport::write_master(self, rank, index, bytes)?)
-    }
-
-    fn read_master(&self, rank: u32, index: u32) -> Result<Vec<u8>, RuntimeError> {
-        Ok(CpuTransport::read_master(self, rank, index)?)
-    }
-
-    fn read_slot(&self, rank: u32, slot: u16) -> Result<Vec<u8>, RuntimeError> {
-        Ok(CpuTransport::read_slot(self, rank, slot)?)
-    }
-
-    fn write_slot(
-        &mut self,
-        rank: u32,
-        slot: u16,
-        expert: u32,
-        bytes: &[u8],
-    ) -> Result<(), RuntimeError> {
-        Ok(CpuTransport::write_slot(self, rank, slot, expert, bytes)?)
-    }
-
-    fn distribute(
+    /// (for the masters this backend holds) and empties the replica slots (those it holds);
+    /// every replica slot must be ready with `token`, or nothing changes.
+    fn reduce_gradients(
         &mut self,
         schedule: &TransferSchedule,
-        tasks: &TileTaskList,
-    ) -> Result<u64, RuntimeError> {
-        Ok(Transport::distribute(self, schedule, tasks)?.bytes_stored)
-    }
-
-    fn reduce_gradients(&mut self, schedule: &TransferSchedule) -> Result<(), RuntimeError> {
-        Ok(CpuTransport::reduce_gradients(self, schedule)?)
-    }
-
-    fn inject_failure_at(&mut self, task: usize) {
-        CpuTransport::inject_failure_at(self, task);
-    }
-}
-
-/// The CPU backend: [`CpuTransport`] with the engine's shape.
-pub fn cpu_backend(shape: &MemoryShape<'_>) -> Result<CpuTransport, RuntimeError> {
-    Ok(CpuTransport::new(
-        shape.masters_per_rank,
-        shape.slots_per_rank,
-        shape.state_bytes,
-        shape.tile_bytes,
-        shape.workers,
-    ))
+        token: u64,
+    ) -> Result<(), RuntimeError>;
+    /// Makes the next distribution fail at tile task `task` (for failure tests).
+    fn inject_failure_at(&mut self, task: usize);
 }
 
 /// Ranks emulated on one GPU: every rank's masters and slots are device buffers of their own,
@@ -140,8 +107,16 @@ impl std::fmt::Debug for CudaBackend {
 }
 
 impl CudaBackend {
-    /// Zeroed device memory of `shape` on `gpu`.
+    /// Zeroed device memory of `shape` on `gpu`; every rank of the group must be local.
     pub fn new(gpu: Arc<Gpu>, shape: &MemoryShape<'_>) -> Result<Self, RuntimeError> {
+        let ranks = shape.masters_per_rank.len() as u32;
+        if shape.local != (0..ranks) {
+            return Err(RuntimeError::InvalidConfig(format!(
+                "CudaBackend emulates every rank on one GPU; it cannot hold ranks {:?} of {ranks} \
+                 alone",
+                shape.local
+            )));
+        }
         let ranks = gpu
             .alloc_ranks(
                 shape.masters_per_rank,
@@ -186,25 +161,31 @@ fn kernel(error: ultraep_kernels::KernelError) -> RuntimeError {
 }
 
 impl Backend for CudaBackend {
+    fn local_ranks(&self) -> Range<u32> {
+        0..self.slot_states.len() as u32
+    }
+
     fn write_master(&mut self, rank: u32, index: u32, bytes: &[u8]) -> Result<(), RuntimeError> {
         self.gpu
             .write_region(&mut self.ranks, rank, Region::Master { index }, bytes)
             .map_err(kernel)
     }
 
-    fn read_master(&self, rank: u32, index: u32) -> Result<Vec<u8>, RuntimeError> {
+    fn read_master(&self, rank: u32, index: u32) -> Result<Cow<'_, [u8]>, RuntimeError> {
         self.gpu
             .read_region(&self.ranks, rank, Region::Master { index })
+            .map(Cow::Owned)
             .map_err(kernel)
     }
 
-    fn read_slot(&self, rank: u32, slot: u16) -> Result<Vec<u8>, RuntimeError> {
+    fn read_slot(&self, rank: u32, slot: u16) -> Result<Cow<'_, [u8]>, RuntimeError> {
         match self.slot_state(rank, slot)? {
             SlotState::Ready { .. } => self
                 .gpu
                 .read_region(&self.ranks, rank, Region::Slot { slot })
+                .map(Cow::Owned)
                 .map_err(kernel),
-            _ => Err(XferError::SlotNotReady { rank, slot }.into()),
+            _ => Err(RuntimeError::SlotNotReady { rank, slot }),
         }
     }
 
@@ -214,6 +195,7 @@ impl Backend for CudaBackend {
         slot: u16,
         expert: u32,
         bytes: &[u8],
+        _token: u64,
     ) -> Result<(), RuntimeError> {
         self.gpu
             .write_region(&mut self.ranks, rank, Region::Slot { slot }, bytes)
@@ -288,7 +270,11 @@ impl Backend for CudaBackend {
         Ok(tasks.bytes_stored())
     }
 
-    fn reduce_gradients(&mut self, schedule: &TransferSchedule) -> Result<(), RuntimeError> {
+    fn reduce_gradients(
+        &mut self,
+        schedule: &TransferSchedule,
+        _token: u64,
+    ) -> Result<(), RuntimeError> {
         for fanout in schedule.fanouts() {
             for &(rank, slot) in &fanout.destinations {
                 if self.slot_state(rank, slot)?
@@ -296,7 +282,7 @@ impl Backend for CudaBackend {
                         expert: fanout.expert,
                     })
                 {
-                    return Err(XferError::SlotNotReady { rank, slot }.into());
+                    return Err(RuntimeError::SlotNotReady { rank, slot });
                 }
             }
         }

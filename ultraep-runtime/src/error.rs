@@ -1,5 +1,8 @@
 //! The one error type of this crate.
 
+use std::ops::Range;
+use std::time::Duration;
+
 use thiserror::Error;
 use ultraep_plan::PlanError;
 use ultraep_topo::TopoError;
@@ -62,6 +65,77 @@ pub enum RuntimeError {
         /// Bytes expected.
         expected: u64,
     },
+    /// A rank of the group is gone (its process ended): rebuild the group.
+    #[error("rank {rank} is gone: its process ended; rebuild the group")]
+    PeerLost {
+        /// The rank that is gone.
+        rank: u32,
+    },
+    /// A peer did not do its part in time (it may hang, or be far behind).
+    #[error("waited {waited:?} for {what}")]
+    Timeout {
+        /// How long the rank waited.
+        waited: Duration,
+        /// What it waited for.
+        what: String,
+    },
+    /// The ranks' metadata (plans, slot tables, weights versions) are no longer the same: a rank
+    /// planned another load, or skipped a call the others made.
+    #[error(
+        "rank {rank}'s plans and slot table differ from rank {reference}'s (digests {found:#018x} \
+         and {expected:#018x}): every rank must plan the same gathered load and make the same \
+         calls in the same order"
+    )]
+    Diverged {
+        /// The first rank whose digest differs.
+        rank: u32,
+        /// The rank it was compared with.
+        reference: u32,
+        /// The reference digest.
+        expected: u64,
+        /// The differing digest.
+        found: u64,
+    },
+    /// A call about memory this engine does not hold: another process holds that rank.
+    #[error("rank {rank}'s memory is not held here (this engine holds ranks {local:?})")]
+    NotLocal {
+        /// The rank asked for.
+        rank: u32,
+        /// The ranks this engine holds.
+        local: Range<u32>,
+    },
+    /// A slot that does not hold a complete, verified copy.
+    #[error("slot {slot} of rank {rank} is not ready")]
+    SlotNotReady {
+        /// The rank.
+        rank: u32,
+        /// The slot.
+        slot: u16,
+    },
+    /// A replica whose slot no longer holds its current weights: a later step took the slot,
+    /// or the masters changed since.
+    #[error(
+        "the slot of instance {instance} of {step} no longer holds its current weights (a later \
+         step took it, or the masters changed): restore {step}"
+    )]
+    StaleReplica {
+        /// The step.
+        step: StepId,
+        /// The instance.
+        instance: u32,
+    },
+    /// An expert number past the model's experts.
+    #[error("expert {expert} does not exist (a layer has {experts})")]
+    UnknownExpert {
+        /// The expert asked for.
+        expert: u32,
+        /// Experts per layer.
+        experts: u32,
+    },
+    /// Masters were written since the last [`crate::Engine::masters_updated`]: call it (on every
+    /// rank) before the next step, so that no replica keeps old weights.
+    #[error("masters were written since the last masters_updated(): call it on every rank first")]
+    MastersChanged,
     /// The all-gather of the load failed.
     #[error("the collective failed: {0}")]
     Collective(String),

@@ -9,8 +9,11 @@
 //! [`Engine::reduce_gradients`] sums the replicas' gradients into the masters' in a fixed,
 //! documented order. Several microbatches may be in flight, each with its own plans.
 //!
-//! The engine runs on a [`Backend`]: in-process CPU ranks with real bytes
-//! (`ultraep_xfer::CpuTransport`, the default) or ranks emulated on one GPU ([`CudaBackend`]).
+//! One engine holds the memory of its own rank (or of a few ranks of one process) and derives
+//! everything else (plans, slot tables, schedules) from the all-gathered load, as every other
+//! rank does. It runs on a [`Backend`]: [`HostPlane`] keeps rank memory in segments that peers
+//! map (threads of one process, or processes of one host over `/dev/shm`), and [`CudaBackend`]
+//! emulates every rank on one GPU.
 //! The load's all-gather across processes goes through [`Collective`]. Every step can be written to a
 //! JSON-lines trace ([`TraceWriter`]) that `ultraep simulate` replays.
 //!
@@ -28,18 +31,20 @@ mod config;
 mod engine;
 mod error;
 mod model;
+mod plane;
 mod report;
 mod router_counts;
 mod slots;
 mod step_id;
 mod trace;
 
-pub use backend::{Backend, CudaBackend, MemoryShape, cpu_backend};
-pub use collective::{Collective, InProcessCollective, LoadGather};
+pub use backend::{Backend, CudaBackend, MemoryShape};
+pub use collective::{Collective, InProcessCollective, LoadGather, ShmCollective};
 pub use config::EngineConfig;
 pub use engine::Engine;
 pub use error::RuntimeError;
 pub use model::{Dtype, Mode, ModelShape};
+pub use plane::{HostPlane, PlaneOptions};
 pub use report::{RestoreReport, StepReport, Summary};
 pub use step_id::StepId;
 pub use trace::TraceWriter;

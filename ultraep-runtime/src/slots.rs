@@ -54,6 +54,11 @@ impl SlotTable {
         self.contents.get(self.index(rank, slot)).copied().flatten()
     }
 
+    /// Whether some slot of some rank holds `content`.
+    pub fn holds(&self, content: SlotContent) -> bool {
+        self.contents.contains(&Some(content))
+    }
+
     pub fn set_content(&mut self, rank: u32, slot: u16, content: Option<SlotContent>) {
         let index = self.index(rank, slot);
         self.contents[index] = content;

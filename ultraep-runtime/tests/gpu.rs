@@ -4,6 +4,8 @@
 //! A custom harness: without a GPU the trials show as *ignored*; with `ULTRAEP_REQUIRE_GPU=1` (as
 //! the GPU bundle's script sets) that is a failure instead.
 
+// Shared with the example, which uses all of it; this target uses part.
+#[allow(dead_code)]
 #[path = "../examples/tiny_moe/model.rs"]
 mod model;
 
@@ -13,9 +15,7 @@ use libtest_mimic::{Arguments, Failed, Trial};
 use ultraep_kernels::gpu::{Gpu, driver_available};
 use ultraep_runtime::{Backend, CudaBackend, Engine, RuntimeError, StepId};
 
-use model::{
-    TinyMoe, bit_identical, engine_config, train_balanced, train_balanced_on, train_unbalanced,
-};
+use model::{TinyMoe, bit_identical, engine_config, train_balanced, train_local, train_unbalanced};
 
 fn gpu() -> Result<Arc<Gpu>, Failed> {
     static GPU: OnceLock<Result<Arc<Gpu>, String>> = OnceLock::new();
@@ -47,7 +47,8 @@ fn cuda_engine(tiny: &TinyMoe) -> Result<Engine<CudaBackend>, Failed> {
 /// Tiny-MoE training on the GPU equals the unbalanced reference and the CPU backend, bit for bit.
 fn training_matches_the_cpu_backend() -> Result<(), Failed> {
     let tiny = TinyMoe::DEFAULT;
-    let on_gpu = train_balanced_on(&tiny, cuda_engine(&tiny)?).map_err(fail)?;
+    let mut alone = ultraep_runtime::InProcessCollective::group(1).remove(0);
+    let on_gpu = train_local(&tiny, cuda_engine(&tiny)?, &mut alone).map_err(fail)?;
     let on_cpu = train_balanced(&tiny).map_err(fail)?;
     check(
         bit_identical(&on_gpu, &train_unbalanced(&tiny)),
@@ -68,7 +69,12 @@ fn training_matches_the_cpu_backend() -> Result<(), Failed> {
 fn every_replica<B: Backend>(engine: &Engine<B>, step: StepId) -> Result<Vec<Vec<u8>>, Failed> {
     let instances = engine.plan(step).map_or(0, |p| p.instances().len()) as u32;
     (0..instances)
-        .map(|i| engine.instance_weights(step, i).map_err(fail))
+        .map(|i| {
+            engine
+                .instance_weights(step, i)
+                .map(std::borrow::Cow::into_owned)
+                .map_err(fail)
+        })
         .collect()
 }
 

@@ -13,7 +13,8 @@
 use ndarray::{Array2, ArrayView2, Axis};
 use ultraep_plan::{ExpertLayout, PlanConfig};
 use ultraep_runtime::{
-    Backend, Dtype, Engine, EngineConfig, Mode, ModelShape, RuntimeError, StepId, StepReport,
+    Backend, Collective, Dtype, Engine, EngineConfig, InProcessCollective, Mode, ModelShape,
+    PlaneOptions, RuntimeError, StepId, StepReport,
 };
 use ultraep_topo::Preset;
 use ultraep_xfer::TransferConfig;
@@ -290,21 +291,88 @@ pub fn engine_config(model: &TinyMoe) -> Result<EngineConfig, RuntimeError> {
     })
 }
 
-/// Trains with an engine on in-process CPU ranks; see [`train_balanced_on`].
+/// Trains with one engine that holds every rank, in this process; see [`train_local`].
 pub fn train_balanced(model: &TinyMoe) -> Result<RunRecord, RuntimeError> {
-    train_balanced_on(model, Engine::new(engine_config(model)?)?)
+    let engine = Engine::new(engine_config(model)?)?;
+    let mut alone = InProcessCollective::group(1).remove(0);
+    train_local(model, engine, &mut alone)
 }
 
-/// Trains with the engine: every microbatch's layers are planned, replicas filled and tokens
-/// rerouted in the forward; the backward restores replicas, writes every instance's gradient and
-/// reduces the replicas' into the masters'.
-pub fn train_balanced_on<B: Backend>(
+/// Trains with one engine per rank, each on a thread of its own and holding only its rank's
+/// memory, gathering the load through an in-process collective: the same code as one process
+/// per rank, in one process. Returns every rank's record, by rank.
+pub fn train_threads(model: &TinyMoe) -> Result<Vec<RunRecord>, RuntimeError> {
+    let engines = Engine::group(engine_config(model)?, PlaneOptions::default())?;
+    let members = InProcessCollective::group(model.ranks);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = engines
+            .into_iter()
+            .zip(members)
+            .map(|(engine, mut member)| {
+                scope.spawn(move || train_local(model, engine, &mut member))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| {
+                handle.join().unwrap_or_else(|_| {
+                    Err(RuntimeError::Backend("a rank's thread panicked".into()))
+                })
+            })
+            .collect()
+    })
+}
+
+/// Sums the records of every rank (by rank) into the record of the whole group: outputs summed
+/// rank after rank, master gradients in expert order.
+pub fn merge(model: &TinyMoe, records: &[RunRecord]) -> RunRecord {
+    let mut merged = RunRecord::default();
+    let Some(first) = records.first() else {
+        return merged;
+    };
+    for (at, output) in first.outputs.iter().enumerate() {
+        let mut sum = output.clone();
+        for record in &records[1..] {
+            sum += &record.outputs[at];
+        }
+        merged.outputs.push(sum);
+    }
+    // Each record holds its ranks' experts, [step][layer][expert]; experts are contiguous by
+    // rank, so the group's order is rank after rank within each (step, layer).
+    let per_rank = model.experts_per_rank as usize;
+    for at in 0..(model.steps * model.layers) as usize {
+        for record in records {
+            let experts = record.gradients.len() / (model.steps * model.layers) as usize;
+            debug_assert!(experts.is_multiple_of(per_rank));
+            merged
+                .gradients
+                .extend_from_slice(&record.gradients[at * experts..][..experts]);
+        }
+    }
+    merged.reports = first.reports.clone();
+    merged
+}
+
+/// Trains with `engine`, which holds some ranks of the group (one, in a process per rank; all,
+/// for [`train_balanced`]): every microbatch's layers are planned from the load gathered through
+/// `collective`, replicas filled and tokens rerouted in the forward; the backward restores
+/// replicas, writes every local instance's gradient and reduces the replicas' into the masters'.
+///
+/// The record holds what the engine's ranks computed: outputs with the contributions of their
+/// instances only, and the gradients of their masters. The dispatch all-to-all is left out: every
+/// rank regenerates the synthetic tokens its instances receive.
+pub fn train_local<B: Backend>(
     model: &TinyMoe,
     mut engine: Engine<B>,
+    collective: &mut impl Collective,
 ) -> Result<RunRecord, RuntimeError> {
-    let experts = model.experts();
+    let local = engine.local_ranks();
+    let home = |e: u32| e / model.experts_per_rank;
+    let experts: Vec<u32> = (0..model.experts())
+        .filter(|&e| local.contains(&home(e)))
+        .collect();
     for layer in 0..model.layers {
-        for e in 0..experts {
+        for &e in &experts {
             engine.write_master(layer, e, &bytes_of(&initial_weights(model, layer, e)))?;
         }
     }
@@ -312,7 +380,7 @@ pub fn train_balanced_on<B: Backend>(
     let zeros = vec![0f32; model.floats()];
     for step in 0..model.steps {
         for layer in 0..model.layers {
-            for e in 0..experts {
+            for &e in &experts {
                 engine.write_master_gradient(layer, e, &zeros)?;
             }
         }
@@ -323,11 +391,17 @@ pub fn train_balanced_on<B: Backend>(
                 let id = StepId::new(microbatch, layer);
                 let ids = router_ids(model, step, microbatch, layer);
                 let rows: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
-                record.reports.push(engine.step_routed(id, &rows)?);
+                let mine = &rows[local.start as usize..local.end as usize];
+                record
+                    .reports
+                    .push(engine.step_gathered(id, collective, mine)?);
                 let (x, dy) = tokens(model, step, microbatch, layer);
                 let groups = instance_rows(&mut engine, model, id, &rows)?;
                 let mut out = Array2::<f32>::zeros(x.dim());
                 for (instance, rows) in groups.iter().enumerate() {
+                    if !is_local(&engine, id, instance) {
+                        continue;
+                    }
                     let w = floats_of(&engine.instance_weights(id, instance as u32)?);
                     let (y, _) =
                         expert(model, &w, gather(&x, rows).view(), gather(&dy, rows).view());
@@ -343,6 +417,9 @@ pub fn train_balanced_on<B: Backend>(
         for (id, groups, x, dy) in saved.into_iter().rev() {
             engine.restore(id)?;
             for (instance, rows) in groups.iter().enumerate() {
+                if !is_local(&engine, id, instance) {
+                    continue;
+                }
                 let instance = instance as u32;
                 let w = floats_of(&engine.instance_weights(id, instance)?);
                 let (_, gradient) =
@@ -362,7 +439,7 @@ pub fn train_balanced_on<B: Backend>(
         }
         // Record the gradients and take the optimiser step on the masters.
         for layer in 0..model.layers {
-            for e in 0..experts {
+            for &e in &experts {
                 let gradient = engine.read_master_gradient(layer, e)?;
                 let mut weights = floats_of(&engine.read_master(layer, e)?);
                 sign_sgd(&mut weights, &gradient);
@@ -370,8 +447,17 @@ pub fn train_balanced_on<B: Backend>(
                 record.gradients.push(gradient);
             }
         }
+        engine.masters_updated();
     }
     Ok(record)
+}
+
+/// Whether instance `instance` of `id`'s plan computes on one of `engine`'s ranks.
+fn is_local<B: Backend>(engine: &Engine<B>, id: StepId, instance: usize) -> bool {
+    engine
+        .plan(id)
+        .and_then(|plan| plan.instances().get(instance))
+        .is_some_and(|found| engine.local_ranks().contains(&found.rank))
 }
 
 /// The token rows (rank-major) every instance of `id`'s plan computes, from the reroute of every
@@ -408,4 +494,52 @@ pub fn bit_identical(a: &RunRecord, b: &RunRecord) -> bool {
             .iter()
             .zip(&b.gradients)
             .all(|(x, y)| same(x, y))
+}
+
+/// A record's outputs and gradients as bytes (little-endian), for a process to hand its record
+/// to the one that compares.
+pub fn encode(record: &RunRecord) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    let mut put = |value: u32| bytes.extend_from_slice(&value.to_le_bytes());
+    put(record.outputs.len() as u32);
+    for output in &record.outputs {
+        put(output.nrows() as u32);
+        put(output.ncols() as u32);
+        for value in output {
+            put(value.to_bits());
+        }
+    }
+    put(record.gradients.len() as u32);
+    for gradient in &record.gradients {
+        put(gradient.len() as u32);
+        for value in gradient {
+            put(value.to_bits());
+        }
+    }
+    bytes
+}
+
+/// The record [`encode`] wrote (without reports); `None` if the bytes are not one.
+pub fn decode(bytes: &[u8]) -> Option<RunRecord> {
+    let mut words = bytes
+        .chunks_exact(4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    let mut record = RunRecord::default();
+    let floats = |count: usize, words: &mut dyn Iterator<Item = u32>| -> Option<Vec<f32>> {
+        (0..count)
+            .map(|_| words.next().map(f32::from_bits))
+            .collect()
+    };
+    for _ in 0..words.next()? {
+        let (rows, cols) = (words.next()? as usize, words.next()? as usize);
+        let values = floats(rows.checked_mul(cols)?, &mut words)?;
+        record
+            .outputs
+            .push(Array2::from_shape_vec((rows, cols), values).ok()?);
+    }
+    for _ in 0..words.next()? {
+        let len = words.next()? as usize;
+        record.gradients.push(floats(len, &mut words)?);
+    }
+    words.next().is_none().then_some(record)
 }

@@ -58,6 +58,7 @@ impl<B: Backend> Engine<B> {
                 "{step} is not in its backward: restore it before writing replica gradients"
             )));
         }
+        let token = entry.token;
         let expert = entry
             .plan
             .instances()
@@ -70,7 +71,7 @@ impl<B: Backend> Engine<B> {
             })?;
         let (state, store) = self.gradient_store()?;
         check_size("gradient", values.len() * 4, state.bytes())?;
-        store.write_slot(rank, slot, expert, bytemuck_bytes(values))?;
+        store.write_slot(rank, slot, expert, bytemuck_bytes(values), token)?;
         Ok(())
     }
 
@@ -87,6 +88,7 @@ impl<B: Backend> Engine<B> {
                 "{step} is not in its backward: restore it first"
             )));
         }
+        let token = entry.token;
         self.fanouts.clear();
         for (instance, slot) in entry.plan.instances().iter().zip(&entry.slots) {
             if let Some(destination) = *slot {
@@ -107,8 +109,9 @@ impl<B: Backend> Engine<B> {
             self.config.transfer,
             &mut self.schedule,
         )?;
-        store.reduce_gradients(&self.schedule)?;
+        store.reduce_gradients(&self.schedule, token)?;
         self.slots.release(step);
+        self.digest = super::digest::mix(self.digest, &[token]);
         if let Some(entry) = self.steps[index].as_mut() {
             entry.open = false;
             entry.holding = false;

@@ -2,17 +2,19 @@
 //! slot, and, in training, bring them back for the backward. Gradients are in `gradients.rs`; the
 //! router's ids and the token reroute in `routing.rs`.
 
+mod digest;
 mod gradients;
 mod routing;
 
+use std::borrow::Cow;
+use std::ops::Range;
 use std::time::Instant;
 
 use ultraep_plan::{LoadMatrix, Plan, Planner, RankDomains, Residency};
-use ultraep_xfer::{
-    CpuTransport, ExpertState, ScheduleBuilder, TaskListBuilder, TileTaskList, TransferSchedule,
-};
+use ultraep_xfer::{ExpertState, ScheduleBuilder, TaskListBuilder, TileTaskList, TransferSchedule};
 
-use crate::backend::{Backend, MemoryShape, cpu_backend};
+use crate::backend::{Backend, MemoryShape};
+use crate::plane::{HostPlane, PlaneOptions};
 use crate::report::{RestoreReport, StepReport, Summary};
 use crate::slots::{FanoutPool, Placement, SlotContent, SlotTable};
 use crate::{EngineConfig, Mode, RuntimeError, StepId};
@@ -30,17 +32,26 @@ struct LayerStep {
     open: bool,
     /// Its backward is in progress ([`Engine::restore`] ran): it holds its slots.
     holding: bool,
+    /// The number of the restore that began its backward: every rank numbers restores alike,
+    /// so replica gradients and their reduction agree on it without sending it.
+    token: u64,
 }
 
-/// The balancing engine, on a [`Backend`]: by default in-process CPU ranks (real bytes, moved
-/// by worker threads); [`crate::CudaBackend`] emulates the ranks on one GPU.
+/// The balancing engine of one rank (or of a few ranks of one process), on a [`Backend`].
+///
+/// An engine holds the bytes of its *local* ranks only: their masters and their slots (and, in
+/// training, the gradients of both). Everything else is metadata that every rank derives
+/// identically from the all-gathered load: the plans, which slot of which rank holds which
+/// expert at which weights version, the transfer schedule. So a process-per-GPU framework builds
+/// one engine per process ([`Engine::shared_memory`] on one host), and in-process tools build
+/// one per rank ([`Engine::group`]) or one that holds every rank ([`Engine::new`]).
 ///
 /// Masters of every layer live on their home rank; the `slots_per_rank` redundant slots of every
 /// rank are shared by all layers, so a slot costs one expert's weights (and, in training, one FP32
 /// gradient), not one per layer. A slot that already holds the expert a plan wants, with its
 /// current weights, is used without a copy. How a framework drives it: [`crate::guide`].
 #[derive(Debug)]
-pub struct Engine<B = CpuTransport> {
+pub struct Engine<B = HostPlane> {
     config: EngineConfig,
     planner: Planner,
     state: ExpertState,
@@ -49,8 +60,17 @@ pub struct Engine<B = CpuTransport> {
     /// of every slot.
     gradients: Option<(ExpertState, B)>,
     masters: MasterRegions,
-    /// The weights version of every (layer, expert), bumped when the master changes.
+    /// The weights version of every (layer, expert), bumped by [`Engine::masters_updated`].
     versions: Vec<u64>,
+    /// A master that some slot holds a copy of was written since the last
+    /// [`Engine::masters_updated`].
+    masters_dirty: bool,
+    /// Restores so far (see [`LayerStep::token`]).
+    restores: u64,
+    /// A running digest of every plan, slot choice and weights version so far.
+    digest: u64,
+    /// The ranks whose memory this engine holds.
+    local: Range<u32>,
     slots: SlotTable,
     /// Plans in flight: `microbatches_in_flight x layers`, microbatch-major.
     steps: Vec<Option<LayerStep>>,
@@ -65,24 +85,123 @@ pub struct Engine<B = CpuTransport> {
     task_builder: TaskListBuilder,
     routed_loads: Vec<u32>,
     reroute_scratch: routing::RerouteScratch,
+    gather: digest::GatherScratch,
     summary: Summary,
 }
 
 impl Engine {
-    /// An engine for `config` on in-process CPU ranks; every master and slot starts zeroed.
+    /// An engine for `config` that holds every rank, in this process's memory (`config.workers`
+    /// threads move the bytes); every master and slot starts zeroed. For tests and single-host
+    /// tools; a process-per-GPU framework builds one engine per rank.
     pub fn new(config: EngineConfig) -> Result<Self, RuntimeError> {
-        Self::with_backend(config, cpu_backend)
+        let options = PlaneOptions {
+            workers: config.workers,
+            ..PlaneOptions::default()
+        };
+        Self::with_backend(config, |shape| HostPlane::in_process(shape, options))
+    }
+
+    /// One engine per rank of `config`'s group, each holding only its own rank's memory and
+    /// reaching its peers' through anonymous shared segments: ranks that are threads of this
+    /// process. Drive each from its own thread, as a process would drive its one engine.
+    pub fn group(config: EngineConfig, options: PlaneOptions) -> Result<Vec<Self>, RuntimeError> {
+        let ranks = config.layout.num_ranks();
+        let mut weights: Vec<Option<HostPlane>> = Vec::new();
+        let mut gradients: Vec<Option<HostPlane>> = Vec::new();
+        (0..ranks)
+            .map(|rank| {
+                Self::for_ranks(config.clone(), rank..rank + 1, |shape| {
+                    let planes = if shape.purpose == WEIGHTS {
+                        &mut weights
+                    } else {
+                        &mut gradients
+                    };
+                    if planes.is_empty() {
+                        let whole = MemoryShape {
+                            local: 0..ranks,
+                            ..shape.clone()
+                        };
+                        *planes = HostPlane::per_rank(&whole, options)?
+                            .into_iter()
+                            .map(Some)
+                            .collect();
+                    }
+                    planes
+                        .get_mut(rank as usize)
+                        .and_then(Option::take)
+                        .ok_or_else(|| RuntimeError::InvalidConfig("no plane for a rank".into()))
+                })
+            })
+            .collect()
+    }
+
+    /// The engine of rank `rank` in the group of processes on this host named `group`: its
+    /// memory is a named shared-memory segment that its peers map, and it maps theirs (waiting
+    /// up to `options.timeout` for each to appear). Every process of the group calls this with
+    /// the same configuration and group name, and a rebuilt group takes a new name.
+    pub fn shared_memory(
+        config: EngineConfig,
+        group: &str,
+        rank: u32,
+        options: PlaneOptions,
+    ) -> Result<Self, RuntimeError> {
+        Self::for_ranks(config, rank..rank + 1, |shape| {
+            HostPlane::shared_memory(group, shape, options)
+        })
+    }
+
+    /// The bytes of master `expert` of `layer`, to write in place: a framework may keep its
+    /// expert parameters here instead of copying them in with [`Engine::write_master`]. Like a
+    /// write, it makes copies of the old weights stale until [`Engine::masters_updated`].
+    pub fn master_mut(&mut self, layer: u32, expert: u32) -> Result<&mut [u8], RuntimeError> {
+        self.check_layer(layer)?;
+        self.check_expert(expert)?;
+        self.note_master_write(layer, expert);
+        let home = self.config.layout.home(expert);
+        let index = self.master_index(layer, expert);
+        self.weights.master_mut(home, index)
+    }
+
+    /// Bytes of expert state this engine holds: its ranks' masters and slots, weights and (in
+    /// training) gradients. It does not grow with the number of ranks in the group.
+    pub fn owned_state_bytes(&self) -> u64 {
+        self.weights.owned_state_bytes()
+            + self
+                .gradients
+                .as_ref()
+                .map_or(0, |(_, store)| store.owned_state_bytes())
     }
 }
 
+/// The purpose of the weights memory (it names shared-memory segments).
+const WEIGHTS: &str = "weights";
+/// The purpose of the gradient memory.
+const GRADIENTS: &str = "gradients";
+
 impl<B: Backend> Engine<B> {
-    /// An engine for `config` whose weights (and, in training, gradients) live in backends that
-    /// `make` builds for each memory shape; every master and slot starts zeroed.
+    /// An engine for `config` that holds every rank, in backends that `make` builds for each
+    /// memory shape; every master and slot starts zeroed.
     pub fn with_backend(
         config: EngineConfig,
+        make: impl FnMut(&MemoryShape<'_>) -> Result<B, RuntimeError>,
+    ) -> Result<Self, RuntimeError> {
+        let ranks = config.layout.num_ranks();
+        Self::for_ranks(config, 0..ranks, make)
+    }
+
+    /// An engine for `config` that holds the ranks `local` (one, in a process-per-GPU
+    /// deployment), in backends that `make` builds for each memory shape.
+    pub fn for_ranks(
+        config: EngineConfig,
+        local: Range<u32>,
         mut make: impl FnMut(&MemoryShape<'_>) -> Result<B, RuntimeError>,
     ) -> Result<Self, RuntimeError> {
         let ranks = config.layout.num_ranks();
+        if local.is_empty() || local.end > ranks {
+            return Err(RuntimeError::InvalidConfig(format!(
+                "local ranks {local:?} of a group of {ranks}"
+            )));
+        }
         let model = config.model;
         let invalid = |message: String| Err(RuntimeError::InvalidConfig(message));
         if config.topology.rank_count() != ranks as usize {
@@ -127,8 +246,10 @@ impl<B: Backend> Engine<B> {
             local_index,
             experts_on_rank,
         };
-        let mut memory = |bytes: u64| {
+        let mut memory = |purpose: &'static str, bytes: u64| {
             make(&MemoryShape {
+                purpose,
+                local: local.clone(),
                 masters_per_rank: &masters,
                 slots_per_rank: config.slots_per_rank,
                 state_bytes: bytes,
@@ -136,12 +257,12 @@ impl<B: Backend> Engine<B> {
                 workers: config.workers,
             })
         };
-        let weights = memory(state.bytes())?;
+        let weights = memory(WEIGHTS, state.bytes())?;
         let gradients = match config.mode {
             Mode::Prefill => None,
             Mode::Training => {
                 let gradient = model.gradient_state()?;
-                let store = memory(gradient.bytes())?;
+                let store = memory(GRADIENTS, gradient.bytes())?;
                 Some((gradient, store))
             }
         };
@@ -153,6 +274,10 @@ impl<B: Backend> Engine<B> {
             gradients,
             masters: regions,
             versions: vec![0; (model.layers * model.experts) as usize],
+            masters_dirty: false,
+            restores: 0,
+            digest: digest::SEED,
+            local,
             slots: SlotTable::new(ranks, config.slots_per_rank),
             steps: (0..in_flight).map(|_| None).collect(),
             candidate: Plan::default(),
@@ -165,6 +290,7 @@ impl<B: Backend> Engine<B> {
             task_builder: TaskListBuilder::default(),
             routed_loads: vec![0; (ranks * model.experts) as usize],
             reroute_scratch: routing::RerouteScratch::default(),
+            gather: digest::GatherScratch::default(),
             summary: Summary::default(),
             config,
         })
@@ -173,6 +299,42 @@ impl<B: Backend> Engine<B> {
     /// The configuration.
     pub fn config(&self) -> &EngineConfig {
         &self.config
+    }
+
+    /// The ranks whose memory this engine holds.
+    pub fn local_ranks(&self) -> Range<u32> {
+        self.local.clone()
+    }
+
+    /// The running digest of this engine's plans, slot choices and weights versions: equal on
+    /// every rank of a group that made the same calls on the same loads.
+    pub fn digest(&self) -> u64 {
+        self.digest
+    }
+
+    /// Says that the masters changed (after an optimiser step, or after writing any master
+    /// that a slot may hold a copy of): every copy of old weights stops counting as current.
+    /// Every rank of the group calls it at the same point; a rank that does not diverges, and
+    /// the next gathered step says so.
+    pub fn masters_updated(&mut self) {
+        for version in &mut self.versions {
+            *version += 1;
+        }
+        self.masters_dirty = false;
+        self.digest = digest::mix(self.digest, &[digest::MASTERS_UPDATED]);
+    }
+
+    /// Remembers that a master some slot holds a copy of is being written.
+    fn note_master_write(&mut self, layer: u32, expert: u32) {
+        let version = self.versions[(layer * self.config.model.experts + expert) as usize];
+        let current = SlotContent {
+            layer,
+            expert,
+            version,
+        };
+        if self.slots.holds(current) {
+            self.masters_dirty = true;
+        }
     }
 
     /// The weight transfer schedule of the last step or restore that copied anything.
@@ -197,10 +359,10 @@ impl<B: Backend> Engine<B> {
 
     fn check_expert(&self, expert: u32) -> Result<(), RuntimeError> {
         if expert >= self.config.model.experts {
-            return Err(RuntimeError::InvalidInput(format!(
-                "expert {expert} does not exist (a layer has {})",
-                self.config.model.experts
-            )));
+            return Err(RuntimeError::UnknownExpert {
+                expert,
+                experts: self.config.model.experts,
+            });
         }
         Ok(())
     }
@@ -244,8 +406,9 @@ impl<B: Backend> Engine<B> {
         self.masters.index(layer, expert)
     }
 
-    /// Sets the master weights of `expert` in `layer` (at start, and after every optimiser step);
-    /// copies of the old weights in slots stop counting as current.
+    /// Sets the master weights of `expert` in `layer`, which a local rank must hold (at start,
+    /// and after every optimiser step). If a slot holds a copy of the old weights, call
+    /// [`Engine::masters_updated`] on every rank before the next step.
     pub fn write_master(
         &mut self,
         layer: u32,
@@ -258,12 +421,13 @@ impl<B: Backend> Engine<B> {
         let home = self.config.layout.home(expert);
         self.weights
             .write_master(home, self.master_index(layer, expert), weights)?;
-        self.versions[(layer * self.config.model.experts + expert) as usize] += 1;
+        self.note_master_write(layer, expert);
         Ok(())
     }
 
-    /// The master weights of `expert` in `layer`.
-    pub fn read_master(&self, layer: u32, expert: u32) -> Result<Vec<u8>, RuntimeError> {
+    /// The master weights of `expert` in `layer` (a local rank's), in place where the memory is
+    /// the host's.
+    pub fn read_master(&self, layer: u32, expert: u32) -> Result<Cow<'_, [u8]>, RuntimeError> {
         self.check_layer(layer)?;
         self.check_expert(expert)?;
         let home = self.config.layout.home(expert);
@@ -271,15 +435,21 @@ impl<B: Backend> Engine<B> {
             .read_master(home, self.master_index(layer, expert))
     }
 
-    /// The weights in slot `slot` of `rank`, if the slot holds a complete copy.
-    pub fn read_slot(&self, rank: u32, slot: u16) -> Result<Vec<u8>, RuntimeError> {
+    /// The weights in slot `slot` of local rank `rank`, if the slot holds a complete copy, in
+    /// place where the memory is the host's.
+    pub fn read_slot(&self, rank: u32, slot: u16) -> Result<Cow<'_, [u8]>, RuntimeError> {
         self.weights.read_slot(rank, slot)
     }
 
     /// The weights instance `instance` of `step`'s plan computes with: its master's for a
     /// master, its slot's for a replica. A replica whose slot no longer holds its current weights
-    /// (a later step took the slot, or the master changed) is an error, never stale bytes.
-    pub fn instance_weights(&self, step: StepId, instance: u32) -> Result<Vec<u8>, RuntimeError> {
+    /// (a later step took the slot, or the master changed) is an error, never stale bytes. The
+    /// instance's rank must be local; on host memory the bytes are borrowed in place.
+    pub fn instance_weights(
+        &self,
+        step: StepId,
+        instance: u32,
+    ) -> Result<Cow<'_, [u8]>, RuntimeError> {
         let entry = self.entry(step)?;
         let found = entry
             .plan
@@ -288,6 +458,9 @@ impl<B: Backend> Engine<B> {
             .ok_or_else(|| {
                 RuntimeError::InvalidInput(format!("{step} has no instance {instance}"))
             })?;
+        if self.masters_dirty {
+            return Err(RuntimeError::MastersChanged);
+        }
         match entry.slots[instance as usize] {
             Some((rank, slot)) => {
                 let current = SlotContent {
@@ -297,9 +470,7 @@ impl<B: Backend> Engine<B> {
                         [(step.layer * self.config.model.experts + found.expert) as usize],
                 };
                 if self.slots.content(rank, slot) != Some(current) {
-                    return Err(RuntimeError::InvalidInput(format!(
-                        "the slot of instance {instance} of {step} no longer holds its current                          weights (a later step took it, or the master changed): restore {step}"
-                    )));
+                    return Err(RuntimeError::StaleReplica { step, instance });
                 }
                 self.read_slot(rank, slot)
             }
@@ -330,6 +501,9 @@ impl<B: Backend> Engine<B> {
                 loads.ranks(),
                 loads.experts()
             )));
+        }
+        if self.masters_dirty {
+            return Err(RuntimeError::MastersChanged);
         }
         let index = self.entry_index(step);
         if let Some(entry) = &self.steps[index] {
@@ -371,6 +545,7 @@ impl<B: Backend> Engine<B> {
             slots: Vec::new(),
             open: false,
             holding: false,
+            token: 0,
         });
         std::mem::swap(&mut entry.plan, &mut self.candidate);
         std::mem::swap(&mut entry.slots, &mut self.placement.slots);
@@ -379,6 +554,7 @@ impl<B: Backend> Engine<B> {
         entry.microbatch = step.microbatch;
         entry.open = self.config.mode == Mode::Training;
         entry.holding = false;
+        self.digest = digest::of_step(self.digest, step, &entry.plan, &entry.slots);
         let report = StepReport {
             step,
             metrics: *entry.plan.metrics(),
@@ -406,6 +582,9 @@ impl<B: Backend> Engine<B> {
                 "{step} has no backward to restore for (prefill, or its gradients were reduced)"
             )));
         }
+        if self.masters_dirty {
+            return Err(RuntimeError::MastersChanged);
+        }
         let copies = self.place(step, Planned::Kept(index))?;
         let bytes_moved = self.copy(step.layer)?;
         let entry = self.steps[index]
@@ -413,7 +592,10 @@ impl<B: Backend> Engine<B> {
             .ok_or(RuntimeError::NoPlan { step })?;
         std::mem::swap(&mut entry.slots, &mut self.placement.slots);
         entry.holding = true;
+        self.restores += 1;
+        entry.token = self.restores;
         self.slots.hold(step, &entry.slots);
+        self.digest = digest::of_step(self.digest, step, &entry.plan, &entry.slots);
         Ok(RestoreReport {
             copies,
             copies_skipped: self.placement.skipped,

@@ -92,6 +92,11 @@ fn new_master_weights_invalidate_copies() {
     let matrix = LoadMatrix::new(&loads, 8, 32).unwrap();
     let first = engine.step(s(0), matrix).unwrap();
     engine.write_master(0, 0, &weights(0, 0, 1)).unwrap();
+    assert!(matches!(
+        engine.step(s(0), matrix),
+        Err(RuntimeError::MastersChanged)
+    ));
+    engine.masters_updated();
     let after = engine.step(s(0), matrix).unwrap();
     assert_eq!(
         after.copies, first.copies,
@@ -307,7 +312,7 @@ fn a_missing_replica_gradient_fails_the_reduction_and_changes_nothing() {
     }
     assert!(matches!(
         engine.reduce_gradients(s(0)),
-        Err(RuntimeError::Transfer(_))
+        Err(RuntimeError::SlotNotReady { .. })
     ));
     for expert in 0..32 {
         assert_eq!(engine.read_master_gradient(0, expert).unwrap(), ones);
@@ -370,7 +375,12 @@ fn weights_of_a_replica_whose_slot_was_taken_are_refused_until_restored() {
         .unwrap();
     assert!(matches!(
         engine.instance_weights(s(2), hot_replica),
-        Err(RuntimeError::InvalidInput(_))
+        Err(RuntimeError::MastersChanged)
+    ));
+    engine.masters_updated();
+    assert!(matches!(
+        engine.instance_weights(s(2), hot_replica),
+        Err(RuntimeError::StaleReplica { .. })
     ));
     // Restoring layer 0 makes every replica readable again, with its master's weights.
     finish_backward_after_restore(&mut engine, s(2));

@@ -4,7 +4,9 @@
 #[path = "../../examples/tiny_moe/model.rs"]
 mod model;
 
-use model::{TinyMoe, bit_identical, train_balanced, train_unbalanced};
+use model::{
+    TinyMoe, bit_identical, decode, encode, merge, train_balanced, train_threads, train_unbalanced,
+};
 
 #[test]
 fn balanced_training_equals_the_unbalanced_reference_bit_for_bit() {
@@ -42,4 +44,29 @@ fn the_comparison_sees_a_single_flipped_bit() {
     let mut changed = reference.clone();
     changed.outputs[1][[2, 3]] += 1.0;
     assert!(!bit_identical(&changed, &reference));
+}
+
+#[test]
+fn one_engine_per_rank_on_threads_equals_one_engine_for_all_bit_for_bit() {
+    let tiny = TinyMoe {
+        steps: 2,
+        ..TinyMoe::DEFAULT
+    };
+    let records = train_threads(&tiny).unwrap();
+    assert_eq!(records.len(), tiny.ranks as usize);
+    // Every rank computed part of the work: its own masters' gradients, and some outputs.
+    for record in &records {
+        assert_eq!(
+            record.gradients.len(),
+            (tiny.steps * tiny.layers * tiny.experts_per_rank) as usize
+        );
+        assert!(record.outputs.iter().any(|o| o.iter().any(|&v| v != 0.0)));
+    }
+    let merged = merge(&tiny, &records);
+    assert!(bit_identical(&merged, &train_unbalanced(&tiny)));
+    assert!(bit_identical(&merged, &train_balanced(&tiny).unwrap()));
+    // The records survive the trip through bytes that processes use, and nothing else does.
+    let bytes = encode(&records[3]);
+    assert!(bit_identical(&decode(&bytes).unwrap(), &records[3]));
+    assert!(decode(&bytes[..bytes.len() - 4]).is_none());
 }

@@ -6,6 +6,8 @@
 //! tools); with the `nccl` feature, `ultraep_kernels::nccl::NcclGather` implements it for ranks
 //! that are processes on GPUs of their own.
 
+mod shm;
+
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -13,6 +15,8 @@ use ultraep_plan::LoadMatrix;
 
 use crate::RuntimeError;
 use crate::router_counts::count_ids;
+
+pub use shm::ShmCollective;
 
 /// How long a rank waits for the others before it declares the collective failed.
 const WAIT_LIMIT: Duration = Duration::from_secs(60);
