@@ -51,19 +51,30 @@ impl Peers {
             })
     }
 
-    /// The first rank whose owner is gone, if any.
-    fn lost_peer(&self) -> Option<u32> {
-        (0..self.segments.len() as u32).find(|&rank| !self.segments[rank as usize].owner_alive())
+    /// The rank expected to write (`awaited`) if it is gone; with no rank expected, any rank
+    /// that is gone.
+    fn lost_peer(&self, awaited: Option<u32>) -> Option<u32> {
+        let gone = |rank: u32| {
+            self.segments
+                .get(rank as usize)
+                .is_some_and(|segment| !segment.owner_alive())
+        };
+        match awaited {
+            Some(rank) => Some(rank).filter(|&rank| gone(rank)),
+            None => (0..self.segments.len() as u32).find(|&rank| gone(rank)),
+        }
     }
 
     /// Waits until `word` holds `target` (acquire), for at most `timeout`; gives up early when
-    /// `failed` is set by another worker. `what` names the wait in the error.
+    /// `failed` is set by another worker, or when a peer is gone (`awaited`, the rank expected to
+    /// write the word, is checked first). `what` names the wait in the error.
     fn wait_for(
         &self,
         word: &AtomicU64,
         target: u64,
         timeout: Duration,
         failed: Option<&AtomicBool>,
+        awaited: Option<u32>,
         what: impl Fn() -> String,
     ) -> Result<(), RuntimeError> {
         let started = Instant::now();
@@ -78,7 +89,7 @@ impl Peers {
                 return Err(RuntimeError::Backend("another worker failed first".into()));
             }
             if spins.is_multiple_of(1024) {
-                if let Some(rank) = self.lost_peer() {
+                if let Some(rank) = self.lost_peer(awaited) {
                     return Err(RuntimeError::PeerLost { rank });
                 }
                 if started.elapsed() >= timeout {
@@ -130,6 +141,7 @@ impl Peers {
                 round,
                 timeout,
                 Some(failed),
+                None,
                 || {
                     format!(
                         "tile {tile} of slot {slot} of relay rank {} to arrive",
@@ -442,6 +454,7 @@ impl HostPlane {
                     self.round,
                     self.timeout,
                     None,
+                    Some(receive.master),
                     || {
                         format!(
                             "tile {tile} of expert {} for slot {} of rank {}",
@@ -681,12 +694,19 @@ impl Backend for HostPlane {
                     if slot >= segment.layout().slots {
                         return Err(RuntimeError::SlotNotReady { rank, slot });
                     }
-                    peers.wait_for(segment.slot_word(slot), token, self.timeout, None, || {
-                        format!(
-                            "the gradient of expert {}'s replica on rank {rank}",
-                            fanout.expert
-                        )
-                    })?;
+                    peers.wait_for(
+                        segment.slot_word(slot),
+                        token,
+                        self.timeout,
+                        None,
+                        Some(rank),
+                        || {
+                            format!(
+                                "the gradient of expert {}'s replica on rank {rank}",
+                                fanout.expert
+                            )
+                        },
+                    )?;
                 }
             }
         }
@@ -740,6 +760,7 @@ impl Backend for HostPlane {
                     token | ACKNOWLEDGED,
                     self.timeout,
                     None,
+                    Some(fanout.master),
                     || {
                         format!(
                             "rank {} to reduce expert {}'s gradient",

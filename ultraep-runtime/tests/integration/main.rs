@@ -5,6 +5,7 @@ mod engine;
 mod ep64;
 mod fixture;
 mod in_flight;
+mod processes;
 mod properties;
 mod residency;
 mod routing;
