@@ -13,14 +13,13 @@
 //! grown to the largest task list seen, and verification checksums regions block by block.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
-use std::thread::JoinHandle;
+use std::sync::{Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::transport::{TransferReport, Transport};
 use crate::{
     Checksum, NO_FLAG, ReductionScratch, Region, TileTask, TileTaskList, TransferSchedule,
-    XferError, region_of,
+    WorkerPool, XferError, region_of,
 };
 
 /// How long a worker waits for a piece before declaring the distribution failed.
@@ -175,21 +174,20 @@ struct ReductionBuffers {
     scratch: ReductionScratch,
 }
 
-/// Wakes the workers for a new job and tells the caller when all are done.
-#[derive(Debug, Default)]
-struct Control {
-    generation: u64,
-    busy: usize,
-    shutdown: bool,
-}
-
+/// What the workers share: the ranks' memory and the job in progress.
 #[derive(Debug)]
 struct Shared {
     memory: Memory,
     job: RwLock<Job>,
-    control: Mutex<Control>,
-    wake: Condvar,
-    done: Condvar,
+}
+
+impl Shared {
+    /// One worker's part of the job in progress.
+    fn work(&self, tile: &mut Vec<u8>) {
+        if let Ok(job) = self.job.read() {
+            self.memory.work(&job, tile);
+        }
+    }
 }
 
 /// In-process ranks and the workers that move expert state between them.
@@ -214,13 +212,10 @@ struct Shared {
 pub struct CpuTransport {
     state_bytes: u64,
     block_bytes: u64,
-    shared: Arc<Shared>,
+    /// The workers, sharing the memory and the job; each keeps a tile buffer.
+    pool: WorkerPool<Shared, Vec<u8>>,
     /// What every slot of every rank holds (only the caller's thread changes it).
     slot_states: Vec<Vec<SlotState>>,
-    /// The pool's threads; empty with one worker, when the caller does the work.
-    threads: Vec<JoinHandle<()>>,
-    /// The caller's tile buffer when it does the work itself.
-    tile: Vec<u8>,
     /// Buffers of gradient reductions, kept between calls.
     reduction: ReductionBuffers,
     fail_at_task: Option<usize>,
@@ -249,33 +244,18 @@ impl CpuTransport {
                     .collect(),
             })
             .collect();
-        let shared = Arc::new(Shared {
+        let shared = Shared {
             memory: Memory {
                 ranks,
                 block_bytes: block,
             },
             job: RwLock::new(Job::default()),
-            control: Mutex::new(Control::default()),
-            wake: Condvar::new(),
-            done: Condvar::new(),
-        });
-        let threads = if workers > 1 {
-            (0..workers)
-                .map(|_| {
-                    let shared = Arc::clone(&shared);
-                    std::thread::spawn(move || worker(&shared))
-                })
-                .collect()
-        } else {
-            Vec::new()
         };
         Self {
             state_bytes,
             block_bytes: block,
-            shared,
+            pool: WorkerPool::new(shared, workers, Shared::work),
             slot_states: vec![vec![SlotState::Empty; usize::from(slots)]; masters_per_rank.len()],
-            threads,
-            tile: Vec::with_capacity(block as usize),
             reduction: ReductionBuffers::default(),
             fail_at_task: None,
         }
@@ -336,7 +316,7 @@ impl CpuTransport {
                 }
             }
         }
-        let memory = &self.shared.memory;
+        let memory = &self.pool.state().memory;
         let buffers = &mut self.reduction;
         for fanout in schedule.fanouts() {
             let master = memory.region(
@@ -396,11 +376,11 @@ impl CpuTransport {
     }
 
     fn region(&self, rank: u32, region: Region) -> Result<&RegionMemory, XferError> {
-        self.shared.memory.region(rank, region)
+        self.pool.state().memory.region(rank, region)
     }
 
     fn no_such(&self, rank: u32, region: Region) -> XferError {
-        self.shared.memory.no_such(rank, region)
+        self.pool.state().memory.no_such(rank, region)
     }
 
     /// Checks that every task and destination of `tasks` names memory that exists.
@@ -529,44 +509,12 @@ impl Memory {
     }
 }
 
-/// A pool thread: waits for a job, does its share, reports, until the transport is dropped.
-fn worker(shared: &Shared) {
-    let mut tile = Vec::with_capacity(shared.memory.block_bytes as usize);
-    let mut seen = 0;
-    loop {
-        let Ok(mut control) = shared.control.lock() else {
-            return;
-        };
-        while control.generation == seen && !control.shutdown {
-            let Ok(next) = shared.wake.wait(control) else {
-                return;
-            };
-            control = next;
-        }
-        if control.shutdown {
-            return;
-        }
-        seen = control.generation;
-        drop(control);
-        if let Ok(job) = shared.job.read() {
-            shared.memory.work(&job, &mut tile);
-        }
-        let Ok(mut control) = shared.control.lock() else {
-            return;
-        };
-        control.busy -= 1;
-        if control.busy == 0 {
-            shared.done.notify_all();
-        }
-    }
-}
-
 impl CpuTransport {
     /// Runs `tasks` on the workers (or on this thread with one worker); returns the first
     /// failure, if any.
     fn run_workers(&mut self, tasks: &TileTaskList) -> Result<Option<(usize, String)>, XferError> {
         {
-            let mut job = self.shared.job.write().map_err(|_| poisoned())?;
+            let mut job = self.pool.state().job.write().map_err(|_| poisoned())?;
             job.tasks.tasks.clone_from(&tasks.tasks);
             job.tasks.destinations.clone_from(&tasks.destinations);
             job.tasks.flag_count = tasks.flag_count;
@@ -582,47 +530,10 @@ impl CpuTransport {
             *lock(&job.failure)? = None;
             job.fail_at_task = self.fail_at_task;
         }
-        if self.threads.is_empty() {
-            let job = self.shared.job.read().map_err(|_| poisoned())?;
-            self.shared.memory.work(&job, &mut self.tile);
-        } else {
-            let mut control = lock(&self.shared.control)?;
-            control.generation += 1;
-            control.busy = self.threads.len();
-            self.shared.wake.notify_all();
-            let started = Instant::now();
-            while control.busy > 0 {
-                let left = (WAIT_LIMIT * 2)
-                    .checked_sub(started.elapsed())
-                    .ok_or_else(|| XferError::TransferFailed {
-                        task: usize::MAX,
-                        reason: "the workers did not finish".into(),
-                        slots: 0,
-                    })?;
-                control = self
-                    .shared
-                    .done
-                    .wait_timeout(control, left)
-                    .map_err(|_| poisoned())?
-                    .0;
-            }
-        }
-        let job = self.shared.job.read().map_err(|_| poisoned())?;
+        self.pool.run()?;
+        let job = self.pool.state().job.read().map_err(|_| poisoned())?;
         let failure = lock(&job.failure)?.take();
         Ok(failure)
-    }
-}
-
-impl Drop for CpuTransport {
-    fn drop(&mut self) {
-        if let Ok(mut control) = self.shared.control.lock() {
-            control.shutdown = true;
-            self.shared.wake.notify_all();
-        }
-        for thread in self.threads.drain(..) {
-            // A worker that panicked has nothing left to clean up.
-            let _ = thread.join();
-        }
     }
 }
 

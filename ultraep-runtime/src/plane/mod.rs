@@ -9,24 +9,24 @@
 //! tiles their slots receive. Every wait ends: with the data, with [`RuntimeError::PeerLost`] when
 //! the rank that should have written it is gone, or with [`RuntimeError::Timeout`].
 
-mod pool;
+mod job;
 pub(crate) mod segment;
 
 use std::borrow::Cow;
 use std::ops::Range;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use ultraep_xfer::{
     Checksum, NO_FLAG, ReductionScratch, Region, SlotState, TileDestination, TileTask,
-    TileTaskList, TransferSchedule, region_of,
+    TileTaskList, TransferSchedule, WorkerPool, region_of,
 };
 
 use crate::RuntimeError;
 use crate::backend::{Backend, MemoryShape};
-use pool::Pool;
+use job::{Job, Shared};
 use segment::{Owner, Segment, SegmentLayout};
 
 /// The bit that marks a gradient hand-off word as acknowledged by the master's rank.
@@ -195,7 +195,7 @@ struct Receive {
 /// The host data plane of one or more local ranks. See the [module docs](self).
 #[derive(Debug)]
 pub struct HostPlane {
-    pool: Pool,
+    pool: WorkerPool<Shared>,
     local: Range<u32>,
     owners: Vec<Owner>,
     slots_per_rank: u16,
@@ -245,7 +245,14 @@ impl HostPlane {
         let local = shape.local.clone();
         let slot_count = local.len() * usize::from(shape.slots_per_rank);
         Self {
-            pool: Pool::new(Peers { segments }, options.workers.max(1)),
+            pool: WorkerPool::new(
+                Shared {
+                    peers: Peers { segments },
+                    job: RwLock::new(Job::default()),
+                },
+                options.workers.max(1),
+                Shared::work,
+            ),
             local,
             owners,
             slots_per_rank: shape.slots_per_rank,
@@ -342,7 +349,7 @@ impl HostPlane {
     }
 
     fn peers(&self) -> &Peers {
-        &self.pool.shared.peers
+        &self.pool.state().peers
     }
 
     /// The ranks whose memory this plane owns.
@@ -399,7 +406,7 @@ impl HostPlane {
     /// its parameters here instead of copying them in).
     pub fn master_mut(&mut self, rank: u32, index: u32) -> Result<&mut [u8], RuntimeError> {
         let local = self.local_index(rank)?;
-        let segment = &*self.pool.shared.peers.segments[rank as usize];
+        let segment = &*self.pool.state().peers.segments[rank as usize];
         segment.region_mut(&mut self.owners[local], Region::Master { index })
     }
 
@@ -445,7 +452,7 @@ impl HostPlane {
     /// Waits for every tile of every slot this plane receives in this round, then checks each
     /// copy against its master's published checksum.
     fn complete_receives(&mut self) -> Result<(), RuntimeError> {
-        let peers = &self.pool.shared.peers;
+        let peers = &self.pool.state().peers;
         for receive in &self.receives {
             let segment = peers.segment(receive.rank)?;
             for tile in 0..segment.layout().tiles() {
@@ -466,7 +473,7 @@ impl HostPlane {
         }
         for index in 0..self.receives.len() {
             let receive = self.receives[index];
-            let peers = &self.pool.shared.peers;
+            let peers = &self.pool.state().peers;
             let bytes = peers
                 .segment(receive.rank)?
                 .region(Region::Slot { slot: receive.slot })?;
@@ -552,7 +559,7 @@ impl Backend for HostPlane {
     ) -> Result<(), RuntimeError> {
         let local = self.local_index(rank)?;
         self.slot_state_index(rank, slot)?;
-        let segment = &*self.pool.shared.peers.segments[rank as usize];
+        let segment = &*self.pool.state().peers.segments[rank as usize];
         let region = segment.region_mut(&mut self.owners[local], Region::Slot { slot })?;
         if region.len() != bytes.len() {
             return Err(RuntimeError::WrongSize {
@@ -631,7 +638,7 @@ impl Backend for HostPlane {
         {
             let mut job = self
                 .pool
-                .shared
+                .state()
                 .job
                 .write()
                 .map_err(|_| RuntimeError::Backend("a data-plane worker panicked".into()))?;
@@ -659,6 +666,16 @@ impl Backend for HostPlane {
             }
         }
         self.pool.run()?;
+        let failure = self
+            .pool
+            .state()
+            .job
+            .read()
+            .ok()
+            .and_then(|job| job.failure.lock().ok()?.take());
+        if let Some(error) = failure {
+            return Err(error);
+        }
         self.complete_receives()?;
         Ok(tasks.bytes_stored())
     }
@@ -716,7 +733,7 @@ impl Backend for HostPlane {
                 continue;
             }
             let local = self.local_index(fanout.master)?;
-            let peers = &self.pool.shared.peers;
+            let peers = &self.pool.state().peers;
             let segment = &*peers.segments[fanout.master as usize];
             let master = segment.region_mut(
                 &mut self.owners[local],
@@ -753,7 +770,7 @@ impl Backend for HostPlane {
                     continue;
                 }
                 let local = self.local_index(rank)?;
-                let peers = &self.pool.shared.peers;
+                let peers = &self.pool.state().peers;
                 let segment = &*peers.segments[rank as usize];
                 peers.wait_for(
                     segment.slot_word(slot),
