@@ -60,20 +60,16 @@ pub(super) struct GatherScratch {
 }
 
 impl<B: Backend> Engine<B> {
-    /// A step from this engine's own router output: counts the top-k ids of each local rank
-    /// (`ids[i]` for the `i`-th local rank, `top_k` per token, token-major), all-gathers the rows
-    /// with every rank's metadata digest through `collective`, checks that every rank's digest is
-    /// the same, and plans the gathered load with [`Engine::step`]. Every member of the
-    /// collective holds as many ranks as this engine, in rank order. If a digest differs, every
-    /// rank fails with [`RuntimeError::Diverged`] and nothing changes.
-    pub fn step_gathered(
-        &mut self,
-        step: StepId,
-        collective: &mut impl Collective,
-        ids: &[&[u32]],
-    ) -> Result<StepReport, RuntimeError> {
-        self.check_layer(step.layer)?;
-        let ranks = self.config.layout.num_ranks() as usize;
+    /// Words of this engine's row of a gathered load: the counts of its ranks, then its digest.
+    pub fn gather_row_len(&self) -> usize {
+        self.local.len() * self.config.model.experts as usize + DIGEST_WORDS
+    }
+
+    /// Writes into `row` this engine's row of the gathered load: the histogram of each local
+    /// rank's top-k ids (`ids[i]` for the `i`-th local rank, `top_k` per token, token-major),
+    /// then its metadata digest. The caller all-gathers the rows of every engine of the group
+    /// (`all_gather_into_tensor`, say) and hands them to [`Engine::step_from_rows`].
+    pub fn gather_row(&self, ids: &[&[u32]], row: &mut Vec<u32>) -> Result<(), RuntimeError> {
         let local = self.local.len();
         let experts = self.config.model.experts as usize;
         if ids.len() != local {
@@ -82,32 +78,42 @@ impl<B: Backend> Engine<B> {
                 ids.len()
             )));
         }
-        let members = collective.ranks() as usize;
-        if members * local != ranks
-            || collective.rank() as usize * local != self.local.start as usize
-        {
-            return Err(RuntimeError::InvalidInput(format!(
-                "member {} of a collective of {members}, for an engine of ranks {:?} of {ranks}",
-                collective.rank(),
-                self.local
-            )));
-        }
-        let row_words = local * experts + DIGEST_WORDS;
-        let scratch = &mut self.gather;
-        scratch.row.resize(row_words, 0);
-        scratch.gathered.resize(members * row_words, 0);
-        scratch.loads.resize(ranks * experts, 0);
+        row.clear();
+        row.resize(self.gather_row_len(), 0);
         count_ids(
             ids,
             experts as u32,
             self.config.model.top_k,
-            &mut scratch.row[..local * experts],
+            &mut row[..local * experts],
         )?;
-        scratch.row[local * experts] = self.digest as u32;
-        scratch.row[local * experts + 1] = (self.digest >> 32) as u32;
-        collective.all_gather(&scratch.row, &mut scratch.gathered)?;
+        row[local * experts] = self.digest as u32;
+        row[local * experts + 1] = (self.digest >> 32) as u32;
+        Ok(())
+    }
+
+    /// Plans `step` from the rows every engine of the group wrote with [`Engine::gather_row`],
+    /// member after member: checks that every member's digest is the same (else every rank
+    /// fails alike with [`RuntimeError::Diverged`] and nothing changes), then runs
+    /// [`Engine::step`] on the counts.
+    pub fn step_from_rows(
+        &mut self,
+        step: StepId,
+        gathered: &[u32],
+    ) -> Result<StepReport, RuntimeError> {
+        self.check_layer(step.layer)?;
+        let ranks = self.config.layout.num_ranks() as usize;
+        let local = self.local.len();
+        let experts = self.config.model.experts as usize;
+        let row_words = self.gather_row_len();
+        let members = ranks / local;
+        if members * local != ranks || gathered.len() != members * row_words {
+            return Err(RuntimeError::InvalidInput(format!(
+                "{} gathered words for {members} members of {row_words}",
+                gathered.len()
+            )));
+        }
         let digest_of = |member: usize| {
-            let row = &scratch.gathered[member * row_words..][..row_words];
+            let row = &gathered[member * row_words..][..row_words];
             u64::from(row[local * experts]) | u64::from(row[local * experts + 1]) << 32
         };
         let expected = digest_of(0);
@@ -119,15 +125,49 @@ impl<B: Backend> Engine<B> {
                 found: digest_of(member),
             });
         }
+        let mut loads = std::mem::take(&mut self.gather.loads);
+        loads.resize(ranks * experts, 0);
         for member in 0..members {
-            let counts = &scratch.gathered[member * row_words..][..local * experts];
-            scratch.loads[member * local * experts..][..local * experts].copy_from_slice(counts);
+            let counts = &gathered[member * row_words..][..local * experts];
+            loads[member * local * experts..][..local * experts].copy_from_slice(counts);
         }
-        let loads = std::mem::take(&mut self.gather.loads);
         let result = LoadMatrix::new(&loads, ranks, experts)
             .map_err(RuntimeError::from)
             .and_then(|matrix| self.step(step, matrix));
         self.gather.loads = loads;
+        result
+    }
+
+    /// A step from this engine's own router output: [`Engine::gather_row`], the all-gather of
+    /// every member's row through `collective` (whose members hold as many ranks as this
+    /// engine, in rank order), then [`Engine::step_from_rows`].
+    pub fn step_gathered(
+        &mut self,
+        step: StepId,
+        collective: &mut impl Collective,
+        ids: &[&[u32]],
+    ) -> Result<StepReport, RuntimeError> {
+        let ranks = self.config.layout.num_ranks() as usize;
+        let local = self.local.len();
+        let members = collective.ranks() as usize;
+        if members * local != ranks
+            || collective.rank() as usize * local != self.local.start as usize
+        {
+            return Err(RuntimeError::InvalidInput(format!(
+                "member {} of a collective of {members}, for an engine of ranks {:?} of {ranks}",
+                collective.rank(),
+                self.local
+            )));
+        }
+        let mut row = std::mem::take(&mut self.gather.row);
+        let mut gathered = std::mem::take(&mut self.gather.gathered);
+        let result = self.gather_row(ids, &mut row).and_then(|()| {
+            gathered.resize(members * row.len(), 0);
+            collective.all_gather(&row, &mut gathered)?;
+            self.step_from_rows(step, &gathered)
+        });
+        self.gather.row = row;
+        self.gather.gathered = gathered;
         result
     }
 }

@@ -4,6 +4,7 @@ mod allocation;
 mod engine;
 mod ep64;
 mod fixture;
+mod host_driven;
 mod in_flight;
 mod processes;
 mod properties;

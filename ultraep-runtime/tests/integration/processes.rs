@@ -31,7 +31,7 @@ fn config() -> EngineConfig {
 }
 
 /// Rank `rank`'s router ids: 48 tokens of top-4, every token wanting `hot`.
-fn ids(rank: u32, hot: u32) -> Vec<u32> {
+pub(crate) fn ids(rank: u32, hot: u32) -> Vec<u32> {
     (0..48u32)
         .flat_map(|t| {
             [
