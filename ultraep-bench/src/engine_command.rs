@@ -177,6 +177,7 @@ fn engine_run<W: Write>(
         slots_per_rank: 2,
         microbatches_in_flight: 1,
         prefer_resident_replicas: prefer,
+        hold_forward: false,
         plan: PlanConfig::default(),
         transfer: TransferConfig {
             tile_bytes: 4096,

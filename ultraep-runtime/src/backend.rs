@@ -36,6 +36,15 @@ pub struct MemoryShape<'a> {
     pub workers: usize,
 }
 
+/// How [`Backend::start_distribute`] left a distribution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Started {
+    /// It is complete: this many bytes stored.
+    Done(u64),
+    /// It runs on the backend's workers; [`Backend::finish_distribute`] waits for it.
+    Running,
+}
+
 /// Rank memory and the means to move expert state between ranks.
 ///
 /// A backend never lets a half-written slot be read: a slot a distribution writes is not ready
@@ -68,6 +77,20 @@ pub trait Backend {
         schedule: &TransferSchedule,
         tasks: &TileTaskList,
     ) -> Result<u64, RuntimeError>;
+    /// Starts this backend's share of a weight distribution; [`Backend::finish_distribute`] ends
+    /// it. A backend that cannot overlap transfers with the caller's work runs it whole here.
+    fn start_distribute(
+        &mut self,
+        schedule: &TransferSchedule,
+        tasks: &TileTaskList,
+    ) -> Result<Started, RuntimeError> {
+        self.distribute(schedule, tasks).map(Started::Done)
+    }
+    /// Finishes the distribution [`Backend::start_distribute`] left running; returns the bytes
+    /// it stores.
+    fn finish_distribute(&mut self) -> Result<u64, RuntimeError> {
+        Err(RuntimeError::Backend("no distribution is running".into()))
+    }
     /// Sums the replicas' FP32 states of `schedule` into their masters' in the documented order
     /// (for the masters this backend holds) and empties the replica slots (those it holds);
     /// every replica slot must be ready with `token`, or nothing changes.

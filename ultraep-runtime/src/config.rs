@@ -28,6 +28,11 @@ pub struct EngineConfig {
     /// Let the planner put replicas where slots already hold the expert's current weights, when
     /// that costs no balance (no copy is then needed).
     pub prefer_resident_replicas: bool,
+    /// Hold a step's slots from its step until [`crate::Engine::release_forward`], so that no
+    /// other step (the next layer's, planned and prefetched while this one computes) takes them;
+    /// a step that would need a held slot is refused with [`crate::RuntimeError::SlotsBusy`].
+    /// Off, a later step may take them, and the earlier step's replicas turn stale.
+    pub hold_forward: bool,
     /// How weights are cut up and moved.
     pub transfer: TransferConfig,
     /// Worker threads of the CPU backend.

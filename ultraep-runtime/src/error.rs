@@ -104,6 +104,12 @@ pub enum RuntimeError {
         /// The ranks this engine holds.
         local: Range<u32>,
     },
+    /// A step's weights are still moving: finish it first.
+    #[error("{step}'s weights are still moving: call finish_step first")]
+    TransferPending {
+        /// The step whose transfers are in flight.
+        step: StepId,
+    },
     /// A slot that does not hold a complete, verified copy.
     #[error("slot {slot} of rank {rank} is not ready")]
     SlotNotReady {

@@ -40,10 +40,10 @@ mod slots;
 mod step_id;
 mod trace;
 
-pub use backend::{Backend, CudaBackend, MemoryShape};
+pub use backend::{Backend, CudaBackend, MemoryShape, Started};
 pub use collective::{Collective, InProcessCollective, LoadGather, ShmCollective};
 pub use config::EngineConfig;
-pub use engine::Engine;
+pub use engine::{Engine, TransfersInFlight};
 pub use error::RuntimeError;
 pub use host_driven::{GradientSend, HostDriven};
 pub use model::{Dtype, Mode, ModelShape};

@@ -97,6 +97,13 @@ impl<S: Send + Sync + 'static, W: Default + Send + 'static> WorkerPool<S, W> {
     /// Runs `work` on every worker and returns when all have finished. `work` must end on its
     /// own (its waits bounded), since this waits for it.
     pub fn run(&mut self) -> Result<(), XferError> {
+        self.start()?;
+        self.wait()
+    }
+
+    /// Starts `work` on every worker and returns at once; [`WorkerPool::wait`] waits for it. With
+    /// one worker there are no threads, and the caller's thread does the work here.
+    pub fn start(&mut self) -> Result<(), XferError> {
         if self.threads.is_empty() {
             (self.shared.work)(&self.shared.state, &mut self.caller);
             return Ok(());
@@ -106,6 +113,12 @@ impl<S: Send + Sync + 'static, W: Default + Send + 'static> WorkerPool<S, W> {
         control.busy = self.threads.len();
         control.panicked = false;
         self.shared.wake.notify_all();
+        Ok(())
+    }
+
+    /// Waits until the work [`WorkerPool::start`] started has finished on every worker.
+    pub fn wait(&mut self) -> Result<(), XferError> {
+        let mut control = lock(&self.shared.control)?;
         while control.busy > 0 {
             control = self.shared.done.wait(control).map_err(|_| poisoned())?;
         }

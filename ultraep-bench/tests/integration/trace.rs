@@ -292,6 +292,7 @@ fn simulate_replays_a_trace_the_engine_wrote() {
         slots_per_rank: 2,
         microbatches_in_flight: 1,
         prefer_resident_replicas: true,
+        hold_forward: false,
         plan: PlanConfig {
             min_replica_tokens: 16,
             ..PlanConfig::default()

@@ -278,6 +278,7 @@ pub fn engine_config(model: &TinyMoe) -> Result<EngineConfig, RuntimeError> {
         slots_per_rank: 2,
         microbatches_in_flight: model.microbatches as u16,
         prefer_resident_replicas: true,
+        hold_forward: false,
         plan: PlanConfig {
             min_replica_tokens: 8,
             ..PlanConfig::default()
@@ -447,7 +448,7 @@ pub fn train_local<B: Backend>(
                 record.gradients.push(gradient);
             }
         }
-        engine.masters_updated();
+        engine.masters_updated()?;
     }
     Ok(record)
 }

@@ -1,11 +1,49 @@
-//! Training: master and replica gradients, and their reduction into the masters.
+//! Training's backward: the replicas brought back for it, master and replica gradients, and
+//! their reduction into the masters.
 
 use ultraep_xfer::ExpertState;
 
-use super::{Engine, check_size, entry_in};
+use super::{Engine, Planned, check_size, digest, entry_in};
+use crate::report::RestoreReport;
 use crate::{Backend, RuntimeError, StepId};
 
 impl<B: Backend> Engine<B> {
+    /// Brings `step`'s replica weights back into slots before its expert backward (slots are
+    /// shared by all layers and microbatches, so later steps may have taken some), and holds them
+    /// until [`Engine::reduce_gradients`] ends the backward. Replicas whose slot still holds their
+    /// weights are left alone; the others are copied again, perhaps into another slot, which
+    /// [`Engine::replica_slot`] then gives. If it fails, call it again before using the replicas.
+    pub fn restore(&mut self, step: StepId) -> Result<RestoreReport, RuntimeError> {
+        self.check_layer(step.layer)?;
+        self.check_no_pending()?;
+        let index = self.entry_index(step);
+        let entry = entry_in(&self.steps, index, step)?;
+        if !entry.open {
+            return Err(RuntimeError::InvalidInput(format!(
+                "{step} has no backward to restore for (prefill, or its gradients were reduced)"
+            )));
+        }
+        if self.masters_dirty {
+            return Err(RuntimeError::MastersChanged);
+        }
+        let copies = self.place(step, Planned::Kept(index))?;
+        let bytes_moved = self.copy(step.layer)?;
+        let entry = self.steps[index]
+            .as_mut()
+            .ok_or(RuntimeError::NoPlan { step })?;
+        std::mem::swap(&mut entry.slots, &mut self.placement.slots);
+        entry.holding = true;
+        self.restores += 1;
+        entry.token = self.restores;
+        self.slots.hold(step, &entry.slots);
+        self.digest = digest::of_step(self.digest, step, &entry.plan, &entry.slots);
+        Ok(RestoreReport {
+            copies,
+            copies_skipped: self.placement.skipped,
+            bytes_moved,
+        })
+    }
+
     fn gradient_store(&mut self) -> Result<&mut (ExpertState, B), RuntimeError> {
         self.gradients
             .as_mut()
@@ -81,6 +119,7 @@ impl<B: Backend> Engine<B> {
     /// replica must have written its gradient; otherwise nothing changes.
     pub fn reduce_gradients(&mut self, step: StepId) -> Result<(), RuntimeError> {
         self.check_layer(step.layer)?;
+        self.check_no_pending()?;
         let index = self.entry_index(step);
         let entry = entry_in(&self.steps, index, step)?;
         if !entry.holding {
@@ -111,7 +150,7 @@ impl<B: Backend> Engine<B> {
         )?;
         store.reduce_gradients(&self.schedule, token)?;
         self.slots.release(step);
-        self.digest = super::digest::mix(self.digest, &[token]);
+        self.digest = digest::mix(self.digest, &[token]);
         if let Some(entry) = self.steps[index].as_mut() {
             entry.open = false;
             entry.holding = false;

@@ -3,19 +3,21 @@
 //! router's ids and the token reroute in `routing.rs`.
 
 mod digest;
+mod forward;
 mod gradients;
 mod routing;
 
+pub use forward::TransfersInFlight;
+
 use std::borrow::Cow;
 use std::ops::Range;
-use std::time::Instant;
 
 use ultraep_plan::{LoadMatrix, Plan, Planner, RankDomains, Residency};
 use ultraep_xfer::{ExpertState, ScheduleBuilder, TaskListBuilder, TileTaskList, TransferSchedule};
 
-use crate::backend::{Backend, MemoryShape};
+use crate::backend::{Backend, MemoryShape, Started};
 use crate::plane::{HostPlane, PlaneOptions};
-use crate::report::{RestoreReport, StepReport, Summary};
+use crate::report::Summary;
 use crate::slots::{FanoutPool, Placement, SlotContent, SlotTable};
 use crate::{EngineConfig, Mode, RuntimeError, StepId};
 use crate::{GradientSend, HostDriven, TransferProgram};
@@ -75,8 +77,13 @@ pub struct Engine<B = HostPlane> {
     slots: SlotTable,
     /// Plans in flight: `microbatches_in_flight x layers`, microbatch-major.
     steps: Vec<Option<LayerStep>>,
+    /// The step whose weights are moving, between `begin_step` and `finish_step`.
+    pending: Option<forward::Pending>,
+    /// How the copy in progress started.
+    copy_started: Option<Result<Started, RuntimeError>>,
     /// Buffers reused by every step, so a warm step does not allocate.
     candidate: Plan,
+    candidate_loads: Vec<u32>,
     residency: Residency,
     placement: Placement,
     fanouts: FanoutPool,
@@ -321,7 +328,10 @@ impl<B: Backend> Engine<B> {
             local,
             slots: SlotTable::new(ranks, config.slots_per_rank),
             steps: (0..in_flight).map(|_| None).collect(),
+            pending: None,
+            copy_started: None,
             candidate: Plan::default(),
+            candidate_loads: Vec::new(),
             residency: Residency::new(ranks, u32::from(config.slots_per_rank)),
             placement: Placement::default(),
             fanouts: FanoutPool::default(),
@@ -362,12 +372,14 @@ impl<B: Backend> Engine<B> {
     /// that a slot may hold a copy of): every copy of old weights stops counting as current.
     /// Every rank of the group calls it at the same point; a rank that does not diverges, and
     /// the next gathered step says so.
-    pub fn masters_updated(&mut self) {
+    pub fn masters_updated(&mut self) -> Result<(), RuntimeError> {
+        self.check_no_pending()?;
         for version in &mut self.versions {
             *version += 1;
         }
         self.masters_dirty = false;
         self.digest = digest::mix(self.digest, &[digest::MASTERS_UPDATED]);
+        Ok(())
     }
 
     /// Remembers that a master some slot holds a copy of is being written.
@@ -527,184 +539,6 @@ impl<B: Backend> Engine<B> {
     /// Makes the next weight transfer fail at tile task `task` (for failure tests).
     pub fn inject_transfer_failure(&mut self, task: usize) {
         self.weights.inject_failure_at(task);
-    }
-
-    /// Plans `loads` (the all-gathered exact load of the layer: tokens from every rank to every
-    /// expert) for `step` and puts every replica's current weights in a slot. The replicas stay
-    /// valid until the next `step` or `restore`. On error the engine keeps its previous plans;
-    /// slots a failed transfer was writing are marked empty.
-    pub fn step(
-        &mut self,
-        step: StepId,
-        loads: LoadMatrix<'_>,
-    ) -> Result<StepReport, RuntimeError> {
-        self.check_layer(step.layer)?;
-        let ranks = self.config.layout.num_ranks() as usize;
-        let experts = self.config.model.experts as usize;
-        if (loads.ranks(), loads.experts()) != (ranks, experts) {
-            return Err(RuntimeError::InvalidInput(format!(
-                "a load of {} ranks x {} experts for an engine of {ranks} x {experts}",
-                loads.ranks(),
-                loads.experts()
-            )));
-        }
-        if self.masters_dirty {
-            return Err(RuntimeError::MastersChanged);
-        }
-        let index = self.entry_index(step);
-        if let Some(entry) = &self.steps[index] {
-            if entry.microbatch != step.microbatch && entry.open {
-                return Err(RuntimeError::InFlight {
-                    step,
-                    busy: entry.microbatch,
-                });
-            }
-            if entry.microbatch == step.microbatch && entry.holding {
-                return Err(RuntimeError::InvalidInput(format!(
-                    "{step} is in its backward; it cannot be planned again"
-                )));
-            }
-        }
-        let started = Instant::now();
-        let versions = &self.versions[step.layer as usize * experts..][..experts];
-        let residency = if self.config.prefer_resident_replicas {
-            self.slots
-                .residency_into(step, |e| versions[e as usize], &mut self.residency);
-            Some(&self.residency)
-        } else {
-            None
-        };
-        self.planner
-            .plan_preferring(loads, residency, &mut self.candidate)?;
-        let planning = started.elapsed();
-
-        let started = Instant::now();
-        let copies = self.place(step, Planned::Candidate)?;
-        let bytes_moved = self.copy(step.layer)?;
-        let transfer = started.elapsed();
-
-        let entry = &mut self.steps[index];
-        let entry = entry.get_or_insert_with(|| LayerStep {
-            microbatch: step.microbatch,
-            plan: Plan::default(),
-            loads: Vec::new(),
-            slots: Vec::new(),
-            open: false,
-            holding: false,
-            token: 0,
-        });
-        std::mem::swap(&mut entry.plan, &mut self.candidate);
-        std::mem::swap(&mut entry.slots, &mut self.placement.slots);
-        entry.loads.clear();
-        entry.loads.extend_from_slice(loads.as_slice());
-        entry.microbatch = step.microbatch;
-        entry.open = self.config.mode == Mode::Training;
-        entry.holding = false;
-        self.digest = digest::of_step(self.digest, step, &entry.plan, &entry.slots);
-        let report = StepReport {
-            step,
-            metrics: *entry.plan.metrics(),
-            copies,
-            copies_skipped: self.placement.skipped,
-            bytes_moved,
-            planning,
-            transfer,
-        };
-        self.summary.add(&report);
-        Ok(report)
-    }
-
-    /// Brings `step`'s replica weights back into slots before its expert backward (slots are
-    /// shared by all layers and microbatches, so later steps may have taken some), and holds them
-    /// until [`Engine::reduce_gradients`] ends the backward. Replicas whose slot still holds their
-    /// weights are left alone; the others are copied again, perhaps into another slot, which
-    /// [`Engine::replica_slot`] then gives. If it fails, call it again before using the replicas.
-    pub fn restore(&mut self, step: StepId) -> Result<RestoreReport, RuntimeError> {
-        self.check_layer(step.layer)?;
-        let index = self.entry_index(step);
-        let entry = entry_in(&self.steps, index, step)?;
-        if !entry.open {
-            return Err(RuntimeError::InvalidInput(format!(
-                "{step} has no backward to restore for (prefill, or its gradients were reduced)"
-            )));
-        }
-        if self.masters_dirty {
-            return Err(RuntimeError::MastersChanged);
-        }
-        let copies = self.place(step, Planned::Kept(index))?;
-        let bytes_moved = self.copy(step.layer)?;
-        let entry = self.steps[index]
-            .as_mut()
-            .ok_or(RuntimeError::NoPlan { step })?;
-        std::mem::swap(&mut entry.slots, &mut self.placement.slots);
-        entry.holding = true;
-        self.restores += 1;
-        entry.token = self.restores;
-        self.slots.hold(step, &entry.slots);
-        self.digest = digest::of_step(self.digest, step, &entry.plan, &entry.slots);
-        Ok(RestoreReport {
-            copies,
-            copies_skipped: self.placement.skipped,
-            bytes_moved,
-        })
-    }
-
-    /// Chooses a slot for every replica of `planned` (`step`'s plan) into `self.placement`, and
-    /// gathers the copies to make into `self.fanouts`. Returns the number of copies.
-    fn place(&mut self, step: StepId, planned: Planned) -> Result<u32, RuntimeError> {
-        let experts = self.config.model.experts as usize;
-        let versions = &self.versions[step.layer as usize * experts..][..experts];
-        let instances = match planned {
-            Planned::Candidate => self.candidate.instances(),
-            Planned::Kept(index) => self.steps[index]
-                .as_ref()
-                .map_or(&[][..], |entry| entry.plan.instances()),
-        };
-        let (masters, fanouts) = (&self.masters, &mut self.fanouts);
-        fanouts.clear();
-        self.slots.place(
-            step,
-            instances,
-            |expert| versions[expert as usize],
-            &mut self.placement,
-            |expert, destination| {
-                let (home, index) = masters.region(step.layer, expert);
-                fanouts.add(expert, home, index, destination);
-            },
-        )?;
-        Ok(fanouts.replica_count())
-    }
-
-    /// Copies the fan-outs gathered in `self.fanouts` (replicas of `layer`) into their slots and
-    /// records what the slots now hold; returns the bytes stored. On failure the slots being
-    /// written are marked empty.
-    fn copy(&mut self, layer: u32) -> Result<u64, RuntimeError> {
-        if self.fanouts.set.fanouts.is_empty() {
-            return Ok(0);
-        }
-        self.fanouts.sort();
-        self.schedule_builder.build_into(
-            &self.fanouts.set,
-            &self.state,
-            &self.config.topology,
-            self.config.transfer,
-            &mut self.schedule,
-        )?;
-        self.task_builder
-            .build_into(&self.schedule, &mut self.tasks);
-        let result = self.weights.distribute(&self.schedule, &self.tasks);
-        let experts = self.config.model.experts;
-        for fanout in &self.fanouts.set.fanouts {
-            let content = result.as_ref().ok().map(|_| SlotContent {
-                layer,
-                expert: fanout.expert,
-                version: self.versions[(layer * experts + fanout.expert) as usize],
-            });
-            for &(rank, slot) in &fanout.destinations {
-                self.slots.set_content(rank, slot, content);
-            }
-        }
-        result
     }
 }
 

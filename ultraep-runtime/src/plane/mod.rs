@@ -25,7 +25,7 @@ use ultraep_xfer::{
 };
 
 use crate::RuntimeError;
-use crate::backend::{Backend, MemoryShape};
+use crate::backend::{Backend, MemoryShape, Started};
 use job::{Job, Shared};
 use segment::{Owner, Segment, SegmentLayout};
 
@@ -203,6 +203,8 @@ pub struct HostPlane {
     round: u64,
     timeout: Duration,
     fail_at_task: Option<usize>,
+    /// The bytes of the distribution running on the workers.
+    running: Option<u64>,
     receives: Vec<Receive>,
     reduction: ReductionScratch,
 }
@@ -260,6 +262,7 @@ impl HostPlane {
             round: 0,
             timeout: options.timeout,
             fail_at_task: None,
+            running: None,
             receives: Vec::new(),
             reduction: ReductionScratch::default(),
         }
@@ -581,6 +584,17 @@ impl Backend for HostPlane {
         schedule: &TransferSchedule,
         tasks: &TileTaskList,
     ) -> Result<u64, RuntimeError> {
+        match self.start_distribute(schedule, tasks)? {
+            Started::Done(bytes) => Ok(bytes),
+            Started::Running => self.finish_distribute(),
+        }
+    }
+
+    fn start_distribute(
+        &mut self,
+        schedule: &TransferSchedule,
+        tasks: &TileTaskList,
+    ) -> Result<Started, RuntimeError> {
         let segments = self.peers().segments.len() as u32;
         let tile_bytes = schedule.config().tile_bytes;
         if schedule.state_bytes()
@@ -665,7 +679,17 @@ impl Backend for HostPlane {
                 *failure = None;
             }
         }
-        self.pool.run()?;
+        self.pool.start()?;
+        self.running = Some(tasks.bytes_stored());
+        Ok(Started::Running)
+    }
+
+    fn finish_distribute(&mut self) -> Result<u64, RuntimeError> {
+        let bytes = self
+            .running
+            .take()
+            .ok_or_else(|| RuntimeError::Backend("no distribution is running".into()))?;
+        self.pool.wait()?;
         let failure = self
             .pool
             .state()
@@ -677,7 +701,7 @@ impl Backend for HostPlane {
             return Err(error);
         }
         self.complete_receives()?;
-        Ok(tasks.bytes_stored())
+        Ok(bytes)
     }
 
     fn reduce_gradients(

@@ -96,7 +96,7 @@ fn new_master_weights_invalidate_copies() {
         engine.step(s(0), matrix),
         Err(RuntimeError::MastersChanged)
     ));
-    engine.masters_updated();
+    engine.masters_updated().unwrap();
     let after = engine.step(s(0), matrix).unwrap();
     assert_eq!(
         after.copies, first.copies,
@@ -377,7 +377,7 @@ fn weights_of_a_replica_whose_slot_was_taken_are_refused_until_restored() {
         engine.instance_weights(s(2), hot_replica),
         Err(RuntimeError::MastersChanged)
     ));
-    engine.masters_updated();
+    engine.masters_updated().unwrap();
     assert!(matches!(
         engine.instance_weights(s(2), hot_replica),
         Err(RuntimeError::StaleReplica { .. })

@@ -51,6 +51,7 @@ pub fn ep64_engine_with(workers: usize, prefer_resident: bool) -> Engine {
         slots_per_rank: scenario.slots_per_rank as u16,
         microbatches_in_flight: 1,
         prefer_resident_replicas: prefer_resident,
+        hold_forward: false,
         plan: PlanConfig::default(),
         transfer: TransferConfig {
             tile_bytes: 4096,

@@ -31,6 +31,7 @@ pub(crate) fn base_config() -> EngineConfig {
         slots_per_rank: 2,
         microbatches_in_flight: 1,
         prefer_resident_replicas: true,
+        hold_forward: false,
         plan: PlanConfig {
             min_replica_tokens: 16,
             ..PlanConfig::default()

@@ -143,3 +143,72 @@ fn a_step_that_finds_every_slot_held_is_refused_and_changes_nothing() {
         .unwrap();
     assert!(replicas_in_place(&engine, other) >= 4);
 }
+
+#[test]
+fn a_step_plans_at_once_and_its_weights_move_while_the_caller_works() {
+    let mut engine = engine(base_config());
+    let (hot_0, hot_9) = (loads(0), loads(9));
+    engine
+        .step(StepId::new(0, 0), LoadMatrix::new(&hot_0, 8, 32).unwrap())
+        .unwrap();
+    let in_flight = engine
+        .begin_step(StepId::new(0, 1), LoadMatrix::new(&hot_9, 8, 32).unwrap())
+        .unwrap()
+        .expect_err("expert 9's replicas must move");
+    assert_eq!(in_flight.step(), StepId::new(0, 1));
+    // Meanwhile layer 0 computes with its replicas, and nothing may change the engine.
+    replicas_in_place(&engine, StepId::new(0, 0));
+    assert!(matches!(
+        engine.step(StepId::new(0, 2), LoadMatrix::new(&hot_0, 8, 32).unwrap()),
+        Err(RuntimeError::TransferPending { .. })
+    ));
+    assert!(engine.plan(StepId::new(0, 1)).is_none(), "not in force yet");
+    let report = engine.finish_step(in_flight).unwrap();
+    assert!(report.copies > 0 && report.bytes_moved > 0);
+    assert!(replicas_in_place(&engine, StepId::new(0, 1)) > 0);
+    // A step with nothing to move completes in begin_step.
+    let again = engine
+        .begin_step(StepId::new(0, 1), LoadMatrix::new(&hot_9, 8, 32).unwrap())
+        .unwrap()
+        .expect("the replicas are in place");
+    assert_eq!(again.copies, 0);
+}
+
+#[test]
+fn held_forward_slots_are_not_taken_until_the_forward_is_released() {
+    let config = |hold_forward| EngineConfig {
+        hold_forward,
+        slots_per_rank: 1,
+        mode: ultraep_runtime::Mode::Prefill,
+        ..base_config()
+    };
+    let layer_0 = StepId::new(0, 0);
+    let layer_1 = StepId::new(0, 1);
+    let (first, second) = (loads(0), loads(9));
+    // Without holding, layer 1 takes layer 0's slots.
+    let mut unheld = engine(config(false));
+    for (step, loads) in [(layer_0, &first), (layer_1, &second)] {
+        unheld
+            .step(step, LoadMatrix::new(loads, 8, 32).unwrap())
+            .unwrap();
+    }
+    let mut engine = engine(config(true));
+    engine
+        .step(layer_0, LoadMatrix::new(&first, 8, 32).unwrap())
+        .unwrap();
+    let held = replicas_in_place(&engine, layer_0);
+    assert!(matches!(
+        engine.step(layer_1, LoadMatrix::new(&second, 8, 32).unwrap()),
+        Err(RuntimeError::SlotsBusy { .. })
+    ));
+    assert_eq!(
+        replicas_in_place(&engine, layer_0),
+        held,
+        "layer 0 keeps its weights"
+    );
+    engine.release_forward(layer_0).unwrap();
+    engine
+        .step(layer_1, LoadMatrix::new(&second, 8, 32).unwrap())
+        .unwrap();
+    assert!(replicas_in_place(&engine, layer_1) > 0);
+}

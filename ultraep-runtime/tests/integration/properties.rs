@@ -224,7 +224,7 @@ proptest! {
                 Op::NewMaster { layer, expert } => {
                     let version = model.version(layer, expert) + 1;
                     engine.write_master(layer, expert, &weights(layer, expert, version)).unwrap();
-                    engine.masters_updated();
+                    engine.masters_updated().unwrap();
                     model.versions.insert((layer, expert), version);
                     false
                 }
