@@ -57,6 +57,8 @@ pub enum SplitChoice {
     Locality,
     /// In proportion to the quotas.
     Proportional,
+    /// Local tokens first, the rest filling the instances in order (no division).
+    Contiguous,
 }
 
 #[derive(Debug, Serialize)]
@@ -118,6 +120,7 @@ pub fn run(args: &PlanArgs) -> Result<String, BenchError> {
                 split: match args.split {
                     SplitChoice::Locality => SplitMode::LocalityAware,
                     SplitChoice::Proportional => SplitMode::Proportional,
+                    SplitChoice::Contiguous => SplitMode::Contiguous,
                 },
             };
             Box::new(

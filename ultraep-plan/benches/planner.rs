@@ -4,14 +4,20 @@
 //! another 36-39 us).
 //!
 //! `ultraep/full` is a whole plan: thresholds, replicas, quotas and the split of every source's
-//! tokens. `ultraep/no-split` leaves the split to the consumer (`PlanConfig::split = None`), which is
-//! what the published planner's figure covers. `eplb-oracle` and `none` are the baselines.
+//! tokens. `ultraep/contiguous-split` is the same with the division-free contiguous split.
+//! `ultraep/no-split` leaves the split to the consumer (`PlanConfig::split = None`), which is
+//! what the published planner's figure covers. `ultraep/rank-split` is what one rank of a group
+//! needs: the plan without the split, then its own row and columns (`RankSplit`, for the rank
+//! that takes longest); `ultraep/rank-split-alone` is that last part by itself. `eplb-oracle` and
+//! `none` are the baselines.
 
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use ultraep_plan::reference::{ReferenceLoad, ReferenceScenario};
-use ultraep_plan::{Balancer, Eplb, EplbMode, NoBalance, Plan, PlanConfig, Planner, SplitMode};
+use ultraep_plan::{
+    Balancer, Eplb, EplbMode, NoBalance, Plan, PlanConfig, Planner, RankSplit, SplitMode,
+};
 
 fn scenarios() -> Vec<(f64, ReferenceScenario, ReferenceLoad)> {
     [1.5, 2.0, 3.0]
@@ -61,8 +67,41 @@ fn reference_scenario(c: &mut Criterion) {
     for (target, scenario, load) in scenarios() {
         let mut full = planner(&scenario, SplitMode::LocalityAware);
         bench_balancer(c, "ultraep/full", target, &mut full, &load);
+        let mut contiguous = planner(&scenario, SplitMode::Contiguous);
+        bench_balancer(
+            c,
+            "ultraep/contiguous-split",
+            target,
+            &mut contiguous,
+            &load,
+        );
         let mut no_split = planner(&scenario, SplitMode::None);
         bench_balancer(c, "ultraep/no-split", target, &mut no_split, &load);
+        // What one rank needs: the plan without the split, then its own row and columns. The
+        // last rank has the longest prefix to add up, so it is the slowest.
+        let mut plan = Plan::default();
+        let mut mine = RankSplit::default();
+        let last = load.matrix().ranks() as u32 - 1;
+        c.bench_function(&format!("ultraep/rank-split/imbalance-{target:.1}"), |b| {
+            b.iter(|| {
+                no_split
+                    .plan_into(black_box(load.matrix()), &mut plan)
+                    .expect("plannable");
+                mine.compute(&plan, load.matrix(), last)
+                    .expect("rank in range");
+                black_box(mine.row().len() + mine.columns().len())
+            })
+        });
+        c.bench_function(
+            &format!("ultraep/rank-split-alone/imbalance-{target:.1}"),
+            |b| {
+                b.iter(|| {
+                    mine.compute(&plan, black_box(load.matrix()), last)
+                        .expect("rank in range");
+                    black_box(mine.row().len() + mine.columns().len())
+                })
+            },
+        );
         let layout = scenario.layout().expect("valid layout");
         let domains = scenario.domains().expect("valid domains");
         let mut eplb = Eplb::new(

@@ -3,7 +3,7 @@
 //! Every balancer decides only *which* replicas to make and how many tokens each takes; this module
 //! does the rest the same way for all of them, so their plans are comparable.
 
-use crate::split::{SplitScratch, split_expert};
+use crate::split::{SplitScratch, split_expert, split_expert_contiguous};
 use crate::{
     ExpertLayout, Instance, LoadMatrix, Plan, PlanError, PlanKind, PlanMetrics, RankDomains,
     SplitMode,
@@ -258,6 +258,15 @@ impl Assembler {
                     })
                     .sum();
                 leaving += load - staying;
+            } else if split == SplitMode::Contiguous {
+                leaving += split_expert_contiguous(
+                    expert,
+                    first,
+                    instances,
+                    loads,
+                    &mut self.split_scratch,
+                    &mut plan.split,
+                );
             } else {
                 leaving += split_expert(
                     expert,

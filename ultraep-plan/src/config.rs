@@ -30,6 +30,12 @@ pub enum SplitMode {
     LocalityAware,
     /// Every source is shared in proportion to the instances' quotas, ignoring where tokens are.
     Proportional,
+    /// Tokens that already sit on an instance's rank fill that instance first; the rest of every
+    /// source, in rank order, fills the instances in order (master first, then replicas by
+    /// rank), each up to what remains of its quota. No division, so it costs a fraction of the
+    /// proportional split, and a source sends to one or two instances of an expert rather than
+    /// to all of them: fewer, larger messages in the dispatch.
+    Contiguous,
     /// No split: the plan carries instances, quotas and loads only, for a consumer that splits
     /// tokens itself (and for measuring the planning step alone).
     None,

@@ -85,4 +85,12 @@ pub enum PlanError {
         /// The most allowed.
         max: u32,
     },
+    /// A rank past the plan's ranks.
+    #[error("rank {rank} is not one of the plan's {num_ranks} ranks")]
+    RankOutOfRange {
+        /// The rank asked for.
+        rank: u32,
+        /// Ranks of the plan.
+        num_ranks: u32,
+    },
 }

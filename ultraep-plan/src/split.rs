@@ -109,6 +109,89 @@ pub(crate) fn split_expert(
     leaving
 }
 
+/// Appends the contiguous split of `expert` to `out` (see [`crate::SplitMode::Contiguous`]),
+/// ordered by (source, instance); returns the tokens that leave their source rank. Tokens already
+/// on an instance's rank fill it first; the rest of every source, in rank order, fills the
+/// instances in index order, each up to what remains of its quota, like water poured into
+/// buckets in a row. No division: a source's tokens reach at most the instances its stretch of
+/// the row spans, usually one or two.
+pub(crate) fn split_expert_contiguous(
+    expert: u32,
+    first_instance: u32,
+    instances: &[Instance],
+    loads: LoadMatrix<'_>,
+    scratch: &mut SplitScratch,
+    out: &mut Vec<SplitEntry>,
+) -> u64 {
+    let column = expert as usize;
+    let SplitScratch {
+        capacity,
+        local_take,
+        give,
+        by_rank,
+        ..
+    } = scratch;
+    capacity.clear();
+    local_take.clear();
+    by_rank.clear();
+    for (index, instance) in instances.iter().enumerate() {
+        let quota = u64::from(instance.quota);
+        let local = u64::from(loads.get(instance.rank as usize, column)).min(quota);
+        local_take.push(local);
+        capacity.push(quota - local);
+        by_rank.push((instance.rank, index as u32));
+    }
+    by_rank.sort_unstable();
+    give.clear();
+    give.resize(instances.len(), 0);
+    let mut cursor = 0;
+    let mut next_local = 0;
+    let mut leaving = 0;
+    for source in 0..loads.ranks() {
+        let tokens = u64::from(loads.get(source, column));
+        while next_local < by_rank.len() && (by_rank[next_local].0 as usize) < source {
+            next_local += 1;
+        }
+        let local = (next_local < by_rank.len() && by_rank[next_local].0 as usize == source)
+            .then(|| by_rank[next_local].1 as usize);
+        if tokens == 0 {
+            continue;
+        }
+        let kept = local.map_or(0, |index| local_take[index]);
+        let mut rest = tokens - kept;
+        let first = cursor;
+        while rest > 0 && cursor < capacity.len() {
+            let take = rest.min(capacity[cursor]);
+            give[cursor] += take;
+            capacity[cursor] -= take;
+            rest -= take;
+            if capacity[cursor] == 0 {
+                cursor += 1;
+            }
+        }
+        debug_assert_eq!(rest, 0, "the quotas of an expert sum to its load");
+        let last = cursor.min(capacity.len() - 1);
+        let touched = |index: usize| (first..=last).contains(&index) || local == Some(index);
+        for index in (0..instances.len()).filter(|&index| touched(index)) {
+            let total = give[index] + if local == Some(index) { kept } else { 0 };
+            if total > 0 {
+                out.push(SplitEntry {
+                    source: source as u32,
+                    expert,
+                    instance: first_instance + index as u32,
+                    tokens: total as u32,
+                });
+            }
+            // What went to another rank's instance leaves the source.
+            if local != Some(index) {
+                leaving += give[index];
+            }
+            give[index] = 0;
+        }
+    }
+    leaving
+}
+
 /// Shares `rest` tokens among the instances in proportion to their remaining `capacity` (which sums
 /// to `total > rest`) into `give`, rounding by largest remainder (ties: lower instance).
 fn share_in_proportion(

@@ -3,7 +3,7 @@
 use proptest::prelude::*;
 use ultraep_plan::{
     Balancer, Eplb, EplbMode, ExpertLayout, ForceBalanced, LoadMatrix, NoBalance, Plan, PlanConfig,
-    PlanKind, Planner, RankDomains, Residency, SplitMode,
+    PlanKind, Planner, RankDomains, RankSplit, Residency, SplitEntry, SplitMode,
 };
 
 use crate::invariants::{Promises, check_plan};
@@ -71,6 +71,7 @@ fn config() -> impl Strategy<Value = PlanConfig> {
         prop_oneof![
             Just(SplitMode::LocalityAware),
             Just(SplitMode::Proportional),
+            Just(SplitMode::Contiguous),
             Just(SplitMode::None)
         ],
     )
@@ -127,6 +128,37 @@ proptest! {
         prop_assert_eq!(plan.has_split(), problem.config.split != SplitMode::None);
         // Balancing never makes the busiest rank busier, and is within tolerance where it says so.
         prop_assert!(plan.metrics().max_rank_load <= plan.metrics().initial_max_rank_load);
+    }
+
+    #[test]
+    fn one_ranks_split_is_its_part_of_the_contiguous_split(problem in problem()) {
+        let contiguous = Problem {
+            config: PlanConfig { split: SplitMode::Contiguous, ..problem.config },
+            ..problem.clone()
+        };
+        let plan = contiguous.planner().plan(problem.matrix()).unwrap();
+        let bare = Problem {
+            config: PlanConfig { split: SplitMode::None, ..problem.config },
+            ..problem.clone()
+        };
+        let unsplit = bare.planner().plan(problem.matrix()).unwrap();
+        let entries: Vec<SplitEntry> = plan.split(problem.matrix()).collect();
+        let mut mine = RankSplit::default();
+        for rank in 0..problem.ranks() as u32 {
+            // From a plan without a split, as each rank would compute it.
+            mine.compute(&unsplit, problem.matrix(), rank).unwrap();
+            let row: Vec<SplitEntry> =
+                entries.iter().copied().filter(|e| e.source == rank).collect();
+            prop_assert_eq!(mine.row(), &row[..], "row of rank {}", rank);
+            let mut columns: Vec<SplitEntry> = entries
+                .iter()
+                .copied()
+                .filter(|e| plan.instances()[e.instance as usize].rank == rank)
+                .collect();
+            columns.sort_by_key(|e| (e.expert, e.source, e.instance));
+            prop_assert_eq!(mine.columns(), &columns[..], "columns of rank {}", rank);
+        }
+        prop_assert!(mine.compute(&unsplit, problem.matrix(), problem.ranks() as u32).is_err());
     }
 
     #[test]
