@@ -2,7 +2,7 @@
 //! split assigns, so that every instance receives exactly its share of that source's tokens.
 
 use bytemuck::{Pod, Zeroable};
-use ultraep_plan::{LoadMatrix, Plan};
+use ultraep_plan::{LoadMatrix, Plan, SplitEntry};
 
 use crate::KernelError;
 
@@ -40,6 +40,40 @@ impl RerouteTable {
         let mut table = Self::default();
         table.rebuild(plan, loads, source)?;
         Ok(table)
+    }
+
+    /// Builds the table from one source's row of a split (its [`SplitEntry`]s for every expert,
+    /// ordered by expert then instance, as `ultraep_plan::RankSplit::row` gives them), for a plan
+    /// of `experts` experts; reuses the table's buffers.
+    pub fn rebuild_from_row(
+        &mut self,
+        experts: u32,
+        row: &[SplitEntry],
+    ) -> Result<(), KernelError> {
+        self.offsets.clear();
+        self.entries.clear();
+        self.offsets.push(0);
+        let mut entries = row.iter().peekable();
+        for expert in 0..experts {
+            let mut end = 0u32;
+            while let Some(entry) = entries.next_if(|entry| entry.expert == expert) {
+                end = end.checked_add(entry.tokens).ok_or_else(|| {
+                    KernelError::InvalidInput(format!("expert {expert}'s row overflows 32 bits"))
+                })?;
+                self.entries.push(RerouteEntry {
+                    end,
+                    instance: entry.instance,
+                });
+            }
+            self.offsets.push(self.entries.len() as u32);
+        }
+        if let Some(entry) = entries.next() {
+            return Err(KernelError::InvalidInput(format!(
+                "a row entry of expert {} out of order or past the plan's {experts} experts",
+                entry.expert
+            )));
+        }
+        Ok(())
     }
 
     /// Makes this the table of `source` under `plan` for `loads`, reusing its buffers (no

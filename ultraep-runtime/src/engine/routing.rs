@@ -2,7 +2,7 @@
 //! token rerouted to the instance of the plan that processes it.
 
 use ultraep_kernels::reference::reroute::{RerouteTable, reroute_into};
-use ultraep_plan::LoadMatrix;
+use ultraep_plan::{LoadMatrix, RankSplit};
 
 use super::{Engine, entry_in};
 use crate::router_counts::count_ids;
@@ -74,10 +74,16 @@ impl<B: Backend> Engine<B> {
             )));
         }
         let loads = LoadMatrix::new(&entry.loads, ranks as usize, experts)?;
-        scratch
-            .table
-            .rebuild(&entry.plan, loads, source)
-            .map_err(|error| RuntimeError::InvalidInput(error.to_string()))?;
+        // A plan without a split (a rank-local engine's) is split here, for this source only.
+        let built = if entry.plan.has_split() {
+            scratch.table.rebuild(&entry.plan, loads, source)
+        } else {
+            scratch.rank_split.compute(&entry.plan, loads, source)?;
+            scratch
+                .table
+                .rebuild_from_row(experts as u32, scratch.rank_split.row())
+        };
+        built.map_err(|error| RuntimeError::InvalidInput(error.to_string()))?;
         let unplaced = reroute_into(ids, &scratch.table, &mut scratch.seen, instances);
         if unplaced > 0 {
             instances.clear();
@@ -93,6 +99,7 @@ impl<B: Backend> Engine<B> {
 #[derive(Debug, Default)]
 pub(super) struct RerouteScratch {
     table: RerouteTable,
+    rank_split: RankSplit,
     seen: Vec<u32>,
     counts: Vec<u32>,
 }

@@ -47,7 +47,26 @@ fn prefill_engine() -> Engine {
 
 #[test]
 fn every_instance_receives_exactly_its_quota() {
-    let mut engine = prefill_engine();
+    every_instance_receives_exactly_its_quota_with(prefill_engine());
+}
+
+/// A plan made without a split (what a rank-local engine plans) is split per source when a rank
+/// reroutes: the contiguous split, one row at a time.
+#[test]
+fn every_instance_receives_exactly_its_quota_from_plans_without_a_split() {
+    let engine = Engine::new(EngineConfig {
+        mode: Mode::Prefill,
+        plan: ultraep_plan::PlanConfig {
+            split: ultraep_plan::SplitMode::None,
+            ..base_config().plan
+        },
+        ..base_config()
+    })
+    .unwrap();
+    every_instance_receives_exactly_its_quota_with(engine);
+}
+
+fn every_instance_receives_exactly_its_quota_with(mut engine: Engine) {
     let ids = router_ids(512, 1);
     let rows: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
     let report = engine.step_routed(s(0), &rows).unwrap();
