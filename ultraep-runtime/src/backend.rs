@@ -99,8 +99,10 @@ pub trait Backend {
         schedule: &TransferSchedule,
         token: u64,
     ) -> Result<(), RuntimeError>;
-    /// Makes the next distribution fail at tile task `task` (for failure tests).
-    fn inject_failure_at(&mut self, task: usize);
+    /// Makes the next distribution fail at this backend's tile task `task`: the hook behind
+    /// `Engine::inject_transfer_failure` (feature `fault-injection`). Does nothing by default.
+    #[doc(hidden)]
+    fn inject_failure_at(&mut self, _task: usize) {}
 }
 
 /// Ranks emulated on one GPU: every rank's masters and slots are device buffers of their own,

@@ -182,6 +182,4 @@ impl Backend for HostDriven {
         }
         Ok(())
     }
-
-    fn inject_failure_at(&mut self, _: usize) {}
 }

@@ -42,7 +42,7 @@ mod trace;
 
 pub use backend::{Backend, CudaBackend, MemoryShape, Started};
 pub use collective::{Collective, InProcessCollective, LoadGather, ShmCollective};
-pub use config::EngineConfig;
+pub use config::{EngineConfig, EngineConfigBuilder};
 pub use engine::{Engine, TransfersInFlight};
 pub use error::RuntimeError;
 pub use host_driven::{GradientSend, HostDriven};
@@ -52,3 +52,11 @@ pub use program::{PieceTransfer, TransferProgram};
 pub use report::{RestoreReport, StepReport, Summary};
 pub use step_id::StepId;
 pub use trace::TraceWriter;
+
+// What a framework needs from the crates below, so that depending on this crate suffices.
+pub use ultraep_plan::{
+    ExpertLayout, Instance, LoadMatrix, Plan, PlanConfig, PlanMetrics, RankSplit, SplitEntry,
+    SplitMode,
+};
+pub use ultraep_topo::{Preset, Topology};
+pub use ultraep_xfer::{Region, SlotState, TransferConfig};

@@ -250,27 +250,8 @@ impl<B: Backend> Engine<B> {
                 "local ranks {local:?} of a group of {ranks}"
             )));
         }
+        config.validate()?;
         let model = config.model;
-        let invalid = |message: String| Err(RuntimeError::InvalidConfig(message));
-        if config.topology.rank_count() != ranks as usize {
-            return invalid(format!(
-                "the topology has {} ranks, the expert layout {ranks}",
-                config.topology.rank_count()
-            ));
-        }
-        if model.layers == 0 || model.top_k == 0 {
-            return invalid("the model needs at least one MoE layer and top_k >= 1".into());
-        }
-        if model.experts != config.layout.num_experts() {
-            return invalid(format!(
-                "the model has {} experts a layer, the expert layout {}",
-                model.experts,
-                config.layout.num_experts()
-            ));
-        }
-        if config.microbatches_in_flight == 0 {
-            return invalid("microbatches_in_flight must be at least 1".into());
-        }
         let domains = RankDomains::from_labels(
             config
                 .topology
@@ -285,7 +266,6 @@ impl<B: Backend> Engine<B> {
             u32::from(config.slots_per_rank),
             config.plan,
         )?;
-        config.transfer.validate()?;
         let state = model.expert_state()?;
         let (local_index, experts_on_rank) = config.layout.home_indices();
         let masters: Vec<u32> = experts_on_rank.iter().map(|&n| n * model.layers).collect();
@@ -536,7 +516,9 @@ impl<B: Backend> Engine<B> {
         }
     }
 
-    /// Makes the next weight transfer fail at tile task `task` (for failure tests).
+    /// Makes this engine's share of the next weight transfer fail at its tile task `task`: a
+    /// test hook, compiled only with the `fault-injection` feature.
+    #[cfg(feature = "fault-injection")]
     pub fn inject_transfer_failure(&mut self, task: usize) {
         self.weights.inject_failure_at(task);
     }
