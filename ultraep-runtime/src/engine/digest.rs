@@ -86,9 +86,38 @@ impl<B: Backend> Engine<B> {
             self.config.model.top_k,
             &mut row[..local * experts],
         )?;
-        row[local * experts] = self.digest as u32;
-        row[local * experts + 1] = (self.digest >> 32) as u32;
+        self.append_digest(row);
         Ok(())
+    }
+
+    /// Like [`Engine::gather_row`], from counts the caller has already made (a histogram kernel's
+    /// output): `counts` holds each local rank's tokens per expert, rank after rank.
+    pub fn gather_row_from_counts(
+        &self,
+        counts: &[u32],
+        row: &mut Vec<u32>,
+    ) -> Result<(), RuntimeError> {
+        let words = self.local.len() * self.config.model.experts as usize;
+        if counts.len() != words {
+            return Err(RuntimeError::InvalidInput(format!(
+                "{} counts for an engine of {} ranks x {} experts",
+                counts.len(),
+                self.local.len(),
+                self.config.model.experts
+            )));
+        }
+        row.clear();
+        row.extend_from_slice(counts);
+        row.resize(self.gather_row_len(), 0);
+        self.append_digest(row);
+        Ok(())
+    }
+
+    /// Writes the digest into the last words of a row of [`Engine::gather_row_len`] words.
+    fn append_digest(&self, row: &mut [u32]) {
+        let at = row.len() - DIGEST_WORDS;
+        row[at] = self.digest as u32;
+        row[at + 1] = (self.digest >> 32) as u32;
     }
 
     /// Plans `step` from the rows every engine of the group wrote with [`Engine::gather_row`],

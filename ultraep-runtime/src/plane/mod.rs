@@ -205,6 +205,11 @@ pub struct HostPlane {
     fail_at_task: Option<usize>,
     /// The bytes of the distribution running on the workers.
     running: Option<u64>,
+    /// The checksum of every local master, kept until the master is written again (local rank
+    /// after local rank, masters in order); `None` until computed.
+    master_sums: Vec<Option<u64>>,
+    /// Where each local rank's masters start in `master_sums`.
+    master_sums_at: Vec<usize>,
     receives: Vec<Receive>,
     reduction: ReductionScratch,
 }
@@ -246,6 +251,11 @@ impl HostPlane {
     ) -> Self {
         let local = shape.local.clone();
         let slot_count = local.len() * usize::from(shape.slots_per_rank);
+        let mut master_sums_at = vec![0];
+        for rank in local.clone() {
+            let last = master_sums_at.last().copied().unwrap_or(0);
+            master_sums_at.push(last + shape.masters_per_rank[rank as usize] as usize);
+        }
         Self {
             pool: WorkerPool::new(
                 Shared {
@@ -263,6 +273,8 @@ impl HostPlane {
             timeout: options.timeout,
             fail_at_task: None,
             running: None,
+            master_sums: vec![None; master_sums_at.last().copied().unwrap_or(0)],
+            master_sums_at,
             receives: Vec::new(),
             reduction: ReductionScratch::default(),
         }
@@ -409,6 +421,13 @@ impl HostPlane {
     /// its parameters here instead of copying them in).
     pub fn master_mut(&mut self, rank: u32, index: u32) -> Result<&mut [u8], RuntimeError> {
         let local = self.local_index(rank)?;
+        // The bytes may change: the kept checksum no longer holds.
+        if let Some(sum) = self
+            .master_sums
+            .get_mut(self.master_sums_at[local] + index as usize)
+        {
+            *sum = None;
+        }
         let segment = &*self.pool.state().peers.segments[rank as usize];
         segment.region_mut(&mut self.owners[local], Region::Master { index })
     }
@@ -433,21 +452,34 @@ impl HostPlane {
     }
 
     /// Publishes the checksum of every master this plane sends in `schedule`, before any of its
-    /// tiles leaves: receivers compare their copy with it.
-    fn publish_checksums(&self, schedule: &TransferSchedule) -> Result<(), RuntimeError> {
+    /// tiles leaves: receivers compare their copy with it. A master's checksum is computed once
+    /// and kept until the master is written again.
+    fn publish_checksums(&mut self, schedule: &TransferSchedule) -> Result<(), RuntimeError> {
         for fanout in schedule.fanouts() {
             if !self.local.contains(&fanout.master) {
                 continue;
             }
-            let segment = self.peers().segment(fanout.master)?;
-            let bytes = segment.region(Region::Master {
-                index: fanout.master_index,
-            })?;
-            let mut sum = Checksum::new(bytes.len() as u64);
-            sum.update(bytes);
+            let local = self.local_index(fanout.master)?;
+            let at = self.master_sums_at[local] + fanout.master_index as usize;
+            let segment = self.pool.state().peers.segment(fanout.master)?;
+            let sum = match self.master_sums.get(at).copied().flatten() {
+                Some(sum) => sum,
+                None => {
+                    let bytes = segment.region(Region::Master {
+                        index: fanout.master_index,
+                    })?;
+                    let mut sum = Checksum::new(bytes.len() as u64);
+                    sum.update(bytes);
+                    let sum = sum.finish();
+                    if let Some(kept) = self.master_sums.get_mut(at) {
+                        *kept = Some(sum);
+                    }
+                    sum
+                }
+            };
             segment
                 .checksum_word(fanout.master_index)
-                .store(sum.finish(), Ordering::Relaxed);
+                .store(sum, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -757,6 +789,12 @@ impl Backend for HostPlane {
                 continue;
             }
             let local = self.local_index(fanout.master)?;
+            if let Some(sum) = self
+                .master_sums
+                .get_mut(self.master_sums_at[local] + fanout.master_index as usize)
+            {
+                *sum = None;
+            }
             let peers = &self.pool.state().peers;
             let segment = &*peers.segments[fanout.master as usize];
             let master = segment.region_mut(

@@ -25,9 +25,9 @@ pub fn ep64_engine(workers: usize) -> Engine {
     ep64_engine_with(workers, true)
 }
 
-/// The engine, every master written, moving weights with `workers` threads; the planner prefers
-/// replicas whose weights are in place if `prefer_resident`.
-pub fn ep64_engine_with(workers: usize, prefer_resident: bool) -> Engine {
+/// The configuration: prefill, weights moved by `workers` threads; the planner prefers replicas
+/// whose weights are in place if `prefer_resident`.
+pub fn ep64_config(workers: usize, prefer_resident: bool) -> EngineConfig {
     let scenario = ReferenceScenario::published(2.0);
     let preset = Preset::Gb200Nvl72;
     let topology = TopologyBuilder::new("64 GPUs of a GB200 NVL72")
@@ -43,7 +43,7 @@ pub fn ep64_engine_with(workers: usize, prefer_resident: bool) -> Engine {
         expert_width: 64,
         dtype: Dtype::F32,
     };
-    let mut engine = Engine::new(EngineConfig {
+    EngineConfig {
         topology,
         layout: scenario.layout().expect("a valid layout"),
         model,
@@ -59,8 +59,15 @@ pub fn ep64_engine_with(workers: usize, prefer_resident: bool) -> Engine {
             ..TransferConfig::default()
         },
         workers,
-    })
-    .expect("a valid engine");
+    }
+}
+
+/// The engine, every master written, moving weights with `workers` threads; the planner prefers
+/// replicas whose weights are in place if `prefer_resident`.
+pub fn ep64_engine_with(workers: usize, prefer_resident: bool) -> Engine {
+    let config = ep64_config(workers, prefer_resident);
+    let model = config.model;
+    let mut engine = Engine::new(config).expect("a valid engine");
     let bytes = model.expert_state().expect("a valid state").bytes() as usize;
     for layer in 0..LAYERS {
         for expert in 0..model.experts {
