@@ -65,6 +65,25 @@ pub const IO_MARKERS: &[&str] = &[
     "eprintln!",
 ];
 
+/// Outside the CUDA crate (whose driver calls are all `unsafe`), the only files that may lift the
+/// workspace's `unsafe_code = "deny"`: shared memory that other processes write, and the test
+/// allocator that counts allocations.
+pub const UNSAFE_FILES: &[&str] = &[
+    "ultraep-runtime/src/plane/segment.rs",
+    "test-support/counting_allocator.rs",
+];
+
+/// Crates (folders) whose sources the unsafe rule reads.
+pub const UNSAFE_CHECKED: &[&str] = &[
+    "ultraep-topo",
+    "ultraep-plan",
+    "ultraep-xfer",
+    "ultraep-runtime",
+    "ultraep-bench",
+    "xtask",
+    "test-support",
+];
+
 /// One broken rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Violation {
@@ -80,6 +99,8 @@ pub enum Violation {
         binding: String,
         path: Vec<String>,
     },
+    /// A file lifts the unsafe-code lint without being one of [`UNSAFE_FILES`].
+    Unsafe { file: String, line: usize },
     /// A pure crate's source does I/O.
     Io {
         file: String,
@@ -115,6 +136,11 @@ impl fmt::Display for Violation {
                 f,
                 "{from} links {binding} through {}; it must build without CUDA",
                 path.join(" -> ")
+            ),
+            Violation::Unsafe { file, line } => write!(
+                f,
+                "{file}:{line} allows unsafe code; only {} may (xtask's UNSAFE_FILES)",
+                UNSAFE_FILES.join(", ")
             ),
             Violation::Io { file, line, marker } => {
                 write!(f, "{file}:{line} uses {marker}; this crate must do no I/O")
@@ -187,7 +213,58 @@ pub fn check_workspace(root: &Path) -> Result<Vec<Violation>, String> {
     for krate in IO_FREE {
         violations.extend(check_sources(&root.join(krate).join("src"))?);
     }
+    for folder in UNSAFE_CHECKED {
+        for (file, text) in rust_files(root, &root.join(folder))? {
+            violations.extend(scan_unsafe(&file, &text));
+        }
+    }
     Ok(violations)
+}
+
+/// Every `.rs` file under `dir`, with its path relative to `root` and its text.
+fn rust_files(root: &Path, dir: &Path) -> Result<Vec<(String, String)>, String> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry
+                .map_err(|error| format!("cannot list {}: {error}", dir.display()))?
+                .path();
+            if path.is_dir() {
+                if path.file_name().is_some_and(|name| name != "target") {
+                    pending.push(path);
+                }
+            } else if path.extension().is_some_and(|extension| extension == "rs") {
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+                let relative = path.strip_prefix(root).unwrap_or(&path);
+                files.push((relative.display().to_string(), text));
+            }
+        }
+    }
+    Ok(files)
+}
+
+/// Where `file` (relative to the workspace root) lifts the unsafe-code lint, unless it may.
+pub fn scan_unsafe(file: &str, text: &str) -> Vec<Violation> {
+    if UNSAFE_FILES.contains(&file) {
+        return Vec::new();
+    }
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| {
+            let line = line.trim_start();
+            (line.starts_with("#![allow(") || line.starts_with("#[allow("))
+                && line.contains("unsafe_code")
+        })
+        .map(|(index, _)| Violation::Unsafe {
+            file: file.to_owned(),
+            line: index + 1,
+        })
+        .collect()
 }
 
 /// The dependency rules: arrows, direct CUDA use, CUDA linked indirectly.
@@ -466,5 +543,21 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn unsafe_code_is_allowed_only_where_listed() {
+        let text = "//! Peer memory.\n#![allow(unsafe_code)]\nfn f() {}\n";
+        assert!(scan_unsafe("ultraep-runtime/src/plane/segment.rs", text).is_empty());
+        assert_eq!(
+            scan_unsafe("ultraep-runtime/src/engine/mod.rs", text),
+            vec![Violation::Unsafe {
+                file: "ultraep-runtime/src/engine/mod.rs".into(),
+                line: 2
+            }]
+        );
+        // A comment or a string that names the lint is not an attribute.
+        let mention = "// allow(unsafe_code) here?\nlet s = \"#[allow(unsafe_code)]\";\n";
+        assert!(scan_unsafe("xtask/src/main.rs", mention).is_empty());
     }
 }

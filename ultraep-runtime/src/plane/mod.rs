@@ -158,6 +158,21 @@ impl Peers {
                 ));
             };
             check_tile(&target.layout(), slot, tile)?;
+            // Not before the slot's owner has opened it for this round: until then it may still
+            // be receiving, or computing with, what an earlier call put there.
+            self.wait_for(
+                target.open_word(slot),
+                round,
+                timeout,
+                Some(failed),
+                Some(destination.rank),
+                || {
+                    format!(
+                        "rank {} to open slot {slot} for transfer round {round}",
+                        destination.rank
+                    )
+                },
+            )?;
             source.copy_to(
                 region,
                 task.offset,
@@ -681,6 +696,15 @@ impl Backend for HostPlane {
             )?;
         }
         self.publish_checksums(schedule)?;
+        // Open the slots this plane receives for this round; senders wait for it.
+        for receive in &self.receives {
+            self.pool
+                .state()
+                .peers
+                .segment(receive.rank)?
+                .open_word(receive.slot)
+                .store(self.round, Ordering::Release);
+        }
         {
             let mut job = self
                 .pool

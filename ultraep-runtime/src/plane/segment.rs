@@ -13,6 +13,9 @@
 //! - one checksum word per master, published by the owner before it sends the master's tiles;
 //! - one arrival word per tile of every slot: the transfer round in which the tile last landed;
 //! - one word per slot: the gradient hand-off token (written, then acknowledged);
+//! - one word per slot: the transfer round its owner has opened the slot for. A sender stores
+//!   into a slot only in the round its owner has opened it for, so a rank that runs ahead never
+//!   overwrites a slot its owner is still receiving or computing with in an earlier call;
 //! - the masters, then the slots, each `state_bytes` rounded up to 64.
 //!
 //! The protocol that makes the raw accesses sound: a region is written only by its owner
@@ -65,8 +68,12 @@ impl SegmentLayout {
         align64(self.tile_words_at() + 8 * usize::from(self.slots) * self.tiles())
     }
 
+    fn open_words_at(&self) -> usize {
+        self.slot_words_at() + 8 * usize::from(self.slots)
+    }
+
     fn data_at(&self) -> usize {
-        align64(self.slot_words_at() + 8 * usize::from(self.slots))
+        align64(self.open_words_at() + 8 * usize::from(self.slots))
     }
 
     fn stride(&self) -> usize {
@@ -272,6 +279,12 @@ impl Segment {
     pub fn slot_word(&self, slot: u16) -> &AtomicU64 {
         debug_assert!(slot < self.layout.slots);
         self.word_at(self.layout.slot_words_at() + 8 * usize::from(slot))
+    }
+
+    /// The transfer round slot `slot`'s owner has opened it for.
+    pub fn open_word(&self, slot: u16) -> &AtomicU64 {
+        debug_assert!(slot < self.layout.slots);
+        self.word_at(self.layout.open_words_at() + 8 * usize::from(slot))
     }
 
     fn region_ptr(&self, region: Region) -> Result<*mut u8, RuntimeError> {
