@@ -25,7 +25,11 @@ pub struct GradientSend {
     pub to_rank: u32,
 }
 
-/// See the [module docs](self).
+/// The host-driven data plane: it holds no expert memory (the framework's tensors are the masters
+/// and slots); a distribution becomes a [`TransferProgram`] for the caller to execute with its
+/// own communication library, and a reduction the list of replica gradients to send to their
+/// masters' ranks ([`HostDriven::gradient_sends`]) and their sum in the documented order
+/// ([`HostDriven::sum_replica_gradients`]).
 #[derive(Debug)]
 pub struct HostDriven {
     local: Range<u32>,

@@ -35,7 +35,9 @@ pub struct PieceTransfer {
     pub after: Option<u32>,
 }
 
-/// The messages of one weight distribution, for every rank. See the [module docs](self).
+/// The messages of one weight distribution, for every rank: which bytes of which expert state
+/// each rank sends to which slot of which rank, in tag order, and which message a relay must have
+/// received before it forwards. Every rank builds the same program, so tags agree unsent.
 ///
 /// ```
 /// use ultraep_runtime::TransferProgram;

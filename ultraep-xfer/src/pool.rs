@@ -29,7 +29,9 @@ struct Shared<S, W> {
     done: Condvar,
 }
 
-/// Worker threads sharing a state `S`, each with scratch `W`. See the [module docs](self).
+/// Worker threads sharing a state `S`, each with scratch `W` of its own, started once and kept
+/// until dropped: [`WorkerPool::run`] (or [`WorkerPool::start`] then [`WorkerPool::wait`]) runs
+/// the pool's `work` once on every worker. With one worker the caller's thread does the work.
 ///
 /// ```
 /// use std::sync::atomic::{AtomicU32, Ordering};

@@ -207,7 +207,12 @@ struct Receive {
     master_index: u32,
 }
 
-/// The host data plane of one or more local ranks. See the [module docs](self).
+/// The host data plane of one or more local ranks: each rank's memory is a segment its peers
+/// map (anonymous for threads of one process, named under `/dev/shm` for processes of one host),
+/// and a rank stores its tiles straight into its peers' slots, relays forwarding each tile as it
+/// lands. The plane owns its local ranks' memory only, executes only their share of a transfer,
+/// and ends every wait on a peer with the data, [`RuntimeError::PeerLost`] or
+/// [`RuntimeError::Timeout`].
 #[derive(Debug)]
 pub struct HostPlane {
     pool: WorkerPool<Shared>,
