@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use ultraep_xfer::{TileDestination, TileTask};
 
-use super::Peers;
+use super::peers::Peers;
 use crate::RuntimeError;
 
 /// One transfer round's tasks (this process's share), in buffers reused from round to round.
