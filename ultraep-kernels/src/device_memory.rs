@@ -2,12 +2,12 @@
 //! state) at a time, moved by the tile streamer, and reduced in place. What a CUDA backend keeps
 //! from one step to the next, instead of uploading every rank's memory for every transfer.
 
-use cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, DevicePtr};
 use ultraep_xfer::{Region, TileTaskList, TransferSchedule};
 
-use crate::gpu::{BLOCK, DeviceRanks, Gpu, driver, pad};
-use crate::reference::reduce::{ReduceJob, reduce_jobs};
-use crate::{KernelError, sources};
+use crate::gpu::{DeviceRanks, Gpu, driver};
+use crate::reference::reduce::reduce_jobs;
+use crate::KernelError;
 
 /// Where a region lies: which buffer, and the byte range in it.
 struct Place {
@@ -177,24 +177,6 @@ impl Gpu {
                 ranks.buffer(&place).device_ptr(stream).0 + place.start as u64
             })
         })?;
-        if jobs.is_empty() {
-            return Ok(());
-        }
-        let function = self.function(&sources::GRADIENT_REDUCE)?;
-        let job_bytes: &[u8] = bytemuck::cast_slice::<ReduceJob, u8>(&jobs);
-        let job_buffer = stream.clone_htod(&pad(job_bytes)).map_err(driver)?;
-        let address_buffer = stream.clone_htod(&pad(&replicas)).map_err(driver)?;
-        let job_count = jobs.len() as u32;
-        let config = LaunchConfig {
-            grid_dim: (job_count.clamp(1, 4096), 1, 1),
-            block_dim: (BLOCK, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let mut launch = stream.launch_builder(&function);
-        launch.arg(&job_buffer).arg(&job_count).arg(&address_buffer);
-        // SAFETY: arguments match the kernel's signature; every address is inside a region of
-        // `ranks` (checked above), and each value has one writer.
-        unsafe { launch.launch(config) }.map_err(driver)?;
-        stream.synchronize().map_err(driver)
+        self.reduce_peer(&jobs, &replicas)
     }
 }

@@ -68,6 +68,11 @@ impl Gpu {
         Ok(count.max(1) as u32)
     }
 
+    /// The context of the GPU.
+    pub(crate) fn context(&self) -> &Arc<CudaContext> {
+        &self.context
+    }
+
     /// The stream every wrapper runs on.
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream

@@ -21,6 +21,7 @@ mod compile;
 mod device_memory;
 mod error;
 pub mod gpu;
+pub mod ipc;
 #[cfg(feature = "nccl")]
 pub mod nccl;
 pub mod reference;

@@ -324,11 +324,133 @@ extern "C" __global__ void ultraep_reroute_assign(const unsigned int* ids, unsig
 "#,
 };
 
+/// Tile streaming into peer processes' memory (CUDA IPC, or one device's ranks): every rank's
+/// masters, slots and signal words are reached through base-pointer tables, which may hold
+/// pointers opened from peers' IPC handles. A sender stores into a slot only once the slot's
+/// owner has opened it for this transfer round (its open word holds the round); after a tile's
+/// bytes, a system-wide fence, then the tile's arrival word takes the round, so that whoever sees
+/// the word sees the bytes. A relay forwards a tile of its own slot once that tile's arrival word
+/// holds the round. A wait that lasts `spin_limit` polls sets `status` to 1 and ends the kernel:
+/// never a hang.
+///
+/// Signal words of a rank, 64-bit: `slots x tiles` arrival words, then `slots` open words.
+pub const TILE_STREAM_PEER: KernelSource = KernelSource {
+    name: "tile_stream_peer",
+    entry_points: &["ultraep_tile_stream_peer"],
+    source: r#"
+struct TileTask {
+    unsigned int source_rank; unsigned int source_region; unsigned long long offset;
+    unsigned int bytes; unsigned int first_destination; unsigned int destination_count;
+    unsigned int wait_flag; unsigned int wait_count; unsigned int piece;
+};
+struct TileDestination { unsigned int rank; unsigned int region; unsigned int signal_flag; unsigned int expert; };
+struct __align__(16) Vec16 { unsigned int x, y, z, w; };
+
+__device__ unsigned char* peer_region(unsigned int rank, unsigned int region,
+                                      const unsigned long long* master_bases,
+                                      const unsigned long long* slot_bases,
+                                      unsigned long long state_bytes) {
+    if (region >= 0x80000000u)
+        return (unsigned char*)slot_bases[rank] + (unsigned long long)(region & 0x7fffffffu) * state_bytes;
+    return (unsigned char*)master_bases[rank] + (unsigned long long)region * state_bytes;
+}
+
+/* Waits until the word holds `round`; false if it did not within `spin_limit` polls. */
+__device__ bool wait_round(const unsigned long long* word, unsigned long long round,
+                           unsigned long long spin_limit) {
+    volatile const unsigned long long* w = word;
+    for (unsigned long long spins = 0; *w != round; ++spins) {
+        if (spins >= spin_limit) return false;
+        __nanosleep(128);
+    }
+    __threadfence_system();
+    return true;
+}
+
+extern "C" __global__ void ultraep_tile_stream_peer(const TileTask* tasks, unsigned int task_count,
+                                                    const TileDestination* destinations,
+                                                    const unsigned long long* master_bases,
+                                                    const unsigned long long* slot_bases,
+                                                    const unsigned long long* word_bases,
+                                                    unsigned long long state_bytes,
+                                                    unsigned int tile_bytes,
+                                                    unsigned int tiles_per_state,
+                                                    unsigned int slots_per_rank,
+                                                    unsigned long long round,
+                                                    unsigned long long spin_limit,
+                                                    unsigned int* next_task,
+                                                    unsigned int* status) {
+    __shared__ unsigned int claimed;
+    __shared__ unsigned int ok;
+    while (true) {
+        if (threadIdx.x == 0) claimed = atomicAdd(next_task, 1u);
+        __syncthreads();
+        unsigned int t = claimed;
+        __syncthreads();
+        if (t >= task_count || *(volatile unsigned int*)status != 0u) return;
+        TileTask task = tasks[t];
+        unsigned int tile = (unsigned int)(task.offset / tile_bytes);
+        if (threadIdx.x == 0) {
+            ok = 1u;
+            if (task.wait_flag != 0xffffffffu && task.source_region >= 0x80000000u) {
+                unsigned int slot = task.source_region & 0x7fffffffu;
+                const unsigned long long* arrival = (const unsigned long long*)word_bases[task.source_rank]
+                    + (unsigned long long)slot * tiles_per_state + tile;
+                if (!wait_round(arrival, round, spin_limit)) ok = 0u;
+            }
+            for (unsigned int d = 0; ok && d < task.destination_count; ++d) {
+                TileDestination to = destinations[task.first_destination + d];
+                unsigned int slot = to.region & 0x7fffffffu;
+                const unsigned long long* open = (const unsigned long long*)word_bases[to.rank]
+                    + (unsigned long long)slots_per_rank * tiles_per_state + slot;
+                if (!wait_round(open, round, spin_limit)) ok = 0u;
+            }
+            if (!ok) atomicExch(status, 1u);
+        }
+        __syncthreads();
+        if (!ok) return;
+        const unsigned char* source = peer_region(task.source_rank, task.source_region, master_bases,
+                                                  slot_bases, state_bytes) + task.offset;
+        unsigned int vectors = task.bytes / 16;
+        for (unsigned int v = threadIdx.x; v < vectors; v += blockDim.x) {
+            Vec16 value = ((const Vec16*)source)[v];
+            for (unsigned int d = 0; d < task.destination_count; ++d) {
+                TileDestination to = destinations[task.first_destination + d];
+                unsigned char* target = peer_region(to.rank, to.region, master_bases, slot_bases,
+                                                    state_bytes) + task.offset;
+                ((Vec16*)target)[v] = value;
+            }
+        }
+        for (unsigned int b = vectors * 16 + threadIdx.x; b < task.bytes; b += blockDim.x) {
+            unsigned char value = source[b];
+            for (unsigned int d = 0; d < task.destination_count; ++d) {
+                TileDestination to = destinations[task.first_destination + d];
+                peer_region(to.rank, to.region, master_bases, slot_bases, state_bytes)[task.offset + b] = value;
+            }
+        }
+        __threadfence_system();
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            for (unsigned int d = 0; d < task.destination_count; ++d) {
+                TileDestination to = destinations[task.first_destination + d];
+                unsigned int slot = to.region & 0x7fffffffu;
+                volatile unsigned long long* arrival = (unsigned long long*)word_bases[to.rank]
+                    + (unsigned long long)slot * tiles_per_state + tile;
+                *arrival = round;
+            }
+            __threadfence_system();
+        }
+    }
+}
+"#,
+};
+
 /// Every kernel.
-pub const ALL: [KernelSource; 5] = [
+pub const ALL: [KernelSource; 6] = [
     HISTOGRAM,
     REROUTE,
     REROUTE_CHUNKED,
     TILE_STREAM,
     GRADIENT_REDUCE,
+    TILE_STREAM_PEER,
 ];

@@ -28,6 +28,7 @@ pub mod guide {}
 mod backend;
 mod collective;
 mod config;
+mod cuda_peer;
 mod engine;
 mod error;
 mod host_driven;
@@ -43,6 +44,7 @@ mod trace;
 pub use backend::{Backend, CudaBackend, MemoryShape, Started};
 pub use collective::{Collective, InProcessCollective, LoadGather, ShmCollective};
 pub use config::{EngineConfig, EngineConfigBuilder};
+pub use cuda_peer::CudaPeerPlane;
 pub use engine::{Engine, TransfersInFlight};
 pub use error::RuntimeError;
 pub use host_driven::{GradientSend, HostDriven};

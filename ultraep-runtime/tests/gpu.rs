@@ -1,5 +1,6 @@
-//! The engine on the CUDA backend (ranks emulated as buffers of one GPU), compared with the CPU
-//! backend: the same plans, the same bytes in every slot, the same reduced gradients, bit for bit.
+//! The engine on the GPU, compared with the host plane bit for bit: the CUDA backend (ranks
+//! emulated as buffers of one GPU), and the CUDA IPC plane with one process per rank (8 processes
+//! sharing the test machine's one GPU, each opening its peers' memory from IPC handles).
 //!
 //! A custom harness: without a GPU the trials show as *ignored*; with `ULTRAEP_REQUIRE_GPU=1` (as
 //! the GPU bundle's script sets) that is a failure instead.
@@ -15,7 +16,77 @@ use libtest_mimic::{Arguments, Failed, Trial};
 use ultraep_kernels::gpu::{Gpu, driver_available};
 use ultraep_runtime::{Backend, CudaBackend, Engine, RuntimeError, StepId};
 
-use model::{TinyMoe, bit_identical, engine_config, train_balanced, train_local, train_unbalanced};
+use model::{
+    TinyMoe, bit_identical, decode, encode, engine_config, train_balanced, train_local,
+    train_threads, train_unbalanced,
+};
+
+/// Set in the processes the IPC trial starts: `rank:group:file`.
+const IPC_ROLE: &str = "ULTRAEP_GPU_IPC_ROLE";
+
+/// One rank of the IPC trial: trains on its engine and writes its record to the file.
+fn ipc_rank(role: &str) -> Result<(), String> {
+    let mut parts = role.splitn(3, ':');
+    let (rank, group, file) = (
+        parts
+            .next()
+            .and_then(|r| r.parse::<u32>().ok())
+            .ok_or("bad rank")?,
+        parts.next().ok_or("no group")?,
+        parts.next().ok_or("no file")?,
+    );
+    let tiny = TinyMoe::DEFAULT;
+    let options = ultraep_runtime::PlaneOptions {
+        timeout: std::time::Duration::from_secs(30),
+        workers: 1,
+    };
+    let error = |e: RuntimeError| format!("rank {rank}: {e}");
+    let gpu = Arc::new(Gpu::open(0).map_err(|e| e.to_string())?);
+    let config = engine_config(&tiny).map_err(error)?;
+    let row = (config.model.experts as usize + 2).max(ultraep_kernels::ipc::RANK_HANDLE_WORDS);
+    let mut collective =
+        ultraep_runtime::ShmCollective::join(group, rank, tiny.ranks, row, options.timeout)
+            .map_err(error)?;
+    let engine = Engine::cuda_ipc(config, gpu, rank, &mut collective, options).map_err(error)?;
+    let record = train_local(&tiny, engine, &mut collective).map_err(error)?;
+    std::fs::write(file, encode(&record)).map_err(|e| e.to_string())
+}
+
+/// Tiny-MoE training with one process per rank on the CUDA IPC plane equals the same ranks on
+/// the host plane's threads, record for record, bit for bit.
+fn ipc_training_matches_threads() -> Result<(), Failed> {
+    let tiny = TinyMoe::DEFAULT;
+    let program = std::env::current_exe().map_err(fail)?;
+    let group = format!("gpu-ipc-{}", std::process::id());
+    let folder = std::env::temp_dir().join(&group);
+    std::fs::create_dir_all(&folder).map_err(fail)?;
+    let children: Vec<_> = (0..tiny.ranks)
+        .map(|rank| {
+            let file = folder.join(format!("rank-{rank}.bin"));
+            std::process::Command::new(&program)
+                .env(IPC_ROLE, format!("{rank}:{group}:{}", file.display()))
+                .spawn()
+                .map(|child| (child, file))
+        })
+        .collect::<Result<_, _>>()
+        .map_err(fail)?;
+    let mut records = Vec::new();
+    for (mut child, file) in children {
+        let status = child.wait().map_err(fail)?;
+        check(status.success(), "a rank's process failed")?;
+        let bytes = std::fs::read(&file).map_err(fail)?;
+        records.push(decode(&bytes).ok_or_else(|| fail("a corrupt record"))?);
+    }
+    let _ = std::fs::remove_dir_all(&folder);
+    let threads = train_threads(&tiny).map_err(fail)?;
+    check(
+        records
+            .iter()
+            .zip(&threads)
+            .all(|(gpu, host)| bit_identical(gpu, host)),
+        "a rank on the CUDA IPC plane differs from the same rank on the host plane",
+    )
+}
 
 fn gpu() -> Result<Arc<Gpu>, Failed> {
     static GPU: OnceLock<Result<Arc<Gpu>, String>> = OnceLock::new();
@@ -144,6 +215,14 @@ fn nccl_gathers_a_load() -> Result<(), Failed> {
 }
 
 fn main() {
+    // A process the IPC trial started does its rank's part and nothing else.
+    if let Ok(role) = std::env::var(IPC_ROLE) {
+        if let Err(error) = ipc_rank(&role) {
+            eprintln!("error: {error}");
+            std::process::exit(1);
+        }
+        std::process::exit(0);
+    }
     let args = Arguments::from_args();
     let required = std::env::var("ULTRAEP_REQUIRE_GPU").is_ok_and(|value| value == "1");
     let available = driver_available() && Gpu::open(0).is_ok();
@@ -157,6 +236,11 @@ fn main() {
         Trial::test(
             "cuda_backend_recovers_from_a_failed_transfer",
             a_failed_transfer_recovers,
+        )
+        .with_ignored_flag(ignore),
+        Trial::test(
+            "cuda_ipc_training_on_8_processes_matches_threads",
+            ipc_training_matches_threads,
         )
         .with_ignored_flag(ignore),
     ];

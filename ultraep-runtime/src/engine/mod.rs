@@ -19,8 +19,8 @@ use crate::backend::{Backend, MemoryShape, Started};
 use crate::plane::{HostPlane, PlaneOptions};
 use crate::report::Summary;
 use crate::slots::{FanoutPool, Placement, SlotContent, SlotTable};
+use crate::{CudaPeerPlane, GradientSend, HostDriven, TransferProgram};
 use crate::{EngineConfig, Mode, RuntimeError, StepId};
-use crate::{GradientSend, HostDriven, TransferProgram};
 
 /// The plan of one (microbatch, layer) and what belongs to it.
 #[derive(Debug)]
@@ -178,6 +178,23 @@ impl Engine {
                 .gradients
                 .as_ref()
                 .map_or(0, |(_, store)| store.owned_state_bytes())
+    }
+}
+
+impl Engine<CudaPeerPlane> {
+    /// The engine of rank `rank` in a group of processes with a GPU each (or sharing GPUs): its
+    /// memory on `gpu`, its peers' opened from CUDA IPC handles all-gathered through
+    /// `collective` (whose members are the group's ranks; `ShmCollective` on one host).
+    pub fn cuda_ipc(
+        config: EngineConfig,
+        gpu: std::sync::Arc<ultraep_kernels::gpu::Gpu>,
+        rank: u32,
+        collective: &mut dyn crate::Collective,
+        options: PlaneOptions,
+    ) -> Result<Self, RuntimeError> {
+        Self::for_ranks(config, rank..rank + 1, |shape| {
+            CudaPeerPlane::new(std::sync::Arc::clone(&gpu), shape, collective, options)
+        })
     }
 }
 

@@ -1,0 +1,457 @@
+//! The CUDA data plane of one rank per process: the rank's masters, slots and signal words live on
+//! its GPU, its peers' are opened from CUDA IPC handles all-gathered through the collective, and
+//! the peer tile streamer stores this rank's tiles straight into its peers' slots. The protocol is
+//! the host plane's: a slot is written only in the transfer round its owner has opened it for,
+//! every tile's arrival word takes the round after its bytes, receivers verify every copy against
+//! the checksum its master's rank published, and replica gradients are handed to their masters'
+//! ranks through tokened words. Every wait is bounded by [`PlaneOptions::timeout`].
+//!
+//! It compiles and is covered by GPU tests (`tests/gpu.rs`), which show as ignored where there is
+//! no GPU; it has not yet run on one.
+
+use std::borrow::Cow;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ultraep_kernels::KernelError;
+use ultraep_kernels::gpu::Gpu;
+use ultraep_kernels::ipc::{IpcLayout, IpcRankMemory, PeerPointers, RANK_HANDLE_WORDS};
+use ultraep_kernels::reference::reduce::reduce_jobs;
+use ultraep_xfer::{
+    Checksum, Region, SlotState, TileTask, TileTaskList, TransferSchedule, XferError,
+};
+
+use crate::backend::{Backend, MemoryShape};
+use crate::{Collective, PlaneOptions, RuntimeError};
+
+/// The bit that marks a gradient hand-off word as acknowledged by the master's rank.
+const ACKNOWLEDGED: u64 = 1 << 63;
+
+/// Polls of a peer's word by the streamer before it gives up: about 2 s at 128 ns a poll.
+const SPIN_LIMIT: u64 = 16_000_000;
+
+fn kernel(error: KernelError) -> RuntimeError {
+    RuntimeError::Backend(error.to_string())
+}
+
+/// One rank's memory on its GPU, its peers' opened through CUDA IPC: the data plane of a
+/// process-per-GPU group (several processes may also share one GPU). Tiles go straight into
+/// peers' slots, each slot written only in the transfer round its owner opened it for, every copy
+/// verified against its master's published checksum, every wait bounded.
+pub struct CudaPeerPlane {
+    gpu: Arc<Gpu>,
+    rank: u32,
+    layout: IpcLayout,
+    /// Kept alive: the rank's buffers, which `ranks[rank]` points into.
+    _memory: IpcRankMemory,
+    /// Every rank's buffers as pointers of this process (its own, and peers' opened).
+    ranks: Vec<PeerPointers>,
+    slot_states: Vec<SlotState>,
+    round: u64,
+    timeout: Duration,
+    master_sums: Vec<Option<u64>>,
+    local_tasks: TileTaskList,
+    fail_at_task: Option<usize>,
+}
+
+impl std::fmt::Debug for CudaPeerPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaPeerPlane")
+            .field("rank", &self.rank)
+            .field("layout", &self.layout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CudaPeerPlane {
+    /// The memory of the one local rank of `shape` on `gpu`, with its peers' opened from the
+    /// handles every rank all-gathers through `collective` (whose members are the group's ranks).
+    pub fn new(
+        gpu: Arc<Gpu>,
+        shape: &MemoryShape<'_>,
+        collective: &mut dyn Collective,
+        options: PlaneOptions,
+    ) -> Result<Self, RuntimeError> {
+        let ranks = shape.masters_per_rank.len() as u32;
+        if shape.local.len() != 1 || collective.ranks() != ranks {
+            return Err(RuntimeError::InvalidConfig(format!(
+                "a CUDA peer plane holds one rank of a collective of all {ranks}, not {:?}",
+                shape.local
+            )));
+        }
+        let rank = shape.local.start;
+        let layout = IpcLayout {
+            masters: shape.masters_per_rank[rank as usize],
+            slots: shape.slots_per_rank,
+            state_bytes: shape.state_bytes,
+            tile_bytes: shape.tile_bytes,
+        };
+        let memory = gpu.alloc_ipc_rank(layout).map_err(kernel)?;
+        let mine = gpu.export_ipc(&memory).map_err(kernel)?;
+        let mut all = vec![0u32; RANK_HANDLE_WORDS * ranks as usize];
+        collective.all_gather(&mine, &mut all)?;
+        let mut pointers = Vec::with_capacity(ranks as usize);
+        for peer in 0..ranks {
+            pointers.push(if peer == rank {
+                gpu.own_pointers(&memory)
+            } else {
+                gpu.open_ipc(&all[peer as usize * RANK_HANDLE_WORDS..][..RANK_HANDLE_WORDS])
+                    .map_err(kernel)?
+            });
+        }
+        Ok(Self {
+            gpu,
+            rank,
+            layout,
+            _memory: memory,
+            ranks: pointers,
+            slot_states: vec![SlotState::Empty; usize::from(shape.slots_per_rank)],
+            round: 0,
+            timeout: options.timeout,
+            master_sums: vec![None; layout.masters as usize],
+            local_tasks: TileTaskList::default(),
+            fail_at_task: None,
+        })
+    }
+
+    fn check_local(&self, rank: u32) -> Result<(), RuntimeError> {
+        if rank == self.rank {
+            Ok(())
+        } else {
+            Err(RuntimeError::NotLocal {
+                rank,
+                local: self.rank..self.rank + 1,
+            })
+        }
+    }
+
+    fn check_size(&self, bytes: &[u8]) -> Result<(), RuntimeError> {
+        if bytes.len() as u64 != self.layout.state_bytes {
+            return Err(RuntimeError::WrongSize {
+                what: "state",
+                got: bytes.len(),
+                expected: self.layout.state_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    fn offset(&self, region: Region) -> Result<u64, RuntimeError> {
+        self.layout.offset(region).ok_or_else(|| {
+            RuntimeError::InvalidInput(format!("no {region:?} in rank {}'s memory", self.rank))
+        })
+    }
+
+    fn pointer(&self, rank: u32, region: Region) -> Result<u64, RuntimeError> {
+        let pointers = self.ranks.get(rank as usize).ok_or_else(|| {
+            RuntimeError::InvalidInput(format!("rank {rank} is not in the group"))
+        })?;
+        let base = match region {
+            Region::Master { .. } => pointers.masters,
+            Region::Slot { .. } => pointers.slots,
+        };
+        Ok(base + self.offset(region)?)
+    }
+
+    fn read_region(&self, rank: u32, region: Region) -> Result<Vec<u8>, RuntimeError> {
+        let mut bytes = vec![0u8; self.layout.state_bytes as usize];
+        self.gpu
+            .read_device(self.pointer(rank, region)?, &mut bytes)
+            .map_err(kernel)?;
+        Ok(bytes)
+    }
+
+    fn slot_state_mut(&mut self, slot: u16) -> Result<&mut SlotState, RuntimeError> {
+        let rank = self.rank;
+        self.slot_states
+            .get_mut(usize::from(slot))
+            .ok_or(RuntimeError::SlotNotReady { rank, slot })
+    }
+
+    /// Waits until word `index` of rank `rank`'s signal words holds `value`.
+    fn wait_word(
+        &self,
+        rank: u32,
+        index: u64,
+        value: u64,
+        what: impl Fn() -> String,
+    ) -> Result<(), RuntimeError> {
+        let words = self.ranks[rank as usize].words;
+        let started = Instant::now();
+        loop {
+            if self.gpu.read_word(words, index).map_err(kernel)? == value {
+                return Ok(());
+            }
+            if started.elapsed() >= self.timeout {
+                return Err(RuntimeError::Timeout {
+                    waited: self.timeout,
+                    what: what(),
+                });
+            }
+            std::thread::sleep(Duration::from_micros(20));
+        }
+    }
+
+    /// The checksum of master `index`, kept until the master is written again.
+    fn master_sum(&mut self, index: u32) -> Result<u64, RuntimeError> {
+        if let Some(Some(sum)) = self.master_sums.get(index as usize) {
+            return Ok(*sum);
+        }
+        let bytes = self.read_region(self.rank, Region::Master { index })?;
+        let mut sum = Checksum::new(bytes.len() as u64);
+        sum.update(&bytes);
+        let sum = sum.finish();
+        if let Some(kept) = self.master_sums.get_mut(index as usize) {
+            *kept = Some(sum);
+        }
+        Ok(sum)
+    }
+}
+
+impl Backend for CudaPeerPlane {
+    fn local_ranks(&self) -> Range<u32> {
+        self.rank..self.rank + 1
+    }
+
+    fn write_master(&mut self, rank: u32, index: u32, bytes: &[u8]) -> Result<(), RuntimeError> {
+        self.check_local(rank)?;
+        self.check_size(bytes)?;
+        let pointer = self.pointer(rank, Region::Master { index })?;
+        self.gpu.write_device(pointer, bytes).map_err(kernel)?;
+        if let Some(sum) = self.master_sums.get_mut(index as usize) {
+            *sum = None;
+        }
+        Ok(())
+    }
+
+    fn read_master(&self, rank: u32, index: u32) -> Result<Cow<'_, [u8]>, RuntimeError> {
+        self.check_local(rank)?;
+        self.read_region(rank, Region::Master { index })
+            .map(Cow::Owned)
+    }
+
+    fn read_slot(&self, rank: u32, slot: u16) -> Result<Cow<'_, [u8]>, RuntimeError> {
+        self.check_local(rank)?;
+        match self.slot_states.get(usize::from(slot)) {
+            Some(SlotState::Ready { .. }) => self
+                .read_region(rank, Region::Slot { slot })
+                .map(Cow::Owned),
+            _ => Err(RuntimeError::SlotNotReady { rank, slot }),
+        }
+    }
+
+    fn write_slot(
+        &mut self,
+        rank: u32,
+        slot: u16,
+        expert: u32,
+        bytes: &[u8],
+        token: u64,
+    ) -> Result<(), RuntimeError> {
+        self.check_local(rank)?;
+        self.check_size(bytes)?;
+        let pointer = self.pointer(rank, Region::Slot { slot })?;
+        self.gpu.write_device(pointer, bytes).map_err(kernel)?;
+        // The hand-off word after the bytes: the synchronous copies keep that order.
+        let words = self.ranks[rank as usize].words;
+        self.gpu
+            .write_word(
+                words,
+                self.layout.gradient_word(slot),
+                token & !ACKNOWLEDGED,
+            )
+            .map_err(kernel)?;
+        *self.slot_state_mut(slot)? = SlotState::Ready { expert };
+        Ok(())
+    }
+
+    fn distribute(
+        &mut self,
+        schedule: &TransferSchedule,
+        tasks: &TileTaskList,
+    ) -> Result<u64, RuntimeError> {
+        if schedule.state_bytes() != self.layout.state_bytes
+            || schedule.config().tile_bytes != self.layout.tile_bytes
+        {
+            return Err(RuntimeError::InvalidInput(
+                "a schedule for other memory than this plane's".into(),
+            ));
+        }
+        self.round += 1;
+        let round = self.round;
+        let mut receives = Vec::new();
+        for fanout in schedule.fanouts() {
+            for &(rank, slot) in &fanout.destinations {
+                if rank == self.rank {
+                    *self.slot_state_mut(slot)? = SlotState::NotReady {
+                        expert: fanout.expert,
+                    };
+                    receives.push((slot, fanout.expert, fanout.master, fanout.master_index));
+                }
+            }
+            if fanout.master == self.rank {
+                let sum = self.master_sum(fanout.master_index)?;
+                let words = self.ranks[self.rank as usize].words;
+                self.gpu
+                    .write_word(words, self.layout.checksum_word(fanout.master_index), sum)
+                    .map_err(kernel)?;
+            }
+        }
+        let words = self.ranks[self.rank as usize].words;
+        for &(slot, ..) in &receives {
+            self.gpu
+                .write_word(words, self.layout.open_word(slot), round)
+                .map_err(kernel)?;
+        }
+        // This rank's share of the tasks: the tiles it sends or forwards.
+        self.local_tasks.tasks.clear();
+        self.local_tasks.destinations.clear();
+        for task in tasks
+            .tasks
+            .iter()
+            .filter(|task| task.source_rank == self.rank)
+        {
+            let first = self.local_tasks.destinations.len() as u32;
+            self.local_tasks
+                .destinations
+                .extend_from_slice(tasks.destinations_of(task));
+            self.local_tasks.tasks.push(TileTask {
+                first_destination: first,
+                ..*task
+            });
+        }
+        if let Some(task) = self.fail_at_task.take() {
+            self.local_tasks.tasks.truncate(task);
+            let pointers: Vec<&PeerPointers> = self.ranks.iter().collect();
+            let _ = self.gpu.stream_peer_tiles(
+                &self.local_tasks,
+                &pointers,
+                self.layout,
+                round,
+                SPIN_LIMIT,
+            );
+            return Err(XferError::TransferFailed {
+                task,
+                reason: "injected failure".into(),
+                slots: receives.len(),
+            }
+            .into());
+        }
+        let pointers: Vec<&PeerPointers> = self.ranks.iter().collect();
+        self.gpu
+            .stream_peer_tiles(&self.local_tasks, &pointers, self.layout, round, SPIN_LIMIT)
+            .map_err(|error| RuntimeError::Timeout {
+                waited: self.timeout,
+                what: error.to_string(),
+            })?;
+        for &(slot, expert, master, master_index) in &receives {
+            for tile in 0..self.layout.tiles() {
+                self.wait_word(
+                    self.rank,
+                    self.layout.arrival_word(slot, tile),
+                    round,
+                    || format!("tile {tile} of expert {expert} for slot {slot}"),
+                )?;
+            }
+            let bytes = self.read_region(self.rank, Region::Slot { slot })?;
+            let mut sum = Checksum::new(bytes.len() as u64);
+            sum.update(&bytes);
+            let found = sum.finish();
+            let expected = self
+                .gpu
+                .read_word(
+                    self.ranks[master as usize].words,
+                    self.layout.checksum_word(master_index),
+                )
+                .map_err(kernel)?;
+            if found != expected {
+                return Err(XferError::ChecksumMismatch {
+                    expert,
+                    rank: self.rank,
+                    slot,
+                    expected,
+                    found,
+                }
+                .into());
+            }
+            *self.slot_state_mut(slot)? = SlotState::Ready { expert };
+        }
+        Ok(tasks.bytes_stored())
+    }
+
+    fn reduce_gradients(
+        &mut self,
+        schedule: &TransferSchedule,
+        token: u64,
+    ) -> Result<(), RuntimeError> {
+        let token = token & !ACKNOWLEDGED;
+        for fanout in schedule.fanouts() {
+            for &(rank, slot) in &fanout.destinations {
+                if rank == self.rank
+                    && self.slot_states.get(usize::from(slot))
+                        != Some(&SlotState::Ready {
+                            expert: fanout.expert,
+                        })
+                {
+                    return Err(RuntimeError::SlotNotReady { rank, slot });
+                }
+                if fanout.master == self.rank {
+                    self.wait_word(rank, self.layout.gradient_word(slot), token, || {
+                        format!(
+                            "the gradient of expert {}'s replica on rank {rank}",
+                            fanout.expert
+                        )
+                    })?;
+                }
+            }
+        }
+        // The masters here sum their replicas in the documented order, on the device.
+        let (mut jobs, replicas) = reduce_jobs(schedule, |rank, region| {
+            self.pointer(rank, region).unwrap_or(0)
+        })
+        .map_err(kernel)?;
+        let own = self.ranks[self.rank as usize].masters;
+        let span = u64::from(self.layout.masters) * self.layout.state_bytes;
+        jobs.retain(|job| (own..own + span).contains(&job.master));
+        self.gpu.reduce_peer(&jobs, &replicas).map_err(kernel)?;
+        for fanout in schedule.fanouts().iter().filter(|f| f.master == self.rank) {
+            if let Some(sum) = self.master_sums.get_mut(fanout.master_index as usize) {
+                *sum = None;
+            }
+            for &(rank, slot) in &fanout.destinations {
+                let words = self.ranks[rank as usize].words;
+                self.gpu
+                    .write_word(words, self.layout.gradient_word(slot), token | ACKNOWLEDGED)
+                    .map_err(kernel)?;
+            }
+        }
+        // The replicas here: once their masters' ranks have summed (and zeroed) them.
+        let me = self.rank;
+        for fanout in schedule.fanouts() {
+            for &(rank, slot) in fanout.destinations.iter().filter(|d| d.0 == me) {
+                self.wait_word(
+                    rank,
+                    self.layout.gradient_word(slot),
+                    token | ACKNOWLEDGED,
+                    || {
+                        format!(
+                            "rank {} to reduce expert {}'s gradient",
+                            fanout.master, fanout.expert
+                        )
+                    },
+                )?;
+                let words = self.ranks[rank as usize].words;
+                self.gpu
+                    .write_word(words, self.layout.gradient_word(slot), 0)
+                    .map_err(kernel)?;
+                *self.slot_state_mut(slot)? = SlotState::Empty;
+            }
+        }
+        Ok(())
+    }
+
+    fn inject_failure_at(&mut self, task: usize) {
+        self.fail_at_task = Some(task);
+    }
+}
