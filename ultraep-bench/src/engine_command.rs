@@ -1,5 +1,6 @@
-//! `ultraep engine`: a published scenario's drifting loads through the runtime's real engine on
-//! in-process CPU ranks: plans, slot choices, real copies of (scaled-down) expert weights, and in
+//! `ultraep engine`: a published scenario's drifting loads through the runtime's real engines, one
+//! per rank on threads of this process (each holding only its rank's memory, as in a process of
+//! its own): plans, slot choices, real copies of (scaled-down) expert weights, and in
 //! training the backward's restores and gradient reductions; with and without the planner's
 //! preference for replicas already in place. Optionally writes the run's JSON-lines trace.
 
@@ -8,7 +9,10 @@ use std::path::PathBuf;
 
 use clap::Args;
 use ultraep_plan::{ExpertLayout, LoadMatrix, PlanConfig};
-use ultraep_runtime::{Dtype, Engine, EngineConfig, ModelShape, StepId, Summary, TraceWriter};
+use ultraep_runtime::{
+    Collective, Dtype, Engine, EngineConfig, InProcessCollective, ModelShape, PlaneOptions, StepId,
+    Summary, TraceWriter,
+};
 use ultraep_xfer::TransferConfig;
 
 use crate::BenchError;
@@ -29,8 +33,8 @@ pub struct EngineArgs {
     /// MoE layers.
     #[arg(long, default_value_t = 4)]
     pub layers: u32,
-    /// Worker threads moving weights.
-    #[arg(long, default_value_t = 4)]
+    /// Worker threads of each rank's data plane (besides the rank's own thread).
+    #[arg(long, default_value_t = 1)]
     pub workers: usize,
     /// Write the run's trace (JSON lines, replayable by `ultraep simulate --trace`) here.
     #[arg(long)]
@@ -134,7 +138,8 @@ pub fn run(args: &EngineArgs) -> Result<String, BenchError> {
         })?;
     }
     let mut out = format!(
-        "{} on 64 GB200 NVL72 GPUs through the runtime's engine (CPU backend, 48 KiB experts \
+        "{} on 64 GB200 NVL72 GPUs through the runtime's engines (one per rank on threads, \
+         host data plane, times while 64 ranks share this machine's cores, 48 KiB experts \
          standing in for the real ones): {} microbatches x {} layers\n\n\
          | | prefer replicas in place | no preference |\n|---|---|---|\n",
         scenario.name, args.steps, args.layers
@@ -153,8 +158,9 @@ fn engine_run<W: Write>(
     args: &EngineArgs,
     mut workload: Workload,
     prefer: bool,
-    mut trace: Option<&mut TraceWriter<W>>,
+    trace: Option<&mut TraceWriter<W>>,
 ) -> Result<Totals, BenchError> {
+    const RANKS: u32 = 64;
     let experts = scenario.model.routed_experts;
     let model = ModelShape {
         layers: args.layers,
@@ -165,9 +171,9 @@ fn engine_run<W: Write>(
         dtype: Dtype::F32,
     };
     let training = scenario.mode == Mode::Training;
-    let mut engine = Engine::new(EngineConfig {
-        topology: nvl72_gpus(64)?,
-        layout: ExpertLayout::balanced_blocks(64, experts)?,
+    let config = EngineConfig {
+        topology: nvl72_gpus(RANKS)?,
+        layout: ExpertLayout::balanced_blocks(RANKS, experts)?,
         model,
         mode: if training {
             ultraep_runtime::Mode::Training
@@ -185,34 +191,105 @@ fn engine_run<W: Write>(
             ..TransferConfig::default()
         },
         workers: args.workers,
-    })?;
+    };
+    // Every microbatch's loads, drawn up front: the ranks read them from their threads.
+    let loads: Vec<Vec<Vec<u32>>> = (0..args.steps).map(|_| workload.next_step()).collect();
+    // One engine per rank, each on a thread of its own and holding only its rank's memory, as
+    // each would in a process of its own; they gather every layer's load with their digests.
+    let options = PlaneOptions {
+        workers: args.workers,
+        ..PlaneOptions::default()
+    };
+    let engines = Engine::group(config, options)?;
+    let members = InProcessCollective::group(RANKS);
+    let runs: Vec<Result<RankRun, BenchError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = engines
+            .into_iter()
+            .zip(members)
+            .map(|(engine, member)| {
+                let loads = &loads;
+                scope.spawn(move || rank_run(engine, member, loads, model, training))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| {
+                handle.join().unwrap_or_else(|_| {
+                    Err(BenchError::Engine(ultraep_runtime::RuntimeError::Backend(
+                        "a rank's thread panicked".into(),
+                    )))
+                })
+            })
+            .collect()
+    });
+    let mut runs = runs.into_iter().collect::<Result<Vec<_>, _>>()?;
+    // Every rank made the same plans and copies; rank 0's figures are the group's.
+    let first = runs.swap_remove(0);
+    if let Some(trace) = trace {
+        for (report, load) in &first.reports {
+            trace.record(
+                report,
+                LoadMatrix::new(load, RANKS as usize, experts as usize)?,
+            )?;
+        }
+    }
+    Ok(first.totals)
+}
+
+/// What one rank's engine did.
+struct RankRun {
+    totals: Totals,
+    /// Its step reports and the loads they were planned for (for the trace).
+    reports: Vec<(ultraep_runtime::StepReport, Vec<u32>)>,
+}
+
+/// One rank's part of a run: its masters, then every layer of every microbatch gathered and
+/// planned, and in training the backward's restores, its replicas' gradients and the reductions.
+fn rank_run(
+    mut engine: Engine,
+    mut member: InProcessCollective,
+    loads: &[Vec<Vec<u32>>],
+    model: ModelShape,
+    training: bool,
+) -> Result<RankRun, BenchError> {
+    let rank = engine.local_ranks().start;
+    let experts = model.experts;
     let state = model.expert_state()?.bytes() as usize;
-    for layer in 0..args.layers {
-        for expert in 0..experts {
+    let homes = engine.config().layout.clone();
+    for layer in 0..model.layers {
+        for expert in (0..experts).filter(|&e| homes.home(e) == rank) {
             engine.write_master(layer, expert, &vec![(layer + expert) as u8; state])?;
         }
     }
     let zeros = vec![0f32; model.gradient_state()?.bytes() as usize / 4];
     let mut totals = Totals::default();
-    for microbatch in 0..args.steps {
-        let loads = workload.next_step();
-        for (layer, loads) in loads.iter().enumerate() {
-            let step = StepId::new(microbatch, layer as u32);
-            let matrix = LoadMatrix::new(loads, 64, experts as usize)?;
-            let report = engine.step(step, matrix)?;
-            if let Some(trace) = trace.as_deref_mut() {
-                trace.record(&report, matrix)?;
+    let mut reports = Vec::new();
+    let mut row = Vec::new();
+    let mut gathered = Vec::new();
+    for (microbatch, layers) in loads.iter().enumerate() {
+        for (layer, matrix) in layers.iter().enumerate() {
+            let step = StepId::new(microbatch as u32, layer as u32);
+            let counts = &matrix[rank as usize * experts as usize..][..experts as usize];
+            engine.gather_row_from_counts(counts, &mut row)?;
+            gathered.resize(row.len() * member.ranks() as usize, 0);
+            member.all_gather(&row, &mut gathered)?;
+            let report = engine.step_from_rows(step, &gathered)?;
+            if rank == 0 {
+                reports.push((report, matrix.clone()));
             }
         }
         if training {
-            for layer in (0..args.layers).rev() {
-                let step = StepId::new(microbatch, layer);
+            for layer in (0..model.layers).rev() {
+                let step = StepId::new(microbatch as u32, layer);
                 let restored = engine.restore(step)?;
                 totals.restore_copies += u64::from(restored.copies);
                 totals.restore_bytes += restored.bytes_moved;
                 let instances = engine.plan(step).map_or(0, |plan| plan.instances().len());
                 for instance in 0..instances as u32 {
-                    if engine.replica_slot(step, instance).is_some() {
+                    if engine
+                        .replica_slot(step, instance)
+                        .is_some_and(|(holder, _)| holder == rank)
+                    {
                         engine.write_replica_gradient(step, instance, &zeros)?;
                     }
                 }
@@ -221,5 +298,5 @@ fn engine_run<W: Write>(
         }
     }
     totals.steps = *engine.summary();
-    Ok(totals)
+    Ok(RankRun { totals, reports })
 }

@@ -5,9 +5,9 @@
 use cudarc::driver::{CudaSlice, DevicePtr};
 use ultraep_xfer::{Region, TileTaskList, TransferSchedule};
 
+use crate::KernelError;
 use crate::gpu::{DeviceRanks, Gpu, driver};
 use crate::reference::reduce::reduce_jobs;
-use crate::KernelError;
 
 /// Where a region lies: which buffer, and the byte range in it.
 struct Place {
