@@ -154,6 +154,20 @@ impl CudaPeerPlane {
         Ok(base + self.offset(region)?)
     }
 
+    /// The device address of `region` of this plane's rank, for kernels that read it in place.
+    pub fn region_pointer(&self, rank: u32, region: Region) -> Result<u64, RuntimeError> {
+        self.check_local(rank)?;
+        if let Region::Slot { slot } = region
+            && !matches!(
+                self.slot_states.get(usize::from(slot)),
+                Some(SlotState::Ready { .. })
+            )
+        {
+            return Err(RuntimeError::SlotNotReady { rank, slot });
+        }
+        self.pointer(rank, region)
+    }
+
     fn read_region(&self, rank: u32, region: Region) -> Result<Vec<u8>, RuntimeError> {
         let mut bytes = vec![0u8; self.layout.state_bytes as usize];
         self.gpu

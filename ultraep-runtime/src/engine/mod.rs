@@ -13,7 +13,9 @@ use std::borrow::Cow;
 use std::ops::Range;
 
 use ultraep_plan::{LoadMatrix, Plan, Planner, RankDomains, Residency};
-use ultraep_xfer::{ExpertState, ScheduleBuilder, TaskListBuilder, TileTaskList, TransferSchedule};
+use ultraep_xfer::{
+    ExpertState, Region, ScheduleBuilder, TaskListBuilder, TileTaskList, TransferSchedule,
+};
 
 use crate::backend::{Backend, MemoryShape, Started};
 use crate::plane::{HostPlane, PlaneOptions};
@@ -182,6 +184,15 @@ impl Engine {
 }
 
 impl Engine<CudaPeerPlane> {
+    /// The device address of the weights instance `instance` of `step`'s plan computes with, on
+    /// this rank's GPU: its master's region, or its replica's slot (refused once stale, like
+    /// [`Engine::instance_weights`]). Read in place by the framework's expert kernels; valid
+    /// until the next call that moves weights.
+    pub fn instance_pointer(&self, step: StepId, instance: u32) -> Result<u64, RuntimeError> {
+        let (rank, region) = self.instance_region(step, instance)?;
+        self.weights.region_pointer(rank, region)
+    }
+
     /// The engine of rank `rank` in a group of processes with a GPU each (or sharing GPUs): its
     /// memory on `gpu`, its peers' opened from CUDA IPC handles all-gathered through
     /// `collective` (whose members are the group's ranks; `ShmCollective` on one host).
@@ -505,6 +516,16 @@ impl<B: Backend> Engine<B> {
         step: StepId,
         instance: u32,
     ) -> Result<Cow<'_, [u8]>, RuntimeError> {
+        let (rank, region) = self.instance_region(step, instance)?;
+        match region {
+            Region::Slot { slot } => self.read_slot(rank, slot),
+            Region::Master { index } => self.weights.read_master(rank, index),
+        }
+    }
+
+    /// Where instance `instance` of `step`'s plan keeps its weights: its master's region, or its
+    /// replica's slot if that still holds its current weights.
+    fn instance_region(&self, step: StepId, instance: u32) -> Result<(u32, Region), RuntimeError> {
         let entry = self.entry(step)?;
         let found = entry
             .plan
@@ -527,9 +548,12 @@ impl<B: Backend> Engine<B> {
                 if self.slots.content(rank, slot) != Some(current) {
                     return Err(RuntimeError::StaleReplica { step, instance });
                 }
-                self.read_slot(rank, slot)
+                Ok((rank, Region::Slot { slot }))
             }
-            None => self.read_master(step.layer, found.expert),
+            None => {
+                let (home, index) = self.masters.region(step.layer, found.expert);
+                Ok((home, Region::Master { index }))
+            }
         }
     }
 
