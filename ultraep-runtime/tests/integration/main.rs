@@ -7,6 +7,7 @@ mod fixture;
 mod host_driven;
 mod in_flight;
 mod processes;
+mod program;
 mod properties;
 mod residency;
 mod routing;
