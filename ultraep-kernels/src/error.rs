@@ -17,6 +17,15 @@ pub enum KernelError {
     /// The driver refused an operation (opening the device, allocating, launching, copying).
     #[error("CUDA driver error: {0}")]
     Device(String),
+    /// A peer did not open a slot, or a relayed tile did not arrive, before the kernel's
+    /// deadline: the peer may hang, or be far behind.
+    #[error("a peer did not do its part within {waited_ms} ms: {what}")]
+    PeerTimeout {
+        /// How long the kernel waited.
+        waited_ms: u64,
+        /// What it waited for.
+        what: String,
+    },
     /// A kernel did not compile.
     #[error("kernel {kernel} did not compile: {log}")]
     Compile {

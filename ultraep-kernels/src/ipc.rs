@@ -8,8 +8,10 @@
 //! Nothing here has run on a GPU yet: it compiles, and `ultraep-runtime`'s GPU tests run it where
 //! a GPU is present.
 
-use cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig, PushKernelArg, result, sys};
-use ultraep_xfer::{Region, TileTaskList};
+use std::sync::Arc;
+
+use cudarc::driver::{CudaContext, LaunchConfig, PushKernelArg, result, sys};
+use ultraep_xfer::{NO_FLAG, Region, SLOT_REGION, TileTaskList, region_of};
 
 use crate::gpu::{BLOCK, Gpu, driver, pad};
 use crate::{KernelError, sources};
@@ -78,12 +80,27 @@ impl IpcLayout {
     }
 }
 
-/// This process's rank memory on its GPU.
+/// This process's rank memory on its GPU: three plain driver allocations (`cuMemAlloc`), since
+/// only those can be exported through `cuIpcGetMemHandle` (stream-ordered pool memory cannot).
+/// Freed when dropped; drop it only after every peer has closed its mappings.
 pub struct IpcRankMemory {
-    masters: CudaSlice<u8>,
-    slots: CudaSlice<u8>,
-    words: CudaSlice<u64>,
+    masters: u64,
+    slots: u64,
+    words: u64,
     layout: IpcLayout,
+    context: Arc<CudaContext>,
+}
+
+impl Drop for IpcRankMemory {
+    fn drop(&mut self) {
+        // A context that cannot be bound any more has nothing left to free.
+        if self.context.bind_to_thread().is_ok() {
+            for pointer in [self.masters, self.slots, self.words] {
+                // SAFETY: each pointer came from cuMemAlloc in this context and is freed once.
+                let _ = unsafe { result::free_sync(pointer) };
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for IpcRankMemory {
@@ -104,15 +121,18 @@ pub struct PeerPointers {
     pub slots: u64,
     /// Its signal words.
     pub words: u64,
-    opened: bool,
+    /// The context that opened them, when they are a peer's (closed on drop).
+    opened: Option<Arc<CudaContext>>,
 }
 
 impl Drop for PeerPointers {
     fn drop(&mut self) {
-        if self.opened {
+        if let Some(context) = &self.opened
+            && context.bind_to_thread().is_ok()
+        {
             for pointer in [self.masters, self.slots, self.words] {
-                // SAFETY: each pointer came from cuIpcOpenMemHandle in this process and is closed
-                // once; a failure leaves nothing to clean up.
+                // SAFETY: each pointer came from cuIpcOpenMemHandle in this context and is
+                // closed once; a failure leaves nothing to clean up.
                 let _ = unsafe { sys::cuIpcCloseMemHandle(pointer) };
             }
         }
@@ -130,24 +150,33 @@ impl Gpu {
                 "expert states must be a positive multiple of 16 bytes, tiles positive".into(),
             ));
         }
-        let bytes = |count: u64| {
+        let bytes = |count: u64, each: u64| {
             count
-                .checked_mul(layout.state_bytes)
+                .checked_mul(each)
                 .map(|b| b.max(1) as usize)
                 .ok_or_else(|| KernelError::InvalidInput("rank memory too large".into()))
         };
-        let stream = self.stream();
+        let sizes = [
+            bytes(u64::from(layout.masters), layout.state_bytes)?,
+            bytes(u64::from(layout.slots), layout.state_bytes)?,
+            bytes(layout.words(), 8)?,
+        ];
+        self.context().bind_to_thread().map_err(driver)?;
+        let mut pointers = [0u64; 3];
+        for (pointer, &size) in pointers.iter_mut().zip(&sizes) {
+            // SAFETY: a plain allocation of `size` bytes in the bound context, zeroed before
+            // anyone can see it (synchronously: the handles go out only after this returns).
+            unsafe {
+                *pointer = result::malloc_sync(size).map_err(driver)?;
+                result::memset_d8_sync(*pointer, 0, size).map_err(driver)?;
+            }
+        }
         Ok(IpcRankMemory {
-            masters: stream
-                .alloc_zeros::<u8>(bytes(u64::from(layout.masters))?)
-                .map_err(driver)?,
-            slots: stream
-                .alloc_zeros::<u8>(bytes(u64::from(layout.slots))?)
-                .map_err(driver)?,
-            words: stream
-                .alloc_zeros::<u64>(layout.words().max(1) as usize)
-                .map_err(driver)?,
+            masters: pointers[0],
+            slots: pointers[1],
+            words: pointers[2],
             layout,
+            context: Arc::clone(self.context()),
         })
     }
 
@@ -157,6 +186,7 @@ impl Gpu {
         memory: &IpcRankMemory,
     ) -> Result<[u32; RANK_HANDLE_WORDS], KernelError> {
         let pointers = self.own_pointers(memory);
+        self.context().bind_to_thread().map_err(driver)?;
         let mut words = [0u32; RANK_HANDLE_WORDS];
         for (at, pointer) in [pointers.masters, pointers.slots, pointers.words]
             .into_iter()
@@ -188,12 +218,11 @@ impl Gpu {
 
     /// `memory`'s buffers as device pointers (not to be closed).
     pub fn own_pointers(&self, memory: &IpcRankMemory) -> PeerPointers {
-        let stream = self.stream();
         PeerPointers {
-            masters: memory.masters.device_ptr(stream).0,
-            slots: memory.slots.device_ptr(stream).0,
-            words: memory.words.device_ptr(stream).0,
-            opened: false,
+            masters: memory.masters,
+            slots: memory.slots,
+            words: memory.words,
+            opened: None,
         }
     }
 
@@ -235,7 +264,7 @@ impl Gpu {
             masters: pointers[0],
             slots: pointers[1],
             words: pointers[2],
-            opened: true,
+            opened: Some(Arc::clone(self.context())),
         })
     }
 
@@ -268,33 +297,38 @@ impl Gpu {
     }
 
     /// Runs this rank's tile tasks of transfer round `round` against every rank's pointers
-    /// (`ranks[r]` for rank `r`), waiting on peers at most `spin_limit` polls at a time; an error
-    /// if a wait ran out.
+    /// (`ranks[r]` for rank `r`), waiting on a peer at most `wait` each time (on the GPU's global
+    /// timer); [`KernelError::PeerTimeout`] if a wait ran out.
     pub fn stream_peer_tiles(
         &self,
         tasks: &TileTaskList,
         ranks: &[&PeerPointers],
         layout: IpcLayout,
         round: u64,
-        spin_limit: u64,
+        wait: std::time::Duration,
     ) -> Result<(), KernelError> {
         if tasks.tasks.is_empty() {
             return Ok(());
         }
+        let tile_bytes = u64::from(layout.tile_bytes);
         for task in &tasks.tasks {
             let known = |rank: u32| (rank as usize) < ranks.len();
-            if !known(task.source_rank)
-                || layout
-                    .offset(ultraep_xfer::region_of(task.source_region))
-                    .is_none()
+            let slot_ok = |region: u32| {
+                region >= SLOT_REGION && (region & !SLOT_REGION) < u32::from(layout.slots)
+            };
+            let outside = !known(task.source_rank)
+                || layout.offset(region_of(task.source_region)).is_none()
                 || task.offset + u64::from(task.bytes) > layout.state_bytes
+                || !task.offset.is_multiple_of(tile_bytes)
+                || (task.wait_flag != NO_FLAG && !slot_ok(task.source_region))
                 || tasks
                     .destinations_of(task)
                     .iter()
-                    .any(|to| !known(to.rank) || to.region < ultraep_xfer::SLOT_REGION)
-            {
+                    .any(|to| !known(to.rank) || !slot_ok(to.region));
+            if outside {
                 return Err(KernelError::InvalidInput(format!(
-                    "a tile task from rank {} outside the group's memory",
+                    "a tile task from rank {} outside the group's memory, off the tile grid, \
+                     or waiting for a master",
                     task.source_rank
                 )));
             }
@@ -316,6 +350,7 @@ impl Gpu {
         let count = tasks.tasks.len() as u32;
         let tiles = layout.tiles() as u32;
         let slots_per_rank = u32::from(layout.slots);
+        let wait_ns = u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX);
         let config = LaunchConfig {
             grid_dim: (self.multiprocessors()?, 1, 1),
             block_dim: (BLOCK, 1, 1),
@@ -334,19 +369,20 @@ impl Gpu {
             .arg(&tiles)
             .arg(&slots_per_rank)
             .arg(&round)
-            .arg(&spin_limit)
+            .arg(&wait_ns)
             .arg(&mut next)
             .arg(&mut status);
         // SAFETY: arguments match the kernel's signature; every task names ranks of the tables
         // and regions of the layout (checked above); every pointer is a live allocation of this
-        // process or a peer's opened through IPC; waits are bounded by `spin_limit`.
+        // process or a peer's opened through IPC; every wait ends by its deadline.
         unsafe { launch.launch(config) }.map_err(driver)?;
         stream.synchronize().map_err(driver)?;
         let status = stream.clone_dtoh(&status).map_err(driver)?;
         if status.first().copied().unwrap_or(0) != 0 {
-            return Err(KernelError::Device(
-                "a peer did not open a slot, or a relayed tile did not arrive, in time".into(),
-            ));
+            return Err(KernelError::PeerTimeout {
+                waited_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                what: "a peer to open a slot, or a relayed tile to arrive".into(),
+            });
         }
         Ok(())
     }

@@ -330,8 +330,8 @@ extern "C" __global__ void ultraep_reroute_assign(const unsigned int* ids, unsig
 /// owner has opened it for this transfer round (its open word holds the round); after a tile's
 /// bytes, a system-wide fence, then the tile's arrival word takes the round, so that whoever sees
 /// the word sees the bytes. A relay forwards a tile of its own slot once that tile's arrival word
-/// holds the round. A wait that lasts `spin_limit` polls sets `status` to 1 and ends the kernel:
-/// never a hang.
+/// holds the round, reading it with volatile loads. A wait longer than `wait_ns` (on the global
+/// timer) sets `status` to 1, which ends every block's waits and the kernel: never a hang.
 ///
 /// Signal words of a rank, 64-bit: `slots x tiles` arrival words, then `slots` open words.
 pub const TILE_STREAM_PEER: KernelSource = KernelSource {
@@ -355,12 +355,20 @@ __device__ unsigned char* peer_region(unsigned int rank, unsigned int region,
     return (unsigned char*)master_bases[rank] + (unsigned long long)region * state_bytes;
 }
 
-/* Waits until the word holds `round`; false if it did not within `spin_limit` polls. */
+__device__ unsigned long long global_ns() {
+    unsigned long long now;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+    return now;
+}
+
+/* Waits until the word holds `round`; false if `wait_ns` passed first, or another block failed. */
 __device__ bool wait_round(const unsigned long long* word, unsigned long long round,
-                           unsigned long long spin_limit) {
+                           unsigned long long wait_ns, const unsigned int* status) {
     volatile const unsigned long long* w = word;
-    for (unsigned long long spins = 0; *w != round; ++spins) {
-        if (spins >= spin_limit) return false;
+    unsigned long long started = global_ns();
+    while (*w != round) {
+        if (*(volatile const unsigned int*)status != 0u) return false;
+        if (global_ns() - started > wait_ns) return false;
         __nanosleep(128);
     }
     __threadfence_system();
@@ -377,7 +385,7 @@ extern "C" __global__ void ultraep_tile_stream_peer(const TileTask* tasks, unsig
                                                     unsigned int tiles_per_state,
                                                     unsigned int slots_per_rank,
                                                     unsigned long long round,
-                                                    unsigned long long spin_limit,
+                                                    unsigned long long wait_ns,
                                                     unsigned int* next_task,
                                                     unsigned int* status) {
     __shared__ unsigned int claimed;
@@ -396,14 +404,14 @@ extern "C" __global__ void ultraep_tile_stream_peer(const TileTask* tasks, unsig
                 unsigned int slot = task.source_region & 0x7fffffffu;
                 const unsigned long long* arrival = (const unsigned long long*)word_bases[task.source_rank]
                     + (unsigned long long)slot * tiles_per_state + tile;
-                if (!wait_round(arrival, round, spin_limit)) ok = 0u;
+                if (!wait_round(arrival, round, wait_ns, status)) ok = 0u;
             }
             for (unsigned int d = 0; ok && d < task.destination_count; ++d) {
                 TileDestination to = destinations[task.first_destination + d];
                 unsigned int slot = to.region & 0x7fffffffu;
                 const unsigned long long* open = (const unsigned long long*)word_bases[to.rank]
                     + (unsigned long long)slots_per_rank * tiles_per_state + slot;
-                if (!wait_round(open, round, spin_limit)) ok = 0u;
+                if (!wait_round(open, round, wait_ns, status)) ok = 0u;
             }
             if (!ok) atomicExch(status, 1u);
         }
@@ -412,8 +420,16 @@ extern "C" __global__ void ultraep_tile_stream_peer(const TileTask* tasks, unsig
         const unsigned char* source = peer_region(task.source_rank, task.source_region, master_bases,
                                                   slot_bases, state_bytes) + task.offset;
         unsigned int vectors = task.bytes / 16;
+        bool relayed = task.wait_flag != 0xffffffffu;
         for (unsigned int v = threadIdx.x; v < vectors; v += blockDim.x) {
-            Vec16 value = ((const Vec16*)source)[v];
+            Vec16 value;
+            if (relayed) {
+                /* Bytes another process stored into this rank's slot: read past every cache. */
+                volatile const unsigned int* from = (volatile const unsigned int*)(source + 16 * (unsigned long long)v);
+                value.x = from[0]; value.y = from[1]; value.z = from[2]; value.w = from[3];
+            } else {
+                value = ((const Vec16*)source)[v];
+            }
             for (unsigned int d = 0; d < task.destination_count; ++d) {
                 TileDestination to = destinations[task.first_destination + d];
                 unsigned char* target = peer_region(to.rank, to.region, master_bases, slot_bases,
@@ -422,7 +438,7 @@ extern "C" __global__ void ultraep_tile_stream_peer(const TileTask* tasks, unsig
             }
         }
         for (unsigned int b = vectors * 16 + threadIdx.x; b < task.bytes; b += blockDim.x) {
-            unsigned char value = source[b];
+            unsigned char value = relayed ? ((volatile const unsigned char*)source)[b] : source[b];
             for (unsigned int d = 0; d < task.destination_count; ++d) {
                 TileDestination to = destinations[task.first_destination + d];
                 peer_region(to.rank, to.region, master_bases, slot_bases, state_bytes)[task.offset + b] = value;

@@ -60,14 +60,13 @@ pub trait Backend {
     /// the memory is the host's.
     fn read_slot(&self, rank: u32, slot: u16) -> Result<Cow<'_, [u8]>, RuntimeError>;
     /// Fills slot `slot` of `rank` with `bytes` of `expert` and marks it ready (a replica's
-    /// gradient), for the reduction whose `token` every rank agrees on.
+    /// gradient, which the next reduction hands to its master's rank).
     fn write_slot(
         &mut self,
         rank: u32,
         slot: u16,
         expert: u32,
         bytes: &[u8],
-        token: u64,
     ) -> Result<(), RuntimeError>;
     /// Executes this backend's share of a weight distribution (the tiles its ranks send or
     /// forward, and the wait for the slots they receive); returns the bytes the whole
@@ -93,7 +92,8 @@ pub trait Backend {
     }
     /// Sums the replicas' FP32 states of `schedule` into their masters' in the documented order
     /// (for the masters this backend holds) and empties the replica slots (those it holds);
-    /// every replica slot must be ready with `token`, or nothing changes.
+    /// every replica slot must be ready, or nothing changes. `token` names the reduction the same
+    /// on every rank, so that ranks hand gradients over without sending the name.
     fn reduce_gradients(
         &mut self,
         schedule: &TransferSchedule,
@@ -220,7 +220,6 @@ impl Backend for CudaBackend {
         slot: u16,
         expert: u32,
         bytes: &[u8],
-        _token: u64,
     ) -> Result<(), RuntimeError> {
         self.gpu
             .write_region(&mut self.ranks, rank, Region::Slot { slot }, bytes)

@@ -28,11 +28,14 @@ use crate::{Collective, PlaneOptions, RuntimeError};
 /// The bit that marks a gradient hand-off word as acknowledged by the master's rank.
 const ACKNOWLEDGED: u64 = 1 << 63;
 
-/// Polls of a peer's word by the streamer before it gives up: about 2 s at 128 ns a poll.
-const SPIN_LIMIT: u64 = 16_000_000;
-
 fn kernel(error: KernelError) -> RuntimeError {
-    RuntimeError::Backend(error.to_string())
+    match error {
+        KernelError::PeerTimeout { waited_ms, what } => RuntimeError::Timeout {
+            waited: Duration::from_millis(waited_ms),
+            what,
+        },
+        other => RuntimeError::Backend(other.to_string()),
+    }
 }
 
 /// One rank's memory on its GPU, its peers' opened through CUDA IPC: the data plane of a
@@ -43,10 +46,11 @@ pub struct CudaPeerPlane {
     gpu: Arc<Gpu>,
     rank: u32,
     layout: IpcLayout,
+    /// Every rank's buffers as pointers of this process (its own, and peers' opened). Declared
+    /// before `_memory` so that the peers' mappings close before this rank's buffers are freed.
+    ranks: Vec<PeerPointers>,
     /// Kept alive: the rank's buffers, which `ranks[rank]` points into.
     _memory: IpcRankMemory,
-    /// Every rank's buffers as pointers of this process (its own, and peers' opened).
-    ranks: Vec<PeerPointers>,
     slot_states: Vec<SlotState>,
     round: u64,
     timeout: Duration,
@@ -104,8 +108,8 @@ impl CudaPeerPlane {
             gpu,
             rank,
             layout,
-            _memory: memory,
             ranks: pointers,
+            _memory: memory,
             slot_states: vec![SlotState::Empty; usize::from(shape.slots_per_rank)],
             round: 0,
             timeout: options.timeout,
@@ -261,21 +265,12 @@ impl Backend for CudaPeerPlane {
         slot: u16,
         expert: u32,
         bytes: &[u8],
-        token: u64,
     ) -> Result<(), RuntimeError> {
         self.check_local(rank)?;
         self.check_size(bytes)?;
         let pointer = self.pointer(rank, Region::Slot { slot })?;
         self.gpu.write_device(pointer, bytes).map_err(kernel)?;
-        // The hand-off word after the bytes: the synchronous copies keep that order.
-        let words = self.ranks[rank as usize].words;
-        self.gpu
-            .write_word(
-                words,
-                self.layout.gradient_word(slot),
-                token & !ACKNOWLEDGED,
-            )
-            .map_err(kernel)?;
+        // Handed to the master's rank only when this rank reduces.
         *self.slot_state_mut(slot)? = SlotState::Ready { expert };
         Ok(())
     }
@@ -343,7 +338,7 @@ impl Backend for CudaPeerPlane {
                 &pointers,
                 self.layout,
                 round,
-                SPIN_LIMIT,
+                self.timeout,
             );
             return Err(XferError::TransferFailed {
                 task,
@@ -354,11 +349,14 @@ impl Backend for CudaPeerPlane {
         }
         let pointers: Vec<&PeerPointers> = self.ranks.iter().collect();
         self.gpu
-            .stream_peer_tiles(&self.local_tasks, &pointers, self.layout, round, SPIN_LIMIT)
-            .map_err(|error| RuntimeError::Timeout {
-                waited: self.timeout,
-                what: error.to_string(),
-            })?;
+            .stream_peer_tiles(
+                &self.local_tasks,
+                &pointers,
+                self.layout,
+                round,
+                self.timeout,
+            )
+            .map_err(kernel)?;
         for &(slot, expert, master, master_index) in &receives {
             for tile in 0..self.layout.tiles() {
                 self.wait_word(
@@ -400,9 +398,10 @@ impl Backend for CudaPeerPlane {
         token: u64,
     ) -> Result<(), RuntimeError> {
         let token = token & !ACKNOWLEDGED;
+        let me = self.rank;
         for fanout in schedule.fanouts() {
             for &(rank, slot) in &fanout.destinations {
-                if rank == self.rank
+                if rank == me
                     && self.slot_states.get(usize::from(slot))
                         != Some(&SlotState::Ready {
                             expert: fanout.expert,
@@ -410,7 +409,21 @@ impl Backend for CudaPeerPlane {
                 {
                     return Err(RuntimeError::SlotNotReady { rank, slot });
                 }
-                if fanout.master == self.rank {
+            }
+        }
+        // Hand this rank's replica gradients over (the synchronous copies put the word after
+        // the bytes).
+        for fanout in schedule.fanouts() {
+            for &(rank, slot) in fanout.destinations.iter().filter(|d| d.0 == me) {
+                let words = self.ranks[rank as usize].words;
+                self.gpu
+                    .write_word(words, self.layout.gradient_word(slot), token)
+                    .map_err(kernel)?;
+            }
+        }
+        for fanout in schedule.fanouts() {
+            for &(rank, slot) in &fanout.destinations {
+                if fanout.master == me {
                     self.wait_word(rank, self.layout.gradient_word(slot), token, || {
                         format!(
                             "the gradient of expert {}'s replica on rank {rank}",
@@ -440,8 +453,7 @@ impl Backend for CudaPeerPlane {
                     .map_err(kernel)?;
             }
         }
-        // The replicas here: once their masters' ranks have summed (and zeroed) them.
-        let me = self.rank;
+        // The replicas here: once their masters' ranks have summed (and zeroed) every one.
         for fanout in schedule.fanouts() {
             for &(rank, slot) in fanout.destinations.iter().filter(|d| d.0 == me) {
                 self.wait_word(
@@ -455,6 +467,10 @@ impl Backend for CudaPeerPlane {
                         )
                     },
                 )?;
+            }
+        }
+        for fanout in schedule.fanouts() {
+            for &(rank, slot) in fanout.destinations.iter().filter(|d| d.0 == me) {
                 let words = self.ranks[rank as usize].words;
                 self.gpu
                     .write_word(words, self.layout.gradient_word(slot), 0)

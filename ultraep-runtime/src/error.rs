@@ -10,8 +10,12 @@ use ultraep_xfer::XferError;
 
 use crate::StepId;
 
-/// Everything the engine refuses or fails at. After any error the engine is usable and keeps the
-/// state it had before the failed call.
+/// Everything the engine refuses or fails at. After a refused call (bad input, a busy slot, a
+/// step in flight...) the engine is usable and keeps the state it had before the call. A failed
+/// transfer or reduction leaves the slots it was writing not ready; an engine that holds every
+/// rank may retry it, but in a group of processes (or of rank-local engines) the ranks may no
+/// longer agree on what happened: treat [`RuntimeError::PeerLost`], [`RuntimeError::Timeout`]
+/// and a failed transfer or reduction as the end of the group, and rebuild it.
 #[derive(Debug, Clone, PartialEq, Error)]
 #[non_exhaustive]
 pub enum RuntimeError {

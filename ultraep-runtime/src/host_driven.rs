@@ -142,7 +142,6 @@ impl Backend for HostDriven {
         slot: u16,
         expert: u32,
         _: &[u8],
-        _: u64,
     ) -> Result<(), RuntimeError> {
         // The gradient itself stays with the framework; the slot only counts as written.
         self.set_state(rank, slot, SlotState::Ready { expert });

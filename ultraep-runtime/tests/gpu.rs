@@ -70,12 +70,21 @@ fn ipc_training_matches_threads() -> Result<(), Failed> {
         })
         .collect::<Result<_, _>>()
         .map_err(fail)?;
-    let mut records = Vec::new();
-    for (mut child, file) in children {
+    // Wait for every rank (a failed one ends the others within their timeouts), then judge.
+    let mut outcomes = Vec::new();
+    for (rank, (mut child, file)) in children.into_iter().enumerate() {
         let status = child.wait().map_err(fail)?;
-        check(status.success(), "a rank's process failed")?;
+        outcomes.push((rank, status, file));
+    }
+    let mut records = Vec::new();
+    for (rank, status, file) in outcomes {
+        check(
+            status.success(),
+            &format!("rank {rank}'s process failed: {status}"),
+        )?;
         let bytes = std::fs::read(&file).map_err(fail)?;
-        records.push(decode(&bytes).ok_or_else(|| fail("a corrupt record"))?);
+        records
+            .push(decode(&bytes).ok_or_else(|| fail(format!("rank {rank}'s record is corrupt")))?);
     }
     let _ = std::fs::remove_dir_all(&folder);
     let threads = train_threads(&tiny).map_err(fail)?;

@@ -14,8 +14,9 @@ use crate::RuntimeError;
 use crate::plane::segment::{Owner, Segment, SegmentLayout};
 use crate::plane::segment_path;
 
-/// Word 0 of a gather segment: the last round the member arrived at. Words 1 and 2: the row
-/// lengths in the two buffers. The buffers are the segment's two "master" regions.
+/// Word 0 of a gather segment: the last round the member arrived at. Words 1 and 2: the round
+/// (high 32 bits) and row length (low 32 bits) in each of the two buffers, so that a reader never
+/// takes a row of another round for this one. The buffers are the segment's two "master" regions.
 const ROUND: u32 = 0;
 const LENGTH: u32 = 1;
 
@@ -150,15 +151,23 @@ impl Collective for ShmCollective {
         let row = own.region_mut(&mut self.owner, Region::Master { index: buffer })?;
         row[..local.len() * 4].copy_from_slice(bytemuck::cast_slice(local));
         own.checksum_word(LENGTH + buffer)
-            .store(local.len() as u64, Ordering::Relaxed);
+            .store((self.round << 32) | local.len() as u64, Ordering::Relaxed);
         own.checksum_word(ROUND)
             .store(self.round, Ordering::Release);
         for member in 0..members as u32 {
             self.wait_for(member)?;
             let segment = &self.segments[member as usize];
-            let length = segment
+            let tag = segment
                 .checksum_word(LENGTH + buffer)
                 .load(Ordering::Relaxed);
+            let (round, length) = (tag >> 32, tag & 0xffff_ffff);
+            if round != self.round & 0xffff_ffff {
+                return Err(RuntimeError::Collective(format!(
+                    "member {member} is at gather round {round}, this member at {}: a member \
+                     gave up on an earlier round; rebuild the group",
+                    self.round
+                )));
+            }
             if length != local.len() as u64 {
                 return Err(RuntimeError::Collective(format!(
                     "member {member} gathered a row of {length} words, this member {}",

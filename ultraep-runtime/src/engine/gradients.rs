@@ -96,7 +96,6 @@ impl<B: Backend> Engine<B> {
                 "{step} is not in its backward: restore it before writing replica gradients"
             )));
         }
-        let token = entry.token;
         let expert = entry
             .plan
             .instances()
@@ -109,7 +108,7 @@ impl<B: Backend> Engine<B> {
             })?;
         let (state, store) = self.gradient_store()?;
         check_size("gradient", values.len() * 4, state.bytes())?;
-        store.write_slot(rank, slot, expert, bytemuck_bytes(values), token)?;
+        store.write_slot(rank, slot, expert, bytemuck_bytes(values))?;
         Ok(())
     }
 

@@ -165,6 +165,7 @@ impl Engine {
     /// write, it makes copies of the old weights stale until [`Engine::masters_updated`].
     pub fn master_mut(&mut self, layer: u32, expert: u32) -> Result<&mut [u8], RuntimeError> {
         self.check_layer(layer)?;
+        self.check_no_pending()?;
         self.check_expert(expert)?;
         self.note_master_write(layer, expert);
         let home = self.config.layout.home(expert);
@@ -484,6 +485,8 @@ impl<B: Backend> Engine<B> {
         self.check_layer(layer)?;
         self.check_expert(expert)?;
         check_size("weights", weights.len(), self.state.bytes())?;
+        // The data plane may be reading masters for a transfer still in flight.
+        self.check_no_pending()?;
         let home = self.config.layout.home(expert);
         self.weights
             .write_master(home, self.master_index(layer, expert), weights)?;

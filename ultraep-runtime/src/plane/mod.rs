@@ -262,6 +262,11 @@ impl HostPlane {
     /// its parameters here instead of copying them in).
     pub fn master_mut(&mut self, rank: u32, index: u32) -> Result<&mut [u8], RuntimeError> {
         let local = self.local_index(rank)?;
+        if self.running.is_some() {
+            return Err(RuntimeError::Backend(
+                "a distribution is reading the masters: finish it before writing one".into(),
+            ));
+        }
         // The bytes may change: the kept checksum no longer holds.
         if let Some(sum) = self
             .master_sums

@@ -155,6 +155,16 @@ impl Segment {
             .open(&staging)
             .map_err(what)?;
         file.set_len(bytes.max(1) as u64).map_err(what)?;
+        // Back every page now: a sparse file on a full /dev/shm would kill the first process that
+        // touches an unbacked page (SIGBUS) instead of failing here with an error.
+        let zeros = vec![0u8; (1 << 20).min(bytes.max(1))];
+        let mut at = 0;
+        while at < bytes.max(1) {
+            let len = zeros.len().min(bytes.max(1) - at);
+            std::os::unix::fs::FileExt::write_all_at(&file, &zeros[..len], at as u64)
+                .map_err(what)?;
+            at += len;
+        }
         file.lock().map_err(what)?;
         let map = MmapOptions::new()
             .len(bytes.max(1))

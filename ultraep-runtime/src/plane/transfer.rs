@@ -148,7 +148,6 @@ impl Backend for HostPlane {
         slot: u16,
         expert: u32,
         bytes: &[u8],
-        token: u64,
     ) -> Result<(), RuntimeError> {
         let local = self.local_index(rank)?;
         self.slot_state_index(rank, slot)?;
@@ -162,10 +161,8 @@ impl Backend for HostPlane {
             });
         }
         region.copy_from_slice(bytes);
-        // The hand-off word comes after the bytes: a master's rank that sees it sees them.
-        segment
-            .slot_word(slot)
-            .store(token & !ACKNOWLEDGED, Ordering::Release);
+        // The gradient is handed to its master's rank only when this rank reduces: until then
+        // it may be written again, and nobody else reads it.
         self.set_slot_state(rank, slot, SlotState::Ready { expert })
     }
 
@@ -316,8 +313,8 @@ impl Backend for HostPlane {
                 schedule.state_bytes()
             )));
         }
-        // Every replica gradient this plane reduces must be there before any master changes, so
-        // that a failure changes nothing.
+        // This plane's replica gradients must all be written; then they are handed over (the
+        // word after the bytes: a master's rank that sees it sees them).
         for fanout in schedule.fanouts() {
             for &(rank, slot) in &fanout.destinations {
                 if self.local.contains(&rank) {
@@ -328,6 +325,22 @@ impl Backend for HostPlane {
                         return Err(RuntimeError::SlotNotReady { rank, slot });
                     }
                 }
+            }
+        }
+        for fanout in schedule.fanouts() {
+            for &(rank, slot) in &fanout.destinations {
+                if self.local.contains(&rank) {
+                    self.peers()
+                        .segment(rank)?
+                        .slot_word(slot)
+                        .store(token, Ordering::Release);
+                }
+            }
+        }
+        // Every replica gradient this plane's masters sum must be there before any master
+        // changes, so that a wait that fails changes no master.
+        for fanout in schedule.fanouts() {
+            for &(rank, slot) in &fanout.destinations {
                 if self.local.contains(&fanout.master) {
                     let peers = self.peers();
                     let segment = peers.segment(rank)?;
@@ -392,17 +405,16 @@ impl Backend for HostPlane {
                     .store(token | ACKNOWLEDGED, Ordering::Release);
             }
         }
-        // Replicas here: once their master's rank has read them, empty them for the next layer.
+        // Replicas here: once their masters' ranks have read every one of them, empty them all
+        // for the next layer (nothing is emptied while an acknowledgement is still missing).
         for fanout in schedule.fanouts() {
             for &(rank, slot) in &fanout.destinations {
                 if !self.local.contains(&rank) {
                     continue;
                 }
-                let local = self.local_index(rank)?;
                 let peers = &self.pool.state().peers;
-                let segment = &*peers.segments[rank as usize];
                 peers.wait_for(
-                    segment.slot_word(slot),
+                    peers.segment(rank)?.slot_word(slot),
                     token | ACKNOWLEDGED,
                     self.timeout,
                     None,
@@ -414,6 +426,15 @@ impl Backend for HostPlane {
                         )
                     },
                 )?;
+            }
+        }
+        for fanout in schedule.fanouts() {
+            for &(rank, slot) in &fanout.destinations {
+                if !self.local.contains(&rank) {
+                    continue;
+                }
+                let local = self.local_index(rank)?;
+                let segment = &*self.pool.state().peers.segments[rank as usize];
                 segment
                     .region_mut(&mut self.owners[local], Region::Slot { slot })?
                     .fill(0);
