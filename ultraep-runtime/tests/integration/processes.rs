@@ -148,6 +148,19 @@ fn child(mode: &str, rank: u32, group: &str) -> String {
     format!("RESULT {outcome} {elapsed} {unready}")
 }
 
+/// Removes the shared-memory files of `group` that ranks which did not end normally left behind
+/// (a process that dies cannot remove its own).
+fn remove_segments(group: &str) {
+    let prefix = format!("ultraep-{group}-");
+    if let Ok(entries) = std::fs::read_dir("/dev/shm") {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
 /// Runs this binary's test `test` as every rank of a group in `mode`; returns their outputs.
 fn run_group(test: &str, mode: &str) -> Vec<Output> {
     let program = std::env::current_exe().unwrap();
@@ -176,6 +189,7 @@ fn run_group(test: &str, mode: &str) -> Vec<Output> {
         }
         outputs.push(child.wait_with_output().unwrap());
     }
+    remove_segments(&group);
     outputs
 }
 
