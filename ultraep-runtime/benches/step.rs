@@ -13,6 +13,11 @@
 //! - `engine/moving/rotation`: every step a layer sees another load, so replicas move: planning,
 //!   slot choice, schedule, task list, the copies (48 KiB experts, 4 worker threads) and their
 //!   checksums; the time per step.
+//! - `rank/program/rotation-of-9-steps`: what one rank of a process-per-GPU group computes per
+//!   step, on one core: a host-driven engine of rank 63 planning without a split, choosing slots,
+//!   building the schedule, the tile tasks and its `TransferProgram`. Nine steps whose replicas
+//!   move; divide by nine. `rank/split-and-reroute/...` adds the rank's own split (its
+//!   `RankSplit` row) and the reroute of its 65 536 ids.
 //!
 //! Before measuring, it counts heap allocations of every thread over warm steps of both kinds
 //! and fails if there is any.
@@ -133,6 +138,49 @@ fn step(c: &mut Criterion) {
     });
     c.bench_function("engine/moving/rotation-of-9-steps", |b| {
         b.iter(|| black_box(rotation(&mut engine, &loads)))
+    });
+    drop(engine);
+
+    let mut config = ep64::ep64_config(1, true);
+    config.plan.split = ultraep_plan::SplitMode::None;
+    let mut rank = Engine::host_driven(config, 63).expect("a valid engine");
+    let own: Vec<Vec<u32>> = loads
+        .iter()
+        .map(|load| {
+            let row = load.matrix().row(63);
+            (0..row.len() as u32)
+                .flat_map(|expert| std::iter::repeat_n(expert, row[expert as usize] as usize))
+                .collect()
+        })
+        .collect();
+    let mut rank_rotation = |reroute: bool| -> usize {
+        let mut messages = 0;
+        for (index, load) in loads.iter().enumerate() {
+            for layer in 0..LAYERS {
+                let step = StepId::new(index as u32, layer);
+                rank.step(step, load.matrix()).expect("steps");
+                messages += rank.transfer_program().sends(63..64).count();
+                if reroute {
+                    rank.reroute(step, 63, &own[index], &mut routed)
+                        .expect("reroutes");
+                }
+            }
+        }
+        messages
+    };
+    for _ in 0..2 {
+        rank_rotation(true);
+    }
+    let allocations = allocations_everywhere(|| {
+        rank_rotation(true);
+    });
+    println!("heap allocations of a warm rank's 9 steps and reroutes (host-driven): {allocations}");
+    assert_eq!(allocations, 0, "a warm rank step allocated");
+    c.bench_function("rank/program/rotation-of-9-steps", |b| {
+        b.iter(|| black_box(rank_rotation(false)))
+    });
+    c.bench_function("rank/split-and-reroute/rotation-of-9-steps", |b| {
+        b.iter(|| black_box(rank_rotation(true)))
     });
 }
 

@@ -68,6 +68,12 @@ pub trait Backend {
         expert: u32,
         bytes: &[u8],
     ) -> Result<(), RuntimeError>;
+    /// Whether [`Backend::distribute`] reads the tile task list. A backend that does not (the
+    /// host-driven one works from the schedule) spares the engine building it; it then gets an
+    /// empty list.
+    fn uses_tile_tasks(&self) -> bool {
+        true
+    }
     /// Executes this backend's share of a weight distribution (the tiles its ranks send or
     /// forward, and the wait for the slots they receive); returns the bytes the whole
     /// distribution stores.

@@ -148,10 +148,14 @@ impl Backend for HostDriven {
         Ok(())
     }
 
+    fn uses_tile_tasks(&self) -> bool {
+        false
+    }
+
     fn distribute(
         &mut self,
         schedule: &TransferSchedule,
-        tasks: &TileTaskList,
+        _: &TileTaskList,
     ) -> Result<u64, RuntimeError> {
         self.program.build_from(schedule);
         // The caller executes the program before it computes with the replicas.
@@ -166,7 +170,7 @@ impl Backend for HostDriven {
                 );
             }
         }
-        Ok(tasks.bytes_stored())
+        Ok(self.program.transfers().iter().map(|t| t.bytes).sum())
     }
 
     fn reduce_gradients(

@@ -243,8 +243,14 @@ impl<B: Backend> Engine<B> {
             self.config.transfer,
             &mut self.schedule,
         )?;
-        self.task_builder
-            .build_into(&self.schedule, &mut self.tasks);
+        if self.weights.uses_tile_tasks() {
+            self.task_builder
+                .build_into(&self.schedule, &mut self.tasks);
+        } else {
+            self.tasks.tasks.clear();
+            self.tasks.destinations.clear();
+            self.tasks.flag_count = 0;
+        }
         // The slots about to be written hold nothing usable until the copy is verified.
         for fanout in &self.fanouts.set.fanouts {
             for &(rank, slot) in &fanout.destinations {
@@ -252,7 +258,15 @@ impl<B: Backend> Engine<B> {
             }
         }
         self.copy_started = Some(self.weights.start_distribute(&self.schedule, &self.tasks));
-        Ok(Some(self.tasks.bytes_stored()))
+        // Every destination stores the whole state once.
+        let destinations: u64 = self
+            .fanouts
+            .set
+            .fanouts
+            .iter()
+            .map(|fanout| fanout.destinations.len() as u64)
+            .sum();
+        Ok(Some(self.schedule.state_bytes() * destinations))
     }
 
     /// Finishes the copy [`Engine::start_copy`] started (replicas of `layer`) and records what
