@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use std::ops::Range;
 use std::sync::atomic::Ordering;
 
-use ultraep_xfer::{Checksum, Region, SlotState, TileTask, TileTaskList, TransferSchedule};
+use ultraep_xfer::{Checksum, Region, Route, SlotState, TileTask, TileTaskList, TransferSchedule};
 
 use super::HostPlane;
 use crate::RuntimeError;
@@ -23,6 +23,9 @@ pub(super) struct Receive {
     expert: u32,
     master: u32,
     master_index: u32,
+    /// Whether relays forward some of its tiles: then the rank a wait is for is not always the
+    /// master, and a wait that stalls looks for any rank that is gone.
+    relayed: bool,
 }
 
 impl HostPlane {
@@ -71,7 +74,7 @@ impl HostPlane {
                     self.round,
                     self.timeout,
                     None,
-                    Some(receive.master),
+                    (!receive.relayed).then_some(receive.master),
                     || {
                         format!(
                             "tile {tile} of expert {} for slot {} of rank {}",
@@ -220,6 +223,7 @@ impl Backend for HostPlane {
                         expert: fanout.expert,
                         master: fanout.master,
                         master_index: fanout.master_index,
+                        relayed: matches!(fanout.route, Route::Relayed { .. }),
                     });
                 }
             }
