@@ -39,6 +39,7 @@ pub const ALLOWED_ARROWS: &[(&str, &[&str])] = &[
             "ultraep-runtime",
         ],
     ),
+    ("ultraep-py", &["ultraep-plan"]),
     ("xtask", &[]),
 ];
 
@@ -80,6 +81,7 @@ pub const UNSAFE_CHECKED: &[&str] = &[
     "ultraep-xfer",
     "ultraep-runtime",
     "ultraep-bench",
+    "ultraep-py",
     "xtask",
     "test-support",
 ];

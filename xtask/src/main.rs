@@ -4,6 +4,9 @@
 //!   scenarios (`ultraep bench`, built in release; ARGS go to it, e.g. `--full`).
 //! - `cargo xtask bench --criterion [ARGS]`: the workspace's criterion micro-benchmarks instead;
 //!   ARGS go to criterion (e.g. `--quick`).
+//! - `cargo xtask test`: every test, Rust and Python: `cargo test --workspace`, then the `ultraep`
+//!   Python package built by maturin into a virtual environment under `.cache/pyenv` (created and
+//!   filled from the package registry on first use), checked with ruff and tested with pytest.
 //! - `cargo xtask ci`: exactly what CI runs (`bash .ci/run`).
 //! - `cargo xtask gpu-bundle`: builds the GPU and NVRTC test binaries and the GPU benchmark in
 //!   release into `gpu-bundle/` with `run.sh`, which runs them on a GPU machine that has the driver
@@ -26,6 +29,7 @@ fn main() -> ExitCode {
     let result = match task.as_deref() {
         Some("bench") => bench(&rest),
         Some("ci") => run(Command::new("bash").arg(".ci/run")),
+        Some("test") => test(),
         Some("gpu-bundle") => gpu_bundle(),
         Some("check-architecture") => check_architecture(),
         Some("help" | "--help" | "-h") | None => {
@@ -49,10 +53,71 @@ fn print_help() {
          tasks:\n  \
          bench [ARGS]          run the evaluation (ultraep bench; ARGS go to it, e.g. --full)\n  \
          bench --criterion [ARGS]  run the criterion micro-benchmarks (ARGS go to criterion, e.g. --quick)\n  \
+         test                  every test: Rust (cargo test --workspace) and Python (pytest)\n  \
          ci                    run what CI runs (bash .ci/run)\n  \
          gpu-bundle            build the GPU test binaries and their run script into gpu-bundle/\n  \
          check-architecture    check the dependency arrows and purity rules of ARCHITECTURE.md"
     );
+}
+
+/// The Python tools the package is built and tested with, pinned.
+const PYTHON_TOOLS: &[&str] = &[
+    "maturin==1.16.0",
+    "numpy==2.4.6",
+    "pytest==9.2.0",
+    "ruff==0.17.6",
+];
+
+/// Every test: the workspace's, then the Python package's.
+fn test() -> Result<(), String> {
+    run(cargo().args(["test", "--workspace", "--locked"]))?;
+    let root = workspace_root();
+    let venv = root.join(".cache").join("pyenv");
+    let bin = venv.join("bin");
+    let marker = venv.join(format!("tools-{}", PYTHON_TOOLS.join("-")));
+    if !marker.exists() {
+        let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+        run(Command::new(python).arg("-m").arg("venv").arg(&venv))?;
+        run(Command::new(bin.join("python"))
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(PYTHON_TOOLS))?;
+        std::fs::write(&marker, b"").map_err(|error| error.to_string())?;
+    }
+    let package = root.join("ultraep-py");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    run(Command::new(bin.join("maturin"))
+        .args(["develop", "--quiet", "--manifest-path"])
+        .arg(package.join("Cargo.toml"))
+        .env("VIRTUAL_ENV", &venv)
+        .env("PATH", &path))?;
+    let sources = [package.join("python"), package.join("tests")];
+    run(Command::new(bin.join("ruff")).arg("check").args(&sources))?;
+    run(Command::new(bin.join("ruff"))
+        .args(["format", "--check"])
+        .args(&sources))?;
+    // The parity tests compare with the `ultraep` command that `cargo test` built.
+    let ultraep = root.join("target").join("debug").join("ultraep");
+    let status = Command::new(bin.join("python"))
+        .args(["-m", "pytest", "-q"])
+        .current_dir(&package)
+        .env("ULTRAEP_BIN", &ultraep)
+        .status()
+        .map_err(|error| format!("could not start pytest: {error}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("pytest failed: {status}"))
+    }
 }
 
 fn bench(args: &[String]) -> Result<(), String> {

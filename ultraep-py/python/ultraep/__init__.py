@@ -1,0 +1,93 @@
+"""ultraep: exact-load, real-time expert load balancing for Mixture-of-Experts expert parallelism.
+
+After the router of every MoE layer, every rank holds the exact count of tokens it sends to each
+expert; all-gathered, the counts form the load matrix (ranks x experts). :class:`Planner` plans
+it: which hot experts get replicas in spare slots of cold ranks of the same scale-up domain, and
+each instance's integer quota, so that every rank gets about the same number of tokens. Every rank
+computes the same plan from the same matrix.
+
+>>> import numpy as np, ultraep
+>>> planner = ultraep.Planner(homes=[0, 0, 1, 1], domains=[0, 0], slots_per_rank=1,
+...                           min_replica_tokens=1)
+>>> plan = planner.plan(np.array([[90, 10, 5, 5], [90, 10, 5, 5]], dtype=np.uint32))
+>>> round(plan.initial_imbalance, 2), round(plan.imbalance, 2)
+(1.82, 1.01)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ._ultraep import Plan
+from ._ultraep import Planner as _Planner
+
+__all__ = ["Plan", "Planner"]
+__version__ = "0.1.0"
+
+
+class Planner:
+    """The exact-load planner of one expert-parallel group.
+
+    Args:
+        homes: the home rank of every expert of a layer.
+        domains: the scale-up domain label of every rank (ranks of one NVLink domain share it).
+        slots_per_rank: redundant slots per rank for replicas.
+        tolerance_ppm: how far above the mean the busiest rank may stay, in parts per million.
+        min_replica_tokens: the smallest quota a replica may get.
+        master_keeps_token: a loaded master keeps at least one token.
+        split: how a source's tokens for an expert are shared among its instances:
+            ``"locality"`` (the default), ``"proportional"``, ``"contiguous"`` or ``"none"``.
+
+    Raises:
+        ValueError: if the layout, the domains or the settings do not hold together.
+    """
+
+    def __init__(
+        self,
+        homes: Sequence[int],
+        domains: Sequence[int],
+        slots_per_rank: int = 2,
+        *,
+        tolerance_ppm: int = 10_000,
+        min_replica_tokens: int = 1024,
+        master_keeps_token: bool = True,
+        split: str = "locality",
+    ) -> None:
+        self._planner = _Planner(
+            list(homes),
+            list(domains),
+            slots_per_rank,
+            tolerance_ppm=tolerance_ppm,
+            min_replica_tokens=min_replica_tokens,
+            master_keeps_token=master_keeps_token,
+            split=split,
+        )
+
+    @property
+    def ranks(self) -> int:
+        """Ranks of the group."""
+        return self._planner.ranks
+
+    @property
+    def experts(self) -> int:
+        """Experts of a layer."""
+        return self._planner.experts
+
+    def plan(self, loads: Any) -> Plan:
+        """Plans ``loads``: tokens from every rank (rows) to every expert (columns).
+
+        ``loads`` is a C-contiguous 2-D array of ``uint32`` or ``int32`` counts: a numpy array,
+        or anything numpy views without copying, such as a CPU ``torch.Tensor``. It is read in
+        place, with the GIL released while the plan is made.
+
+        Raises:
+            TypeError: for another dtype.
+            ValueError: for another shape, a non-contiguous array or a negative count.
+        """
+        array = np.asarray(loads)
+        if array.ndim == 2 and not array.flags["C_CONTIGUOUS"]:
+            raise ValueError("loads must be C-contiguous (use numpy.ascontiguousarray)")
+        return self._planner.plan(array)
