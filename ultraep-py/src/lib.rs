@@ -6,6 +6,8 @@
 //! them. Errors of the library arrive as `ValueError` (bad values and shapes) or `TypeError` (bad
 //! dtypes) with the library's message; planning runs with the GIL released.
 
+mod engine;
+
 use numpy::ndarray::Array2;
 use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -296,5 +298,6 @@ impl PyPlan {
 fn _ultraep(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<PyPlanner>()?;
     module.add_class::<PyPlan>()?;
+    module.add_class::<engine::PyEngine>()?;
     Ok(())
 }

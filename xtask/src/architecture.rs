@@ -39,7 +39,16 @@ pub const ALLOWED_ARROWS: &[(&str, &[&str])] = &[
             "ultraep-runtime",
         ],
     ),
-    ("ultraep-py", &["ultraep-plan"]),
+    (
+        "ultraep-py",
+        &[
+            "ultraep-topo",
+            "ultraep-plan",
+            "ultraep-xfer",
+            "ultraep-kernels",
+            "ultraep-runtime",
+        ],
+    ),
     ("xtask", &[]),
 ];
 

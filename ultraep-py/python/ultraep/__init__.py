@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from ._ultraep import Plan
+from ._ultraep import Engine, Plan
 from ._ultraep import Planner as _Planner
 
-__all__ = ["Plan", "Planner"]
+__all__ = ["Engine", "Plan", "Planner"]
 __version__ = "0.1.0"
 
 

@@ -46,3 +46,51 @@ class Plan:
     def tokens_leaving_source(self) -> int: ...
     @property
     def tokens_crossing_domains(self) -> int: ...
+
+class Engine:
+    """One rank's engine of an expert-parallel group, in host-driven mode."""
+    def __init__(
+        self,
+        rank: int,
+        homes: Sequence[int],
+        *,
+        layers: int,
+        top_k: int,
+        hidden: int,
+        expert_width: int,
+        preset: str = "hgx-h100",
+        nodes: int = 1,
+        dtype: str = "bf16",
+        training: bool = True,
+        slots_per_rank: int = 2,
+        microbatches_in_flight: int = 1,
+        min_replica_tokens: int = 1024,
+    ) -> None: ...
+    @property
+    def rank(self) -> int: ...
+    @property
+    def row_words(self) -> int: ...
+    @property
+    def state_bytes(self) -> int: ...
+    def gather_row(self, ids: npt.NDArray[np.uint32]) -> npt.NDArray[np.uint32]: ...
+    def step(
+        self, microbatch: int, layer: int, gathered: npt.NDArray[np.uint32]
+    ) -> dict[str, float]: ...
+    def reroute(
+        self, microbatch: int, layer: int, ids: npt.NDArray[np.uint32]
+    ) -> npt.NDArray[np.uint32]: ...
+    def instances(self, microbatch: int, layer: int) -> npt.NDArray[np.int64]:
+        """Rows ``[expert, rank, slot, quota]``; ``slot`` is -1 for a master."""
+    def transfer_program(self) -> npt.NDArray[np.int64]:
+        """Rows ``[tag, expert, from_rank, from_slot, to_rank, to_slot, offset, bytes, after]``."""
+    def restore(self, microbatch: int, layer: int) -> int: ...
+    def reduce_gradients(self, microbatch: int, layer: int) -> None: ...
+    def gradient_sends(self) -> npt.NDArray[np.int64]:
+        """Rows ``[expert, from_rank, from_slot, to_rank]``."""
+    def sum_replica_gradients(
+        self,
+        expert: int,
+        master: npt.NDArray[np.float32],
+        replicas: dict[int, npt.NDArray[np.float32]],
+    ) -> None: ...
+    def masters_updated(self) -> None: ...

@@ -1,0 +1,316 @@
+//! `ultraep.Engine`: one rank's engine in host-driven mode. It takes the gathered load, plans it,
+//! and returns this rank's reroute and the group's transfer program as numpy arrays; the caller
+//! moves the bytes with its own communication library (`torch.distributed`), and hands the replica
+//! gradients back for the sum in the documented order.
+
+use numpy::ndarray::Array2;
+use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1, PyReadwriteArray1};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use ultraep_runtime::{
+    Dtype, Engine, EngineConfig, ExpertLayout, HostDriven, Mode, ModelShape, Preset, Region,
+    RuntimeError, StepId,
+};
+
+fn runtime_error(error: RuntimeError) -> PyErr {
+    PyValueError::new_err(error.to_string())
+}
+
+fn value_error(message: impl std::fmt::Display) -> PyErr {
+    PyValueError::new_err(message.to_string())
+}
+
+/// A 1-D uint32 array, in place; other dtypes or non-contiguous arrays are refused.
+fn words<'a>(array: &'a PyReadonlyArray1<'_, u32>, what: &str) -> PyResult<&'a [u32]> {
+    array
+        .as_slice()
+        .map_err(|_| value_error(format!("{what} must be a contiguous 1-D uint32 array")))
+}
+
+/// One rank's engine of an expert-parallel group, in host-driven mode.
+#[pyclass(module = "ultraep._ultraep", name = "Engine", unsendable)]
+pub(crate) struct PyEngine {
+    engine: Engine<HostDriven>,
+    row: Vec<u32>,
+    routed: Vec<u32>,
+}
+
+#[pymethods]
+impl PyEngine {
+    #[new]
+    #[pyo3(signature = (rank, homes, *, layers, top_k, hidden, expert_width, preset = "hgx-h100", nodes = 1, dtype = "bf16", training = true, slots_per_rank = 2, microbatches_in_flight = 1, min_replica_tokens = 1024))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        rank: u32,
+        homes: Vec<u32>,
+        layers: u32,
+        top_k: u32,
+        hidden: u64,
+        expert_width: u64,
+        preset: &str,
+        nodes: u32,
+        dtype: &str,
+        training: bool,
+        slots_per_rank: u16,
+        microbatches_in_flight: u16,
+        min_replica_tokens: u32,
+    ) -> PyResult<Self> {
+        let preset: Preset = preset.parse().map_err(value_error)?;
+        let topology = preset.topology(nodes).map_err(value_error)?;
+        let ranks = topology.rank_count() as u32;
+        let experts = homes.len() as u32;
+        let layout = ExpertLayout::from_homes(ranks, homes).map_err(value_error)?;
+        let dtype = match dtype {
+            "f32" => Dtype::F32,
+            "bf16" => Dtype::Bf16,
+            "fp8" => Dtype::Fp8,
+            other => {
+                return Err(value_error(format!(
+                    "dtype {other:?}: use f32, bf16 or fp8"
+                )));
+            }
+        };
+        let model = ModelShape {
+            layers,
+            experts,
+            top_k,
+            hidden,
+            expert_width,
+            dtype,
+        };
+        let mut builder = EngineConfig::builder(topology, layout, model)
+            .mode(if training {
+                Mode::Training
+            } else {
+                Mode::Prefill
+            })
+            .slots_per_rank(slots_per_rank)
+            .microbatches_in_flight(microbatches_in_flight);
+        let mut plan = ultraep_runtime::PlanConfig {
+            split: ultraep_runtime::SplitMode::None,
+            ..ultraep_runtime::PlanConfig::default()
+        };
+        plan.min_replica_tokens = min_replica_tokens;
+        builder = builder.plan(plan);
+        let config = builder.build().map_err(runtime_error)?;
+        let engine = Engine::host_driven(config, rank).map_err(runtime_error)?;
+        Ok(Self {
+            engine,
+            row: Vec::new(),
+            routed: Vec::new(),
+        })
+    }
+
+    /// This rank's row of the gathered load: its counts of `ids` (its router's top-k expert ids,
+    /// token-major) and its metadata digest. All-gather every rank's row (in rank order) and
+    /// give the result to `step`.
+    fn gather_row<'py>(
+        &mut self,
+        py: Python<'py>,
+        ids: PyReadonlyArray1<'py, u32>,
+    ) -> PyResult<Bound<'py, PyArray1<u32>>> {
+        let ids = words(&ids, "ids")?;
+        self.engine
+            .gather_row(&[ids], &mut self.row)
+            .map_err(runtime_error)?;
+        Ok(self.row.clone().into_pyarray(py))
+    }
+
+    /// Plans layer `layer` of microbatch `microbatch` from every rank's gathered row; returns
+    /// the step's figures. Every rank's digest must agree, or every rank raises.
+    fn step<'py>(
+        &mut self,
+        py: Python<'py>,
+        microbatch: u32,
+        layer: u32,
+        gathered: PyReadonlyArray1<'py, u32>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let gathered = words(&gathered, "gathered")?;
+        let report = self
+            .engine
+            .step_from_rows(StepId::new(microbatch, layer), gathered)
+            .map_err(runtime_error)?;
+        let figures = PyDict::new(py);
+        figures.set_item("initial_imbalance", report.metrics.initial_imbalance())?;
+        figures.set_item("imbalance", report.metrics.imbalance())?;
+        figures.set_item("replicas", report.metrics.replicas)?;
+        figures.set_item("copies", report.copies)?;
+        figures.set_item("copies_skipped", report.copies_skipped)?;
+        figures.set_item("bytes_moved", report.bytes_moved)?;
+        Ok(figures)
+    }
+
+    /// The instance of the step's plan each of this rank's `ids` goes to (an index into
+    /// `instances`): every instance receives exactly its share.
+    fn reroute<'py>(
+        &mut self,
+        py: Python<'py>,
+        microbatch: u32,
+        layer: u32,
+        ids: PyReadonlyArray1<'py, u32>,
+    ) -> PyResult<Bound<'py, PyArray1<u32>>> {
+        let ids = words(&ids, "ids")?;
+        let rank = self.engine.local_ranks().start;
+        self.engine
+            .reroute(StepId::new(microbatch, layer), rank, ids, &mut self.routed)
+            .map_err(runtime_error)?;
+        Ok(self.routed.clone().into_pyarray(py))
+    }
+
+    /// The step's instances as rows `[expert, rank, slot, quota]` (`slot` -1 for a master).
+    fn instances<'py>(
+        &self,
+        py: Python<'py>,
+        microbatch: u32,
+        layer: u32,
+    ) -> PyResult<Bound<'py, PyArray2<i64>>> {
+        let step = StepId::new(microbatch, layer);
+        let plan = self
+            .engine
+            .plan(step)
+            .ok_or_else(|| runtime_error(RuntimeError::NoPlan { step }))?;
+        let mut rows = Vec::with_capacity(plan.instances().len() * 4);
+        for (index, instance) in plan.instances().iter().enumerate() {
+            let slot = self
+                .engine
+                .replica_slot(step, index as u32)
+                .map_or(-1, |(_, slot)| i64::from(slot));
+            rows.extend([
+                i64::from(instance.expert),
+                i64::from(instance.rank),
+                slot,
+                i64::from(instance.quota),
+            ]);
+        }
+        let count = rows.len() / 4;
+        Ok(Array2::from_shape_vec((count, 4), rows)
+            .map_err(value_error)?
+            .into_pyarray(py))
+    }
+
+    /// The messages of the last step (or restore) that moved weights, for the whole group, as
+    /// rows `[tag, expert, from_rank, from_slot, to_rank, to_slot, offset, bytes, after]`:
+    /// `from_slot` is -1 when the sender reads the expert's master, `after` -1 when the message
+    /// waits for nothing (else the tag a relay must have received first). This rank sends the
+    /// rows with its `from_rank` and receives those with its `to_rank`.
+    fn transfer_program<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray2<i64>>> {
+        let program = self.engine.transfer_program();
+        let mut rows = Vec::with_capacity(program.transfers().len() * 9);
+        for message in program.transfers() {
+            let from_slot = match message.from {
+                Region::Slot { slot } => i64::from(slot),
+                Region::Master { .. } => -1,
+            };
+            rows.extend([
+                i64::from(message.tag),
+                i64::from(message.expert),
+                i64::from(message.from_rank),
+                from_slot,
+                i64::from(message.to_rank),
+                i64::from(message.to_slot),
+                message.offset as i64,
+                message.bytes as i64,
+                message.after.map_or(-1, i64::from),
+            ]);
+        }
+        let count = rows.len() / 9;
+        Ok(Array2::from_shape_vec((count, 9), rows)
+            .map_err(value_error)?
+            .into_pyarray(py))
+    }
+
+    /// Brings the step's replicas back before its expert backward (run `transfer_program`
+    /// again); returns the copies needed.
+    fn restore(&mut self, microbatch: u32, layer: u32) -> PyResult<u32> {
+        Ok(self
+            .engine
+            .restore(StepId::new(microbatch, layer))
+            .map_err(runtime_error)?
+            .copies)
+    }
+
+    /// Ends the step's backward: afterwards `gradient_sends` names the replica gradients to send
+    /// to their masters' ranks, which sum them with `sum_replica_gradients`.
+    fn reduce_gradients(&mut self, microbatch: u32, layer: u32) -> PyResult<()> {
+        self.engine
+            .reduce_gradients(StepId::new(microbatch, layer))
+            .map_err(runtime_error)
+    }
+
+    /// Rows `[expert, from_rank, from_slot, to_rank]` of the last reduction.
+    fn gradient_sends<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray2<i64>>> {
+        let rows: Vec<i64> = self
+            .engine
+            .gradient_sends()
+            .flat_map(|send| {
+                [
+                    i64::from(send.expert),
+                    i64::from(send.from_rank),
+                    i64::from(send.from_slot),
+                    i64::from(send.to_rank),
+                ]
+            })
+            .collect();
+        let count = rows.len() / 4;
+        Ok(Array2::from_shape_vec((count, 4), rows)
+            .map_err(value_error)?
+            .into_pyarray(py))
+    }
+
+    /// Adds the replica gradients of `expert` (`replicas[rank]`, float32, as received from each
+    /// replica's rank) into `master` (its master's float32 gradient, in place) in the
+    /// documented order.
+    fn sum_replica_gradients(
+        &mut self,
+        expert: u32,
+        mut master: PyReadwriteArray1<'_, f32>,
+        replicas: std::collections::HashMap<u32, PyReadonlyArray1<'_, f32>>,
+    ) -> PyResult<()> {
+        let master = master
+            .as_slice_mut()
+            .map_err(|_| value_error("master must be a contiguous float32 array"))?;
+        let mut slices = std::collections::HashMap::new();
+        for (rank, array) in &replicas {
+            let values = array
+                .as_slice()
+                .map_err(|_| value_error("replica gradients must be contiguous float32 arrays"))?;
+            slices.insert(*rank, values);
+        }
+        let empty: &[f32] = &[];
+        self.engine
+            .sum_replica_gradients(expert, master, |rank| {
+                slices.get(&rank).copied().unwrap_or(empty)
+            })
+            .map_err(runtime_error)
+    }
+
+    /// Says that the masters changed (after an optimiser step); every rank calls it.
+    fn masters_updated(&mut self) -> PyResult<()> {
+        self.engine.masters_updated().map_err(runtime_error)
+    }
+
+    /// This engine's rank.
+    #[getter]
+    fn rank(&self) -> u32 {
+        self.engine.local_ranks().start
+    }
+
+    /// Words of this rank's gathered row.
+    #[getter]
+    fn row_words(&self) -> usize {
+        self.engine.gather_row_len()
+    }
+
+    /// Bytes of one expert state (the unit `transfer_program`'s offsets count in).
+    #[getter]
+    fn state_bytes(&self) -> PyResult<u64> {
+        Ok(self
+            .engine
+            .config()
+            .model
+            .expert_state()
+            .map_err(value_error)?
+            .bytes())
+    }
+}
