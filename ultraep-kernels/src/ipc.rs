@@ -302,7 +302,7 @@ impl Gpu {
     pub fn stream_peer_tiles(
         &self,
         tasks: &TileTaskList,
-        ranks: &[&PeerPointers],
+        ranks: &[PeerPointers],
         layout: IpcLayout,
         round: u64,
         wait: std::time::Duration,
@@ -335,7 +335,7 @@ impl Gpu {
         }
         let stream = self.stream();
         let table = |pick: fn(&PeerPointers) -> u64| -> Vec<u64> {
-            ranks.iter().map(|pointers| pick(pointers)).collect()
+            ranks.iter().map(pick).collect()
         };
         let masters = stream.clone_htod(&table(|p| p.masters)).map_err(driver)?;
         let slots = stream.clone_htod(&table(|p| p.slots)).map_err(driver)?;

@@ -91,16 +91,12 @@ extern "C" __global__ void ultraep_reroute(const unsigned int* ids, unsigned int
 "#,
 };
 
-/// The persistent tile streamer: blocks take tile tasks in list order from an atomic counter,
-/// wait (thread 0, acquire) until a forwarded piece's flag counts all its tiles, load each tile
-/// once with 16-byte loads and store it to every destination, make the stores visible
-/// system-wide, then bump the destinations' flags. Regions: masters at `master_bases[rank] +
-/// index * state_bytes`, slots at `slot_bases[rank] + slot * state_bytes`; `state_bytes` and tile
-/// offsets are multiples of 16.
-pub const TILE_STREAM: KernelSource = KernelSource {
-    name: "tile_stream",
-    entry_points: &["ultraep_tile_stream"],
-    source: r#"
+/// The tile task descriptors (the `#[repr(C)]` `TileTask` and `TileDestination` of
+/// `ultraep-xfer`, field for field) and the region address both tile streamers compute: one
+/// definition, spliced into each kernel's source.
+macro_rules! tile_descriptors {
+    () => {
+        r#"
 struct TileTask {
     unsigned int source_rank; unsigned int source_region; unsigned long long offset;
     unsigned int bytes; unsigned int first_destination; unsigned int destination_count;
@@ -117,7 +113,22 @@ __device__ unsigned char* region_ptr(unsigned int rank, unsigned int region,
         return (unsigned char*)slot_bases[rank] + (unsigned long long)(region & 0x7fffffffu) * state_bytes;
     return (unsigned char*)master_bases[rank] + (unsigned long long)region * state_bytes;
 }
+"#
+    };
+}
 
+/// The persistent tile streamer: blocks take tile tasks in list order from an atomic counter,
+/// wait (thread 0, acquire) until a forwarded piece's flag counts all its tiles, load each tile
+/// once with 16-byte loads and store it to every destination, make the stores visible
+/// system-wide, then bump the destinations' flags. Regions: masters at `master_bases[rank] +
+/// index * state_bytes`, slots at `slot_bases[rank] + slot * state_bytes`; `state_bytes` and tile
+/// offsets are multiples of 16.
+pub const TILE_STREAM: KernelSource = KernelSource {
+    name: "tile_stream",
+    entry_points: &["ultraep_tile_stream"],
+    source: concat!(
+        tile_descriptors!(),
+        r#"
 extern "C" __global__ void ultraep_tile_stream(const TileTask* tasks, unsigned int task_count,
                                                const TileDestination* destinations,
                                                const unsigned long long* master_bases,
@@ -169,7 +180,8 @@ extern "C" __global__ void ultraep_tile_stream(const TileTask* tasks, unsigned i
         }
     }
 }
-"#,
+"#
+    ),
 };
 
 /// Gradient reduction in the documented order, one thread per FP32 value and no atomics: a job
@@ -337,24 +349,9 @@ extern "C" __global__ void ultraep_reroute_assign(const unsigned int* ids, unsig
 pub const TILE_STREAM_PEER: KernelSource = KernelSource {
     name: "tile_stream_peer",
     entry_points: &["ultraep_tile_stream_peer"],
-    source: r#"
-struct TileTask {
-    unsigned int source_rank; unsigned int source_region; unsigned long long offset;
-    unsigned int bytes; unsigned int first_destination; unsigned int destination_count;
-    unsigned int wait_flag; unsigned int wait_count; unsigned int piece;
-};
-struct TileDestination { unsigned int rank; unsigned int region; unsigned int signal_flag; unsigned int expert; };
-struct __align__(16) Vec16 { unsigned int x, y, z, w; };
-
-__device__ unsigned char* peer_region(unsigned int rank, unsigned int region,
-                                      const unsigned long long* master_bases,
-                                      const unsigned long long* slot_bases,
-                                      unsigned long long state_bytes) {
-    if (region >= 0x80000000u)
-        return (unsigned char*)slot_bases[rank] + (unsigned long long)(region & 0x7fffffffu) * state_bytes;
-    return (unsigned char*)master_bases[rank] + (unsigned long long)region * state_bytes;
-}
-
+    source: concat!(
+        tile_descriptors!(),
+        r#"
 __device__ unsigned long long global_ns() {
     unsigned long long now;
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
@@ -417,7 +414,7 @@ extern "C" __global__ void ultraep_tile_stream_peer(const TileTask* tasks, unsig
         }
         __syncthreads();
         if (!ok) return;
-        const unsigned char* source = peer_region(task.source_rank, task.source_region, master_bases,
+        const unsigned char* source = region_ptr(task.source_rank, task.source_region, master_bases,
                                                   slot_bases, state_bytes) + task.offset;
         unsigned int vectors = task.bytes / 16;
         bool relayed = task.wait_flag != 0xffffffffu;
@@ -432,7 +429,7 @@ extern "C" __global__ void ultraep_tile_stream_peer(const TileTask* tasks, unsig
             }
             for (unsigned int d = 0; d < task.destination_count; ++d) {
                 TileDestination to = destinations[task.first_destination + d];
-                unsigned char* target = peer_region(to.rank, to.region, master_bases, slot_bases,
+                unsigned char* target = region_ptr(to.rank, to.region, master_bases, slot_bases,
                                                     state_bytes) + task.offset;
                 ((Vec16*)target)[v] = value;
             }
@@ -441,7 +438,7 @@ extern "C" __global__ void ultraep_tile_stream_peer(const TileTask* tasks, unsig
             unsigned char value = relayed ? ((volatile const unsigned char*)source)[b] : source[b];
             for (unsigned int d = 0; d < task.destination_count; ++d) {
                 TileDestination to = destinations[task.first_destination + d];
-                peer_region(to.rank, to.region, master_bases, slot_bases, state_bytes)[task.offset + b] = value;
+                region_ptr(to.rank, to.region, master_bases, slot_bases, state_bytes)[task.offset + b] = value;
             }
         }
         __threadfence_system();
@@ -458,7 +455,8 @@ extern "C" __global__ void ultraep_tile_stream_peer(const TileTask* tasks, unsig
         }
     }
 }
-"#,
+"#
+    ),
 };
 
 /// Every kernel.

@@ -22,6 +22,47 @@ pub(crate) struct SplitScratch {
     by_rank: Vec<(u32, u32)>,
 }
 
+impl SplitScratch {
+    /// Fills the buffers for one expert's `instances`: what each keeps of its own rank's tokens
+    /// (`local_take`, nothing unless `locality_aware`), what its quota leaves for others
+    /// (`capacity`), the instances by rank (`by_rank`), and `give` zeroed.
+    fn prepare(
+        &mut self,
+        instances: &[Instance],
+        loads: LoadMatrix<'_>,
+        column: usize,
+        locality_aware: bool,
+    ) {
+        self.capacity.clear();
+        self.local_take.clear();
+        self.by_rank.clear();
+        for (index, instance) in instances.iter().enumerate() {
+            let quota = u64::from(instance.quota);
+            let local = if locality_aware {
+                u64::from(loads.get(instance.rank as usize, column)).min(quota)
+            } else {
+                0
+            };
+            self.local_take.push(local);
+            self.capacity.push(quota - local);
+            self.by_rank.push((instance.rank, index as u32));
+        }
+        self.by_rank.sort_unstable();
+        self.give.clear();
+        self.give.resize(instances.len(), 0);
+    }
+}
+
+/// The instance on rank `source`, if any, from `by_rank` (instances by rank) with a position
+/// `next` that sources in ascending order only move forward.
+fn instance_on(by_rank: &[(u32, u32)], next: &mut usize, source: usize) -> Option<usize> {
+    while *next < by_rank.len() && (by_rank[*next].0 as usize) < source {
+        *next += 1;
+    }
+    (*next < by_rank.len() && by_rank[*next].0 as usize == source)
+        .then(|| by_rank[*next].1 as usize)
+}
+
 /// Appends the split of `expert` (whose instances start at index `first_instance` of the plan and
 /// whose quotas sum to its load) to `out`, ordered by (source, instance). Returns the tokens that
 /// leave their source rank.
@@ -36,6 +77,7 @@ pub(crate) fn split_expert(
 ) -> u64 {
     let count = instances.len();
     let column = expert as usize;
+    scratch.prepare(instances, loads, column, locality_aware);
     let SplitScratch {
         capacity,
         local_take,
@@ -43,23 +85,6 @@ pub(crate) fn split_expert(
         remainder,
         by_rank,
     } = scratch;
-    capacity.clear();
-    local_take.clear();
-    by_rank.clear();
-    for (index, instance) in instances.iter().enumerate() {
-        let quota = u64::from(instance.quota);
-        let local = if locality_aware {
-            u64::from(loads.get(instance.rank as usize, column)).min(quota)
-        } else {
-            0
-        };
-        local_take.push(local);
-        capacity.push(quota - local);
-        by_rank.push((instance.rank, index as u32));
-    }
-    by_rank.sort_unstable();
-    give.clear();
-    give.resize(count, 0);
     remainder.clear();
     remainder.resize(count, 0);
 
@@ -68,11 +93,7 @@ pub(crate) fn split_expert(
     let mut leaving = 0;
     for source in 0..loads.ranks() {
         let tokens = u64::from(loads.get(source, column));
-        while next_local < count && (by_rank[next_local].0 as usize) < source {
-            next_local += 1;
-        }
-        let local = (next_local < count && by_rank[next_local].0 as usize == source)
-            .then(|| by_rank[next_local].1 as usize);
+        let local = instance_on(by_rank, &mut next_local, source);
         if tokens == 0 {
             continue;
         }
@@ -124,6 +145,7 @@ pub(crate) fn split_expert_contiguous(
     out: &mut Vec<SplitEntry>,
 ) -> u64 {
     let column = expert as usize;
+    scratch.prepare(instances, loads, column, true);
     let SplitScratch {
         capacity,
         local_take,
@@ -131,29 +153,12 @@ pub(crate) fn split_expert_contiguous(
         by_rank,
         ..
     } = scratch;
-    capacity.clear();
-    local_take.clear();
-    by_rank.clear();
-    for (index, instance) in instances.iter().enumerate() {
-        let quota = u64::from(instance.quota);
-        let local = u64::from(loads.get(instance.rank as usize, column)).min(quota);
-        local_take.push(local);
-        capacity.push(quota - local);
-        by_rank.push((instance.rank, index as u32));
-    }
-    by_rank.sort_unstable();
-    give.clear();
-    give.resize(instances.len(), 0);
     let mut cursor = 0;
     let mut next_local = 0;
     let mut leaving = 0;
     for source in 0..loads.ranks() {
         let tokens = u64::from(loads.get(source, column));
-        while next_local < by_rank.len() && (by_rank[next_local].0 as usize) < source {
-            next_local += 1;
-        }
-        let local = (next_local < by_rank.len() && by_rank[next_local].0 as usize == source)
-            .then(|| by_rank[next_local].1 as usize);
+        let local = instance_on(by_rank, &mut next_local, source);
         if tokens == 0 {
             continue;
         }

@@ -3,7 +3,6 @@
 //! moves the bytes with its own communication library (`torch.distributed`), and hands the replica
 //! gradients back for the sum in the documented order.
 
-use numpy::ndarray::Array2;
 use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1, PyReadwriteArray1};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -183,10 +182,7 @@ impl PyEngine {
                 i64::from(instance.quota),
             ]);
         }
-        let count = rows.len() / 4;
-        Ok(Array2::from_shape_vec((count, 4), rows)
-            .map_err(value_error)?
-            .into_pyarray(py))
+        crate::table(py, rows, 4)
     }
 
     /// The messages of the last step (or restore) that moved weights, for the whole group, as
@@ -214,10 +210,7 @@ impl PyEngine {
                 message.after.map_or(-1, i64::from),
             ]);
         }
-        let count = rows.len() / 9;
-        Ok(Array2::from_shape_vec((count, 9), rows)
-            .map_err(value_error)?
-            .into_pyarray(py))
+        crate::table(py, rows, 9)
     }
 
     /// Brings the step's replicas back before its expert backward (run `transfer_program`
@@ -252,10 +245,7 @@ impl PyEngine {
                 ]
             })
             .collect();
-        let count = rows.len() / 4;
-        Ok(Array2::from_shape_vec((count, 4), rows)
-            .map_err(value_error)?
-            .into_pyarray(py))
+        crate::table(py, rows, 4)
     }
 
     /// Adds the replica gradients of `expert` (`replicas[rank]`, float32, as received from each

@@ -171,10 +171,26 @@ struct PyPlan {
 /// Split entries as a numpy array of rows `[source, expert, instance rank, tokens]`.
 type SplitArray<'py> = Bound<'py, PyArray2<i64>>;
 
+/// `values` (rows of `width` values, one after the other) as a 2-D numpy array.
+pub(crate) fn table<'py>(
+    py: Python<'py>,
+    values: Vec<i64>,
+    width: usize,
+) -> PyResult<Bound<'py, PyArray2<i64>>> {
+    let rows = values.len() / width;
+    Ok(Array2::from_shape_vec((rows, width), values)
+        .map_err(value_error)?
+        .into_pyarray(py))
+}
+
 /// Rows of `entries` as `[source, expert, instance rank, tokens]`.
-fn split_rows(plan: &Plan, entries: impl Iterator<Item = SplitEntry>) -> Array2<i64> {
-    let rows: Vec<[i64; 4]> = entries
-        .map(|entry| {
+fn split_rows<'py>(
+    py: Python<'py>,
+    plan: &Plan,
+    entries: impl Iterator<Item = SplitEntry>,
+) -> PyResult<SplitArray<'py>> {
+    let values = entries
+        .flat_map(|entry| {
             [
                 i64::from(entry.source),
                 i64::from(entry.expert),
@@ -183,9 +199,7 @@ fn split_rows(plan: &Plan, entries: impl Iterator<Item = SplitEntry>) -> Array2<
             ]
         })
         .collect();
-    let count = rows.len();
-    Array2::from_shape_vec((count, 4), rows.into_iter().flatten().collect())
-        .unwrap_or_else(|_| Array2::zeros((0, 4)))
+    table(py, values, 4)
 }
 
 #[pymethods]
@@ -193,7 +207,7 @@ impl PyPlan {
     /// Every instance as a row `[expert, rank, slot, quota]`, grouped by expert, master first;
     /// `slot` is -1 for a master.
     #[getter]
-    fn instances<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray2<i64>> {
+    fn instances<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray2<i64>>> {
         let rows: Vec<i64> = self
             .plan
             .instances()
@@ -207,10 +221,7 @@ impl PyPlan {
                 ]
             })
             .collect();
-        let count = rows.len() / 4;
-        Array2::from_shape_vec((count, 4), rows)
-            .unwrap_or_else(|_| Array2::zeros((0, 4)))
-            .into_pyarray(py)
+        table(py, rows, 4)
     }
 
     /// The load (tokens) of every rank under the plan.
@@ -225,7 +236,7 @@ impl PyPlan {
     #[getter]
     fn split<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray2<i64>>> {
         let loads = LoadMatrix::new(&self.loads, self.ranks, self.experts).map_err(value_error)?;
-        Ok(split_rows(&self.plan, self.plan.split(loads)).into_pyarray(py))
+        split_rows(py, &self.plan, self.plan.split(loads))
     }
 
     /// Rank `rank`'s own part of the contiguous split, from this plan's quotas: the tokens it
@@ -239,8 +250,8 @@ impl PyPlan {
         let mut part = RankSplit::default();
         part.compute(&self.plan, loads, rank).map_err(value_error)?;
         Ok((
-            split_rows(&self.plan, part.row().iter().copied()).into_pyarray(py),
-            split_rows(&self.plan, part.columns().iter().copied()).into_pyarray(py),
+            split_rows(py, &self.plan, part.row().iter().copied())?,
+            split_rows(py, &self.plan, part.columns().iter().copied())?,
         ))
     }
 

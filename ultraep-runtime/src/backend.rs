@@ -36,6 +36,10 @@ pub struct MemoryShape<'a> {
     pub workers: usize,
 }
 
+/// The bit that marks a gradient hand-off word as acknowledged by the master's rank: the host
+/// plane and the CUDA IPC plane hand replica gradients over with the same words.
+pub(crate) const ACKNOWLEDGED: u64 = 1 << 63;
+
 /// How [`Backend::start_distribute`] left a distribution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Started {

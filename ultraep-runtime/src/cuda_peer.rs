@@ -19,14 +19,11 @@ use ultraep_kernels::gpu::Gpu;
 use ultraep_kernels::ipc::{IpcLayout, IpcRankMemory, PeerPointers, RANK_HANDLE_WORDS};
 use ultraep_kernels::reference::reduce::reduce_jobs;
 use ultraep_xfer::{
-    Checksum, Region, SlotState, TileTask, TileTaskList, TransferSchedule, XferError,
+    Region, SlotState, TileTask, TileTaskList, TransferSchedule, XferError, checksum,
 };
 
-use crate::backend::{Backend, MemoryShape};
+use crate::backend::{ACKNOWLEDGED, Backend, MemoryShape};
 use crate::{Collective, PlaneOptions, RuntimeError};
-
-/// The bit that marks a gradient hand-off word as acknowledged by the master's rank.
-const ACKNOWLEDGED: u64 = 1 << 63;
 
 fn kernel(error: KernelError) -> RuntimeError {
     match error {
@@ -217,9 +214,7 @@ impl CudaPeerPlane {
             return Ok(*sum);
         }
         let bytes = self.read_region(self.rank, Region::Master { index })?;
-        let mut sum = Checksum::new(bytes.len() as u64);
-        sum.update(&bytes);
-        let sum = sum.finish();
+        let sum = checksum(&bytes);
         if let Some(kept) = self.master_sums.get_mut(index as usize) {
             *kept = Some(sum);
         }
@@ -332,10 +327,9 @@ impl Backend for CudaPeerPlane {
         }
         if let Some(task) = self.fail_at_task.take() {
             self.local_tasks.tasks.truncate(task);
-            let pointers: Vec<&PeerPointers> = self.ranks.iter().collect();
             let _ = self.gpu.stream_peer_tiles(
                 &self.local_tasks,
-                &pointers,
+                &self.ranks,
                 self.layout,
                 round,
                 self.timeout,
@@ -347,11 +341,10 @@ impl Backend for CudaPeerPlane {
             }
             .into());
         }
-        let pointers: Vec<&PeerPointers> = self.ranks.iter().collect();
         self.gpu
             .stream_peer_tiles(
                 &self.local_tasks,
-                &pointers,
+                &self.ranks,
                 self.layout,
                 round,
                 self.timeout,
@@ -367,9 +360,7 @@ impl Backend for CudaPeerPlane {
                 )?;
             }
             let bytes = self.read_region(self.rank, Region::Slot { slot })?;
-            let mut sum = Checksum::new(bytes.len() as u64);
-            sum.update(&bytes);
-            let found = sum.finish();
+            let found = checksum(&bytes);
             let expected = self
                 .gpu
                 .read_word(

@@ -12,7 +12,7 @@ use ultraep_xfer::Region;
 use super::Collective;
 use crate::RuntimeError;
 use crate::plane::segment::{Owner, Segment, SegmentLayout};
-use crate::plane::segment_path;
+use crate::plane::{segment_path, wait_until};
 
 /// Word 0 of a gather segment: the last round the member arrived at. Words 1 and 2: the round
 /// (high 32 bits) and row length (low 32 bits) in each of the two buffers, so that a reader never
@@ -97,32 +97,13 @@ impl ShmCollective {
     /// Waits until `member` has arrived at this round.
     fn wait_for(&self, member: u32) -> Result<(), RuntimeError> {
         let segment = &self.segments[member as usize];
-        let started = Instant::now();
-        let mut spins = 0u32;
-        while segment.checksum_word(ROUND).load(Ordering::Acquire) < self.round {
-            spins += 1;
-            if spins < 64 {
-                std::hint::spin_loop();
-                continue;
-            }
-            if spins.is_multiple_of(256) {
-                if !segment.owner_alive() {
-                    return Err(RuntimeError::PeerLost { rank: member });
-                }
-                if started.elapsed() >= self.timeout {
-                    return Err(RuntimeError::Timeout {
-                        waited: self.timeout,
-                        what: format!("member {member}'s row of gather round {}", self.round),
-                    });
-                }
-            }
-            if spins < 2048 {
-                std::thread::yield_now();
-            } else {
-                std::thread::sleep(Duration::from_micros(50));
-            }
-        }
-        Ok(())
+        wait_until(
+            segment.checksum_word(ROUND),
+            |round| round >= self.round,
+            self.timeout,
+            || (!segment.owner_alive()).then_some(RuntimeError::PeerLost { rank: member }),
+            || format!("member {member}'s row of gather round {}", self.round),
+        )
     }
 }
 

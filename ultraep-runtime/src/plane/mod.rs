@@ -25,6 +25,7 @@ use crate::RuntimeError;
 use crate::backend::MemoryShape;
 use job::{Job, Shared};
 use peers::Peers;
+pub(crate) use peers::wait_until;
 use segment::{Owner, Segment, SegmentLayout};
 use transfer::Receive;
 

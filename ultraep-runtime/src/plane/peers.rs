@@ -55,35 +55,19 @@ impl Peers {
         awaited: Option<u32>,
         what: impl Fn() -> String,
     ) -> Result<(), RuntimeError> {
-        let started = Instant::now();
-        let mut spins = 0u32;
-        while word.load(Ordering::Acquire) != target {
-            spins += 1;
-            if spins < 64 {
-                std::hint::spin_loop();
-                continue;
-            }
-            if failed.is_some_and(|f| f.load(Ordering::Acquire)) {
-                return Err(RuntimeError::Backend("another worker failed first".into()));
-            }
-            if spins.is_multiple_of(1024) {
-                if let Some(rank) = self.lost_peer(awaited) {
-                    return Err(RuntimeError::PeerLost { rank });
+        wait_until(
+            word,
+            |value| value == target,
+            timeout,
+            || {
+                if failed.is_some_and(|f| f.load(Ordering::Acquire)) {
+                    return Some(RuntimeError::Backend("another worker failed first".into()));
                 }
-                if started.elapsed() >= timeout {
-                    return Err(RuntimeError::Timeout {
-                        waited: timeout,
-                        what: what(),
-                    });
-                }
-            }
-            if spins < 4096 {
-                std::thread::yield_now();
-            } else {
-                std::thread::sleep(Duration::from_micros(50));
-            }
-        }
-        Ok(())
+                self.lost_peer(awaited)
+                    .map(|rank| RuntimeError::PeerLost { rank })
+            },
+            what,
+        )
     }
 
     /// Executes one tile task: waits for the tile if the task forwards it from a relay slot,
@@ -162,6 +146,45 @@ impl Peers {
         }
         Ok(())
     }
+}
+
+/// Waits until `word` (read with acquire ordering) is `ready`, for at most `timeout`: it spins a
+/// little, then yields, then sleeps. Now and then it asks `stop` whether to give up at once (a
+/// peer is gone, another worker failed). The one bounded wait of the host plane and the
+/// shared-memory gather.
+pub(crate) fn wait_until(
+    word: &AtomicU64,
+    ready: impl Fn(u64) -> bool,
+    timeout: Duration,
+    stop: impl Fn() -> Option<RuntimeError>,
+    what: impl Fn() -> String,
+) -> Result<(), RuntimeError> {
+    let started = Instant::now();
+    let mut spins = 0u32;
+    while !ready(word.load(Ordering::Acquire)) {
+        spins += 1;
+        if spins < 64 {
+            std::hint::spin_loop();
+            continue;
+        }
+        if spins.is_multiple_of(256) {
+            if let Some(error) = stop() {
+                return Err(error);
+            }
+            if started.elapsed() >= timeout {
+                return Err(RuntimeError::Timeout {
+                    waited: timeout,
+                    what: what(),
+                });
+            }
+        }
+        if spins < 4096 {
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+    Ok(())
 }
 
 fn check_tile(layout: &SegmentLayout, slot: u16, tile: usize) -> Result<(), RuntimeError> {

@@ -6,14 +6,11 @@ use std::borrow::Cow;
 use std::ops::Range;
 use std::sync::atomic::Ordering;
 
-use ultraep_xfer::{Checksum, Region, Route, SlotState, TileTask, TileTaskList, TransferSchedule};
+use ultraep_xfer::{Region, Route, SlotState, TileTask, TileTaskList, TransferSchedule, checksum};
 
 use super::HostPlane;
 use crate::RuntimeError;
-use crate::backend::{Backend, Started};
-
-/// The bit that marks a gradient hand-off word as acknowledged by the master's rank.
-const ACKNOWLEDGED: u64 = 1 << 63;
+use crate::backend::{ACKNOWLEDGED, Backend, Started};
 
 /// A slot this plane's ranks receive in a transfer, and where its master is.
 #[derive(Debug, Clone, Copy)]
@@ -46,9 +43,7 @@ impl HostPlane {
                     let bytes = segment.region(Region::Master {
                         index: fanout.master_index,
                     })?;
-                    let mut sum = Checksum::new(bytes.len() as u64);
-                    sum.update(bytes);
-                    let sum = sum.finish();
+                    let sum = checksum(bytes);
                     if let Some(kept) = self.master_sums.get_mut(at) {
                         *kept = Some(sum);
                     }
@@ -90,9 +85,7 @@ impl HostPlane {
             let bytes = peers
                 .segment(receive.rank)?
                 .region(Region::Slot { slot: receive.slot })?;
-            let mut sum = Checksum::new(bytes.len() as u64);
-            sum.update(bytes);
-            let found = sum.finish();
+            let found = checksum(bytes);
             let expected = peers
                 .segment(receive.master)?
                 .checksum_word(receive.master_index)
