@@ -334,9 +334,8 @@ impl Gpu {
             }
         }
         let stream = self.stream();
-        let table = |pick: fn(&PeerPointers) -> u64| -> Vec<u64> {
-            ranks.iter().map(pick).collect()
-        };
+        let table =
+            |pick: fn(&PeerPointers) -> u64| -> Vec<u64> { ranks.iter().map(pick).collect() };
         let masters = stream.clone_htod(&table(|p| p.masters)).map_err(driver)?;
         let slots = stream.clone_htod(&table(|p| p.slots)).map_err(driver)?;
         let words = stream.clone_htod(&table(|p| p.words)).map_err(driver)?;
