@@ -11,6 +11,7 @@ use ultraep_runtime::{
     Dtype, Engine, EngineConfig, ExpertLayout, HostDriven, Mode, ModelShape, Preset, Region,
     RuntimeError, StepId,
 };
+use ultraep_topo::{Topology, TopologyBuilder};
 
 fn runtime_error(error: RuntimeError) -> PyErr {
     PyValueError::new_err(error.to_string())
@@ -27,18 +28,40 @@ fn words<'a>(array: &'a PyReadonlyArray1<'_, u32>, what: &str) -> PyResult<&'a [
         .map_err(|_| value_error(format!("{what} must be a contiguous 1-D uint32 array")))
 }
 
+/// A group of `labels.len()` ranks with the links of `preset`, where ranks with the same label
+/// share a scale-up domain: a group of any size, such as four processes on one machine.
+fn labelled_topology(preset: Preset, labels: &[u32]) -> PyResult<Topology> {
+    let mut names: Vec<u32> = labels.to_vec();
+    names.sort_unstable();
+    names.dedup();
+    let mut builder = TopologyBuilder::new(format!("{preset} ranks by domain label"))
+        .accelerator(preset.accelerator());
+    for name in names {
+        let ranks = (0u32..).zip(labels).filter(|&(_, &label)| label == name);
+        builder = builder.domain(
+            format!("domain{name}"),
+            ranks.map(|(rank, _)| rank),
+            preset.links(),
+        );
+    }
+    builder.build().map_err(value_error)
+}
+
 /// One rank's engine of an expert-parallel group, in host-driven mode.
 #[pyclass(module = "ultraep._ultraep", name = "Engine", unsendable)]
 pub(crate) struct PyEngine {
     engine: Engine<HostDriven>,
     row: Vec<u32>,
     routed: Vec<u32>,
+    /// Whether the last step or restore moved weights: the engine keeps its last non-empty
+    /// program, and a caller must never replay one that belongs to an earlier step.
+    moved: bool,
 }
 
 #[pymethods]
 impl PyEngine {
     #[new]
-    #[pyo3(signature = (rank, homes, *, layers, top_k, hidden, expert_width, preset = "hgx-h100", nodes = 1, dtype = "bf16", training = true, slots_per_rank = 2, microbatches_in_flight = 1, min_replica_tokens = 1024))]
+    #[pyo3(signature = (rank, homes, *, layers, top_k, hidden, expert_width, preset = "hgx-h100", nodes = 1, domains = None, dtype = "bf16", training = true, slots_per_rank = 2, microbatches_in_flight = 1, min_replica_tokens = 1024, hold_forward = false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         rank: u32,
@@ -49,14 +72,19 @@ impl PyEngine {
         expert_width: u64,
         preset: &str,
         nodes: u32,
+        domains: Option<Vec<u32>>,
         dtype: &str,
         training: bool,
         slots_per_rank: u16,
         microbatches_in_flight: u16,
         min_replica_tokens: u32,
+        hold_forward: bool,
     ) -> PyResult<Self> {
         let preset: Preset = preset.parse().map_err(value_error)?;
-        let topology = preset.topology(nodes).map_err(value_error)?;
+        let topology = match domains {
+            None => preset.topology(nodes).map_err(value_error)?,
+            Some(labels) => labelled_topology(preset, &labels)?,
+        };
         let ranks = topology.rank_count() as u32;
         let experts = homes.len() as u32;
         let layout = ExpertLayout::from_homes(ranks, homes).map_err(value_error)?;
@@ -85,7 +113,8 @@ impl PyEngine {
                 Mode::Prefill
             })
             .slots_per_rank(slots_per_rank)
-            .microbatches_in_flight(microbatches_in_flight);
+            .microbatches_in_flight(microbatches_in_flight)
+            .hold_forward(hold_forward);
         let mut plan = ultraep_runtime::PlanConfig {
             split: ultraep_runtime::SplitMode::None,
             ..ultraep_runtime::PlanConfig::default()
@@ -98,6 +127,7 @@ impl PyEngine {
             engine,
             row: Vec::new(),
             routed: Vec::new(),
+            moved: false,
         })
     }
 
@@ -130,6 +160,7 @@ impl PyEngine {
             .engine
             .step_from_rows(StepId::new(microbatch, layer), gathered)
             .map_err(runtime_error)?;
+        self.moved = report.copies > 0;
         let figures = PyDict::new(py);
         figures.set_item("initial_imbalance", report.metrics.initial_imbalance())?;
         figures.set_item("imbalance", report.metrics.imbalance())?;
@@ -185,13 +216,16 @@ impl PyEngine {
         crate::table(py, rows, 4)
     }
 
-    /// The messages of the last step (or restore) that moved weights, for the whole group, as
+    /// The messages of the last step (or restore), for the whole group (none if it moved nothing), as
     /// rows `[tag, expert, from_rank, from_slot, to_rank, to_slot, offset, bytes, after]`:
     /// `from_slot` is -1 when the sender reads the expert's master, `after` -1 when the message
     /// waits for nothing (else the tag a relay must have received first). This rank sends the
     /// rows with its `from_rank` and receives those with its `to_rank`.
     fn transfer_program<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray2<i64>>> {
         let program = self.engine.transfer_program();
+        if !self.moved {
+            return crate::table(py, Vec::new(), 9);
+        }
         let mut rows = Vec::with_capacity(program.transfers().len() * 9);
         for message in program.transfers() {
             let from_slot = match message.from {
@@ -216,11 +250,13 @@ impl PyEngine {
     /// Brings the step's replicas back before its expert backward (run `transfer_program`
     /// again); returns the copies needed.
     fn restore(&mut self, microbatch: u32, layer: u32) -> PyResult<u32> {
-        Ok(self
+        let copies = self
             .engine
             .restore(StepId::new(microbatch, layer))
             .map_err(runtime_error)?
-            .copies)
+            .copies;
+        self.moved = copies > 0;
+        Ok(copies)
     }
 
     /// Ends the step's backward: afterwards `gradient_sends` names the replica gradients to send

@@ -66,6 +66,10 @@ const PYTHON_TOOLS: &[&str] = &[
     "numpy==2.4.6",
     "pytest==9.2.0",
     "ruff==0.17.6",
+    // The CPU run of PyTorch needs no other install: the default wheel carries its CUDA
+    // libraries, and on a machine without a GPU it runs on the CPU with gloo.
+    "torch==2.15.0",
+    "transformers==5.24.0",
 ];
 
 /// Every test: the workspace's, then the Python package's.

@@ -60,11 +60,13 @@ class Engine:
         expert_width: int,
         preset: str = "hgx-h100",
         nodes: int = 1,
+        domains: Sequence[int] | None = None,
         dtype: str = "bf16",
         training: bool = True,
         slots_per_rank: int = 2,
         microbatches_in_flight: int = 1,
         min_replica_tokens: int = 1024,
+        hold_forward: bool = False,
     ) -> None: ...
     @property
     def rank(self) -> int: ...

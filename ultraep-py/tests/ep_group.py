@@ -1,0 +1,187 @@
+"""A small expert-parallel group on CPU processes (gloo), for the torch tests.
+
+`run` starts one process per rank with the spawn start method and waits for each with a time
+limit; every process writes what it saw to `result-<rank>.pt`. Processes are started and joined
+one by one (not with `torch.multiprocessing.spawn`, which ends the survivors as soon as one
+process fails: the dying-rank test needs them to run on and report).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+import traceback
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+RANKS = 4
+HIDDEN, WIDTH, EXPERTS, TOP_K = 64, 32, 8, 2
+TOKENS_PER_RANK = 256
+# The weight of a constant input feature in the router rows of experts 0 and 1 (both on rank 0):
+# it sends most tokens there, for an initial max/mean of about 3.
+HOT_BIAS = 4.5
+FAMILIES = ("qwen3_moe", "mixtral", "deepseek_v3")
+
+
+def build_block(family: str) -> nn.Module:
+    """The family's MoE block with seeded FP32 weights and a router biased towards rank 0."""
+    if family == "qwen3_moe":
+        from transformers import Qwen3MoeConfig
+        from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeSparseMoeBlock
+
+        config = Qwen3MoeConfig(
+            hidden_size=HIDDEN,
+            moe_intermediate_size=WIDTH,
+            num_experts=EXPERTS,
+            num_experts_per_tok=TOP_K,
+            norm_topk_prob=True,
+        )
+        block = Qwen3MoeSparseMoeBlock(config)
+    elif family == "mixtral":
+        from transformers import MixtralConfig
+        from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
+
+        config = MixtralConfig(
+            hidden_size=HIDDEN,
+            intermediate_size=WIDTH,
+            num_local_experts=EXPERTS,
+            num_experts_per_tok=TOP_K,
+            router_jitter_noise=0.0,
+        )
+        block = MixtralSparseMoeBlock(config)
+    elif family == "deepseek_v3":
+        from transformers import DeepseekV3Config
+        from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3MoE
+
+        config = DeepseekV3Config(
+            hidden_size=HIDDEN,
+            moe_intermediate_size=WIDTH,
+            n_routed_experts=EXPERTS,
+            num_experts_per_tok=TOP_K,
+            n_group=1,
+            topk_group=1,
+            n_shared_experts=1,
+        )
+        block = DeepseekV3MoE(config)
+    else:
+        raise ValueError(family)
+    # The eager implementation: the per-expert loop the layer's results are compared with.
+    config._experts_implementation = "eager"
+    generator = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for name, parameter in sorted(block.named_parameters()):
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
+        router = torch.randn(EXPERTS, HIDDEN, generator=generator) * 0.3
+        router[:, 0] = 0.0
+        router[0, 0] = router[1, 0] = HOT_BIAS
+        block.gate.weight.copy_(router)
+    return block
+
+
+def tokens(rank: int) -> torch.Tensor:
+    """Rank `rank`'s hidden states, [2, TOKENS_PER_RANK / 2, HIDDEN]; feature 0 is constant."""
+    generator = torch.Generator().manual_seed(1000 + rank)
+    x = torch.randn(TOKENS_PER_RANK, HIDDEN, generator=generator)
+    x[:, 0] = 1.0
+    return x.view(2, TOKENS_PER_RANK // 2, HIDDEN)
+
+
+def probe(rank: int) -> torch.Tensor:
+    """The fixed direction the loss projects rank `rank`'s output on."""
+    generator = torch.Generator().manual_seed(2000 + rank)
+    return torch.randn(2, TOKENS_PER_RANK // 2, HIDDEN, generator=generator)
+
+
+def _train_step(layer: nn.Module, rank: int) -> dict[str, object]:
+    x = tokens(rank).requires_grad_()
+    out = layer(x)
+    (out * probe(rank)).sum().backward()
+    router_grad = layer.gate.weight.grad.clone()
+    dist.all_reduce(router_grad, group=None)
+    result = {
+        "out": out.detach(),
+        "x_grad": x.grad,
+        "gate_up_grad": layer.gate_up_proj.grad.clone(),
+        "down_grad": layer.down_proj.grad.clone(),
+        "router_grad": router_grad,
+        "report": layer.last_report,
+    }
+    layer.zero_grad(set_to_none=True)
+    return result
+
+
+def _worker(rank: int, family: str, directory: str, scenario: str) -> None:
+    from ultraep.torch import ExpertParallelMoE
+
+    torch.set_num_threads(1)
+    path = Path(directory)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{path / 'store'}",
+        rank=rank,
+        world_size=RANKS,
+        timeout=timedelta(seconds=30),
+    )
+    result: dict[str, object] = {}
+    try:
+        layer = ExpertParallelMoE(build_block(family), slots=2, min_replica_tokens=1)
+        if scenario == "train":
+            result["runs"] = [_train_step(layer, rank) for _ in range(2)]
+        elif scenario == "die":
+            _train_step(layer, rank)
+            if rank == 2:
+                from ultraep.torch import replicas
+
+                # Dies in the middle of the next forward: after the load is gathered and planned,
+                # before the replica weights move.
+                def die(*args: object) -> None:
+                    os._exit(3)
+
+                replicas.ReplicaExchange.receive = die  # type: ignore[method-assign]
+            started = time.monotonic()
+            try:
+                _train_step(layer, rank)
+                result["error"] = None
+            except Exception as error:  # noqa: BLE001 - the test inspects what was raised
+                result["error"] = (type(error).__name__, str(error))
+            result["seconds"] = time.monotonic() - started
+        torch.save(result, path / f"result-{rank}.pt")
+    except Exception:
+        (path / f"error-{rank}.txt").write_text(traceback.format_exc())
+        raise
+    finally:
+        # A lost peer leaves the group unusable, and tearing it down could wait on the dead rank.
+        os._exit(0)
+
+
+def run(family: str, directory: Path, scenario: str, limit: float = 240.0) -> list[dict]:
+    """Runs `scenario` on RANKS processes; returns each rank's result (None if it wrote none)."""
+    context = multiprocessing.get_context("spawn")
+    processes = [
+        context.Process(target=_worker, args=(rank, family, str(directory), scenario))
+        for rank in range(RANKS)
+    ]
+    for process in processes:
+        process.start()
+    deadline = time.monotonic() + limit
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+    hung = [rank for rank, process in enumerate(processes) if process.is_alive()]
+    for process in processes:
+        if process.is_alive():
+            process.kill()
+    errors = sorted(directory.glob("error-*.txt"))
+    if errors:
+        raise AssertionError("\n".join(error.read_text() for error in errors))
+    if hung:
+        raise AssertionError(f"ranks {hung} still ran after {limit} s")
+    results = []
+    for rank in range(RANKS):
+        file = directory / f"result-{rank}.pt"
+        results.append(torch.load(file, weights_only=False) if file.exists() else None)
+    return results

@@ -1,0 +1,137 @@
+"""`ultraep.torch.ExpertParallelMoE` on 4 CPU processes with gloo, against the Hugging Face block it
+wraps, run in one process on the same weights and tokens.
+
+Each family's group runs once (a module fixture): two training steps (forward and backward) of
+the same layer, whose results the tests below check.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+import ep_group  # imported after the checks above: it needs torch
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def reference(family: str) -> dict[str, torch.Tensor]:
+    """The block on every rank's tokens at once, in this process."""
+    torch.set_num_threads(1)
+    block = ep_group.build_block(family)
+    x = torch.cat([ep_group.tokens(rank) for rank in range(ep_group.RANKS)]).requires_grad_()
+    out = block(x)
+    probe = torch.cat([ep_group.probe(rank) for rank in range(ep_group.RANKS)])
+    (out * probe).sum().backward()
+    return {
+        "out": out.detach(),
+        "x_grad": x.grad,
+        "gate_up_grad": block.experts.gate_up_proj.grad,
+        "down_grad": block.experts.down_proj.grad,
+        "router_grad": block.gate.weight.grad,
+    }
+
+
+@pytest.fixture(scope="module", params=ep_group.FAMILIES)
+def family_run(request, tmp_path_factory):
+    family = request.param
+    directory = tmp_path_factory.mktemp(family)
+    results = ep_group.run(family, Path(directory), "train")
+    return family, results, reference(family)
+
+
+def ranks_part(tensor: torch.Tensor, rank: int) -> torch.Tensor:
+    """Rank `rank`'s batch rows of a tensor of every rank's tokens."""
+    return tensor.chunk(ep_group.RANKS)[rank]
+
+
+def test_outputs_equal_the_single_process_block(family_run):
+    family, results, expected = family_run
+    identical = total = 0
+    for rank, result in enumerate(results):
+        out = result["runs"][0]["out"]
+        want = ranks_part(expected["out"], rank)
+        # Every expert output is the block's own math on the same rows with the same weights (a
+        # replica's weights are its master's bytes), weighted and summed in the block's order. The
+        # one difference is which rows share a matrix product: on a CPU, single-threaded FP32
+        # products give a row the same bits whichever rows share it, except when a product has
+        # fewer than 4 rows, where a matrix-vector kernel accumulates in another order. So most
+        # tokens are bit-identical, and the rest within FP32 rounding (rtol 1e-6, atol 1e-7, for
+        # outputs of about 1e-1).
+        torch.testing.assert_close(
+            out, want, rtol=1e-6, atol=1e-7, msg=lambda m, rank=rank: f"{family} rank {rank}: {m}"
+        )
+        same = (out == want).all(dim=-1)
+        identical += int(same.sum())
+        total += same.numel()
+    print(f"{family}: {identical} of {total} tokens bit-identical")
+    assert identical >= 0.9 * total, f"{family}: only {identical} of {total} tokens bit-identical"
+
+
+def test_gradients_equal_the_single_process_block(family_run):
+    family, results, expected = family_run
+
+    # Gradients are sums whose order differs: a master's gradient adds its replicas' gradients
+    # (each over its own tokens) rather than one sum over all its tokens, and the router's is the
+    # sum of 4 ranks' gradients. Over a few hundred FP32 terms that moves an entry by up to a few
+    # hundred units in the last place of the largest terms (measured: 1.4e-5 against entries up
+    # to 36). So each entry must lie within 1e-6 of the largest entry's size, plus rtol 1e-5.
+    def close(actual: torch.Tensor, wanted: torch.Tensor, what: str) -> None:
+        atol = 1e-6 * float(wanted.abs().max())
+        torch.testing.assert_close(
+            actual, wanted, rtol=1e-5, atol=atol, msg=lambda m: f"{family} {what}: {m}"
+        )
+
+    per_rank = ep_group.EXPERTS // ep_group.RANKS
+    for name in ("gate_up_grad", "down_grad"):
+        gathered = torch.cat([result["runs"][0][name] for result in results])
+        assert gathered.shape[0] == per_rank * ep_group.RANKS
+        close(gathered, expected[name], name)
+    for rank, result in enumerate(results):
+        close(result["runs"][0]["router_grad"], expected["router_grad"], "router gradient")
+        close(
+            result["runs"][0]["x_grad"],
+            ranks_part(expected["x_grad"], rank),
+            f"rank {rank} input gradient",
+        )
+
+
+def test_two_balanced_runs_are_bit_identical(family_run):
+    _, results, _ = family_run
+    for result in results:
+        first, second = result["runs"]
+        # The second run finds its replicas already in their slots: nothing is copied.
+        assert first["report"].copies > 0
+        assert second["report"].copies == 0
+        for name in ("out", "x_grad", "gate_up_grad", "down_grad", "router_grad"):
+            assert torch.equal(first[name], second[name]), name
+
+
+def test_imbalance_falls_from_about_3_to_at_most_1_02_with_replicas_used(family_run):
+    family, results, _ = family_run
+    reports = [result["runs"][0]["report"] for result in results]
+    assert all(report.imbalance == reports[0].imbalance for report in reports)
+    assert 2.8 <= reports[0].initial_imbalance <= 3.3, reports[0]
+    assert reports[0].imbalance <= 1.02, reports[0]
+    # What the ranks computed, not only what the plan says.
+    tokens = [report.tokens for report in reports]
+    assert max(tokens) / (sum(tokens) / len(tokens)) <= 1.02, tokens
+    replica_tokens = sum(report.replica_tokens for report in reports)
+    assert replica_tokens > 0, f"{family}: no token ran on a replica"
+    assert sum(report.bytes_received for report in reports) > 0
+    assert reports[0].bytes_moved > 0
+
+
+def test_a_rank_that_dies_mid_forward_makes_the_others_raise(tmp_path):
+    results = ep_group.run("qwen3_moe", tmp_path, "die", limit=120.0)
+    assert results[2] is None, "rank 2 died before writing a result"
+    for rank in (0, 1, 3):
+        name, message = results[rank]["error"]
+        assert name == "PeerLostError", (rank, name, message)
+        assert f"rank {rank} of the expert-parallel group failed" in message
+        # The group's timeout is 30 s; a closed connection is noticed well before it.
+        assert results[rank]["seconds"] < 45.0, results[rank]["seconds"]
