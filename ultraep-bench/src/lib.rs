@@ -8,7 +8,8 @@
 //!
 //! Who uses it: people, through the `ultraep` command and `cargo xtask bench`.
 //!
-//! What it may depend on: every other ultraep crate. Nothing depends on it.
+//! What it may depend on: every other ultraep crate. Only the Python binding (`ultraep-py`) depends
+//! on it, for the simulator and the trace readers.
 
 pub mod bench_command;
 pub mod engine_command;

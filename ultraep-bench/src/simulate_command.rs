@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 
 use crate::BenchError;
-use crate::experiment::{RunConfig, Scenario, run_scenario, run_steps};
+use crate::experiment::{RunConfig, Scenario, ScenarioResult, run_scenario, run_steps};
 use crate::machine::nvl72_gpus;
 use crate::models::ModelShape;
 use crate::report::summary_table;
@@ -44,25 +44,68 @@ pub enum ModeChoice {
     Prefill,
 }
 
+/// What to simulate: a published scenario, or recorded loads on a model.
+#[derive(Debug, Clone)]
+pub enum SimulationInput {
+    /// A published scenario, by name or a part of it ("DeepSeek"); `None` for the default one.
+    Scenario(Option<String>),
+    /// Recorded loads, run as `model` in `mode` with attention over `sequence` tokens.
+    Trace {
+        /// The loads.
+        trace: Trace,
+        /// Where they came from, for error messages.
+        source: String,
+        /// The model the loads run on (GLM-4.5-Air, Qwen3-235B, DeepSeek-V3 or GLM-4.7).
+        model: String,
+        /// Training or prefill.
+        mode: Mode,
+        /// Attention context length.
+        sequence: u64,
+    },
+}
+
 /// Runs `ultraep simulate` and returns its table.
 pub fn run(args: &SimulateArgs) -> Result<String, BenchError> {
-    let run = if args.full {
+    let input = match (&args.trace, &args.scenario) {
+        (Some(path), _) => SimulationInput::Trace {
+            trace: Trace::load(path)?,
+            source: path.display().to_string(),
+            model: args.model.clone(),
+            mode: match args.mode {
+                ModeChoice::Training => Mode::Training,
+                ModeChoice::Prefill => Mode::Prefill,
+            },
+            sequence: args.sequence,
+        },
+        (None, name) => SimulationInput::Scenario(name.clone()),
+    };
+    Ok(table(&simulate(&input, args.full)?))
+}
+
+/// Runs every balancer through the MoE step simulator on `input` (`full`: more steps and layers
+/// for a scenario).
+pub fn simulate(input: &SimulationInput, full: bool) -> Result<ScenarioResult, BenchError> {
+    let run = if full {
         RunConfig::FULL
     } else {
         RunConfig::QUICK
     };
-    let result = match (&args.trace, &args.scenario) {
-        (Some(path), _) => {
-            let trace = Trace::load(path)?;
-            let model =
-                ModelShape::by_name(&args.model).ok_or_else(|| BenchError::InvalidProblem {
-                    source_name: args.model.clone(),
-                    message: "unknown model; known: GLM-4.5-Air, Qwen3-235B, DeepSeek-V3, GLM-4.7"
-                        .into(),
-                })?;
+    match input {
+        SimulationInput::Trace {
+            trace,
+            source,
+            model,
+            mode,
+            sequence,
+        } => {
+            let model = ModelShape::by_name(model).ok_or_else(|| BenchError::InvalidProblem {
+                source_name: model.clone(),
+                message: "unknown model; known: GLM-4.5-Air, Qwen3-235B, DeepSeek-V3, GLM-4.7"
+                    .into(),
+            })?;
             if trace.experts != model.routed_experts {
                 return Err(BenchError::InvalidProblem {
-                    source_name: path.display().to_string(),
+                    source_name: source.clone(),
                     message: format!(
                         "the trace has {} experts, {} has {}",
                         trace.experts, model.name, model.routed_experts
@@ -76,13 +119,10 @@ pub fn run(args: &SimulateArgs) -> Result<String, BenchError> {
                     top_k: trace.top_k.unwrap_or(model.top_k),
                     ..model
                 },
-                mode: match args.mode {
-                    ModeChoice::Training => Mode::Training,
-                    ModeChoice::Prefill => Mode::Prefill,
-                },
+                mode: *mode,
                 target_imbalance: 0.0,
                 tokens_per_rank: 0,
-                sequence: args.sequence,
+                sequence: *sequence,
                 uneven_tokens: 0.0,
                 published_final: 0.0,
                 published_fraction: None,
@@ -100,9 +140,9 @@ pub fn run(args: &SimulateArgs) -> Result<String, BenchError> {
                 &mut || steps.next().unwrap_or_default(),
                 &topology,
                 &mut || {},
-            )?
+            )
         }
-        (None, name) => {
+        SimulationInput::Scenario(name) => {
             let wanted = name.as_deref().unwrap_or("Qwen3-235B prefill STEM");
             let scenario = Scenario::published()
                 .into_iter()
@@ -118,10 +158,14 @@ pub fn run(args: &SimulateArgs) -> Result<String, BenchError> {
                             .join(", ")
                     ),
                 })?;
-            run_scenario(&scenario, &run, &nvl72_gpus(64)?, &mut || {})?
+            run_scenario(&scenario, &run, &nvl72_gpus(64)?, &mut || {})
         }
-    };
-    let mut out = summary_table(std::slice::from_ref(&result));
+    }
+}
+
+/// The summary table of `result` and one row per balancer, in Markdown.
+pub fn table(result: &ScenarioResult) -> String {
+    let mut out = summary_table(std::slice::from_ref(result));
     out.push_str("\n| balancer | step (ms) | TFLOPS/GPU | replicas per layer | planning (us/layer) | transfer (us/layer) |\n|---|---|---|---|---|---|\n");
     for balancer in &result.balancers {
         out.push_str(&format!(
@@ -134,5 +178,5 @@ pub fn run(args: &SimulateArgs) -> Result<String, BenchError> {
             balancer.transfer_us
         ));
     }
-    Ok(out)
+    out
 }

@@ -147,7 +147,8 @@ impl PyEngine {
     }
 
     /// Plans layer `layer` of microbatch `microbatch` from every rank's gathered row; returns
-    /// the step's figures. Every rank's digest must agree, or every rank raises.
+    /// the step's figures. Every rank's digest must agree, or every rank raises. The GIL is
+    /// released while it plans.
     fn step<'py>(
         &mut self,
         py: Python<'py>,
@@ -156,9 +157,9 @@ impl PyEngine {
         gathered: PyReadonlyArray1<'py, u32>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let gathered = words(&gathered, "gathered")?;
-        let report = self
-            .engine
-            .step_from_rows(StepId::new(microbatch, layer), gathered)
+        let engine = &mut self.engine;
+        let report = py
+            .detach(|| engine.step_from_rows(StepId::new(microbatch, layer), gathered))
             .map_err(runtime_error)?;
         self.moved = report.copies > 0;
         let figures = PyDict::new(py);

@@ -1,5 +1,6 @@
 //! The Python binding of ultraep (the `ultraep._ultraep` extension module): the planner on a load
-//! matrix given as a numpy array, read in place, and its plan as numpy arrays.
+//! matrix given as a numpy array, read in place, and its plan as numpy arrays; one rank's
+//! host-driven engine (`engine`); recorded traces and the MoE step simulator (`simulate`).
 //!
 //! The `ultraep` Python package (`python/ultraep/`) wraps it: it accepts anything numpy can view
 //! without a copy (a CPU torch tensor included) and documents the calls; `_ultraep.pyi` types
@@ -7,6 +8,7 @@
 //! dtypes) with the library's message; planning runs with the GIL released.
 
 mod engine;
+mod simulate;
 
 use numpy::ndarray::Array2;
 use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray2, PyUntypedArrayMethods};
@@ -310,5 +312,7 @@ fn _ultraep(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<PyPlanner>()?;
     module.add_class::<PyPlan>()?;
     module.add_class::<engine::PyEngine>()?;
+    module.add_class::<simulate::PyTrace>()?;
+    module.add_function(wrap_pyfunction!(simulate::simulate, module)?)?;
     Ok(())
 }

@@ -133,3 +133,31 @@ def test_the_same_plan_as_the_ultraep_plan_command(seed, tmp_path):
     assert plan.imbalance == expected["imbalance"]
     assert plan.initial_imbalance == expected["initial_imbalance"]
     assert plan.tokens_leaving_source == expected["tokens_leaving_source"]
+
+
+def test_cpu_torch_tensors_are_planned_in_place():
+    torch = pytest.importorskip("torch")
+    loads = skewed(8, 32, seed=4)
+    expected = planner().plan(loads).instances
+    for dtype in (torch.int32, torch.uint32):
+        tensor = torch.from_numpy(loads.astype(np.int64)).to(dtype)
+        # numpy views the tensor's memory: the planner reads the tensor itself.
+        assert np.shares_memory(np.asarray(tensor), tensor.numpy())
+        assert (planner().plan(tensor).instances == expected).all()
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "message"),
+    [
+        (lambda torch: torch.zeros((8, 32), dtype=torch.float32), TypeError, "uint32 or int32"),
+        (lambda torch: torch.zeros((8, 32), dtype=torch.int64), TypeError, "uint32 or int32"),
+        (lambda torch: -torch.ones((8, 32), dtype=torch.int32), ValueError, "negative"),
+        (lambda torch: torch.zeros((32, 8), dtype=torch.int32).t(), ValueError, "C-contiguous"),
+        (lambda torch: torch.zeros((8, 64), dtype=torch.int32)[:, ::2], ValueError, "C-contiguous"),
+        (lambda torch: torch.zeros((4, 32), dtype=torch.int32), ValueError, "shape"),
+    ],
+)
+def test_bad_torch_tensors_raise_with_the_reason(make, error, message):
+    torch = pytest.importorskip("torch")
+    with pytest.raises(error, match=message):
+        planner().plan(make(torch))

@@ -47,6 +47,7 @@ pub const ALLOWED_ARROWS: &[(&str, &[&str])] = &[
             "ultraep-xfer",
             "ultraep-kernels",
             "ultraep-runtime",
+            "ultraep-bench",
         ],
     ),
     ("xtask", &[]),

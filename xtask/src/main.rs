@@ -53,6 +53,7 @@ fn print_help() {
          tasks:\n  \
          bench [ARGS]          run the evaluation (ultraep bench; ARGS go to it, e.g. --full)\n  \
          bench --criterion [ARGS]  run the criterion micro-benchmarks (ARGS go to criterion, e.g. --quick)\n  \
+         bench --python        the PyTorch layer's overhead per forward (release build, CPU processes)\n  \
          test                  every test: Rust (cargo test --workspace) and Python (pytest)\n  \
          ci                    run what CI runs (bash .ci/run)\n  \
          gpu-bundle            build the GPU test binaries and their run script into gpu-bundle/\n  \
@@ -76,35 +77,13 @@ const PYTHON_TOOLS: &[&str] = &[
 fn test() -> Result<(), String> {
     run(cargo().args(["test", "--workspace", "--locked"]))?;
     let root = workspace_root();
-    let venv = root.join(".cache").join("pyenv");
-    let bin = venv.join("bin");
-    let marker = venv.join(format!("tools-{}", PYTHON_TOOLS.join("-")));
-    if !marker.exists() {
-        let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-        run(Command::new(python).arg("-m").arg("venv").arg(&venv))?;
-        run(Command::new(bin.join("python"))
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-            ])
-            .args(PYTHON_TOOLS))?;
-        std::fs::write(&marker, b"").map_err(|error| error.to_string())?;
-    }
     let package = root.join("ultraep-py");
-    let path = format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    run(Command::new(bin.join("maturin"))
-        .args(["develop", "--quiet", "--manifest-path"])
-        .arg(package.join("Cargo.toml"))
-        .env("VIRTUAL_ENV", &venv)
-        .env("PATH", &path))?;
-    let sources = [package.join("python"), package.join("tests")];
+    let bin = python_package(Profile::Debug)?;
+    let sources = [
+        package.join("python"),
+        package.join("tests"),
+        package.join("bench"),
+    ];
     run(Command::new(bin.join("ruff")).arg("check").args(&sources))?;
     run(Command::new(bin.join("ruff"))
         .args(["format", "--check"])
@@ -124,9 +103,70 @@ fn test() -> Result<(), String> {
     }
 }
 
+/// How `maturin develop` builds the extension.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Profile {
+    /// Quick to build: for the tests.
+    Debug,
+    /// Optimised: for benchmarks.
+    Release,
+}
+
+/// Makes the virtual environment under `.cache/pyenv` with the pinned tools (once), builds the
+/// `ultraep` package into it, and returns its `bin` folder.
+fn python_package(profile: Profile) -> Result<PathBuf, String> {
+    let root = workspace_root();
+    let venv = root.join(".cache").join("pyenv");
+    let bin = venv.join("bin");
+    let marker = venv.join(format!("tools-{}", PYTHON_TOOLS.join("-")));
+    if !marker.exists() {
+        let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+        run(Command::new(python).arg("-m").arg("venv").arg(&venv))?;
+        run(Command::new(bin.join("python"))
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(PYTHON_TOOLS))?;
+        std::fs::write(&marker, b"").map_err(|error| error.to_string())?;
+    }
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut maturin = Command::new(bin.join("maturin"));
+    maturin.args(["develop", "--quiet"]);
+    if profile == Profile::Release {
+        maturin.arg("--release");
+    }
+    run(maturin
+        .arg("--manifest-path")
+        .arg(root.join("ultraep-py").join("Cargo.toml"))
+        .env("VIRTUAL_ENV", &venv)
+        .env("PATH", &path))?;
+    Ok(bin)
+}
+
+/// The host overhead of the PyTorch layer per forward (`ultraep-py/bench/overhead.py`), on a
+/// release build of the extension.
+fn bench_python() -> Result<(), String> {
+    let bin = python_package(Profile::Release)?;
+    run(Command::new(bin.join("python")).arg(
+        workspace_root()
+            .join("ultraep-py")
+            .join("bench")
+            .join("overhead.py"),
+    ))
+}
+
 fn bench(args: &[String]) -> Result<(), String> {
     let mut command = cargo();
     match args.split_first() {
+        Some((first, _)) if first == "--python" => return bench_python(),
         Some((first, criterion_args)) if first == "--criterion" => {
             command.args(["bench", "--workspace", "--benches"]);
             if !criterion_args.is_empty() {

@@ -12,19 +12,25 @@ computes the same plan from the same matrix.
 >>> plan = planner.plan(np.array([[90, 10, 5, 5], [90, 10, 5, 5]], dtype=np.uint32))
 >>> round(plan.initial_imbalance, 2), round(plan.imbalance, 2)
 (1.82, 1.01)
+
+:class:`Engine` is one rank's engine for a process per GPU (``ultraep.torch`` builds an
+expert-parallel layer on it); :func:`simulate` and :class:`Trace` run the MoE step simulator on
+published scenarios or recorded loads.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from ._ultraep import Engine, Plan
+from ._ultraep import Engine, Plan, Trace
 from ._ultraep import Planner as _Planner
+from .simulation import Simulation, simulate
 
-__all__ = ["Engine", "Plan", "Planner"]
+__all__ = ["Engine", "Plan", "Planner", "Simulation", "Trace", "read_trace", "simulate"]
 __version__ = "0.1.0"
 
 
@@ -91,3 +97,13 @@ class Planner:
         if array.ndim == 2 and not array.flags["C_CONTIGUOUS"]:
             raise ValueError("loads must be C-contiguous (use numpy.ascontiguousarray)")
         return self._planner.plan(array)
+
+
+def read_trace(path: str | os.PathLike[str]) -> Trace:
+    """Reads recorded loads: a JSON-lines trace file (``ultraep_trace`` version 1) or a TensorRT-LLM
+    expert-statistics directory.
+
+    Raises:
+        ValueError: if the file is missing or malformed.
+    """
+    return Trace.read(os.fspath(path))

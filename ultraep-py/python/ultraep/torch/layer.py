@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -42,6 +43,11 @@ class ForwardReport:
     """Token-expert pairs this rank computed."""
     replica_tokens: int
     """Of those, the pairs computed on this rank's replicas."""
+    seconds: dict[str, float]
+    """Host wall-clock seconds of each phase of this rank's forward: ``router``, ``gather`` (the
+    load's all-gather), ``plan`` (the engine's step), ``weights`` (the transfer program),
+    ``reroute``, ``dispatch``, ``experts``, ``combine``. On a GPU, kernels run asynchronously:
+    these are launch times unless the caller synchronises."""
 
 
 def _local_math(experts: nn.Module, instances: int) -> nn.Module:
@@ -53,6 +59,19 @@ def _local_math(experts: nn.Module, instances: int) -> nn.Module:
     math.__dict__["_modules"] = dict(experts._modules)
     math.num_experts = instances
     return math
+
+
+class _PhaseClock:
+    """Host seconds spent in each phase of a forward, lap by lap."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + now - self._last
+        self._last = now
 
 
 class ExpertParallelMoE(nn.Module):
@@ -162,11 +181,13 @@ class ExpertParallelMoE(nn.Module):
         self._versions = self._master_versions()
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        clock = _PhaseClock()
         shape = hidden_states.shape
         x = hidden_states.reshape(-1, shape[-1])
         _, routing_weights, selected = self.gate(x)
         tokens, top_k = selected.shape
         ids = selected.detach().to("cpu", torch.int64).numpy().astype(np.uint32).ravel()
+        clock.lap("router")
 
         if self._master_versions() != self._versions:
             self.masters_updated()
@@ -176,11 +197,14 @@ class ExpertParallelMoE(nn.Module):
             dist.all_gather_into_tensor(
                 gathered, torch.from_numpy(row.view(np.int32)).to(x.device), group=self.group
             )
+        clock.lap("gather")
         figures = self.engine.step(0, 0, gathered.cpu().numpy().view(np.uint32))
+        clock.lap("plan")
 
         stacked_gate_up, stacked_down = ReplicaWeights.apply(
             self.gate_up_proj, self.down_proj, self._exchange, self.engine.transfer_program()
         )
+        clock.lap("weights")
 
         # The instance of every token-expert pair, its rank, and its index on that rank (masters
         # first, then slots).
@@ -193,15 +217,18 @@ class ExpertParallelMoE(nn.Module):
         )
         order = np.argsort(target, kind="stable")
         send_counts = np.bincount(target, minlength=self.ranks)
+        pairs = torch.from_numpy(order).to(x.device)
+        clock.lap("reroute")
+
         receive_counts = torch.empty(self.ranks, dtype=torch.int64)
         with group_operation(self.rank, "exchanging token counts (all_to_all_single)"):
             dist.all_to_all_single(receive_counts, torch.from_numpy(send_counts), group=self.group)
         route = TokenRoute(send_counts.tolist(), receive_counts.tolist(), self.group, self.rank)
-
-        pairs = torch.from_numpy(order).to(x.device)
         rows = route.exchange(x.index_select(0, pairs // top_k))
         local_index = route.exchange(torch.from_numpy(index_there[order]).to(x.device))
+        clock.lap("dispatch")
         outputs = self._expert_math(rows, local_index, stacked_gate_up, stacked_down)
+        clock.lap("experts")
         returned = route.reversed().exchange(outputs)
 
         unsorted = torch.empty_like(pairs)
@@ -210,6 +237,7 @@ class ExpertParallelMoE(nn.Module):
         out = self._combine(per_pair, routing_weights, selected, x).reshape(shape)
         if self.shared_experts is not None:
             out = out + self.shared_experts(hidden_states)
+        clock.lap("combine")
 
         replica_tokens = int((local_index >= self.experts_per_rank).sum())
         self.last_report = ForwardReport(
@@ -221,6 +249,7 @@ class ExpertParallelMoE(nn.Module):
             bytes_received=self._exchange.bytes_received,
             tokens=len(local_index),
             replica_tokens=replica_tokens,
+            seconds=clock.seconds,
         )
         return out
 
