@@ -4,7 +4,9 @@
 //! figures (see `shared/reference/ultraep-facts.md` section 8). The attention and shared-expert
 //! parameter counts per layer are ours, derived from the public configurations (heads x head
 //! dimension for the projections); they set the size of each layer's balanced part and are marked
-//! approximate.
+//! approximate. Dense layers, their MLP width and the vocabulary are the public configurations'
+//! (`first_k_dense_replace`, `intermediate_size`, `vocab_size`): they set the time outside the MoE
+//! layers, so that speedups are end to end.
 
 /// One MoE model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +31,13 @@ pub struct ModelShape {
     pub attention_width: u64,
     /// Bytes per expert weight as trained or served (2 for BF16).
     pub weight_bytes: u64,
+    /// Layers whose feed-forward part is one dense MLP instead of experts (the first layers of
+    /// DeepSeek-V3 and GLM; none in Qwen3).
+    pub dense_layers: u32,
+    /// Intermediate width of those dense MLPs.
+    pub dense_width: u64,
+    /// Vocabulary size (the output projection's rows).
+    pub vocabulary: u64,
 }
 
 impl ModelShape {
@@ -45,6 +54,9 @@ impl ModelShape {
         shared_expert_params: 3 * 4096 * 1408,
         attention_width: 12288,
         weight_bytes: 2,
+        dense_layers: 1,
+        dense_width: 10944,
+        vocabulary: 151_552,
     };
 
     /// Qwen3-235B-A22B: 128 routed experts, top-8, 94 MoE layers, hidden 4096, expert width 1536;
@@ -60,6 +72,9 @@ impl ModelShape {
         shared_expert_params: 0,
         attention_width: 8192,
         weight_bytes: 2,
+        dense_layers: 0,
+        dense_width: 0,
+        vocabulary: 151_936,
     };
 
     /// DeepSeek-V3 (671B-A37B): 256 routed experts + 1 shared, top-8, 58 MoE layers, hidden 7168,
@@ -76,6 +91,9 @@ impl ModelShape {
         shared_expert_params: 3 * 7168 * 2048,
         attention_width: 128 * 192,
         weight_bytes: 2,
+        dense_layers: 3,
+        dense_width: 18432,
+        vocabulary: 129_280,
     };
 
     /// GLM-4.7 (358B-A32B): 160 routed experts + 1 shared, top-8, 89 MoE layers, hidden 5120,
@@ -91,6 +109,9 @@ impl ModelShape {
         shared_expert_params: 3 * 5120 * 1536,
         attention_width: 12288,
         weight_bytes: 2,
+        dense_layers: 3,
+        dense_width: 12288,
+        vocabulary: 151_552,
     };
 
     /// Every preset.
@@ -121,6 +142,14 @@ impl ModelShape {
     /// Forward FLOPs of one token through one routed expert.
     pub const fn expert_flops_per_token(&self) -> u64 {
         2 * self.expert_params()
+    }
+
+    /// Forward FLOPs of one token outside the MoE layers: the dense layers (attention and a dense
+    /// MLP each) and the output projection over the vocabulary.
+    pub const fn outside_moe_flops_per_token(&self, sequence: u64) -> u64 {
+        let dense_layer = 2 * (self.attention_params + 3 * self.hidden * self.dense_width)
+            + 2 * sequence * self.attention_width;
+        self.dense_layers as u64 * dense_layer + 2 * self.vocabulary * self.hidden
     }
 
     /// Forward FLOPs of one token through the balanced part of one layer (attention projections,

@@ -127,8 +127,16 @@ pub fn simulate(input: &SimulationInput, full: bool) -> Result<ScenarioResult, B
                 published_final: 0.0,
                 published_fraction: None,
             };
+            // A long enough trace warms EPLB up on its first steps, which are then not measured.
+            let recorded = trace.steps.len() as u32;
+            let warmup_steps = if recorded > 2 * run.eplb_window {
+                run.eplb_window
+            } else {
+                0
+            };
             let run = RunConfig {
-                steps: trace.steps.len() as u32,
+                steps: recorded - warmup_steps,
+                warmup_steps,
                 layers: trace.layers(),
                 ..run
             };

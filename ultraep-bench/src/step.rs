@@ -5,13 +5,21 @@
 //!   dense rate (`DENSE_EFFICIENCY` of the GPU's dense BF16 peak); the rank with the most tokens
 //!   sets it (prefill batches are uneven).
 //! - **Expert compute**: every instance is a grouped-GEMM problem with a roofline: `max(FLOPs /
-//!   (peak x GEMM_EFFICIENCY), weight bytes / HBM bandwidth)`, so small token counts are bound by
-//!   reading the weights and large ones by FLOPs; the busiest rank sets the time.
+//!   (peak x efficiency(tokens)), weight bytes / HBM bandwidth)`, so small token counts are bound by
+//!   reading the weights and large ones by FLOPs; the efficiency falls for small groups
+//!   ([`gemm_efficiency`]), which charges a split expert for its smaller GEMMs. The busiest rank
+//!   sets the time.
 //! - **Dispatch and combine**: every token an instance takes from another rank crosses the fabric
 //!   as `hidden` BF16 values, each way; the rank that sends or receives most over its scale-up port
-//!   sets the time (plus one hop of latency per all-to-all).
-//! - **Balancer**: what the balancer puts on the critical path (planning, weight transfers,
-//!   gradient reduction), measured by running it and by the transfer simulator.
+//!   sets the time (plus one hop of latency per all-to-all). Every balancer follows its own token
+//!   split; the ideal's is the uniform routing that defines it (see `fabric_tokens`).
+//! - **Balancer**: what the balancer puts on the critical path (the load all-gather, planning,
+//!   task lists, weight transfers, reroute, gradient reduction), from the published costs in
+//!   [`Overheads`] and the transfer simulator; never a wall-clock measurement, so that a seed
+//!   reproduces every simulated figure.
+//!
+//! Outside the MoE layers, the dense layers and the output projection take [`outside_moe`]: the
+//! same for every balancer, so that throughput and speedups are end to end.
 //!
 //! Training is forward plus backward: backward expert compute is twice the forward (Dgrad and
 //! Wgrad), the balanced part likewise, and the all-to-alls run again for the gradients. Prefill is
@@ -26,11 +34,77 @@ use crate::models::ModelShape;
 /// Fraction of the dense BF16 peak that attention and dense layers reach (an assumption: typical
 /// large-model training MFU).
 pub const DENSE_EFFICIENCY: f64 = 0.6;
-/// Fraction of the dense BF16 peak that expert grouped GEMMs reach when bound by FLOPs (an
-/// assumption: grouped GEMMs on large token counts).
+/// Fraction of the dense BF16 peak that expert grouped GEMMs reach when bound by FLOPs on large
+/// token counts (an assumption: grouped GEMMs on large token counts).
 pub const GEMM_EFFICIENCY: f64 = 0.7;
 /// Bytes per activation value crossing the fabric (BF16).
 pub const ACTIVATION_BYTES: u64 = 2;
+
+/// Tokens per expert instance at which a grouped GEMM reaches half of [`GEMM_EFFICIENCY`] (an
+/// assumption: a 128-row tile is the unit of work of Hopper and Blackwell grouped GEMMs, and a
+/// group of fewer rows wastes the rest of its tile).
+pub const GEMM_HALF_TOKENS: f64 = 128.0;
+
+/// The fraction of the dense peak a grouped GEMM of `tokens` rows reaches:
+/// `GEMM_EFFICIENCY * tokens / (tokens + GEMM_HALF_TOKENS)`.
+pub fn gemm_efficiency(tokens: u32) -> f64 {
+    let tokens = f64::from(tokens);
+    GEMM_EFFICIENCY * tokens / (tokens + GEMM_HALF_TOKENS)
+}
+
+/// What the published system pays per layer beyond compute and all-to-all, and how fast its weight
+/// transfers run: the costs every balancer is charged from. Figures from the paper
+/// (`ultraep-facts.md` sections 4 and 5) unless marked.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Overheads {
+    /// Planning per layer: the GPU planner at EP64, Qwen3-235B (56 us published).
+    pub planning: f64,
+    /// Building the transfer task lists on the device, per layer that moves weights (38 us).
+    pub task_lists: f64,
+    /// The token reroute per layer (36-39 us published). It overlaps the weight transfer (both
+    /// follow the plan and neither needs the other), so a layer pays the longer of the two.
+    pub reroute: f64,
+    /// LPLB's per-batch linear program on one SM (about 100 us published).
+    pub lplb_solve: f64,
+    /// The fraction of a port's bandwidth weight transfers reach: 706-715 GB/s measured on the
+    /// critical path against 900 GB/s per direction of NVLink 5, so 0.79.
+    pub transfer_efficiency: f64,
+}
+
+impl Overheads {
+    /// The published figures.
+    pub const PUBLISHED: Self = Self {
+        planning: 56e-6,
+        task_lists: 38e-6,
+        reroute: 37.5e-6,
+        lplb_solve: 100e-6,
+        transfer_efficiency: 0.79,
+    };
+
+    /// Seconds of the all-gather of the load: every rank receives every other rank's counts (4
+    /// bytes per expert) over its scale-up port, after one hop.
+    pub fn all_gather(&self, hardware: &Hardware, ranks: u32, experts: u32) -> f64 {
+        let bytes = f64::from(ranks.saturating_sub(1)) * f64::from(experts) * 4.0;
+        hardware.link_latency + bytes / hardware.link_bandwidth
+    }
+}
+
+/// Seconds of one step outside the MoE layers: the dense layers and the output projection for
+/// the rank with the most tokens (`tokens`), forward, and in training backward too.
+pub fn outside_moe(
+    model: &ModelShape,
+    mode: Mode,
+    hardware: &Hardware,
+    tokens: u64,
+    sequence: u64,
+) -> f64 {
+    let passes = match mode {
+        Mode::Prefill => 1.0,
+        Mode::Training => 3.0,
+    };
+    tokens as f64 * model.outside_moe_flops_per_token(sequence) as f64 * passes
+        / (hardware.peak_flops * DENSE_EFFICIENCY)
+}
 
 /// Training (forward and backward) or prefill (forward only).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -129,7 +203,7 @@ pub fn layer_outcome(
         if instance.quota > 0 {
             let flops = f64::from(instance.quota) * model.expert_flops_per_token() as f64;
             compute[instance.rank as usize] +=
-                (flops / (hardware.peak_flops * GEMM_EFFICIENCY)).max(weight_read);
+                (flops / (hardware.peak_flops * gemm_efficiency(instance.quota))).max(weight_read);
         }
     }
     let experts = compute.iter().copied().fold(0.0, f64::max);
@@ -171,11 +245,15 @@ fn fabric_tokens(
     let mut sent = vec![0u64; ranks];
     let mut received = vec![0u64; ranks];
     if plan.kind() == PlanKind::Ideal || !plan.has_split() {
-        // No split to follow: tokens spread evenly, all but a 1/R share leave their rank.
-        let keep = |x: u64| x * (ranks as u64 - 1) / ranks.max(1) as u64;
+        // The force-balanced ideal is the paper's: the router's choices replaced by a uniform
+        // spread over the experts. Its split is then each rank's pairs spread evenly over the
+        // ranks, all but a 1/R share crossing the fabric, and its receivers get their even share
+        // likewise. (A balancer whose split keeps tokens home can cross less: the ideal bounds
+        // balance, not traffic.)
+        let crossing = |x: u64| x * (ranks as u64 - 1) / ranks.max(1) as u64;
         for rank in 0..ranks {
-            sent[rank] = keep(tokens[rank] * top_k);
-            received[rank] = keep(plan.rank_loads()[rank]);
+            sent[rank] = crossing(tokens[rank] * top_k);
+            received[rank] = crossing(plan.rank_loads()[rank]);
         }
         return (sent, received);
     }

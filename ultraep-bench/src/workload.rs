@@ -235,9 +235,12 @@ pub fn home(expert: u32, ranks: u32, experts: u32) -> u32 {
     }
 }
 
-/// Mean no-balancing imbalance over the layers of the first `steps` steps.
-pub fn mean_imbalance(config: WorkloadConfig, steps: u32) -> f64 {
+/// Mean no-balancing imbalance over the layers of `steps` steps after the first `skip`.
+pub fn mean_imbalance(config: WorkloadConfig, skip: u32, steps: u32) -> f64 {
     let mut workload = Workload::new(config);
+    for _ in 0..skip {
+        workload.next_step();
+    }
     let mut sum = 0.0;
     let mut count = 0;
     for _ in 0..steps {
@@ -249,13 +252,14 @@ pub fn mean_imbalance(config: WorkloadConfig, steps: u32) -> f64 {
     sum / f64::from(count.max(1))
 }
 
-/// The skew whose mean no-balancing imbalance over the first `steps` steps is `target` (bisected;
-/// every evaluation uses the same seed, so the imbalance moves smoothly with the skew).
-pub fn calibrate_skew(config: WorkloadConfig, target: f64, steps: u32) -> f64 {
+/// The skew whose mean no-balancing imbalance over `steps` steps after the first `skip` is
+/// `target` (bisected; every evaluation uses the same seed, so the imbalance moves smoothly with
+/// the skew).
+pub fn calibrate_skew(config: WorkloadConfig, target: f64, skip: u32, steps: u32) -> f64 {
     let (mut low, mut high) = (0.0_f64, 4.0_f64);
     for _ in 0..20 {
         let skew = 0.5 * (low + high);
-        if mean_imbalance(WorkloadConfig { skew, ..config }, steps) < target {
+        if mean_imbalance(WorkloadConfig { skew, ..config }, skip, steps) < target {
             low = skew;
         } else {
             high = skew;
