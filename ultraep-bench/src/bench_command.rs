@@ -9,7 +9,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::BenchError;
 use crate::experiment::{RunConfig, Scenario, run_scenario, run_sweeps};
 use crate::machine::nvl72_gpus;
-use crate::report::{PUBLISHED, summary_table, sweep_tables, write_report};
+use crate::report::{
+    PUBLISHED, calibration_table, overhead_table, summary_table, sweep_tables, write_report,
+};
 
 /// Arguments of `ultraep bench`.
 #[derive(Debug, Args)]
@@ -57,7 +59,7 @@ pub fn run(args: &BenchArgs) -> Result<String, BenchError> {
         })
         .collect();
     let topology = nvl72_gpus(64)?;
-    // Sweeps: 12 points of a shorter run.
+    // Sweeps: 16 points of a shorter run.
     let sweep_run = RunConfig {
         steps: (config.steps / 2).max(2),
         layers: (config.layers / 2).max(2),
@@ -66,7 +68,7 @@ pub fn run(args: &BenchArgs) -> Result<String, BenchError> {
     let sweep_steps = if args.no_sweeps {
         0
     } else {
-        12 * u64::from(sweep_run.steps)
+        16 * u64::from(sweep_run.steps)
     };
     let bar = if args.quiet {
         ProgressBar::hidden()
@@ -94,8 +96,10 @@ pub fn run(args: &BenchArgs) -> Result<String, BenchError> {
     bar.finish_and_clear();
     write_report(&args.out, &config, &results, sweeps.as_ref())?;
     Ok(format!(
-        "{}\n{PUBLISHED}.\n\n{}{} scenarios, {} steps x {} layers each, in {:.0} s; report in {}\n",
+        "{}\n{PUBLISHED}.\n\nCalibration (simulated beside published):\n\n{}\nultraep on the critical path per layer (us; simulated, and the planner measured on this CPU):\n\n{}\n{}{} scenarios, {} steps x {} layers each, in {:.0} s; report in {}\n",
         summary_table(&results),
+        calibration_table(&results).0,
+        overhead_table(&results),
         sweeps.as_ref().map(sweep_tables).unwrap_or_default(),
         results.len(),
         config.steps,

@@ -1,20 +1,24 @@
 //! Experiments: a scenario's steps replayed through every balancer and the step simulator.
 //!
-//! Every balancer sees the same loads. Per step and simulated layer, each plans (EPLB as deployed
-//! plans from a history window and keeps its replicas between re-plans), the step simulator times
-//! the layer under the plan, and what the balancer puts on the critical path is added: ultraep's
-//! measured planning time and simulated weight transfers (in training also the weight restore
-//! before backward and the part of the gradient reduction that the layer's attention backward does
-//! not hide); EPLB's weight moves on the steps it re-plans. The EPLB oracle and the ideal pay
-//! nothing: they are references. A step is the mean simulated layer times the model's MoE layers.
+//! Every balancer sees the same loads, after warm-up steps that EPLB and LPLB plan from. Per step
+//! and simulated layer, each plans (EPLB as deployed plans from a history window and keeps its
+//! replicas between re-plans; LPLB keeps the replicas placed after the warm-up and re-splits the
+//! tokens per microbatch), the step simulator times the layer under the plan, and what the
+//! balancer puts on the critical path is added from the published costs ([`Overheads`]):
+//! ultraep's load all-gather, planning, task lists, simulated weight transfers and reroute (in
+//! training also the weight restore before backward and the part of the gradient reduction that
+//! the layer's attention backward does not hide); LPLB's all-gather and linear program; EPLB's
+//! weight moves on the steps it re-plans. The EPLB oracle and the ideal pay nothing: they are
+//! references. A step is the mean simulated layer times the model's MoE layers, plus the time
+//! outside them.
 
 use std::collections::VecDeque;
 use std::time::Instant;
 
 use serde::Serialize;
 use ultraep_plan::{
-    Balancer, Eplb, EplbMode, ExpertLayout, ForceBalanced, LoadMatrix, NoBalance, Plan, PlanConfig,
-    Planner, RankDomains,
+    Balancer, Eplb, EplbMode, ExpertLayout, ForceBalanced, LoadMatrix, Lplb, NoBalance, Plan,
+    PlanConfig, Planner, RankDomains,
 };
 use ultraep_topo::Topology;
 use ultraep_xfer::{
@@ -29,7 +33,7 @@ use crate::step::{Hardware, Mode, Overheads, layer_outcome, outside_moe};
 use crate::workload::{Workload, WorkloadConfig, calibrate_skew};
 
 /// The balancers compared, in report order.
-pub const BALANCERS: [&str; 5] = ["none", "eplb", "eplb-oracle", "ultraep", "ideal"];
+pub const BALANCERS: [&str; 6] = ["none", "eplb", "lplb", "eplb-oracle", "ultraep", "ideal"];
 
 /// A published scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -54,23 +58,39 @@ pub struct Scenario {
     pub published_final: f64,
     /// Published fraction of ideal throughput with ultraep, where published.
     pub published_fraction: Option<f64>,
+    /// Published throughput of ultraep over no balancing, where published.
+    pub published_speedup: Option<f64>,
+    /// Published fraction of ideal throughput with EPLB (training's TFLOPS table).
+    pub published_eplb_fraction: Option<f64>,
+    /// Published max/mean imbalance with EPLB (prefill).
+    pub published_eplb_imbalance: Option<f64>,
+    /// Published TFLOPS per GPU with ultraep (training).
+    pub published_tflops: Option<f64>,
 }
 
 impl Scenario {
     /// The seven published scenarios at EP64 (`ultraep-facts.md` section 6).
     pub fn published() -> Vec<Scenario> {
-        let training = |name, model, target, published_final, fraction| Scenario {
-            name,
-            model,
-            mode: Mode::Training,
-            target_imbalance: target,
-            tokens_per_rank: 8192,
-            sequence: 4096,
-            uneven_tokens: 0.0,
-            published_final,
-            published_fraction: Some(fraction),
-        };
-        let prefill = |name, model, target, published_final, fraction| Scenario {
+        // Training: the published TFLOPS per GPU (ideal, ultraep, none, EPLB) give every ratio.
+        let training =
+            |name, model, target, published_final, [ideal, ultraep, none, eplb]: [f64; 4]| {
+                Scenario {
+                    name,
+                    model,
+                    mode: Mode::Training,
+                    target_imbalance: target,
+                    tokens_per_rank: 8192,
+                    sequence: 4096,
+                    uneven_tokens: 0.0,
+                    published_final,
+                    published_fraction: Some(ultraep / ideal),
+                    published_speedup: Some(ultraep / none),
+                    published_eplb_fraction: Some(eplb / ideal),
+                    published_eplb_imbalance: None,
+                    published_tflops: Some(ultraep),
+                }
+            };
+        let prefill = |name, model, target, published_final, eplb, fraction, speedup| Scenario {
             name,
             model,
             mode: Mode::Prefill,
@@ -80,6 +100,10 @@ impl Scenario {
             uneven_tokens: 0.4,
             published_final,
             published_fraction: fraction,
+            published_speedup: speedup,
+            published_eplb_fraction: None,
+            published_eplb_imbalance: Some(eplb),
+            published_tflops: None,
         };
         vec![
             training(
@@ -87,34 +111,38 @@ impl Scenario {
                 ModelShape::GLM_4_5_AIR,
                 2.23,
                 1.02,
-                757.0 / 785.4,
+                [785.4, 757.0, 545.0, 646.0],
             ),
             training(
                 "Qwen3-235B training",
                 ModelShape::QWEN3_235B,
                 2.86,
                 1.03,
-                524.0 / 574.7,
+                [574.7, 524.0, 315.0, 449.0],
             ),
             training(
                 "DeepSeek-V3 training",
                 ModelShape::DEEPSEEK_V3,
                 1.30,
                 1.01,
-                613.0 / 637.6,
+                [637.6, 613.0, 509.0, 505.0],
             ),
             prefill(
                 "Qwen3-235B prefill STEM",
                 ModelShape::QWEN3_235B,
                 3.68,
                 1.04,
+                2.59,
                 Some(0.97),
+                Some(2.1),
             ),
             prefill(
                 "Qwen3-235B prefill mixed",
                 ModelShape::QWEN3_235B,
                 4.01,
                 1.03,
+                2.56,
+                None,
                 None,
             ),
             prefill(
@@ -122,13 +150,17 @@ impl Scenario {
                 ModelShape::GLM_4_7,
                 3.09,
                 1.01,
+                2.05,
                 Some(0.90),
+                Some(1.8),
             ),
             prefill(
                 "GLM-4.7 prefill mixed",
                 ModelShape::GLM_4_7,
                 2.06,
                 1.01,
+                1.80,
+                None,
                 None,
             ),
         ]
@@ -401,6 +433,9 @@ pub fn run_steps(
         PlanConfig::default(),
     )?;
     let mut oracle = Eplb::new(layout.clone(), domains.clone(), slots, EplbMode::Oracle)?;
+    let mut lplb: Vec<Lplb> = (0..run.layers)
+        .map(|_| Lplb::new(layout.clone(), domains.clone(), slots))
+        .collect::<Result<_, _>>()?;
     let mut deployed: Vec<Eplb> = (0..run.layers)
         .map(|_| Eplb::new(layout.clone(), domains.clone(), slots, EplbMode::Periodic))
         .collect::<Result<_, _>>()?;
@@ -448,14 +483,18 @@ pub fn run_steps(
             }
         }
     };
+    let estimate = |window: &VecDeque<Vec<u32>>| {
+        let mut estimate = vec![0u32; ranks as usize * model.routed_experts as usize];
+        for past in window {
+            for (sum, &count) in estimate.iter_mut().zip(past) {
+                *sum = sum.saturating_add(count);
+            }
+        }
+        estimate
+    };
     let rebalance = |deployed: &mut [Eplb], history: &[VecDeque<Vec<u32>>]| {
         for (balancer, window) in deployed.iter_mut().zip(history) {
-            let mut estimate = vec![0u32; ranks as usize * model.routed_experts as usize];
-            for past in window {
-                for (sum, &count) in estimate.iter_mut().zip(past) {
-                    *sum = sum.saturating_add(count);
-                }
-            }
+            let estimate = estimate(window);
             let matrix = LoadMatrix::new(&estimate, ranks as usize, model.routed_experts as usize)?;
             balancer.rebalance(matrix)?;
         }
@@ -470,6 +509,15 @@ pub fn run_steps(
     }
     if run.warmup_steps > 0 {
         rebalance(&mut deployed, &history)?;
+        // LPLB's replicas are placed once, from the warm-up, and never move.
+        for (balancer, window) in lplb.iter_mut().zip(&history) {
+            let estimate = estimate(window);
+            balancer.place(LoadMatrix::new(
+                &estimate,
+                ranks as usize,
+                model.routed_experts as usize,
+            )?)?;
+        }
     }
 
     let overheads = run.overheads;
@@ -528,6 +576,13 @@ pub fn run_steps(
                     "none" => none.plan_into(matrix, &mut plan)?,
                     "ideal" => ideal.plan_into(matrix, &mut plan)?,
                     "eplb-oracle" => oracle.plan_into(matrix, &mut plan)?,
+                    "lplb" => {
+                        lplb[layer].plan_into(matrix, &mut plan)?;
+                        // It gathers the load and solves its program every microbatch; it
+                        // moves no weights.
+                        charged.all_gather_us = all_gather * 1e6;
+                        charged.planning_us = overheads.lplb_solve * 1e6;
+                    }
                     "eplb" => {
                         deployed[layer].plan_into(matrix, &mut plan)?;
                         if replan && plan.metrics().replicas > 0 {
@@ -693,6 +748,9 @@ pub struct Sweeps {
     pub slots: Vec<SweepPoint>,
     /// ultraep's weight transfers with and without relays at EP64.
     pub relays: Vec<SweepPoint>,
+    /// The effective fraction of a port's bandwidth weight transfers reach, 0.4 to 1.0 (the
+    /// published measurement gives 0.79).
+    pub transfer_efficiency: Vec<SweepPoint>,
 }
 
 fn point(label: String, result: &ScenarioResult) -> SweepPoint {
@@ -751,10 +809,23 @@ pub fn run_sweeps(run: &RunConfig, progress: &mut dyn FnMut()) -> Result<Sweeps,
         let result = run_workload(&scenario, &swept, calibrated, &rack, progress)?;
         relays.push(point(label.to_owned(), &result));
     }
+    let mut transfer_efficiency = Vec::new();
+    for efficiency in [0.4, 0.6, 0.79, 1.0] {
+        let swept = RunConfig {
+            overheads: Overheads {
+                transfer_efficiency: efficiency,
+                ..run.overheads
+            },
+            ..*run
+        };
+        let result = run_workload(&scenario, &swept, calibrated, &rack, progress)?;
+        transfer_efficiency.push(point(format!("efficiency {efficiency}"), &result));
+    }
     Ok(Sweeps {
         scenario: scenario.name,
         ep_size,
         slots,
         relays,
+        transfer_efficiency,
     })
 }

@@ -126,6 +126,10 @@ pub fn simulate(input: &SimulationInput, full: bool) -> Result<ScenarioResult, B
                 uneven_tokens: 0.0,
                 published_final: 0.0,
                 published_fraction: None,
+                published_speedup: None,
+                published_eplb_fraction: None,
+                published_eplb_imbalance: None,
+                published_tflops: None,
             };
             // A long enough trace warms EPLB up on its first steps, which are then not measured.
             let recorded = trace.steps.len() as u32;

@@ -2,8 +2,8 @@
 
 use proptest::prelude::*;
 use ultraep_plan::{
-    Balancer, Eplb, EplbMode, ExpertLayout, ForceBalanced, LoadMatrix, NoBalance, Plan, PlanConfig,
-    PlanKind, Planner, RankDomains, RankSplit, Residency, SplitEntry, SplitMode,
+    Balancer, Eplb, EplbMode, ExpertLayout, ForceBalanced, LoadMatrix, Lplb, NoBalance, Plan,
+    PlanConfig, PlanKind, Planner, RankDomains, RankSplit, Residency, SplitEntry, SplitMode,
 };
 
 use crate::invariants::{Promises, check_plan};
@@ -232,6 +232,20 @@ proptest! {
         periodic.rebalance(LoadMatrix::new(&estimate, problem.ranks(), problem.experts()).unwrap()).unwrap();
         let applied = periodic.plan(problem.matrix()).unwrap();
         check_plan(&applied, problem.matrix(), &layout, &domains, problem.slots, None);
+
+        // LPLB: EPLB's replicas placed from the estimate, the tokens re-split per load. Its
+        // re-split can only level the ranks: never above the same replicas with even shares.
+        let mut lplb = Lplb::new(layout.clone(), domains.clone(), problem.slots).unwrap();
+        let unplaced = lplb.plan(problem.matrix()).unwrap();
+        check_plan(&unplaced, problem.matrix(), &layout, &domains, problem.slots, None);
+        prop_assert_eq!(unplaced.metrics().replicas, 0);
+        lplb.place(LoadMatrix::new(&estimate, problem.ranks(), problem.experts()).unwrap()).unwrap();
+        prop_assert_eq!(lplb.placement(), periodic.placement());
+        let split = lplb.plan(problem.matrix()).unwrap();
+        check_plan(&split, problem.matrix(), &layout, &domains, problem.slots, None);
+        prop_assert!(split.metrics().max_rank_load <= applied.metrics().max_rank_load,
+            "lplb {} above even shares {}", split.metrics().max_rank_load, applied.metrics().max_rank_load);
+        prop_assert_eq!(&lplb.plan(problem.matrix()).unwrap(), &split, "deterministic");
 
         let ideal = ForceBalanced::new(layout, domains).unwrap().plan(problem.matrix()).unwrap();
         prop_assert_eq!(ideal.kind(), PlanKind::Ideal);
