@@ -1,5 +1,6 @@
 //! `ultraep bench`: the evaluation `cargo xtask bench` runs.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -22,7 +23,7 @@ pub struct BenchArgs {
     /// Where to write report.md, results.json and the plots.
     #[arg(long, default_value = "target/ultraep-report")]
     pub out: PathBuf,
-    /// Only scenarios whose name contains this text.
+    /// Only scenarios whose name contains this text (ignoring case).
     #[arg(long)]
     pub only: Option<String>,
     /// No progress bar (for logs).
@@ -50,14 +51,17 @@ pub fn run(args: &BenchArgs) -> Result<String, BenchError> {
     if let Some(slots) = args.slots {
         config.slots_per_rank = slots;
     }
-    let scenarios: Vec<Scenario> = Scenario::published()
-        .into_iter()
-        .filter(|s| {
-            args.only
-                .as_ref()
-                .is_none_or(|only| s.name.contains(only.as_str()))
-        })
-        .collect();
+    let scenarios: Vec<Scenario> = match &args.only {
+        Some(only) => Scenario::matching(only)?,
+        None => Scenario::published(),
+    };
+    // The report's folder is made first, so that a bad --out fails before minutes of work.
+    std::fs::create_dir_all(&args.out).map_err(|source| BenchError::Io {
+        path: args.out.clone(),
+        source,
+    })?;
+    // Without a terminal the bar is not drawn: a line per scenario tells a log that work goes on.
+    let log_lines = !args.quiet && !std::io::stderr().is_terminal();
     let topology = nvl72_gpus(64)?;
     // Sweeps: 16 points of a shorter run.
     let sweep_run = RunConfig {
@@ -86,6 +90,13 @@ pub fn run(args: &BenchArgs) -> Result<String, BenchError> {
         results.push(run_scenario(scenario, &config, &topology, &mut || {
             bar.inc(1)
         })?);
+        if log_lines {
+            eprintln!(
+                "ultraep bench: {} done ({:.0} s)",
+                scenario.name,
+                started.elapsed().as_secs_f64()
+            );
+        }
     }
     let sweeps = if args.no_sweeps {
         None

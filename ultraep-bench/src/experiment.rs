@@ -167,6 +167,32 @@ impl Scenario {
     }
 }
 
+impl Scenario {
+    /// The published scenarios whose name contains `text`, ignoring case; an error naming the
+    /// known ones if none does.
+    pub fn matching(text: &str) -> Result<Vec<Scenario>, BenchError> {
+        let wanted = text.to_lowercase();
+        let found: Vec<Scenario> = Self::published()
+            .into_iter()
+            .filter(|scenario| scenario.name.to_lowercase().contains(&wanted))
+            .collect();
+        if found.is_empty() {
+            return Err(BenchError::InvalidProblem {
+                source_name: text.to_owned(),
+                message: format!(
+                    "no such scenario; known: {}",
+                    Self::published()
+                        .iter()
+                        .map(|s| s.name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            });
+        }
+        Ok(found)
+    }
+}
+
 /// How long and how wide a run is.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct RunConfig {

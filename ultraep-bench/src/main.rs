@@ -12,7 +12,11 @@ use ultraep_bench::xfer_command::{self, XferArgs};
 
 /// ultraep: exact-load, real-time expert-parallel load balancing for MoE on rack-scale nodes.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(
+    name = "ultraep",
+    version,
+    about = "ultraep: exact-load, real-time expert-parallel load balancing for MoE on rack-scale nodes."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -156,20 +156,7 @@ pub fn simulate(input: &SimulationInput, full: bool) -> Result<ScenarioResult, B
         }
         SimulationInput::Scenario(name) => {
             let wanted = name.as_deref().unwrap_or("Qwen3-235B prefill STEM");
-            let scenario = Scenario::published()
-                .into_iter()
-                .find(|s| s.name.contains(wanted))
-                .ok_or_else(|| BenchError::InvalidProblem {
-                    source_name: wanted.to_owned(),
-                    message: format!(
-                        "no such scenario; known: {}",
-                        Scenario::published()
-                            .iter()
-                            .map(|s| s.name)
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                })?;
+            let scenario = Scenario::matching(wanted)?[0];
             run_scenario(&scenario, &run, &nvl72_gpus(64)?, &mut || {})
         }
     }

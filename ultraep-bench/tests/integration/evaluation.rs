@@ -233,3 +233,50 @@ fn a_seed_reproduces_every_simulated_figure() {
     assert!(ultraep.planning_host_us > 0.0);
     assert_eq!(ultraep.planning_us, SMALL.overheads.planning * 1e6);
 }
+
+fn ultraep(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_ultraep"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_command_names_itself_and_matches_scenarios_ignoring_case() {
+    let version = ultraep(&["--version"]);
+    assert!(String::from_utf8_lossy(&version.stdout).starts_with("ultraep "));
+    let help = String::from_utf8_lossy(&ultraep(&["--help"]).stdout).into_owned();
+    assert!(help.starts_with("ultraep: "), "{help}");
+
+    let missing = ultraep(&["bench", "--only", "llama", "--quiet"]);
+    assert_eq!(missing.status.code(), Some(2));
+    let message = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        message.contains("no such scenario; known: GLM-4.5-Air training"),
+        "{message}"
+    );
+
+    let found = ultraep(&["simulate", "--scenario", "deepseek"]);
+    assert!(
+        found.status.success(),
+        "{}",
+        String::from_utf8_lossy(&found.stderr)
+    );
+    assert!(String::from_utf8_lossy(&found.stdout).contains("| DeepSeek-V3 training |"));
+}
+
+#[test]
+fn a_bad_report_folder_fails_before_the_work() {
+    let file = std::env::temp_dir().join(format!("ultraep-not-a-folder-{}", std::process::id()));
+    std::fs::write(&file, b"").unwrap();
+    // Not --quiet and not a terminal: every scenario run would log a line.
+    let out = ultraep(&["bench", "--out", file.join("report").to_str().unwrap()]);
+    std::fs::remove_file(&file).ok();
+    assert_eq!(out.status.code(), Some(2));
+    let message = String::from_utf8_lossy(&out.stderr);
+    assert!(message.contains("ultraep-not-a-folder"), "{message}");
+    assert!(
+        !message.contains("done"),
+        "it ran scenarios first: {message}"
+    );
+}
