@@ -473,11 +473,12 @@ pub fn run_steps(
     let transfer_config = TransferConfig {
         allow_relays: run.relays,
         relay_pieces: RelayPieces::Chunks,
+        costs: run.overheads.transfer_costs(),
         ..TransferConfig::default()
     };
     let eplb_moves = TransferConfig {
         allow_relays: false,
-        ..TransferConfig::default()
+        ..transfer_config
     };
 
     let mut tallies = vec![Tally::default(); BALANCERS.len()];
@@ -615,9 +616,8 @@ pub fn run_steps(
                             let replicas = ReplicaSet::from_plan(&plan, &layout, topology)?;
                             let schedule =
                                 TransferSchedule::build(&replicas, &weights, topology, eplb_moves)?;
-                            charged.transfer_us = simulate(&schedule, topology)?.makespan_ps as f64
-                                * 1e-6
-                                / overheads.transfer_efficiency;
+                            charged.transfer_us =
+                                simulate(&schedule, topology)?.makespan_ps as f64 * 1e-6;
                         }
                     }
                     _ => {
@@ -643,8 +643,7 @@ pub fn run_steps(
                                 topology,
                                 transfer_config,
                             )?;
-                            transfer = simulate(&schedule, topology)?.makespan_ps as f64 * 1e-12
-                                / overheads.transfer_efficiency;
+                            transfer = simulate(&schedule, topology)?.makespan_ps as f64 * 1e-12;
                             charged.task_lists_us = overheads.task_lists * 1e6;
                             if scenario.mode == Mode::Training {
                                 // Replica weights again before backward (the slots were reused by
@@ -659,8 +658,7 @@ pub fn run_steps(
                                 let reduction = simulate_reduction(&reduction_schedule, topology)?
                                     .makespan_ps
                                     as f64
-                                    * 1e-12
-                                    / overheads.transfer_efficiency;
+                                    * 1e-12;
                                 let hidden_by = 2.0 * tokens as f64 / f64::from(ranks)
                                     * model.balanced_flops_per_token(scenario.sequence) as f64
                                     / (hardware.peak_flops * crate::step::DENSE_EFFICIENCY);
@@ -774,9 +772,9 @@ pub struct Sweeps {
     pub slots: Vec<SweepPoint>,
     /// ultraep's weight transfers with and without relays at EP64.
     pub relays: Vec<SweepPoint>,
-    /// The effective fraction of a port's bandwidth weight transfers reach, 0.4 to 1.0 (the
-    /// published measurement gives 0.79).
-    pub transfer_efficiency: Vec<SweepPoint>,
+    /// The fraction of a port's bandwidth transferred bytes move at, 0.4 to 1.0, on top of the
+    /// calibrated transfer costs.
+    pub transfer_bandwidth: Vec<SweepPoint>,
 }
 
 fn point(label: String, result: &ScenarioResult) -> SweepPoint {
@@ -835,23 +833,23 @@ pub fn run_sweeps(run: &RunConfig, progress: &mut dyn FnMut()) -> Result<Sweeps,
         let result = run_workload(&scenario, &swept, calibrated, &rack, progress)?;
         relays.push(point(label.to_owned(), &result));
     }
-    let mut transfer_efficiency = Vec::new();
-    for efficiency in [0.4, 0.6, 0.79, 1.0] {
+    let mut transfer_bandwidth = Vec::new();
+    for fraction in [0.4, 0.6, 0.8, 1.0] {
         let swept = RunConfig {
             overheads: Overheads {
-                transfer_efficiency: efficiency,
+                transfer_bandwidth: fraction,
                 ..run.overheads
             },
             ..*run
         };
         let result = run_workload(&scenario, &swept, calibrated, &rack, progress)?;
-        transfer_efficiency.push(point(format!("efficiency {efficiency}"), &result));
+        transfer_bandwidth.push(point(format!("{fraction} of a port"), &result));
     }
     Ok(Sweeps {
         scenario: scenario.name,
         ep_size,
         slots,
         relays,
-        transfer_efficiency,
+        transfer_bandwidth,
     })
 }

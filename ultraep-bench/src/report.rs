@@ -240,8 +240,8 @@ pub fn sweep_tables(sweeps: &Sweeps) -> String {
             &sweeps.relays,
         ),
         (
-            "effective transfer bandwidth, as a fraction of a port (EP64; published: 0.79)",
-            &sweeps.transfer_efficiency,
+            "transfer bandwidth, as a fraction of a port, on top of the calibrated transfer costs (EP64)",
+            &sweeps.transfer_bandwidth,
         ),
     ] {
         let _ = writeln!(out, "**{title}**\n");
@@ -416,8 +416,8 @@ fn markdown(run: &RunConfig, results: &[ScenarioResult]) -> String {
     out.push_str(&calibration_table(results).0);
     out.push_str(
         "\n## ultraep on the critical path, per layer (us)\n\nSimulated from the published costs \
-         (planning 56 us, task lists 38 us, reroute 36-39 us overlapping the transfer, transfers at \
-         0.79 of a port); the last column is the real planner measured on this machine's CPU, \
+         (planning 56 us, task lists 38 us, reroute 36-39 us overlapping the transfer, transfers \
+         under the calibrated transfer model); the last column is the real planner measured on this machine's CPU, \
          reported beside the simulation and not part of it.\n\n",
     );
     out.push_str(&overhead_table(results));

@@ -66,9 +66,11 @@ pub struct Overheads {
     pub reroute: f64,
     /// LPLB's per-batch linear program on one SM (about 100 us published).
     pub lplb_solve: f64,
-    /// The fraction of a port's bandwidth weight transfers reach: 706-715 GB/s measured on the
-    /// critical path against 900 GB/s per direction of NVLink 5, so 0.79.
-    pub transfer_efficiency: f64,
+    /// The fraction of a port's bandwidth weight transfers' bytes move at, on top of the
+    /// calibrated transfer model (`ultraep_xfer::TransferCosts::CALIBRATED`: 20 ns per transfer,
+    /// backpressure, a relay's forwarded byte costing three direct ones), which reproduces the
+    /// published direct weight-sync times at the full port bandwidth: 1.0. Swept in the report.
+    pub transfer_bandwidth: f64,
 }
 
 impl Overheads {
@@ -78,8 +80,16 @@ impl Overheads {
         task_lists: 38e-6,
         reroute: 37.5e-6,
         lplb_solve: 100e-6,
-        transfer_efficiency: 0.79,
+        transfer_bandwidth: 1.0,
     };
+
+    /// The transfer costs the simulator and the relay chooser use.
+    pub fn transfer_costs(&self) -> ultraep_xfer::TransferCosts {
+        ultraep_xfer::TransferCosts {
+            bandwidth_ppm: (self.transfer_bandwidth.clamp(1e-6, 1.0) * 1e6).round() as u32,
+            ..ultraep_xfer::TransferCosts::CALIBRATED
+        }
+    }
 
     /// Seconds of the all-gather of the load: every rank receives every other rank's counts (4
     /// bytes per expert) over its scale-up port, after one hop.

@@ -9,8 +9,8 @@ use ultraep_plan::reference::ReferenceScenario;
 use ultraep_plan::{Balancer, PlanConfig, Planner};
 use ultraep_topo::Topology;
 use ultraep_xfer::{
-    ExpertState, Fanout, RelayPieces, ReplicaSet, Simulation, TransferConfig, TransferSchedule,
-    simulate,
+    ExpertState, Fanout, RelayPieces, ReplicaSet, Simulation, TransferConfig, TransferCosts,
+    TransferSchedule, simulate,
 };
 
 use crate::BenchError;
@@ -28,6 +28,45 @@ pub struct XferArgs {
     /// Relays wait for whole 256 KiB chunks (as published) instead of single tiles.
     #[arg(long)]
     pub chunk_relays: bool,
+    /// The transfer model: "calibrated" (per-transfer cost and backpressure, calibrated against
+    /// the published timings) or "ideal" (bytes at port speed only).
+    #[arg(long, default_value = "calibrated")]
+    pub model: String,
+    /// Override the model's per-transfer cost in nanoseconds (for calibration).
+    #[arg(long)]
+    pub per_transfer_ns: Option<u32>,
+    /// Override the model's relay forwarding overhead in parts per million (for calibration).
+    #[arg(long)]
+    pub relay_forward_ppm: Option<u32>,
+}
+
+/// The published EP64 weight-sync times, direct and with relays, of the reference plans at
+/// 1.5 / 2.0 / 3.0 initial imbalance (`ultraep-facts.md` section 5), in microseconds.
+pub const PUBLISHED_EP64_US: [(f64, f64, f64); 3] = [
+    (1.5, 214.0, 194.0),
+    (2.0, 265.0, 195.0),
+    (3.0, 317.0, 188.0),
+];
+
+/// The transfer costs `args` name.
+pub fn costs(args: &XferArgs) -> Result<TransferCosts, BenchError> {
+    let mut costs = match args.model.to_lowercase().as_str() {
+        "calibrated" => TransferCosts::CALIBRATED,
+        "ideal" => TransferCosts::IDEAL,
+        other => {
+            return Err(BenchError::InvalidProblem {
+                source_name: other.to_owned(),
+                message: "unknown transfer model; known: calibrated, ideal".into(),
+            });
+        }
+    };
+    if let Some(ns) = args.per_transfer_ns {
+        costs.per_transfer_ns = ns;
+    }
+    if let Some(ppm) = args.relay_forward_ppm {
+        costs.relay_forward_ppm = ppm;
+    }
+    Ok(costs)
 }
 
 /// One row of the comparison.
@@ -78,6 +117,7 @@ pub fn rows(args: &XferArgs) -> Result<Vec<XferRow>, BenchError> {
         } else {
             RelayPieces::Tiles
         },
+        costs: costs(args)?,
         ..TransferConfig::default()
     };
     let mut rows = Vec::new();
@@ -133,14 +173,17 @@ pub fn run(args: &XferArgs) -> Result<String, BenchError> {
         "32 KiB tiles"
     };
     let mut out = format!(
-        "DeepSeek-V3 experts (44.05 MB, FP8) on 64 GPUs of a GB200 NVL72 (900 GB/s per direction); relays forward {pieces}\n\n\
-         | case | replicas | relayed experts | lower bound (us) | direct (us) | direct eff. | chosen (us) | chosen eff. |\n\
-         |---|---|---|---|---|---|---|---|\n",
+        "DeepSeek-V3 experts (44.05 MB, FP8) on 64 GPUs of a GB200 NVL72 (900 GB/s per direction); relays forward {pieces}; \
+         simulated with the {} transfer model ({:?})\n\n\
+         | case | replicas | relayed experts | lower bound (us) | direct (us) | direct eff. | chosen (us) | chosen eff. | published direct / relays (us) |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
+        args.model,
+        costs(args)?,
     );
     for row in &rows {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {:.1} | {:.1} | {:.2} | {:.1} | {:.2} |",
+            "| {} | {} | {} | {:.1} | {:.1} | {:.2} | {:.1} | {:.2} | {} |",
             row.case,
             row.replicas,
             row.relayed,
@@ -149,6 +192,12 @@ pub fn run(args: &XferArgs) -> Result<String, BenchError> {
             row.direct.efficiency(),
             row.chosen.makespan_ps as f64 / 1e6,
             row.chosen.efficiency(),
+            PUBLISHED_EP64_US
+                .iter()
+                .find(|(target, _, _)| row.case == format!("EP64 plan at {target:.1}"))
+                .map_or("-".into(), |(_, direct, relays)| format!(
+                    "{direct:.0} / {relays:.0}"
+                )),
         );
     }
     Ok(out)

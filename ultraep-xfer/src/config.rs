@@ -21,6 +21,49 @@ pub struct TransferConfig {
     pub allow_relays: bool,
     /// The unit a relay waits for and forwards.
     pub relay_pieces: RelayPieces,
+    /// What moving a piece costs beyond its bytes at the port's bandwidth: what the simulator
+    /// plays and the relay chooser weighs.
+    pub costs: TransferCosts,
+}
+
+/// How a transfer behaves on real hardware, beyond bytes over a port. Integers only, so that every
+/// rank's chooser decides alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TransferCosts {
+    /// Nanoseconds every transfer holds its sender's port beyond its bytes: issuing the stores,
+    /// the fence and the ready flag, and the receiver's poll.
+    pub per_transfer_ns: u32,
+    /// The bandwidth bytes move at, in parts per million of the port's.
+    pub bandwidth_ppm: u32,
+    /// Parts per million added to a forwarded piece's time on a relay: its SMs read the landed
+    /// piece back from memory before storing it on.
+    pub relay_forward_ppm: u32,
+    /// Whether a sender waits for the receiver's port (a switch without buffering to spare): the
+    /// transfer then holds both ports at once.
+    pub backpressure: bool,
+}
+
+impl TransferCosts {
+    /// Bytes at the full port bandwidth and nothing else: the optimistic model, a bound.
+    pub const IDEAL: Self = Self {
+        per_transfer_ns: 0,
+        bandwidth_ppm: 1_000_000,
+        relay_forward_ppm: 0,
+        backpressure: false,
+    };
+
+    /// Calibrated against the published EP64 weight-sync measurements (direct 214 / 265 / 317 us,
+    /// relays 194 / 195 / 188 us, for the reference plans at 1.5 / 2.0 / 3.0 imbalance; `ultraep
+    /// xfer --chunk-relays` prints both): 20 ns per transfer and backpressure bring direct fan-out
+    /// to 210 / 263 / 315 us, and a forwarded byte costing a relay three times a direct store (it
+    /// is read back from memory, stored on, and its SMs are shared) brings relays to
+    /// 155 / 203 / 203 us (mean 187 against 192).
+    pub const CALIBRATED: Self = Self {
+        per_transfer_ns: 20,
+        bandwidth_ppm: 1_000_000,
+        relay_forward_ppm: 2_000_000,
+        backpressure: true,
+    };
 }
 
 /// What a relay waits for before it forwards.
@@ -41,6 +84,7 @@ impl Default for TransferConfig {
             chunk_bytes: 256 * 1024,
             allow_relays: true,
             relay_pieces: RelayPieces::Tiles,
+            costs: TransferCosts::CALIBRATED,
         }
     }
 }
@@ -57,6 +101,11 @@ impl TransferConfig {
         if !self.tile_bytes.is_multiple_of(16) {
             return Err(XferError::InvalidConfig {
                 reason: "tiles must be a multiple of 16 bytes (the kernel's vector width)",
+            });
+        }
+        if self.costs.bandwidth_ppm == 0 || self.costs.bandwidth_ppm > 1_000_000 {
+            return Err(XferError::InvalidConfig {
+                reason: "the bandwidth must be above 0 and at most 1,000,000 ppm of the port's",
             });
         }
         if !self.chunk_bytes.is_multiple_of(self.tile_bytes) {

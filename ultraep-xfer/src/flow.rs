@@ -13,6 +13,8 @@ pub(crate) struct ChunkTransfer {
     pub from: u32,
     pub to: u32,
     pub bytes: u64,
+    /// Whether the sender forwards a piece it received (a relay) rather than its own state.
+    pub forwarded: bool,
 }
 
 /// Transfers and, for each, the transfers that must land before it can start.
@@ -58,6 +60,7 @@ pub(crate) fn distribution(schedule: &TransferSchedule) -> Flow {
                             from: fanout.master,
                             to,
                             bytes: piece.bytes,
+                            forwarded: false,
                         };
                         flow.push(transfer, Vec::new());
                     }
@@ -71,6 +74,7 @@ pub(crate) fn distribution(schedule: &TransferSchedule) -> Flow {
                             from: fanout.master,
                             to: owner,
                             bytes: piece.bytes,
+                            forwarded: false,
                         },
                         Vec::new(),
                     );
@@ -83,6 +87,7 @@ pub(crate) fn distribution(schedule: &TransferSchedule) -> Flow {
                             from: owner,
                             to,
                             bytes: piece.bytes,
+                            forwarded: true,
                         };
                         flow.push(transfer, vec![feed]);
                     }
@@ -104,17 +109,18 @@ pub(crate) fn reduction(schedule: &TransferSchedule) -> Flow {
     for (index, fanout) in schedule.fanouts().iter().enumerate() {
         for (step, piece) in schedule.pieces(fanout).iter().enumerate() {
             let (fanout_index, piece_index) = (index as u32, step as u32);
-            let transfer = |from: u32, to: u32| ChunkTransfer {
+            let transfer = |from: u32, to: u32, forwarded: bool| ChunkTransfer {
                 fanout: fanout_index,
                 piece: piece_index,
                 from,
                 to,
                 bytes: piece.bytes,
+                forwarded,
             };
             match piece.owner {
                 None => {
                     for to in rotated(&fanout.destinations, step) {
-                        flow.push(transfer(to, fanout.master), Vec::new());
+                        flow.push(transfer(to, fanout.master, false), Vec::new());
                     }
                 }
                 Some(owner) => {
@@ -126,9 +132,9 @@ pub(crate) fn reduction(schedule: &TransferSchedule) -> Flow {
                         + 1;
                     let inbound: Vec<u32> = rotated(&fanout.destinations, start)
                         .filter(|&from| from != owner)
-                        .map(|from| flow.push(transfer(from, owner), Vec::new()))
+                        .map(|from| flow.push(transfer(from, owner, false), Vec::new()))
                         .collect();
-                    flow.push(transfer(owner, fanout.master), inbound);
+                    flow.push(transfer(owner, fanout.master, true), inbound);
                 }
             }
         }

@@ -27,14 +27,17 @@ mod tasks;
 mod transport;
 
 pub use checksum::{Checksum, checksum};
-pub use config::{RelayPieces, TransferConfig};
+pub use config::{RelayPieces, TransferConfig, TransferCosts};
 pub use cpu::{CpuTransport, SlotState};
 pub use error::XferError;
 pub use pool::WorkerPool;
 pub use reduction::{ReductionScratch, reduce_gradients};
 pub use replicas::{Fanout, Region, ReplicaSet};
 pub use schedule::{Piece, Route, ScheduleBuilder, ScheduledFanout, TransferSchedule};
-pub use simulate::{ReplicaReady, Simulation, lower_bound, simulate, simulate_reduction};
+pub use simulate::{
+    PlayedTransfer, ReplicaReady, Simulation, lower_bound, played_transfers, simulate,
+    simulate_reduction,
+};
 pub use state::{ExpertState, Shard};
 pub use tasks::{
     NO_FLAG, SLOT_REGION, TaskListBuilder, TileDestination, TileTask, TileTaskList, region_code,

@@ -314,12 +314,27 @@ struct CostModel<'a> {
 }
 
 impl CostModel<'_> {
-    /// Picoseconds `rank`'s scale-up egress port needs to send `bytes`.
-    fn egress_time(topology: &Topology, rank: u32, bytes: u64) -> u64 {
+    /// Picoseconds `rank`'s scale-up egress port needs to send `bytes` in pieces of `piece`
+    /// bytes under the configured costs (forwarded pieces pay the relay's extra read).
+    fn egress_time(
+        &self,
+        topology: &Topology,
+        rank: u32,
+        bytes: u64,
+        piece: u64,
+        forwarded: bool,
+    ) -> u64 {
+        let costs = self.config.costs;
         let bandwidth = topology
             .links(RankId(rank))
             .map_or(1, |links| links.scale_up_egress.get());
-        picoseconds(bytes, bandwidth)
+        let bandwidth =
+            (u128::from(bandwidth) * u128::from(costs.bandwidth_ppm) / 1_000_000).max(1) as u64;
+        let mut time = picoseconds(bytes, bandwidth);
+        if forwarded {
+            time += (u128::from(time) * u128::from(costs.relay_forward_ppm) / 1_000_000) as u64;
+        }
+        time + bytes.div_ceil(piece.max(1)) * u64::from(costs.per_transfer_ns) * 1000
     }
 
     /// Chooses the route of `fanout`: `true` for relays, whose ranks are then in `relays`
@@ -332,7 +347,8 @@ impl CostModel<'_> {
     ) -> bool {
         let n = fanout.destinations.len() as u64;
         let master = fanout.master;
-        let one_copy = Self::egress_time(topology, master, self.state_bytes);
+        let chunk = u64::from(self.config.chunk_bytes);
+        let one_copy = self.egress_time(topology, master, self.state_bytes, chunk, false);
         let direct_cost = self.egress_ps[master as usize] + one_copy * n;
         if !self.config.allow_relays || n < 2 {
             self.egress_ps[master as usize] += one_copy * n;
@@ -349,15 +365,16 @@ impl CostModel<'_> {
         self.candidates.sort_unstable();
         let first = fanout.destinations[0].0;
         // The second stage starts a piece later than the first and crosses one more hop.
-        let piece = match self.config.relay_pieces {
+        let piece = u64::from(match self.config.relay_pieces {
             RelayPieces::Tiles => self.config.tile_bytes,
             RelayPieces::Chunks => self.config.chunk_bytes,
-        };
-        let hop = Self::egress_time(topology, master, u64::from(piece).min(self.state_bytes))
+        });
+        let hop = self.egress_time(topology, master, piece.min(self.state_bytes), piece, false)
             + topology
                 .path(RankId(master), RankId(first))
                 .map_or(0, |path| path.latency.get() * 1000);
-        let master_once = self.egress_ps[master as usize] + one_copy;
+        let master_once = self.egress_ps[master as usize]
+            + self.egress_time(topology, master, self.state_bytes, piece, false);
         let state_bytes = self.state_bytes;
         // Pieces go to relays by least bytes owned, so each forwards about 1/r of the state to
         // every other destination.
@@ -366,7 +383,8 @@ impl CostModel<'_> {
         for count in 1..=fanout.destinations.len() {
             let mut worst = master_once;
             for &(load, rank) in &self.candidates[..count] {
-                worst = worst.max(load + Self::egress_time(topology, rank, forwarded(count)));
+                worst = worst
+                    .max(load + self.egress_time(topology, rank, forwarded(count), piece, true));
             }
             let cost = worst + hop;
             if best.is_none_or(|(b, _)| cost < b) {
@@ -379,8 +397,8 @@ impl CostModel<'_> {
                 relays.clear();
                 for index in 0..count {
                     let rank = self.candidates[index].1;
-                    let bytes = forwarded(count);
-                    self.egress_ps[rank as usize] += Self::egress_time(topology, rank, bytes);
+                    let time = self.egress_time(topology, rank, forwarded(count), piece, true);
+                    self.egress_ps[rank as usize] += time;
                     relays.push(rank);
                 }
                 true

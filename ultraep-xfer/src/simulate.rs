@@ -23,7 +23,7 @@ use ultraep_topo::{RankId, Topology};
 
 use crate::flow::Flow;
 use crate::schedule::picoseconds;
-use crate::{TransferSchedule, XferError};
+use crate::{TransferCosts, TransferSchedule, XferError};
 
 /// When one replica has its whole state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,7 +77,7 @@ impl Simulation {
 pub fn simulate(schedule: &TransferSchedule, topology: &Topology) -> Result<Simulation, XferError> {
     let flow = crate::flow::distribution(schedule);
     let transfers = &flow.transfers;
-    let played = play(&flow, topology)?;
+    let played = play(&flow, topology, schedule.config().costs)?;
     let ranks = topology.rank_count();
     let mut complete = vec![0u64; schedule.fanouts().len() * ranks];
     for (transfer, &at) in transfers.iter().zip(&played.landed_ps) {
@@ -103,9 +103,67 @@ pub fn simulate(schedule: &TransferSchedule, topology: &Topology) -> Result<Simu
     Ok(played.into_simulation(lower_bound(schedule, topology)?, ready))
 }
 
+/// One piece transfer as the simulator played it: what moved, and when each port carried it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlayedTransfer {
+    /// The expert.
+    pub expert: u32,
+    /// The sender: the expert's master, or a relay forwarding what it received.
+    pub from: u32,
+    /// The receiver.
+    pub to: u32,
+    /// Where the piece starts in the expert's state, in bytes.
+    pub offset: u64,
+    /// The piece's bytes.
+    pub bytes: u64,
+    /// Whether the sender forwards a piece it received.
+    pub forwarded: bool,
+    /// Picoseconds the sender's egress port carried it: `[start, end)`.
+    pub egress_ps: (u64, u64),
+    /// Picoseconds the receiver's ingress port carried it: `[start, end)`.
+    pub ingress_ps: (u64, u64),
+    /// When it landed (after the hop's latency).
+    pub landed_ps: u64,
+}
+
+/// Every piece transfer of `schedule`'s weight distribution as the simulator plays it, in the
+/// order they were listed: what a flow checker needs to verify that every destination receives
+/// every byte once, that relays forward only what they hold, and that no port is over-used.
+pub fn played_transfers(
+    schedule: &TransferSchedule,
+    topology: &Topology,
+) -> Result<Vec<PlayedTransfer>, XferError> {
+    let flow = crate::flow::distribution(schedule);
+    let played = play(&flow, topology, schedule.config().costs)?;
+    let pieces: Vec<_> = schedule
+        .fanouts()
+        .iter()
+        .map(|fanout| schedule.pieces(fanout))
+        .collect();
+    Ok(flow
+        .transfers
+        .iter()
+        .enumerate()
+        .map(|(index, transfer)| PlayedTransfer {
+            expert: schedule.fanouts()[transfer.fanout as usize].expert,
+            from: transfer.from,
+            to: transfer.to,
+            offset: pieces[transfer.fanout as usize][transfer.piece as usize].offset,
+            bytes: transfer.bytes,
+            forwarded: transfer.forwarded,
+            egress_ps: played.egress_ps[index],
+            ingress_ps: played.ingress_ps[index],
+            landed_ps: played.landed_ps[index],
+        })
+        .collect())
+}
+
 /// What playing a list of transfers found.
 pub(crate) struct Played {
     pub makespan_ps: u64,
+    /// The egress and ingress intervals of every transfer, in list order.
+    pub egress_ps: Vec<(u64, u64)>,
+    pub ingress_ps: Vec<(u64, u64)>,
     pub egress_busy_ps: Vec<u64>,
     pub ingress_busy_ps: Vec<u64>,
     pub bytes_moved: u64,
@@ -122,7 +180,7 @@ pub fn simulate_reduction(
     topology: &Topology,
 ) -> Result<Simulation, XferError> {
     let flow = crate::flow::reduction(schedule);
-    let played = play(&flow, topology)?;
+    let played = play(&flow, topology, schedule.config().costs)?;
     let mut complete = vec![0u64; schedule.fanouts().len()];
     for (transfer, &at) in flow.transfers.iter().zip(&played.landed_ps) {
         if transfer.to == schedule.fanouts()[transfer.fanout as usize].master {
@@ -161,7 +219,11 @@ impl Played {
 /// Events are sends, taken in order of their start: every egress port keeps the transfers it may
 /// send (their chunk has arrived) in order of arrival, and a heap picks the port that can start
 /// soonest. Receivers take transfers in the order they were sent.
-pub(crate) fn play(flow: &Flow, topology: &Topology) -> Result<Played, XferError> {
+pub(crate) fn play(
+    flow: &Flow,
+    topology: &Topology,
+    costs: TransferCosts,
+) -> Result<Played, XferError> {
     let transfers = &flow.transfers;
     let ranks = topology.rank_count();
     let mut egress_free = vec![0u64; ranks];
@@ -169,6 +231,8 @@ pub(crate) fn play(flow: &Flow, topology: &Topology) -> Result<Played, XferError
     let mut egress_busy = vec![0u64; ranks];
     let mut ingress_busy = vec![0u64; ranks];
     let mut landed_at = vec![u64::MAX; transfers.len()];
+    let mut egress_spans = vec![(0u64, 0u64); transfers.len()];
+    let mut ingress_spans = vec![(0u64, 0u64); transfers.len()];
     // Transfers waiting for their piece: who waits for each transfer, and how many each still
     // waits for (and the latest landing among those it has seen).
     let mut waiting: Vec<Vec<u32>> = vec![Vec::new(); transfers.len()];
@@ -204,22 +268,35 @@ pub(crate) fn play(flow: &Flow, topology: &Topology) -> Result<Played, XferError
         let Some(&Reverse((ready, index))) = sendable[from].peek() else {
             continue;
         };
-        let start = ready.max(egress_free[from]);
+        let transfer = transfers[index as usize];
+        let to = transfer.to as usize;
+        // With backpressure the sender also waits for the receiver's port.
+        let start = if costs.backpressure {
+            ready.max(egress_free[from]).max(ingress_free[to])
+        } else {
+            ready.max(egress_free[from])
+        };
         if start != at {
             // A stale entry: the port's next send starts later than this entry said.
             ports.push(Reverse((start, rank)));
             continue;
         }
         sendable[from].pop();
-        let transfer = transfers[index as usize];
-        let to = transfer.to as usize;
         let path = topology
             .path(RankId(transfer.from), RankId(transfer.to))
             .map_err(|_| XferError::UnknownRank {
                 rank: transfer.from.max(transfer.to),
                 rank_count: ranks as u32,
             })?;
-        let duration = picoseconds(transfer.bytes, path.bandwidth.map_or(u64::MAX, |b| b.get()));
+        let bandwidth = path.bandwidth.map_or(u64::MAX, |b| {
+            (u128::from(b.get()) * u128::from(costs.bandwidth_ppm) / 1_000_000).max(1) as u64
+        });
+        let mut duration = picoseconds(transfer.bytes, bandwidth);
+        if transfer.forwarded {
+            duration +=
+                (u128::from(duration) * u128::from(costs.relay_forward_ppm) / 1_000_000) as u64;
+        }
+        duration += u64::from(costs.per_transfer_ns) * 1000;
         // The sender's egress sends it now; the receiver's ingress takes it in as soon as it is
         // free, never finishing before the last byte was sent.
         let send_end = start + duration;
@@ -230,6 +307,8 @@ pub(crate) fn play(flow: &Flow, topology: &Topology) -> Result<Played, XferError
         ingress_busy[to] += duration;
         let landed = receive_end + path.latency.get() * 1000;
         landed_at[index as usize] = landed;
+        egress_spans[index as usize] = (start, send_end);
+        ingress_spans[index as usize] = (receive_end - duration, receive_end);
         makespan = makespan.max(landed);
         bytes_moved += transfer.bytes;
         for &next in &waiting[index as usize] {
@@ -249,6 +328,8 @@ pub(crate) fn play(flow: &Flow, topology: &Topology) -> Result<Played, XferError
     }
     Ok(Played {
         makespan_ps: makespan,
+        egress_ps: egress_spans,
+        ingress_ps: ingress_spans,
         egress_busy_ps: egress_busy,
         ingress_busy_ps: ingress_busy,
         bytes_moved,

@@ -1,15 +1,22 @@
-//! `ultraep xfer`: relays against direct fan-out on 64 GPUs with DeepSeek-V3 experts.
+//! `ultraep xfer`: relays against direct fan-out on 64 GPUs with DeepSeek-V3 experts, under the
+//! ideal transfer model (bytes at port speed) and the calibrated one.
 
-use ultraep_bench::xfer_command::{XferArgs, rows};
+use ultraep_bench::xfer_command::{PUBLISHED_EP64_US, XferArgs, rows};
+
+fn args(replicas: Vec<u32>, no_reference: bool, chunk_relays: bool, model: &str) -> XferArgs {
+    XferArgs {
+        replicas,
+        no_reference,
+        chunk_relays,
+        model: model.into(),
+        per_transfer_ns: None,
+        relay_forward_ppm: None,
+    }
+}
 
 #[test]
-fn relays_reach_ninety_percent_where_direct_fan_out_is_at_most_half() {
-    let args = XferArgs {
-        replicas: vec![1, 4, 8, 16, 32],
-        no_reference: false,
-        chunk_relays: false,
-    };
-    let rows = rows(&args).unwrap();
+fn ideal_relays_reach_ninety_percent_where_direct_fan_out_is_at_most_half() {
+    let rows = rows(&args(vec![1, 4, 8, 16, 32], false, false, "ideal")).unwrap();
     assert_eq!(rows.len(), 8);
     let mut compared = 0;
     for row in &rows {
@@ -34,15 +41,59 @@ fn relays_reach_ninety_percent_where_direct_fan_out_is_at_most_half() {
 }
 
 #[test]
+fn the_calibrated_model_lands_on_the_published_weight_sync_times() {
+    // The published EP64 measurement forwards 256 KiB chunks.
+    let rows = rows(&args(vec![], false, true, "calibrated")).unwrap();
+    let mut relayed = Vec::new();
+    for (target, direct, relays) in PUBLISHED_EP64_US {
+        let row = rows
+            .iter()
+            .find(|row| row.case == format!("EP64 plan at {target:.1}"))
+            .unwrap();
+        let simulated_direct = row.direct.makespan_ps as f64 / 1e6;
+        // Direct fan-out within 5% of each published time.
+        assert!(
+            (simulated_direct / direct - 1.0).abs() <= 0.05,
+            "{}: direct {simulated_direct:.1} us against {direct}",
+            row.case
+        );
+        assert!(row.relayed > 0, "{}", row.case);
+        assert!(
+            row.chosen.makespan_ps <= row.direct.makespan_ps,
+            "{}",
+            row.case
+        );
+        relayed.push((row.chosen.makespan_ps as f64 / 1e6, relays));
+    }
+    // Relays: the chooser's decisions move single rows by up to a fifth; their mean is within
+    // 5% of the published mean.
+    let simulated: f64 = relayed.iter().map(|(s, _)| s).sum::<f64>() / 3.0;
+    let published: f64 = relayed.iter().map(|(_, p)| p).sum::<f64>() / 3.0;
+    assert!(
+        (simulated / published - 1.0).abs() <= 0.05,
+        "relays {relayed:?}"
+    );
+    for (simulated, published) in relayed {
+        assert!(
+            (simulated / published - 1.0).abs() <= 0.25,
+            "{simulated} against {published}"
+        );
+    }
+}
+
+#[test]
 fn chunk_relays_are_slower_but_still_far_ahead_of_direct() {
-    let args = XferArgs {
-        replicas: vec![8, 32],
-        no_reference: true,
-        chunk_relays: true,
-    };
-    for row in rows(&args).unwrap() {
+    for row in rows(&args(vec![8, 32], true, true, "ideal")).unwrap() {
         assert!(
             row.chosen.efficiency() >= 5.0 * row.direct.efficiency(),
+            "{}",
+            row.case
+        );
+    }
+    // Under the calibrated costs relays still pay for many replicas, by less.
+    for row in rows(&args(vec![8, 32], true, true, "calibrated")).unwrap() {
+        assert!(
+            row.chosen.makespan_ps * 2 <= row.direct.makespan_ps,
             "{}",
             row.case
         );

@@ -4,7 +4,7 @@ use ultraep_plan::{Balancer, ExpertLayout, LoadMatrix, PlanConfig, Planner, Rank
 use ultraep_topo::Preset;
 use ultraep_xfer::{
     CpuTransport, ExpertState, RelayPieces, ReplicaSet, SlotState, TileTaskList, TransferConfig,
-    TransferSchedule, Transport, XferError,
+    TransferCosts, TransferSchedule, Transport, XferError,
 };
 
 const STATE_BYTES: u64 = 1 << 20;
@@ -53,8 +53,13 @@ fn a_full_layer_arrives_with_every_checksum_correct() {
         "a skewed layer needs many replicas"
     );
     let state = ExpertState::opaque(STATE_BYTES).unwrap();
-    let schedule =
-        TransferSchedule::build(&replicas, &state, &topology, TransferConfig::default()).unwrap();
+    // Under the ideal costs the chooser relays this small layer's hot experts, which is what
+    // this test of the relayed data path needs.
+    let config = TransferConfig {
+        costs: TransferCosts::IDEAL,
+        ..TransferConfig::default()
+    };
+    let schedule = TransferSchedule::build(&replicas, &state, &topology, config).unwrap();
     assert!(schedule.relayed_count() > 0, "the layer exercises relays");
     let mut ranks = ranks_with_weights(&layout);
     let report = ranks
@@ -157,6 +162,7 @@ fn gradients_reduce_into_masters_and_free_the_slots() {
         chunk_bytes: 4096,
         allow_relays: true,
         relay_pieces: RelayPieces::Chunks,
+        ..TransferConfig::default()
     };
     let schedule = TransferSchedule::build(&replicas, &state, &topology, config).unwrap();
     let mut ranks = CpuTransport::new(&[4; 8], 2, gradient_bytes, 1024, 2);

@@ -2,8 +2,17 @@
 
 use ultraep_topo::Preset;
 use ultraep_xfer::{
-    ExpertState, Fanout, ReplicaSet, Route, TransferConfig, TransferSchedule, simulate,
+    ExpertState, Fanout, ReplicaSet, Route, TransferConfig, TransferCosts, TransferSchedule,
+    simulate,
 };
+
+/// The worked cases below count bytes at port speed and nothing else: the ideal model.
+fn ideal() -> TransferConfig {
+    TransferConfig {
+        costs: TransferCosts::IDEAL,
+        ..TransferConfig::default()
+    }
+}
 
 #[test]
 fn one_replica_takes_one_transfer_time() {
@@ -18,8 +27,7 @@ fn one_replica_takes_one_transfer_time() {
         }],
     };
     let state = ExpertState::opaque(9_000_000).unwrap();
-    let schedule =
-        TransferSchedule::build(&replicas, &state, &topology, TransferConfig::default()).unwrap();
+    let schedule = TransferSchedule::build(&replicas, &state, &topology, ideal()).unwrap();
     assert_eq!(schedule.fanouts()[0].route, Route::Direct);
     let simulation = simulate(&schedule, &topology).unwrap();
     assert_eq!(simulation.lower_bound_ps, 10_000_000);
@@ -45,15 +53,14 @@ fn direct_fan_out_is_bound_by_the_master() {
     let state = ExpertState::opaque(9_000_000).unwrap();
     let direct = TransferConfig {
         allow_relays: false,
-        ..TransferConfig::default()
+        ..ideal()
     };
     let schedule = TransferSchedule::build(&replicas, &state, &topology, direct).unwrap();
     let simulation = simulate(&schedule, &topology).unwrap();
     // The master sends 8 copies: 80 us; the bound is one copy's 10 us.
     assert!(simulation.makespan_ps >= 80_000_000);
     assert!(simulation.efficiency() < 0.13);
-    let relayed =
-        TransferSchedule::build(&replicas, &state, &topology, TransferConfig::default()).unwrap();
+    let relayed = TransferSchedule::build(&replicas, &state, &topology, ideal()).unwrap();
     assert!(matches!(relayed.fanouts()[0].route, Route::Relayed { .. }));
     // Relays cut 80 us to about 14 us; on a 10 us transfer two 1 us hops are most of what is left.
     let efficiency = simulate(&relayed, &topology).unwrap().efficiency();
