@@ -17,12 +17,12 @@ use std::time::Instant;
 
 use serde::Serialize;
 use ultraep_plan::{
-    Balancer, Eplb, EplbMode, ExpertLayout, ForceBalanced, LoadMatrix, Lplb, NoBalance, Plan,
-    PlanConfig, Planner, RankDomains,
+    Balancer, Eplb, EplbMode, EplbReplace, ExpertLayout, ForceBalanced, LoadMatrix, Lplb,
+    NoBalance, Plan, PlanConfig, Planner, RankDomains,
 };
 use ultraep_topo::Topology;
 use ultraep_xfer::{
-    ExpertState, RelayPieces, ReplicaSet, TransferConfig, TransferSchedule, simulate,
+    ExpertState, Fanout, RelayPieces, ReplicaSet, TransferConfig, TransferSchedule, simulate,
     simulate_reduction,
 };
 
@@ -33,7 +33,15 @@ use crate::step::{Hardware, Mode, Overheads, layer_outcome, outside_moe};
 use crate::workload::{Workload, WorkloadConfig, calibrate_skew};
 
 /// The balancers compared, in report order.
-pub const BALANCERS: [&str; 6] = ["none", "eplb", "lplb", "eplb-oracle", "ultraep", "ideal"];
+pub const BALANCERS: [&str; 7] = [
+    "none",
+    "eplb",
+    "eplb-replace",
+    "lplb",
+    "eplb-oracle",
+    "ultraep",
+    "ideal",
+];
 
 /// A published scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -459,6 +467,9 @@ pub fn run_steps(
         PlanConfig::default(),
     )?;
     let mut oracle = Eplb::new(layout.clone(), domains.clone(), slots, EplbMode::Oracle)?;
+    let mut replacing: Vec<EplbReplace> = (0..run.layers)
+        .map(|_| EplbReplace::new(layout.clone(), domains.clone(), slots))
+        .collect::<Result<_, _>>()?;
     let mut lplb: Vec<Lplb> = (0..run.layers)
         .map(|_| Lplb::new(layout.clone(), domains.clone(), slots))
         .collect::<Result<_, _>>()?;
@@ -481,6 +492,15 @@ pub fn run_steps(
         ..transfer_config
     };
 
+    // A copy that EPLB's full re-placement creates carries the expert's weights, and in training
+    // its FP32 master weights and Adam moments too (12 bytes per parameter): any copy may be the
+    // one the optimizer updates.
+    let moved_bytes = weights.bytes()
+        + if scenario.mode == Mode::Training {
+            12 * model.expert_params()
+        } else {
+            0
+        };
     let mut tallies = vec![Tally::default(); BALANCERS.len()];
     for tally in &mut tallies {
         tally.per_layer = vec![0.0; run.layers as usize];
@@ -519,11 +539,14 @@ pub fn run_steps(
         }
         estimate
     };
-    let rebalance = |deployed: &mut [Eplb], history: &[VecDeque<Vec<u32>>]| {
-        for (balancer, window) in deployed.iter_mut().zip(history) {
+    let rebalance = |deployed: &mut [Eplb],
+                     replacing: &mut [EplbReplace],
+                     history: &[VecDeque<Vec<u32>>]| {
+        for ((balancer, replace), window) in deployed.iter_mut().zip(replacing).zip(history) {
             let estimate = estimate(window);
             let matrix = LoadMatrix::new(&estimate, ranks as usize, model.routed_experts as usize)?;
             balancer.rebalance(matrix)?;
+            replace.rebalance(matrix)?;
         }
         Ok::<(), BenchError>(())
     };
@@ -535,7 +558,7 @@ pub fn run_steps(
         remember(&mut history, layers);
     }
     if run.warmup_steps > 0 {
-        rebalance(&mut deployed, &history)?;
+        rebalance(&mut deployed, &mut replacing, &history)?;
         // LPLB's replicas are placed once, from the warm-up, and never move.
         for (balancer, window) in lplb.iter_mut().zip(&history) {
             let estimate = estimate(window);
@@ -585,8 +608,10 @@ pub fn run_steps(
             * model.outside_moe_flops_per_token(scenario.sequence) as f64
             * passes;
         let replan = step > 0 && step % run.eplb_interval.max(1) == 0;
+        // Where each expert's copies came from before this step's re-placement.
+        let previous_homes: Vec<Vec<u32>> = replacing.iter().map(|r| r.homes().to_vec()).collect();
         if replan {
-            rebalance(&mut deployed, &history)?;
+            rebalance(&mut deployed, &mut replacing, &history)?;
         }
         for (layer, loads) in layers.iter().enumerate() {
             let matrix = LoadMatrix::new(loads, ranks as usize, model.routed_experts as usize)?;
@@ -603,6 +628,17 @@ pub fn run_steps(
                     "none" => none.plan_into(matrix, &mut plan)?,
                     "ideal" => ideal.plan_into(matrix, &mut plan)?,
                     "eplb-oracle" => oracle.plan_into(matrix, &mut plan)?,
+                    "eplb-replace" => {
+                        replacing[layer].plan_into(matrix, &mut plan)?;
+                        if replan && !replacing[layer].moved().is_empty() {
+                            let moves = moved_copies(&replacing[layer], &previous_homes[layer]);
+                            let state = ExpertState::opaque(moved_bytes)?;
+                            let schedule =
+                                TransferSchedule::build(&moves, &state, topology, eplb_moves)?;
+                            charged.transfer_us =
+                                simulate(&schedule, topology)?.makespan_ps as f64 * 1e-6;
+                        }
+                    }
                     "lplb" => {
                         lplb[layer].plan_into(matrix, &mut plan)?;
                         // It gathers the load and solves its program every microbatch; it
@@ -737,6 +773,25 @@ pub fn run_steps(
         skew: 0.0,
         balancers,
     })
+}
+
+/// The copies `replace`'s last re-placement created, as fan-outs from each expert's master
+/// before it (`previous_homes`).
+fn moved_copies(replace: &EplbReplace, previous_homes: &[u32]) -> ReplicaSet {
+    let mut fanouts: Vec<Fanout> = Vec::new();
+    for &(expert, rank) in replace.moved() {
+        let master = previous_homes[expert as usize];
+        match fanouts.iter_mut().find(|f| f.expert == expert) {
+            Some(fanout) => fanout.destinations.push((rank, 0)),
+            None => fanouts.push(Fanout {
+                expert,
+                master,
+                master_index: 0,
+                destinations: vec![(rank, 0)],
+            }),
+        }
+    }
+    ReplicaSet { fanouts }
 }
 
 /// One point of a sweep.

@@ -7,8 +7,8 @@ const HEIGHT: f64 = 360.0;
 const LEFT: f64 = 60.0;
 const BOTTOM: f64 = 90.0;
 const TOP: f64 = 60.0;
-const COLOURS: [&str; 7] = [
-    "#9e9e9e", "#e69f00", "#56b4e9", "#009e73", "#0072b2", "#d55e00", "#cc79a7",
+const COLOURS: [&str; 8] = [
+    "#9e9e9e", "#e69f00", "#56b4e9", "#009e73", "#0072b2", "#d55e00", "#cc79a7", "#000000",
 ];
 
 /// The same colour for a balancer in every chart; other series by position.
@@ -20,6 +20,7 @@ fn colour(name: &str, position: usize) -> &'static str {
         "ultraep" => COLOURS[3],
         "ideal" => COLOURS[4],
         "lplb" => COLOURS[6],
+        "eplb-replace" => COLOURS[7],
         _ => COLOURS[position % COLOURS.len()],
     }
 }

@@ -184,27 +184,13 @@ impl Balancer for Eplb {
             self.rebalance(loads)?;
         }
         self.assembler.measure(loads)?;
-        // Instances per expert under the current placement, then even quotas: the master takes
-        // the first share, replicas the next ones in placement order.
-        self.instance_count.fill(1);
-        for &(expert, _) in &self.placement {
-            self.instance_count[expert as usize] += 1;
-        }
-        self.replicas.clear();
-        self.handed.fill(0);
-        for &(expert, rank) in &self.placement {
-            let e = expert as usize;
-            let count = u64::from(self.instance_count[e]);
-            let load = self.assembler.expert_load[e];
-            self.handed[e] += 1;
-            let index = u64::from(self.handed[e]);
-            let quota = load / count + u64::from(index < load % count);
-            self.replicas.push(Replica {
-                expert,
-                rank,
-                quota: quota as u32,
-            });
-        }
+        even_shares(
+            &self.placement,
+            &self.assembler.expert_load,
+            &mut self.instance_count,
+            &mut self.handed,
+            &mut self.replicas,
+        );
         self.assembler.assemble(
             loads,
             &mut self.replicas,
@@ -214,5 +200,37 @@ impl Balancer for Eplb {
         );
         self.assembler.record_busiest_ranks(plan);
         Ok(())
+    }
+}
+
+/// EPLB's even split of every expert's `expert_load` over its instances under `placement` (its
+/// replicas as (expert, rank)): the master takes the first share, the replicas the next ones in
+/// placement order, the first `load % count` shares one token more. The replicas' quotas go to
+/// `replicas`; `instance_count` and `handed` are scratch, one entry per expert.
+pub(crate) fn even_shares(
+    placement: &[(u32, u32)],
+    expert_load: &[u64],
+    instance_count: &mut [u32],
+    handed: &mut [u32],
+    replicas: &mut Vec<Replica>,
+) {
+    instance_count.fill(1);
+    for &(expert, _) in placement {
+        instance_count[expert as usize] += 1;
+    }
+    replicas.clear();
+    handed.fill(0);
+    for &(expert, rank) in placement {
+        let e = expert as usize;
+        let count = u64::from(instance_count[e]);
+        let load = expert_load[e];
+        handed[e] += 1;
+        let index = u64::from(handed[e]);
+        let quota = load / count + u64::from(index < load % count);
+        replicas.push(Replica {
+            expert,
+            rank,
+            quota: quota as u32,
+        });
     }
 }

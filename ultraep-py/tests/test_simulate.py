@@ -80,7 +80,15 @@ def test_simulating_a_trace_gives_the_commands_figures(tmp_path):
     path = tmp_path / "loads.jsonl"
     path.write_text(trace.to_jsonl())
     result = ultraep.simulate(trace=path, mode="training")
-    assert set(result.balancers) == {"none", "eplb", "lplb", "eplb-oracle", "ultraep", "ideal"}
+    assert set(result.balancers) == {
+        "none",
+        "eplb",
+        "eplb-replace",
+        "lplb",
+        "eplb-oracle",
+        "ultraep",
+        "ideal",
+    }
     ultraep_figures = result.balancers["ultraep"]
     assert ultraep_figures["imbalance"] < result.balancers["none"]["imbalance"]
     assert ultraep_figures["replicas"] > 0
@@ -98,7 +106,7 @@ def test_simulating_a_trace_gives_the_commands_figures(tmp_path):
     summary = next(line for line in result.table.splitlines() if line.startswith("| trace"))
     finals = " / ".join(
         f"{result.balancers[name]['imbalance']:.2f}"
-        for name in ("none", "eplb", "lplb", "eplb-oracle", "ultraep")
+        for name in ("none", "eplb", "eplb-replace", "lplb", "eplb-oracle", "ultraep")
     )
     assert finals in summary
     assert finals in command_table(path)

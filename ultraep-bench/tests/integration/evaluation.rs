@@ -112,7 +112,7 @@ fn without_skew_every_balancer_gives_the_same_result() {
 fn fixed_result(
     name: &'static str,
     scenario: Scenario,
-    figures: [(f64, f64); 6],
+    figures: [(f64, f64); 7],
 ) -> ScenarioResult {
     let balancers = BALANCERS
         .iter()
@@ -153,6 +153,7 @@ fn summary_table_snapshot() {
                 (2.2, 0.6),
                 (1.7, 0.75),
                 (1.7, 0.75),
+                (1.7, 0.75),
                 (1.08, 0.96),
                 (1.01, 0.975),
                 (1.0, 1.0),
@@ -163,6 +164,7 @@ fn summary_table_snapshot() {
             scenarios[3],
             [
                 (3.7, 0.55),
+                (2.4, 0.7),
                 (2.4, 0.7),
                 (2.4, 0.7),
                 (1.05, 0.99),
@@ -186,6 +188,7 @@ fn calibration_table_snapshot() {
                 (2.86, 0.55),
                 (1.6, 0.75),
                 (1.6, 0.75),
+                (1.6, 0.75),
                 (1.06, 0.95),
                 (1.01, 0.94),
                 (1.0, 1.0),
@@ -196,6 +199,7 @@ fn calibration_table_snapshot() {
             scenarios[3],
             [
                 (3.68, 0.5),
+                (2.5, 0.7),
                 (2.5, 0.7),
                 (2.5, 0.7),
                 (1.05, 0.99),

@@ -2,8 +2,9 @@
 
 use proptest::prelude::*;
 use ultraep_plan::{
-    Balancer, Eplb, EplbMode, ExpertLayout, ForceBalanced, LoadMatrix, Lplb, NoBalance, Plan,
-    PlanConfig, PlanKind, Planner, RankDomains, RankSplit, Residency, SplitEntry, SplitMode,
+    Balancer, Eplb, EplbMode, EplbReplace, ExpertLayout, ForceBalanced, LoadMatrix, Lplb,
+    NoBalance, Plan, PlanConfig, PlanKind, Planner, RankDomains, RankSplit, Residency, SplitEntry,
+    SplitMode,
 };
 
 use crate::invariants::{Promises, check_plan};
@@ -246,6 +247,48 @@ proptest! {
         prop_assert!(split.metrics().max_rank_load <= applied.metrics().max_rank_load,
             "lplb {} above even shares {}", split.metrics().max_rank_load, applied.metrics().max_rank_load);
         prop_assert_eq!(&lplb.plan(problem.matrix()).unwrap(), &split, "deterministic");
+
+        // EPLB with full re-placement: every copy placed anew, masters included.
+        let mut replace = EplbReplace::new(layout.clone(), domains.clone(), problem.slots).unwrap();
+        replace.rebalance(LoadMatrix::new(&estimate, problem.ranks(), problem.experts()).unwrap()).unwrap();
+        let replaced = replace.plan(problem.matrix()).unwrap();
+        let mut capacity = vec![problem.slots as usize; problem.ranks()];
+        for &home in layout.homes() {
+            capacity[home as usize] += 1;
+        }
+        let mut held = vec![0usize; problem.ranks()];
+        let mut seen = std::collections::BTreeSet::new();
+        let mut quotas = vec![0u64; problem.experts()];
+        for instance in replaced.instances() {
+            held[instance.rank as usize] += 1;
+            prop_assert!(seen.insert((instance.expert, instance.rank)), "two copies on one rank");
+            prop_assert_eq!(
+                domains.domain_of(instance.rank),
+                domains.domain_of(layout.home(instance.expert)),
+                "a copy left its expert's domain"
+            );
+            quotas[instance.expert as usize] += u64::from(instance.quota);
+        }
+        for rank in 0..problem.ranks() {
+            prop_assert!(held[rank] <= capacity[rank], "rank {} holds {} copies in {} slots", rank, held[rank], capacity[rank]);
+        }
+        for (expert, &quota) in quotas.iter().enumerate() {
+            let load: u64 = (0..problem.ranks())
+                .map(|r| u64::from(problem.loads[r * problem.experts() + expert]))
+                .sum();
+            prop_assert_eq!(quota, load);
+        }
+
+        let rank_loads: u64 = replaced.rank_loads().iter().sum();
+        prop_assert_eq!(rank_loads, replaced.metrics().total_tokens);
+        // Copies that moved are exactly those not at an original home.
+        for &(expert, rank) in replace.moved() {
+            prop_assert!(seen.contains(&(expert, rank)));
+            prop_assert!(layout.home(expert) != rank);
+        }
+        let stayed = seen.iter().filter(|&&(expert, rank)| layout.home(expert) == rank).count();
+        prop_assert_eq!(stayed + replace.moved().len(), seen.len());
+        prop_assert_eq!(&replace.plan(problem.matrix()).unwrap(), &replaced, "deterministic");
 
         let ideal = ForceBalanced::new(layout, domains).unwrap().plan(problem.matrix()).unwrap();
         prop_assert_eq!(ideal.kind(), PlanKind::Ideal);
