@@ -383,7 +383,7 @@ pub fn write_report(
             &critical,
         ),
     )?;
-    for (index, result) in results.iter().enumerate() {
+    for result in results {
         let series: Vec<(String, Vec<f64>)> = COMPARED
             .iter()
             .filter_map(|&b| {
@@ -393,19 +393,29 @@ pub fn write_report(
             })
             .collect();
         write(
-            &format!("imbalance-{index}.svg"),
+            &format!("imbalance-{}.svg", file_name(&result.scenario.name)),
             &svg::lines(
                 &format!(
                     "{}: max/mean imbalance per simulated layer",
                     result.scenario.name
                 ),
                 "",
-                "layer",
+                "simulated layer",
+                1.0,
                 &series,
             ),
         )?;
     }
     Ok(())
+}
+
+/// `name` as a file name: lower case, words joined by hyphens.
+fn file_name(name: &str) -> String {
+    name.split(|c: char| !c.is_ascii_alphanumeric() && c != '.')
+        .filter(|word| !word.is_empty())
+        .map(str::to_lowercase)
+        .collect::<Vec<_>>()
+        .join("-")
 }
 
 fn markdown(run: &RunConfig, results: &[ScenarioResult]) -> String {
@@ -433,7 +443,7 @@ fn markdown(run: &RunConfig, results: &[ScenarioResult]) -> String {
     out.push_str(&overhead_table(results));
     out.push_str(
         "\nPlots: `throughput.svg` (fraction of ideal per scenario), `critical-path.svg` (ultraep's planning and weight \
-         transfer per layer), `imbalance-N.svg` (imbalance per simulated layer, scenario N). Method: \
+         transfer per layer), `imbalance-<scenario>.svg` (imbalance per simulated layer, averaged over steps, one line per balancer). Method: \
          `ultraep-bench/src/experiment.rs`, `step.rs` and `workload.rs`.\n",
     );
     out

@@ -46,7 +46,7 @@ pub fn grouped_bars(
         .flat_map(|(_, values)| values.iter().copied())
         .fold(0.0_f64, f64::max);
     let max = tidy(max);
-    let mut svg = header(title, unit, max);
+    let mut svg = header(title, unit, 0.0, max);
     let plot_width = WIDTH - LEFT - 20.0;
     let group = plot_width / categories.len().max(1) as f64;
     let bar = group * 0.8 / series.len().max(1) as f64;
@@ -83,19 +83,28 @@ pub fn grouped_bars(
 }
 
 /// A chart of `series` (name, one value per point) as lines over points `0..n`.
-pub fn lines(title: &str, unit: &str, x_label: &str, series: &[(String, Vec<f64>)]) -> String {
+///
+/// The y axis runs from `floor` (1.0 for an imbalance, whose best is 1) to the largest value,
+/// and every point's x position is labelled with its index.
+pub fn lines(
+    title: &str,
+    unit: &str,
+    x_label: &str,
+    floor: f64,
+    series: &[(String, Vec<f64>)],
+) -> String {
     let max = series
         .iter()
         .flat_map(|(_, values)| values.iter().copied())
-        .fold(0.0_f64, f64::max);
-    let max = tidy(max);
+        .fold(floor, f64::max);
+    let max = floor + tidy(max - floor);
     let points = series
         .iter()
         .map(|(_, v)| v.len())
         .max()
         .unwrap_or(1)
         .max(2);
-    let mut svg = header(title, unit, max);
+    let mut svg = header(title, unit, floor, max);
     let plot_width = WIDTH - LEFT - 20.0;
     for (s, (name, values)) in series.iter().enumerate() {
         let path: Vec<String> = values
@@ -105,7 +114,7 @@ pub fn lines(title: &str, unit: &str, x_label: &str, series: &[(String, Vec<f64>
                 format!(
                     "{:.1},{:.1}",
                     LEFT + i as f64 / (points - 1) as f64 * plot_width,
-                    HEIGHT - BOTTOM - value / max * (HEIGHT - TOP - BOTTOM)
+                    HEIGHT - BOTTOM - (value - floor) / (max - floor) * (HEIGHT - TOP - BOTTOM)
                 )
             })
             .collect();
@@ -115,6 +124,14 @@ pub fn lines(title: &str, unit: &str, x_label: &str, series: &[(String, Vec<f64>
             colour(name, s),
             path.join(" "),
             escape(name)
+        );
+    }
+    for i in 0..points {
+        let _ = write!(
+            svg,
+            r#"<text x="{:.1}" y="{:.1}" font-size="10" text-anchor="middle">{i}</text>"#,
+            LEFT + i as f64 / (points - 1) as f64 * plot_width,
+            HEIGHT - BOTTOM + 14.0,
         );
     }
     let _ = write!(
@@ -129,7 +146,7 @@ pub fn lines(title: &str, unit: &str, x_label: &str, series: &[(String, Vec<f64>
     svg
 }
 
-fn header(title: &str, unit: &str, max: f64) -> String {
+fn header(title: &str, unit: &str, floor: f64, max: f64) -> String {
     let mut svg = format!(
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" font-family="sans-serif">"#
     );
@@ -140,7 +157,7 @@ fn header(title: &str, unit: &str, max: f64) -> String {
         escape(title)
     );
     for tick in 0..=4 {
-        let value = max * f64::from(tick) / 4.0;
+        let value = floor + (max - floor) * f64::from(tick) / 4.0;
         let y = HEIGHT - BOTTOM - f64::from(tick) / 4.0 * (HEIGHT - TOP - BOTTOM);
         let _ = write!(
             svg,

@@ -284,3 +284,46 @@ fn a_bad_report_folder_fails_before_the_work() {
         "it ran scenarios first: {message}"
     );
 }
+
+#[test]
+fn the_report_names_its_plots_by_scenario_and_starts_imbalance_at_one() {
+    let scenarios = Scenario::published();
+    let results = vec![fixed_result(
+        "Qwen3-235B training",
+        scenarios[1],
+        [
+            (2.86, 0.5),
+            (1.6, 0.75),
+            (1.6, 0.74),
+            (1.3, 0.8),
+            (1.06, 0.95),
+            (1.01, 0.94),
+            (1.0, 1.0),
+        ],
+    )];
+    let directory =
+        std::env::temp_dir().join(format!("ultraep-report-test-{}", std::process::id()));
+    ultraep_bench::report::write_report(&directory, &SMALL, &results, None).unwrap();
+    let plot =
+        std::fs::read_to_string(directory.join("imbalance-qwen3-235b-training.svg")).unwrap();
+    let report = std::fs::read_to_string(directory.join("report.md")).unwrap();
+    std::fs::remove_dir_all(&directory).ok();
+    // The lowest y tick is 1.00, the x axis is labelled, and every compared balancer has a line.
+    assert!(plot.contains(">1.00 <"), "{plot}");
+    assert!(plot.contains("simulated layer"));
+    assert!(plot.contains(r#"text-anchor="middle">0</text>"#));
+    for balancer in [
+        "none",
+        "eplb",
+        "eplb-replace",
+        "lplb",
+        "eplb-oracle",
+        "ultraep",
+    ] {
+        assert!(
+            plot.contains(&format!("<title>{balancer}</title>")),
+            "{balancer}"
+        );
+    }
+    assert!(report.contains("Calibration against the paper"));
+}
