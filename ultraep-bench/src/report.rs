@@ -393,7 +393,7 @@ pub fn write_report(
             })
             .collect();
         write(
-            &format!("imbalance-{}.svg", file_name(&result.scenario.name)),
+            &format!("imbalance-{}.svg", file_name(result.scenario.name)),
             &svg::lines(
                 &format!(
                     "{}: max/mean imbalance per simulated layer",
