@@ -39,6 +39,9 @@ pub struct EngineArgs {
     /// Write the run's trace (JSON lines, replayable by `ultraep simulate --trace`) here.
     #[arg(long)]
     pub trace: Option<PathBuf>,
+    /// Print the table as JSON (its cells as printed).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// What one run did: the engine's summary of its steps, and the backward's restores.
@@ -86,21 +89,17 @@ impl Totals {
 
 /// Runs `ultraep engine` and returns its table.
 pub fn run(args: &EngineArgs) -> Result<String, BenchError> {
-    let scenario = Scenario::published()
-        .into_iter()
-        .find(|s| s.name.contains(args.scenario.as_str()))
-        .ok_or_else(|| BenchError::InvalidProblem {
-            source_name: args.scenario.clone(),
-            message: "no such scenario".into(),
-        })?;
+    let scenario = Scenario::matching(&args.scenario)?[0];
     if args.steps == 0 || args.layers == 0 {
         return Err(BenchError::InvalidProblem {
             source_name: "ultraep engine".into(),
             message: "--steps and --layers must be at least 1".into(),
         });
     }
+    // The engine replays the workload from its first step: no warm-up to skip.
     let run = RunConfig {
         steps: args.steps,
+        warmup_steps: 0,
         layers: args.layers,
         ..RunConfig::QUICK
     };
@@ -136,6 +135,24 @@ pub fn run(args: &EngineArgs) -> Result<String, BenchError> {
             path: args.trace.clone().unwrap_or_default(),
             source,
         })?;
+    }
+    if args.json {
+        let rows: serde_json::Map<String, serde_json::Value> = ROWS
+            .iter()
+            .zip(with.cells().into_iter().zip(without.cells()))
+            .map(|(name, (a, b))| {
+                (
+                    (*name).to_owned(),
+                    serde_json::json!({ "prefer_replicas_in_place": a, "no_preference": b }),
+                )
+            })
+            .collect();
+        return crate::simulate_command::to_json(&serde_json::json!({
+            "scenario": scenario.name,
+            "steps": args.steps,
+            "layers": args.layers,
+            "rows": rows,
+        }));
     }
     let mut out = format!(
         "{} on 64 GB200 NVL72 GPUs through the runtime's engines (one per rank on threads, \

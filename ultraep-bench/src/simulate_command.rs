@@ -33,6 +33,9 @@ pub struct SimulateArgs {
     /// More steps and layers (for a scenario).
     #[arg(long)]
     pub full: bool,
+    /// Print every balancer's figures as JSON instead of the tables.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Training or prefill.
@@ -79,7 +82,11 @@ pub fn run(args: &SimulateArgs) -> Result<String, BenchError> {
         },
         (None, name) => SimulationInput::Scenario(name.clone()),
     };
-    Ok(table(&simulate(&input, args.full)?))
+    let result = simulate(&input, args.full)?;
+    if args.json {
+        return to_json(&result);
+    }
+    Ok(table(&result))
 }
 
 /// Runs every balancer through the MoE step simulator on `input` (`full`: more steps and layers
@@ -178,4 +185,14 @@ pub fn table(result: &ScenarioResult) -> String {
         ));
     }
     out
+}
+
+/// `value` as pretty JSON and a newline.
+pub(crate) fn to_json(value: &impl serde::Serialize) -> Result<String, BenchError> {
+    serde_json::to_string_pretty(value)
+        .map(|text| text + "\n")
+        .map_err(|error| BenchError::InvalidProblem {
+            source_name: "JSON output".into(),
+            message: error.to_string(),
+        })
 }

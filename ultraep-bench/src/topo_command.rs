@@ -25,10 +25,27 @@ pub struct TopoArgs {
     /// List the presets and exit.
     #[arg(long)]
     pub list: bool,
+    /// Print the topology (or the presets) as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Runs `ultraep topo` and returns what it prints.
 pub fn run(args: &TopoArgs) -> Result<String, BenchError> {
+    if args.list && args.json {
+        let presets: Vec<serde_json::Value> = Preset::ALL
+            .iter()
+            .map(|preset| {
+                serde_json::json!({
+                    "name": preset.name(),
+                    "product": preset.product(),
+                    "domain_size": preset.domain_size(),
+                    "unit": preset.unit(),
+                })
+            })
+            .collect();
+        return crate::simulate_command::to_json(&presets);
+    }
     if args.list {
         let lines: Vec<String> = Preset::ALL
             .iter()
@@ -49,12 +66,48 @@ pub fn run(args: &TopoArgs) -> Result<String, BenchError> {
         (None, Some(preset)) => preset.topology(args.count)?,
         (None, None) => Preset::Gb200Nvl72.topology(args.count)?,
     };
-    let mut out = topology.to_string();
     if let Some(path) = &args.save {
         save(&topology, path)?;
+    }
+    if args.json {
+        return crate::simulate_command::to_json(&json(&topology));
+    }
+    let mut out = topology.to_string();
+    if let Some(path) = &args.save {
         out.push_str(&format!("wrote {}\n", path.display()));
     }
     Ok(out)
+}
+
+/// `topology` as JSON: its name, accelerator, and every domain's ranks and links.
+fn json(topology: &Topology) -> serde_json::Value {
+    let domains: Vec<serde_json::Value> = topology
+        .domains()
+        .iter()
+        .map(|domain| {
+            let links = domain.links();
+            serde_json::json!({
+                "name": domain.name(),
+                "ranks": domain.ranks().iter().map(|rank| rank.0).collect::<Vec<_>>(),
+                "scale_up_egress_bytes_per_second": links.scale_up_egress.get(),
+                "scale_up_ingress_bytes_per_second": links.scale_up_ingress.get(),
+                "scale_up_latency_ns": links.scale_up_latency.get(),
+                "scale_out_bytes_per_second": links.scale_out.get(),
+                "scale_out_latency_ns": links.scale_out_latency.get(),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "name": topology.name(),
+        "ranks": topology.rank_count(),
+        "accelerator": topology.accelerator().map(|gpu| serde_json::json!({
+            "name": gpu.name,
+            "dense_bf16_gflops": gpu.dense_bf16_gflops,
+            "memory_bytes_per_second": gpu.memory_bandwidth.get(),
+            "memory_bytes": gpu.memory_bytes,
+        })),
+        "domains": domains,
+    })
 }
 
 /// Reads and checks a topology file.

@@ -38,6 +38,9 @@ pub struct XferArgs {
     /// Override the model's relay forwarding overhead in parts per million (for calibration).
     #[arg(long)]
     pub relay_forward_ppm: Option<u32>,
+    /// Print the rows as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The published EP64 weight-sync times, direct and with relays, of the reference plans at
@@ -47,6 +50,14 @@ pub const PUBLISHED_EP64_US: [(f64, f64, f64); 3] = [
     (2.0, 265.0, 195.0),
     (3.0, 317.0, 188.0),
 ];
+
+/// The published weight-sync times of a row, if it is one of the reference plans.
+fn published_for(case: &str) -> Option<(f64, f64, f64)> {
+    PUBLISHED_EP64_US
+        .iter()
+        .copied()
+        .find(|(target, _, _)| case == format!("EP64 plan at {target:.1}"))
+}
 
 /// The transfer costs `args` name.
 pub fn costs(args: &XferArgs) -> Result<TransferCosts, BenchError> {
@@ -167,6 +178,36 @@ pub fn rows(args: &XferArgs) -> Result<Vec<XferRow>, BenchError> {
 /// Runs `ultraep xfer` and returns the table.
 pub fn run(args: &XferArgs) -> Result<String, BenchError> {
     let rows = rows(args)?;
+    if args.json {
+        let costs = costs(args)?;
+        let rows: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|row| {
+                let published = published_for(&row.case);
+                serde_json::json!({
+                    "case": row.case,
+                    "replicas": row.replicas,
+                    "relayed_experts": row.relayed,
+                    "lower_bound_us": row.chosen.lower_bound_ps as f64 / 1e6,
+                    "direct_us": row.direct.makespan_ps as f64 / 1e6,
+                    "direct_efficiency": row.direct.efficiency(),
+                    "chosen_us": row.chosen.makespan_ps as f64 / 1e6,
+                    "chosen_efficiency": row.chosen.efficiency(),
+                    "published_direct_us": published.map(|p| p.1),
+                    "published_relays_us": published.map(|p| p.2),
+                })
+            })
+            .collect();
+        return crate::simulate_command::to_json(&serde_json::json!({
+            "model": args.model,
+            "per_transfer_ns": costs.per_transfer_ns,
+            "bandwidth_ppm": costs.bandwidth_ppm,
+            "relay_forward_ppm": costs.relay_forward_ppm,
+            "backpressure": costs.backpressure,
+            "chunk_relays": args.chunk_relays,
+            "rows": rows,
+        }));
+    }
     let pieces = if args.chunk_relays {
         "256 KiB chunks"
     } else {

@@ -327,3 +327,28 @@ fn the_report_names_its_plots_by_scenario_and_starts_imbalance_at_one() {
     }
     assert!(report.contains("Calibration against the paper"));
 }
+
+#[test]
+fn every_report_command_speaks_json() {
+    for args in [
+        &["simulate", "--scenario", "GLM-4.7 prefill mixed", "--json"][..],
+        &["topo", "--preset", "hgx-h100", "--count", "2", "--json"][..],
+        &["topo", "--list", "--json"][..],
+        &["xfer", "--replicas", "4", "--no-reference", "--json"][..],
+        &["engine", "--steps", "1", "--layers", "1", "--json"][..],
+    ] {
+        let out = ultraep(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let value: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|error| panic!("{args:?}: {error}"));
+        assert!(value.is_object() || value.is_array(), "{args:?}");
+    }
+    let topo = ultraep(&["topo", "--preset", "hgx-h100", "--count", "2", "--json"]);
+    let value: serde_json::Value = serde_json::from_slice(&topo.stdout).unwrap();
+    assert_eq!(value["ranks"], 16);
+    assert_eq!(value["domains"].as_array().map(Vec::len), Some(2));
+}

@@ -11,6 +11,7 @@ fn args(replicas: Vec<u32>, no_reference: bool, chunk_relays: bool, model: &str)
         model: model.into(),
         per_transfer_ns: None,
         relay_forward_ppm: None,
+        json: false,
     }
 }
 
