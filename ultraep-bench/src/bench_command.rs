@@ -9,9 +9,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::BenchError;
 use crate::experiment::{RunConfig, Scenario, run_scenario, run_sweeps};
-use crate::machine::nvl72_gpus;
+use crate::machine::Machine;
 use crate::report::{
-    PUBLISHED, calibration_table, overhead_table, summary_table, sweep_tables, write_report,
+    PUBLISHED, calibration_table, overhead_table, spanning_table, summary_table, sweep_tables,
+    write_report,
 };
 
 /// Arguments of `ultraep bench`.
@@ -51,9 +52,11 @@ pub fn run(args: &BenchArgs) -> Result<String, BenchError> {
     if let Some(slots) = args.slots {
         config.slots_per_rank = slots;
     }
-    let scenarios: Vec<Scenario> = match &args.only {
-        Some(only) => Scenario::matching(only)?,
-        None => Scenario::published(),
+    let (scenarios, spanning): (Vec<Scenario>, Vec<Scenario>) = match &args.only {
+        Some(only) => Scenario::matching(only)?
+            .into_iter()
+            .partition(|s| s.machine == Machine::Nvl72 { ranks: 64 }),
+        None => (Scenario::published(), Scenario::spanning_domains()),
     };
     // The report's folder is made first, so that a bad --out fails before minutes of work.
     std::fs::create_dir_all(&args.out).map_err(|source| BenchError::Io {
@@ -62,7 +65,6 @@ pub fn run(args: &BenchArgs) -> Result<String, BenchError> {
     })?;
     // Without a terminal the bar is not drawn: a line per scenario tells a log that work goes on.
     let log_lines = !args.quiet && !std::io::stderr().is_terminal();
-    let topology = nvl72_gpus(64)?;
     // Sweeps: 16 points of a shorter run.
     let sweep_run = RunConfig {
         steps: (config.steps / 2).max(2),
@@ -77,7 +79,9 @@ pub fn run(args: &BenchArgs) -> Result<String, BenchError> {
     let bar = if args.quiet {
         ProgressBar::hidden()
     } else {
-        ProgressBar::new(u64::from(config.steps) * scenarios.len() as u64 + sweep_steps)
+        ProgressBar::new(
+            u64::from(config.steps) * (scenarios.len() + spanning.len()) as u64 + sweep_steps,
+        )
     };
     bar.set_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} steps {msg}")
@@ -85,11 +89,16 @@ pub fn run(args: &BenchArgs) -> Result<String, BenchError> {
     );
     let started = Instant::now();
     let mut results = Vec::new();
-    for scenario in &scenarios {
+    let mut spanning_results = Vec::new();
+    for (index, scenario) in scenarios.iter().chain(&spanning).enumerate() {
         bar.set_message(scenario.name);
-        results.push(run_scenario(scenario, &config, &topology, &mut || {
-            bar.inc(1)
-        })?);
+        let topology = scenario.machine.topology()?;
+        let result = run_scenario(scenario, &config, &topology, &mut || bar.inc(1))?;
+        if index < scenarios.len() {
+            results.push(result);
+        } else {
+            spanning_results.push(result);
+        }
         if log_lines {
             eprintln!(
                 "ultraep bench: {} done ({:.0} s)",
@@ -105,14 +114,21 @@ pub fn run(args: &BenchArgs) -> Result<String, BenchError> {
         Some(run_sweeps(&sweep_run, &mut || bar.inc(1))?)
     };
     bar.finish_and_clear();
-    write_report(&args.out, &config, &results, sweeps.as_ref())?;
+    write_report(
+        &args.out,
+        &config,
+        &results,
+        &spanning_results,
+        sweeps.as_ref(),
+    )?;
     Ok(format!(
-        "{}\n{PUBLISHED}.\n\nCalibration (simulated beside published):\n\n{}\nultraep on the critical path per layer (us; simulated, and the planner measured on this CPU):\n\n{}\n{}{} scenarios, {} steps x {} layers each, in {:.0} s; report in {}\n",
+        "{}\n{PUBLISHED}.\n\nCalibration (simulated beside published):\n\n{}\nultraep on the critical path per layer (us; simulated, and the planner measured on this CPU):\n\n{}\nGroups that span domains (simulated; nothing published to compare):\n\n{}\n{}{} scenarios, {} steps x {} layers each, in {:.0} s; report in {}\n",
         summary_table(&results),
         calibration_table(&results).0,
         overhead_table(&results),
+        spanning_table(&spanning_results),
         sweeps.as_ref().map(sweep_tables).unwrap_or_default(),
-        results.len(),
+        results.len() + spanning_results.len(),
         config.steps,
         config.layers,
         started.elapsed().as_secs_f64(),

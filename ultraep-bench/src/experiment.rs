@@ -27,7 +27,7 @@ use ultraep_xfer::{
 };
 
 use crate::BenchError;
-use crate::machine::nvl72_gpus;
+use crate::machine::{Machine, nvl72_gpus};
 use crate::models::ModelShape;
 use crate::step::{Hardware, Mode, Overheads, layer_outcome, outside_moe};
 use crate::workload::{Workload, WorkloadConfig, calibrate_skew};
@@ -74,6 +74,8 @@ pub struct Scenario {
     pub published_eplb_imbalance: Option<f64>,
     /// Published TFLOPS per GPU with ultraep (training).
     pub published_tflops: Option<f64>,
+    /// The GPUs the group spans.
+    pub machine: Machine,
 }
 
 impl Scenario {
@@ -96,6 +98,7 @@ impl Scenario {
                     published_eplb_fraction: Some(eplb / ideal),
                     published_eplb_imbalance: None,
                     published_tflops: Some(ultraep),
+                    machine: Machine::Nvl72 { ranks: 64 },
                 }
             };
         let prefill = |name, model, target, published_final, eplb, fraction, speedup| Scenario {
@@ -112,6 +115,7 @@ impl Scenario {
             published_eplb_fraction: None,
             published_eplb_imbalance: Some(eplb),
             published_tflops: None,
+            machine: Machine::Nvl72 { ranks: 64 },
         };
         vec![
             training(
@@ -176,12 +180,58 @@ impl Scenario {
 }
 
 impl Scenario {
-    /// The published scenarios whose name contains `text`, ignoring case; an error naming the
-    /// known ones if none does.
+    /// Groups that span scale-up domains, which the paper does not evaluate: EP128 over two GB200
+    /// NVL72 racks (64 GPUs of each) and EP32 over four HGX H100 nodes. Replicas cannot leave
+    /// their master's domain, so the imbalance between domains stays. Each is the model's
+    /// published training scenario with its no-balancing imbalance (the workload calibrated to it
+    /// at the new size); there are no published figures to compare.
+    pub fn spanning_domains() -> Vec<Scenario> {
+        let published = Self::published();
+        let of = |name: &str| published.iter().copied().find(|s| s.name == name);
+        let mut spanning = Vec::new();
+        if let Some(base) = of("DeepSeek-V3 training") {
+            spanning.push(Scenario {
+                name: "DeepSeek-V3 training, EP128 on 2 NVL72 racks",
+                machine: Machine::Nvl72Racks {
+                    racks: 2,
+                    per_rack: 64,
+                },
+                ..Self::unpublished(base)
+            });
+        }
+        if let Some(base) = of("Qwen3-235B training") {
+            spanning.push(Scenario {
+                name: "Qwen3-235B training, EP32 on 4 HGX H100 nodes",
+                machine: Machine::HgxH100 { nodes: 4 },
+                ..Self::unpublished(base)
+            });
+        }
+        spanning
+    }
+
+    /// `base` with its published figures removed.
+    fn unpublished(base: Scenario) -> Scenario {
+        Scenario {
+            published_final: 0.0,
+            published_fraction: None,
+            published_speedup: None,
+            published_eplb_fraction: None,
+            published_eplb_imbalance: None,
+            published_tflops: None,
+            ..base
+        }
+    }
+
+    /// The scenarios (published, then spanning domains) whose name contains `text`, ignoring
+    /// case; an error naming the known ones if none does.
     pub fn matching(text: &str) -> Result<Vec<Scenario>, BenchError> {
         let wanted = text.to_lowercase();
-        let found: Vec<Scenario> = Self::published()
-            .into_iter()
+        let every = || {
+            Self::published()
+                .into_iter()
+                .chain(Self::spanning_domains())
+        };
+        let found: Vec<Scenario> = every()
             .filter(|scenario| scenario.name.to_lowercase().contains(&wanted))
             .collect();
         if found.is_empty() {
@@ -189,11 +239,7 @@ impl Scenario {
                 source_name: text.to_owned(),
                 message: format!(
                     "no such scenario; known: {}",
-                    Self::published()
-                        .iter()
-                        .map(|s| s.name)
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    every().map(|s| s.name).collect::<Vec<_>>().join(", ")
                 ),
             });
         }
@@ -344,6 +390,8 @@ pub struct ScenarioResult {
     pub model: &'static str,
     /// Mean no-balancing imbalance of the generated loads.
     pub initial_imbalance: f64,
+    /// Mean of the lowest imbalance any plan could reach with replicas kept in their domains.
+    pub bound_imbalance: f64,
     /// The calibrated skew exponent of the workload.
     pub skew: f64,
     /// Results in [`BALANCERS`] order.
@@ -382,7 +430,7 @@ struct Tally {
 /// The workload of `scenario`, calibrated to its published imbalance.
 pub fn workload_config(scenario: &Scenario, run: &RunConfig) -> WorkloadConfig {
     let config = WorkloadConfig {
-        ranks: 64,
+        ranks: scenario.machine.ranks(),
         experts: scenario.model.routed_experts,
         top_k: scenario.model.top_k,
         layers: run.layers,
@@ -456,7 +504,14 @@ pub fn run_steps(
     let hardware = Hardware::of(topology)?;
     let model = scenario.model;
     let layout = ExpertLayout::balanced_blocks(ranks, model.routed_experts)?;
-    let domains = RankDomains::single(ranks)?;
+    let labels: Vec<u32> = topology.rank_domains().iter().map(|d| d.0).collect();
+    if labels.len() != ranks as usize {
+        return Err(BenchError::InvalidProblem {
+            source_name: topology.name().to_owned(),
+            message: format!("the topology has {} ranks, the loads {ranks}", labels.len()),
+        });
+    }
+    let domains = RankDomains::from_labels(labels.clone())?;
     let slots = run.slots_per_rank;
     let mut none = NoBalance::new(layout.clone(), domains.clone())?;
     let mut ideal = ForceBalanced::new(layout.clone(), domains.clone())?;
@@ -573,6 +628,7 @@ pub fn run_steps(
     let overheads = run.overheads;
     let all_gather = overheads.all_gather(&hardware, ranks, model.routed_experts);
     let mut initial = 0.0;
+    let mut bound = 0.0;
     let mut useful_flops = 0.0;
     let mut outside_seconds = 0.0;
     let mut plan = Plan::default();
@@ -715,6 +771,7 @@ pub fn run_steps(
                     &plan,
                     matrix,
                     scenario.sequence,
+                    &labels,
                     charged.total_us() * 1e-6,
                 );
                 let tally = &mut tallies[index];
@@ -729,6 +786,9 @@ pub fn run_steps(
                 tally.per_layer[layer] += plan.metrics().imbalance() / f64::from(run.steps);
                 if *name == "none" {
                     initial += plan.metrics().imbalance();
+                }
+                if *name == "ultraep" {
+                    bound += plan.metrics().lower_bound_imbalance();
                 }
             }
         }
@@ -770,6 +830,7 @@ pub fn run_steps(
         scenario: *scenario,
         model: model.name,
         initial_imbalance: initial / simulated_layers,
+        bound_imbalance: bound / simulated_layers,
         skew: 0.0,
         balancers,
     })

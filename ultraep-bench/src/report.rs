@@ -155,6 +155,37 @@ pub fn calibration_table(results: &[ScenarioResult]) -> (String, CalibrationErro
     (out, error)
 }
 
+/// Groups that span scale-up domains (markdown): the machine, the imbalance with no balancing,
+/// the lowest any plan could reach with replicas kept in their domains, and every balancer's.
+pub fn spanning_table(results: &[ScenarioResult]) -> String {
+    let mut out = String::from(
+        "| scenario | GPUs | initial | bound within domains | final: none / eplb / eplb-replace / lplb / ultraep | % of ideal: none / eplb / eplb-replace / lplb / ultraep | ultraep vs none |\n\
+         |---|---|---|---|---|---|---|\n",
+    );
+    for result in results {
+        let names = ["none", "eplb", "eplb-replace", "lplb", "ultraep"];
+        let cell = |figure: &dyn Fn(&crate::experiment::BalancerResult) -> String| {
+            names
+                .iter()
+                .map(|&name| result.balancer(name).map_or("-".into(), figure))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.2} | {:.2} | {} | {} | {:.2}x |",
+            result.scenario.name,
+            result.scenario.machine,
+            result.initial_imbalance,
+            result.bound_imbalance,
+            cell(&|b| format!("{:.2}", b.imbalance)),
+            cell(&|b| format!("{:.1}", b.fraction_of_ideal * 100.0)),
+            result.speedup_over_none()
+        );
+    }
+    out
+}
+
 /// ultraep's critical path per layer, by part (markdown): simulated from the published costs,
 /// with the planner's time measured on this host beside it.
 pub fn overhead_table(results: &[ScenarioResult]) -> String {
@@ -236,6 +267,7 @@ struct ResultsFile<'a> {
     run: &'a RunConfig,
     averages: Averages,
     scenarios: &'a [ScenarioResult],
+    spanning_domains: &'a [ScenarioResult],
     sweeps: Option<&'a Sweeps>,
 }
 
@@ -299,6 +331,7 @@ pub fn write_report(
     directory: &Path,
     run: &RunConfig,
     results: &[ScenarioResult],
+    spanning: &[ScenarioResult],
     sweeps: Option<&Sweeps>,
 ) -> Result<(), BenchError> {
     let io = |source| BenchError::Io {
@@ -311,6 +344,14 @@ pub fn write_report(
         std::fs::write(&path, text).map_err(|source| BenchError::Io { path, source })
     };
     let mut report = markdown(run, results);
+    if !spanning.is_empty() {
+        report.push_str(
+            "\n## Groups that span scale-up domains\n\nSimulated; the paper evaluates none, so \
+             there is nothing to compare. Replicas stay in their master's domain, and tokens \
+             between domains cross the scale-out network.\n\n",
+        );
+        report.push_str(&spanning_table(spanning));
+    }
     if let Some(sweeps) = sweeps {
         report.push('\n');
         report.push_str(&sweep_tables(sweeps));
@@ -331,6 +372,7 @@ pub fn write_report(
         run,
         averages: averages(results),
         scenarios: results,
+        spanning_domains: spanning,
         sweeps,
     })
     .map_err(|error| BenchError::InvalidProblem {
@@ -383,7 +425,7 @@ pub fn write_report(
             &critical,
         ),
     )?;
-    for result in results {
+    for result in results.iter().chain(spanning) {
         let series: Vec<(String, Vec<f64>)> = COMPARED
             .iter()
             .filter_map(|&b| {

@@ -6,7 +6,7 @@ use clap::{Args, ValueEnum};
 
 use crate::BenchError;
 use crate::experiment::{RunConfig, Scenario, ScenarioResult, run_scenario, run_steps};
-use crate::machine::nvl72_gpus;
+use crate::machine::{Machine, nvl72_gpus};
 use crate::models::ModelShape;
 use crate::report::summary_table;
 use crate::step::Mode;
@@ -137,6 +137,7 @@ pub fn simulate(input: &SimulationInput, full: bool) -> Result<ScenarioResult, B
                 published_eplb_fraction: None,
                 published_eplb_imbalance: None,
                 published_tflops: None,
+                machine: Machine::Nvl72 { ranks: trace.ranks },
             };
             // A long enough trace warms EPLB up on its first steps, which are then not measured.
             let recorded = trace.steps.len() as u32;
@@ -164,7 +165,7 @@ pub fn simulate(input: &SimulationInput, full: bool) -> Result<ScenarioResult, B
         SimulationInput::Scenario(name) => {
             let wanted = name.as_deref().unwrap_or("Qwen3-235B prefill STEM");
             let scenario = Scenario::matching(wanted)?[0];
-            run_scenario(&scenario, &run, &nvl72_gpus(64)?, &mut || {})
+            run_scenario(&scenario, &run, &scenario.machine.topology()?, &mut || {})
         }
     }
 }

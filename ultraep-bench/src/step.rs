@@ -136,6 +136,10 @@ pub struct Hardware {
     pub link_bandwidth: f64,
     /// Seconds of one scale-up hop.
     pub link_latency: f64,
+    /// Scale-out bytes per second of rank 0 (between domains).
+    pub scale_out_bandwidth: f64,
+    /// Seconds of one scale-out hop.
+    pub scale_out_latency: f64,
 }
 
 impl Hardware {
@@ -153,6 +157,8 @@ impl Hardware {
             memory_bandwidth: gpu.memory_bandwidth.get() as f64,
             link_bandwidth: links.scale_up_egress.get() as f64,
             link_latency: links.scale_up_latency.get() as f64 * 1e-9,
+            scale_out_bandwidth: links.scale_out.get() as f64,
+            scale_out_latency: links.scale_out_latency.get() as f64 * 1e-9,
         })
     }
 }
@@ -187,7 +193,9 @@ pub struct LayerOutcome {
 }
 
 /// The cost of one layer of `model` in `mode` under `plan` of `loads`, with `balancer_seconds` on
-/// the critical path; `sequence` is the attention context length.
+/// the critical path; `sequence` is the attention context length and `domains` every rank's
+/// scale-up domain (tokens between domains cross the slower scale-out network).
+#[allow(clippy::too_many_arguments)]
 pub fn layer_outcome(
     model: &ModelShape,
     mode: Mode,
@@ -195,6 +203,7 @@ pub fn layer_outcome(
     plan: &Plan,
     loads: LoadMatrix<'_>,
     sequence: u64,
+    domains: &[u32],
     balancer_seconds: f64,
 ) -> LayerOutcome {
     let ranks = loads.ranks();
@@ -218,10 +227,27 @@ pub fn layer_outcome(
     }
     let experts = compute.iter().copied().fold(0.0, f64::max);
 
-    let (sent, received) = fabric_tokens(plan, loads, &tokens, top_k);
-    let busiest = sent.iter().chain(&received).copied().max().unwrap_or(0);
-    let one_way = (busiest * model.hidden * ACTIVATION_BYTES) as f64 / hardware.link_bandwidth
-        + hardware.link_latency;
+    let traffic = fabric_tokens(plan, loads, &tokens, top_k, domains);
+    // Every rank's port time each way: tokens within its domain at scale-up speed, the rest at
+    // scale-out speed; the busiest port of either direction sets the all-to-all.
+    let bytes = |tokens: u64| (tokens * model.hidden * ACTIVATION_BYTES) as f64;
+    let port = |(near, far): (u64, u64)| {
+        bytes(near) / hardware.link_bandwidth + bytes(far) / hardware.scale_out_bandwidth
+    };
+    let busiest = traffic
+        .sent
+        .iter()
+        .zip(&traffic.sent_far)
+        .chain(traffic.received.iter().zip(&traffic.received_far))
+        .map(|(&near, &far)| port((near, far)))
+        .fold(0.0, f64::max);
+    let crosses = traffic.sent_far.iter().any(|&far| far > 0);
+    let one_way = busiest
+        + if crosses {
+            hardware.scale_out_latency
+        } else {
+            hardware.link_latency
+        };
     let peak_receive_bytes =
         plan.rank_loads().iter().copied().max().unwrap_or(0) * model.hidden * ACTIVATION_BYTES;
 
@@ -244,35 +270,66 @@ pub fn layer_outcome(
     }
 }
 
-/// Tokens every rank sends to and receives from other ranks in the dispatch.
+/// Tokens every rank sends to and receives from other ranks of its domain, and of other domains,
+/// in the dispatch.
+struct Traffic {
+    sent: Vec<u64>,
+    received: Vec<u64>,
+    sent_far: Vec<u64>,
+    received_far: Vec<u64>,
+}
+
 fn fabric_tokens(
     plan: &Plan,
     loads: LoadMatrix<'_>,
     tokens: &[u64],
     top_k: u64,
-) -> (Vec<u64>, Vec<u64>) {
+    domains: &[u32],
+) -> Traffic {
     let ranks = loads.ranks();
-    let mut sent = vec![0u64; ranks];
-    let mut received = vec![0u64; ranks];
+    let mut traffic = Traffic {
+        sent: vec![0u64; ranks],
+        received: vec![0u64; ranks],
+        sent_far: vec![0u64; ranks],
+        received_far: vec![0u64; ranks],
+    };
+    let domain = |rank: usize| domains.get(rank).copied().unwrap_or(0);
     if plan.kind() == PlanKind::Ideal || !plan.has_split() {
         // The force-balanced ideal is the paper's: the router's choices replaced by a uniform
         // spread over the experts. Its split is then each rank's pairs spread evenly over the
-        // ranks, all but a 1/R share crossing the fabric, and its receivers get their even share
-        // likewise. (A balancer whose split keeps tokens home can cross less: the ideal bounds
-        // balance, not traffic.)
-        let crossing = |x: u64| x * (ranks as u64 - 1) / ranks.max(1) as u64;
+        // ranks, all but a 1/R share crossing the fabric (those bound for other domains over
+        // scale-out), and its receivers get their even share likewise. (A balancer whose split
+        // keeps tokens home can cross less: the ideal bounds balance, not traffic.)
+        let mut domain_size = std::collections::BTreeMap::new();
         for rank in 0..ranks {
-            sent[rank] = crossing(tokens[rank] * top_k);
-            received[rank] = crossing(plan.rank_loads()[rank]);
+            *domain_size.entry(domain(rank)).or_insert(0u64) += 1;
         }
-        return (sent, received);
+        let share = |x: u64, of: u64| x * of / ranks.max(1) as u64;
+        for rank in 0..ranks {
+            let near = domain_size[&domain(rank)] - 1;
+            let far = ranks as u64 - 1 - near;
+            let own = tokens[rank] * top_k;
+            traffic.sent[rank] = share(own, near);
+            traffic.sent_far[rank] = share(own, far);
+            traffic.received[rank] = share(plan.rank_loads()[rank], near);
+            traffic.received_far[rank] = share(plan.rank_loads()[rank], far);
+        }
+        return traffic;
     }
     for entry in plan.split(loads) {
-        let destination = plan.instances()[entry.instance as usize].rank;
-        if destination != entry.source {
-            sent[entry.source as usize] += u64::from(entry.tokens);
-            received[destination as usize] += u64::from(entry.tokens);
+        let destination = plan.instances()[entry.instance as usize].rank as usize;
+        let source = entry.source as usize;
+        if destination == source {
+            continue;
+        }
+        let tokens = u64::from(entry.tokens);
+        if domain(source) == domain(destination) {
+            traffic.sent[source] += tokens;
+            traffic.received[destination] += tokens;
+        } else {
+            traffic.sent_far[source] += tokens;
+            traffic.received_far[destination] += tokens;
         }
     }
-    (sent, received)
+    traffic
 }
