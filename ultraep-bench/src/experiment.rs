@@ -76,6 +76,8 @@ pub struct Scenario {
     pub published_tflops: Option<f64>,
     /// The GPUs the group spans.
     pub machine: Machine,
+    /// Whether the loads are drawn per microbatch rather than their expectation.
+    pub sampled: bool,
 }
 
 impl Scenario {
@@ -99,6 +101,7 @@ impl Scenario {
                     published_eplb_imbalance: None,
                     published_tflops: Some(ultraep),
                     machine: Machine::Nvl72 { ranks: 64 },
+                    sampled: false,
                 }
             };
         let prefill = |name, model, target, published_final, eplb, fraction, speedup| Scenario {
@@ -116,6 +119,7 @@ impl Scenario {
             published_eplb_imbalance: Some(eplb),
             published_tflops: None,
             machine: Machine::Nvl72 { ranks: 64 },
+            sampled: false,
         };
         vec![
             training(
@@ -209,6 +213,27 @@ impl Scenario {
         spanning
     }
 
+    /// Decode, which the paper does not evaluate: Qwen3-235B on EP64 with 64 sequences per rank
+    /// decoding one token each over an 8192-token context, the popularity of its STEM prefill
+    /// (its no-balancing imbalance as the target), and every count drawn per microbatch: with
+    /// about 4 tokens per expert and rank, the draws are most of the imbalance. An expert's time
+    /// is then mostly reading its weights, which a replica reads again.
+    pub fn decode() -> Vec<Scenario> {
+        Self::published()
+            .into_iter()
+            .find(|s| s.name == "Qwen3-235B prefill STEM")
+            .map(|base| Scenario {
+                name: "Qwen3-235B decode, 64 sequences per rank",
+                mode: Mode::Decode,
+                tokens_per_rank: 64,
+                uneven_tokens: 0.0,
+                sampled: true,
+                ..Self::unpublished(base)
+            })
+            .into_iter()
+            .collect()
+    }
+
     /// `base` with its published figures removed.
     fn unpublished(base: Scenario) -> Scenario {
         Scenario {
@@ -222,7 +247,7 @@ impl Scenario {
         }
     }
 
-    /// The scenarios (published, then spanning domains) whose name contains `text`, ignoring
+    /// The scenarios (published, spanning domains, decode) whose name contains `text`, ignoring
     /// case; an error naming the known ones if none does.
     pub fn matching(text: &str) -> Result<Vec<Scenario>, BenchError> {
         let wanted = text.to_lowercase();
@@ -230,6 +255,7 @@ impl Scenario {
             Self::published()
                 .into_iter()
                 .chain(Self::spanning_domains())
+                .chain(Self::decode())
         };
         let found: Vec<Scenario> = every()
             .filter(|scenario| scenario.name.to_lowercase().contains(&wanted))
@@ -440,6 +466,7 @@ pub fn workload_config(scenario: &Scenario, run: &RunConfig) -> WorkloadConfig {
         regime_switch: 0.1,
         preference: 0.3,
         uneven_tokens: scenario.uneven_tokens,
+        sampled: scenario.sampled,
         seed: run.seed,
     };
     // Calibrated on exactly the steps and seed the run replays, so that the run's no-balancing

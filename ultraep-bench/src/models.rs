@@ -38,6 +38,8 @@ pub struct ModelShape {
     pub dense_width: u64,
     /// Vocabulary size (the output projection's rows).
     pub vocabulary: u64,
+    /// Bytes of key-value cache per token and layer (BF16): what decode's attention reads.
+    pub kv_bytes_per_token: u64,
 }
 
 impl ModelShape {
@@ -57,6 +59,7 @@ impl ModelShape {
         dense_layers: 1,
         dense_width: 10944,
         vocabulary: 151_552,
+        kv_bytes_per_token: 2 * 8 * 128 * 2,
     };
 
     /// Qwen3-235B-A22B: 128 routed experts, top-8, 94 MoE layers, hidden 4096, expert width 1536;
@@ -75,6 +78,7 @@ impl ModelShape {
         dense_layers: 0,
         dense_width: 0,
         vocabulary: 151_936,
+        kv_bytes_per_token: 2 * 4 * 128 * 2,
     };
 
     /// DeepSeek-V3 (671B-A37B): 256 routed experts + 1 shared, top-8, 58 MoE layers, hidden 7168,
@@ -94,6 +98,7 @@ impl ModelShape {
         dense_layers: 3,
         dense_width: 18432,
         vocabulary: 129_280,
+        kv_bytes_per_token: (512 + 64) * 2,
     };
 
     /// GLM-4.7 (358B-A32B): 160 routed experts + 1 shared, top-8, 89 MoE layers, hidden 5120,
@@ -112,6 +117,7 @@ impl ModelShape {
         dense_layers: 3,
         dense_width: 12288,
         vocabulary: 151_552,
+        kv_bytes_per_token: 2 * 8 * 128 * 2,
     };
 
     /// Every preset.
@@ -142,6 +148,19 @@ impl ModelShape {
     /// Forward FLOPs of one token through one routed expert.
     pub const fn expert_flops_per_token(&self) -> u64 {
         2 * self.expert_params()
+    }
+
+    /// Bytes of weights outside the routed experts that every layer reads (attention and the
+    /// shared expert, as trained or served).
+    pub const fn balanced_weight_bytes(&self) -> u64 {
+        (self.attention_params + self.shared_expert_params) * self.weight_bytes
+    }
+
+    /// Bytes of weights outside the MoE layers: the dense layers and the output projection.
+    pub const fn outside_moe_weight_bytes(&self) -> u64 {
+        (self.dense_layers as u64 * (self.attention_params + 3 * self.hidden * self.dense_width)
+            + self.vocabulary * self.hidden)
+            * self.weight_bytes
     }
 
     /// Forward FLOPs of one token outside the MoE layers: the dense layers (attention and a dense

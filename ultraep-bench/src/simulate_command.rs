@@ -45,6 +45,8 @@ pub enum ModeChoice {
     Training,
     /// Forward only.
     Prefill,
+    /// Forward only, one token per sequence over the context.
+    Decode,
 }
 
 /// What to simulate: a published scenario, or recorded loads on a model.
@@ -77,6 +79,7 @@ pub fn run(args: &SimulateArgs) -> Result<String, BenchError> {
             mode: match args.mode {
                 ModeChoice::Training => Mode::Training,
                 ModeChoice::Prefill => Mode::Prefill,
+                ModeChoice::Decode => Mode::Decode,
             },
             sequence: args.sequence,
         },
@@ -138,6 +141,7 @@ pub fn simulate(input: &SimulationInput, full: bool) -> Result<ScenarioResult, B
                 published_eplb_imbalance: None,
                 published_tflops: None,
                 machine: Machine::Nvl72 { ranks: trace.ranks },
+                sampled: false,
             };
             // A long enough trace warms EPLB up on its first steps, which are then not measured.
             let recorded = trace.steps.len() as u32;

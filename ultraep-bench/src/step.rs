@@ -108,21 +108,38 @@ pub fn outside_moe(
     tokens: u64,
     sequence: u64,
 ) -> f64 {
-    let passes = match mode {
-        Mode::Prefill => 1.0,
-        Mode::Training => 3.0,
-    };
-    tokens as f64 * model.outside_moe_flops_per_token(sequence) as f64 * passes
-        / (hardware.peak_flops * DENSE_EFFICIENCY)
+    let compute =
+        tokens as f64 * model.outside_moe_flops_per_token(sequence) as f64 * mode.passes()
+            / (hardware.peak_flops * DENSE_EFFICIENCY);
+    if mode == Mode::Decode {
+        // Decode reads every weight for a handful of tokens, and the dense layers' caches.
+        let reads = model.outside_moe_weight_bytes() as f64
+            + (u64::from(model.dense_layers) * tokens * sequence * model.kv_bytes_per_token) as f64;
+        return compute.max(reads / hardware.memory_bandwidth);
+    }
+    compute
 }
 
-/// Training (forward and backward) or prefill (forward only).
+/// Training (forward and backward), prefill (forward only), or decode (forward, one token per
+/// sequence over a long context).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 pub enum Mode {
     /// Forward and backward passes.
     Training,
     /// Forward only.
     Prefill,
+    /// Forward only, few tokens: weight and key-value cache reads set the times, not FLOPs.
+    Decode,
+}
+
+impl Mode {
+    /// Passes over the weights' FLOPs: forward, and in training Dgrad and Wgrad.
+    pub fn passes(self) -> f64 {
+        match self {
+            Mode::Training => 3.0,
+            Mode::Prefill | Mode::Decode => 1.0,
+        }
+    }
 }
 
 /// The machine figures the simulator uses, from the topology.
@@ -213,8 +230,14 @@ pub fn layer_outcome(
         .map(|r| loads.row(r).iter().map(|&c| u64::from(c)).sum::<u64>() / top_k.max(1))
         .collect();
     let most_tokens = tokens.iter().copied().max().unwrap_or(0);
-    let balanced = most_tokens as f64 * model.balanced_flops_per_token(sequence) as f64
+    let mut balanced = most_tokens as f64 * model.balanced_flops_per_token(sequence) as f64
         / (hardware.peak_flops * DENSE_EFFICIENCY);
+    if mode == Mode::Decode {
+        // Attention reads its weights and every sequence's key-value cache.
+        let reads = model.balanced_weight_bytes() as f64
+            + (most_tokens * sequence * model.kv_bytes_per_token) as f64;
+        balanced = balanced.max(reads / hardware.memory_bandwidth);
+    }
 
     let mut compute = vec![0.0_f64; ranks];
     let weight_read = model.expert_bytes() as f64 / hardware.memory_bandwidth;
@@ -251,12 +274,9 @@ pub fn layer_outcome(
     let peak_receive_bytes =
         plan.rank_loads().iter().copied().max().unwrap_or(0) * model.hidden * ACTIVATION_BYTES;
 
-    let passes = match mode {
-        Mode::Prefill => 1.0,
-        Mode::Training => 3.0,
-    };
+    let passes = mode.passes();
     let all_to_alls = match mode {
-        Mode::Prefill => 2.0,
+        Mode::Prefill | Mode::Decode => 2.0,
         Mode::Training => 4.0,
     };
     LayerOutcome {

@@ -48,6 +48,10 @@ pub struct WorkloadConfig {
     pub preference: f64,
     /// Standard deviation of the log-normal token counts per rank (0 for training).
     pub uneven_tokens: f64,
+    /// Whether every count is drawn (each expert's picks a binomial draw around its expectation)
+    /// rather than the expectation rounded: the noise of a real microbatch, which matters when
+    /// few tokens meet many experts (decode).
+    pub sampled: bool,
     /// Seed of every random choice.
     pub seed: u64,
 }
@@ -63,6 +67,9 @@ pub struct Workload {
     deviation: Vec<Vec<f64>>,
     /// Log-preference of every (source, expert), per layer.
     preference: Vec<Vec<f64>>,
+    /// Draws of the sampled counts, apart from `random` so that the popularity's walk is the
+    /// same with and without sampling.
+    draws: Random,
 }
 
 impl Workload {
@@ -91,6 +98,7 @@ impl Workload {
             base,
             deviation,
             preference,
+            draws: Random::new(config.seed ^ 0x5eed_d4a3),
         }
     }
 
@@ -125,6 +133,9 @@ impl Workload {
                     *weight = (base + deviation + preference).exp();
                 }
                 route(&weights, config.top_k, tokens[source], row);
+                if config.sampled {
+                    sample(&mut self.draws, config.top_k, tokens[source], row);
+                }
             }
             layers.push(loads);
         }
@@ -163,6 +174,43 @@ fn zipf_log_popularity(random: &mut Random, experts: usize, skew: f64) -> Vec<f6
 
 /// Expected counts of `tokens` tokens each picking `top_k` distinct experts by `weights`, rounded
 /// so that they sum to exactly `tokens * top_k` and no expert gets more than `tokens`.
+/// Replaces the expected counts in `row` by draws: each expert's count a binomial draw of
+/// `tokens` tokens with its expected share as the probability (normal where the variance is
+/// large, exact Bernoulli trials where it is small), then nudged, largest first, so that every
+/// token still picks exactly `top_k` experts.
+fn sample(random: &mut Random, top_k: u32, tokens: u32, row: &mut [u32]) {
+    let n = f64::from(tokens.max(1));
+    for count in row.iter_mut() {
+        let p = (f64::from(*count) / n).clamp(0.0, 1.0);
+        let variance = n * p * (1.0 - p);
+        *count = if variance >= 25.0 {
+            (n * p + variance.sqrt() * random.normal())
+                .round()
+                .clamp(0.0, n) as u32
+        } else {
+            (0..tokens).filter(|_| random.uniform() < p).count() as u32
+        };
+    }
+    let total = u64::from(tokens) * u64::from(top_k.min(row.len() as u32));
+    let mut sum: u64 = row.iter().map(|&c| u64::from(c)).sum();
+    while sum > total {
+        if let Some(largest) = (0..row.len()).max_by_key(|&e| (row[e], std::cmp::Reverse(e))) {
+            row[largest] -= 1;
+            sum -= 1;
+        }
+    }
+    while sum < total {
+        let below = (0..row.len()).filter(|&e| row[e] < tokens);
+        match below.max_by_key(|&e| (row[e], std::cmp::Reverse(e))) {
+            Some(expert) => {
+                row[expert] += 1;
+                sum += 1;
+            }
+            None => break,
+        }
+    }
+}
+
 fn route(weights: &[f64], top_k: u32, tokens: u32, row: &mut [u32]) {
     let k = f64::from(top_k.min(weights.len() as u32));
     // Solve sum(1 - exp(-lambda w)) = k by Newton's method from lambda = 0: the sum is concave and

@@ -172,9 +172,10 @@ pub(crate) fn simulate(
     let mode = match mode {
         "training" => Mode::Training,
         "prefill" => Mode::Prefill,
+        "decode" => Mode::Decode,
         other => {
             return Err(value_error(format!(
-                "mode {other:?}: use \"training\" or \"prefill\""
+                "mode {other:?}: use \"training\", \"prefill\" or \"decode\""
             )));
         }
     };

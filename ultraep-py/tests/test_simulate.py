@@ -56,7 +56,7 @@ def test_bad_files_raise_value_errors(tmp_path):
     with pytest.raises(ValueError, match="header"):
         ultraep.Trace.from_jsonl('{"ultraep_trace": 1}')
     with pytest.raises(ValueError, match="mode"):
-        ultraep.simulate(trace=ultraep.Trace(zipf_loads()), mode="decode")
+        ultraep.simulate(trace=ultraep.Trace(zipf_loads()), mode="serving")
     with pytest.raises(ValueError, match="no such scenario"):
         ultraep.simulate("Llama")
     with pytest.raises(ValueError, match="experts"):

@@ -79,6 +79,7 @@ fn without_skew_every_balancer_gives_the_same_result() {
         regime_switch: 0.0,
         preference: 0.0,
         uneven_tokens: 0.0,
+        sampled: false,
         seed: 1,
     };
     let result = run_workload(&scenario, &SMALL, uniform, &topology, &mut || {}).unwrap();
@@ -385,5 +386,34 @@ fn groups_spanning_domains_keep_replicas_home_and_pay_scale_out() {
             scenario.name
         );
         assert!(result.balancer("ideal").unwrap().step_seconds <= ultraep.step_seconds);
+    }
+}
+
+#[test]
+fn decode_is_read_bound_and_drawn_per_microbatch() {
+    let scenario = Scenario::decode()[0];
+    let config = workload_config(&scenario, &SMALL);
+    assert!(config.sampled);
+    // Drawn counts are not the expectation (the same popularity, unsampled), and every token
+    // still picks top-k experts.
+    let drawn = ultraep_bench::workload::Workload::new(config).next_step();
+    let expected = ultraep_bench::workload::Workload::new(WorkloadConfig {
+        sampled: false,
+        ..config
+    })
+    .next_step();
+    assert_ne!(drawn[0], expected[0]);
+    for loads in [&drawn[0], &expected[0]] {
+        let tokens: u64 = loads.iter().map(|&c| u64::from(c)).sum();
+        assert_eq!(
+            tokens,
+            64 * u64::from(scenario.tokens_per_rank) * u64::from(scenario.model.top_k)
+        );
+    }
+    let topology = scenario.machine.topology().unwrap();
+    let result = run_scenario(&scenario, &SMALL, &topology, &mut || {}).unwrap();
+    let ideal = result.balancer("ideal").unwrap().step_seconds;
+    for balancer in &result.balancers {
+        assert!(ideal <= balancer.step_seconds, "{}", balancer.balancer);
     }
 }

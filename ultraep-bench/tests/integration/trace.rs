@@ -20,6 +20,7 @@ fn small_trace(ranks: u32, experts: u32, steps: usize, layers: u32) -> Trace {
         regime_switch: 0.2,
         preference: 0.3,
         uneven_tokens: 0.0,
+        sampled: false,
         seed: 3,
     });
     Trace {

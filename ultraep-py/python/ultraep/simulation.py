@@ -55,7 +55,7 @@ def simulate(
             TensorRT-LLM expert-statistics directory.
         model: the model the trace's loads run on: GLM-4.5-Air, Qwen3-235B, DeepSeek-V3 or
             GLM-4.7 (its experts must match the trace's).
-        mode: ``"training"`` or ``"prefill"`` (for a trace).
+        mode: ``"training"``, ``"prefill"`` or ``"decode"`` (for a trace).
         sequence: attention context length (for a trace).
         full: more steps and layers (for a scenario).
 
