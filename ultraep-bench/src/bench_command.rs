@@ -71,7 +71,7 @@ pub fn run(args: &BenchArgs) -> Result<String, BenchError> {
     })?;
     // Without a terminal the bar is not drawn: a line per scenario tells a log that work goes on.
     let log_lines = !args.quiet && !std::io::stderr().is_terminal();
-    // Sweeps: 16 points of a shorter run.
+    // Sweeps: 25 points of a shorter run.
     let sweep_run = RunConfig {
         steps: (config.steps / 2).max(2),
         layers: (config.layers / 2).max(2),
@@ -80,7 +80,7 @@ pub fn run(args: &BenchArgs) -> Result<String, BenchError> {
     let sweep_steps = if args.no_sweeps {
         0
     } else {
-        16 * u64::from(sweep_run.steps)
+        25 * u64::from(sweep_run.steps)
     };
     let bar = if args.quiet {
         ProgressBar::hidden()

@@ -918,6 +918,10 @@ pub struct Sweeps {
     /// The fraction of a port's bandwidth transferred bytes move at, 0.4 to 1.0, on top of the
     /// calibrated transfer costs.
     pub transfer_bandwidth: Vec<SweepPoint>,
+    /// The workload's knobs that no published figure sets (how fast popularity drifts, how often
+    /// the hot experts change, how much sources differ), one at a time, each point's skew
+    /// recalibrated to the scenario's published imbalance.
+    pub workload_knobs: Vec<SweepPoint>,
 }
 
 fn point(label: String, result: &ScenarioResult) -> SweepPoint {
@@ -939,6 +943,9 @@ fn point(label: String, result: &ScenarioResult) -> SweepPoint {
         replicas: ultraep.replicas,
     }
 }
+
+/// Sets one knob of a workload.
+type SetKnob = fn(WorkloadConfig, f64) -> WorkloadConfig;
 
 /// Runs the sweeps on Qwen3-235B training with `run`'s steps and layers; `progress` is called
 /// after every step of every point.
@@ -988,11 +995,56 @@ pub fn run_sweeps(run: &RunConfig, progress: &mut dyn FnMut()) -> Result<Sweeps,
         let result = run_workload(&scenario, &swept, calibrated, &rack, progress)?;
         transfer_bandwidth.push(point(format!("{fraction} of a port"), &result));
     }
+    let mut workload_knobs = Vec::new();
+    let knobs: [(&str, f64, SetKnob); 9] = [
+        ("drift 0.05", 0.05, |c, v| WorkloadConfig { drift: v, ..c }),
+        ("drift 0.1 (default)", 0.1, |c, v| WorkloadConfig {
+            drift: v,
+            ..c
+        }),
+        ("drift 0.2", 0.2, |c, v| WorkloadConfig { drift: v, ..c }),
+        ("regime switch 0", 0.0, |c, v| WorkloadConfig {
+            regime_switch: v,
+            ..c
+        }),
+        ("regime switch 0.1 (default)", 0.1, |c, v| WorkloadConfig {
+            regime_switch: v,
+            ..c
+        }),
+        ("regime switch 0.3", 0.3, |c, v| WorkloadConfig {
+            regime_switch: v,
+            ..c
+        }),
+        ("source preference 0", 0.0, |c, v| WorkloadConfig {
+            preference: v,
+            ..c
+        }),
+        ("source preference 0.3 (default)", 0.3, |c, v| {
+            WorkloadConfig { preference: v, ..c }
+        }),
+        ("source preference 0.6", 0.6, |c, v| WorkloadConfig {
+            preference: v,
+            ..c
+        }),
+    ];
+    for (label, value, set) in knobs {
+        let config = set(calibrated, value);
+        let skew = calibrate_skew(
+            config,
+            scenario.target_imbalance,
+            run.warmup_steps,
+            run.steps,
+        );
+        let config = WorkloadConfig { skew, ..config };
+        let result = run_workload(&scenario, run, config, &rack, progress)?;
+        workload_knobs.push(point(label.to_owned(), &result));
+    }
     Ok(Sweeps {
         scenario: scenario.name,
         ep_size,
         slots,
         relays,
         transfer_bandwidth,
+        workload_knobs,
     })
 }

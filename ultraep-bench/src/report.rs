@@ -286,6 +286,10 @@ pub fn sweep_tables(sweeps: &Sweeps) -> String {
             "transfer bandwidth, as a fraction of a port, on top of the calibrated transfer costs (EP64)",
             &sweeps.transfer_bandwidth,
         ),
+        (
+            "the workload's unpublished knobs, one at a time (EP64; skew recalibrated to the published imbalance)",
+            &sweeps.workload_knobs,
+        ),
     ] {
         let _ = writeln!(out, "**{title}**\n");
         out.push_str("| point | initial | ultraep final | % of ideal: none / eplb / ultraep | ultraep replicas per layer | ultraep transfer per layer (us) |\n|---|---|---|---|---|---|\n");
