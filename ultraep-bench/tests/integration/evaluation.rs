@@ -417,3 +417,13 @@ fn decode_is_read_bound_and_drawn_per_microbatch() {
         assert!(ideal <= balancer.step_seconds, "{}", balancer.balancer);
     }
 }
+
+#[test]
+fn xfer_tells_a_log_it_is_working() {
+    // Not a terminal: the slow reference rows each log a line on stderr, the table stays whole.
+    let out = ultraep(&["xfer", "--replicas", "1"]);
+    assert!(out.status.success());
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("ultraep xfer: EP64 plan at 3.0 done"), "{log}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("| EP64 plan at 3.0 |"));
+}
