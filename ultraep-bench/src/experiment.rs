@@ -691,8 +691,6 @@ pub fn run_steps(
             * model.outside_moe_flops_per_token(scenario.sequence) as f64
             * passes;
         let replan = step > 0 && step % run.eplb_interval.max(1) == 0;
-        // Where each expert's copies came from before this step's re-placement.
-        let previous_homes: Vec<Vec<u32>> = replacing.iter().map(|r| r.homes().to_vec()).collect();
         if replan {
             rebalance(&mut deployed, &mut replacing, &history)?;
         }
@@ -714,7 +712,7 @@ pub fn run_steps(
                     "eplb-replace" => {
                         replacing[layer].plan_into(matrix, &mut plan)?;
                         if replan && !replacing[layer].moved().is_empty() {
-                            let moves = moved_copies(&replacing[layer], &previous_homes[layer]);
+                            let moves = moved_copies(&replacing[layer]);
                             let state = ExpertState::opaque(moved_bytes)?;
                             let schedule =
                                 TransferSchedule::build(&moves, &state, topology, eplb_moves)?;
@@ -864,11 +862,11 @@ pub fn run_steps(
 }
 
 /// The copies `replace`'s last re-placement created, as fan-outs from each expert's master
-/// before it (`previous_homes`).
-fn moved_copies(replace: &EplbReplace, previous_homes: &[u32]) -> ReplicaSet {
+/// before it.
+fn moved_copies(replace: &EplbReplace) -> ReplicaSet {
     let mut fanouts: Vec<Fanout> = Vec::new();
     for &(expert, rank) in replace.moved() {
-        let master = previous_homes[expert as usize];
+        let master = replace.previous_home(expert);
         match fanouts.iter_mut().find(|f| f.expert == expert) {
             Some(fanout) => fanout.destinations.push((rank, 0)),
             None => fanouts.push(Fanout {

@@ -183,37 +183,32 @@ impl Balancer for Eplb {
         if self.mode == EplbMode::Oracle {
             self.rebalance(loads)?;
         }
-        self.assembler.measure(loads)?;
-        even_shares(
+        plan_even_shares(
+            &mut self.assembler,
             &self.placement,
-            &self.assembler.expert_load,
             &mut self.instance_count,
             &mut self.handed,
             &mut self.replicas,
-        );
-        self.assembler.assemble(
             loads,
-            &mut self.replicas,
-            SplitMode::Proportional,
-            &[],
             plan,
-        );
-        self.assembler.record_busiest_ranks(plan);
-        Ok(())
+        )
     }
 }
 
-/// EPLB's even split of every expert's `expert_load` over its instances under `placement` (its
-/// replicas as (expert, rank)): the master takes the first share, the replicas the next ones in
-/// placement order, the first `load % count` shares one token more. The replicas' quotas go to
-/// `replicas`; `instance_count` and `handed` are scratch, one entry per expert.
-pub(crate) fn even_shares(
+/// Plans `loads` with EPLB's even split over the instances of `placement` (the replicas, as
+/// (expert, rank)): the master takes the first share of every expert's load, the replicas the
+/// next ones in placement order, the first `load % count` shares one token more; every source
+/// sends in proportion. `instance_count` and `handed` are scratch, one entry per expert.
+pub(crate) fn plan_even_shares(
+    assembler: &mut Assembler,
     placement: &[(u32, u32)],
-    expert_load: &[u64],
     instance_count: &mut [u32],
     handed: &mut [u32],
     replicas: &mut Vec<Replica>,
-) {
+    loads: LoadMatrix<'_>,
+    plan: &mut Plan,
+) -> Result<(), PlanError> {
+    assembler.measure(loads)?;
     instance_count.fill(1);
     for &(expert, _) in placement {
         instance_count[expert as usize] += 1;
@@ -223,7 +218,7 @@ pub(crate) fn even_shares(
     for &(expert, rank) in placement {
         let e = expert as usize;
         let count = u64::from(instance_count[e]);
-        let load = expert_load[e];
+        let load = assembler.expert_load[e];
         handed[e] += 1;
         let index = u64::from(handed[e]);
         let quota = load / count + u64::from(index < load % count);
@@ -233,4 +228,7 @@ pub(crate) fn even_shares(
             quota: quota as u32,
         });
     }
+    assembler.assemble(loads, replicas, SplitMode::Proportional, &[], plan);
+    assembler.record_busiest_ranks(plan);
+    Ok(())
 }

@@ -18,8 +18,8 @@
 //! created, whose weights (and in training optimizer state) must travel before they serve.
 
 use crate::assembler::{Assembler, Replica};
-use crate::eplb::even_shares;
-use crate::{Balancer, ExpertLayout, LoadMatrix, Plan, PlanError, RankDomains, SplitMode};
+use crate::eplb::plan_even_shares;
+use crate::{Balancer, ExpertLayout, LoadMatrix, Plan, PlanError, RankDomains};
 
 /// EPLB with full re-placement.
 #[derive(Debug, Clone)]
@@ -35,6 +35,8 @@ pub struct EplbReplace {
     copies: Vec<bool>,
     /// Copies the last re-placement created, as (expert, rank).
     moved: Vec<(u32, u32)>,
+    /// Every expert's master before the last re-placement: where its moved copies come from.
+    previous_homes: Vec<u32>,
     instances: Vec<u32>,
     handed: Vec<u32>,
     replicas: Vec<Replica>,
@@ -61,6 +63,7 @@ impl EplbReplace {
         for (expert, &home) in layout.homes().iter().enumerate() {
             copies[home as usize * experts + expert] = true;
         }
+        let layout_homes = layout.homes().to_vec();
         Ok(Self {
             original: layout,
             domains,
@@ -69,6 +72,7 @@ impl EplbReplace {
             placement: Vec::new(),
             copies,
             moved: Vec::new(),
+            previous_homes: layout_homes,
             instances: vec![1; experts],
             handed: vec![0; experts],
             replicas: Vec::new(),
@@ -84,6 +88,12 @@ impl EplbReplace {
     /// Every expert's master under the current placement.
     pub fn homes(&self) -> &[u32] {
         self.assembler.layout.homes()
+    }
+
+    /// The master `expert` had before the last re-placement: the rank its moved copies are
+    /// filled from.
+    pub fn previous_home(&self, expert: u32) -> u32 {
+        self.previous_homes[expert as usize]
     }
 
     /// Places every copy anew from `estimate` (e.g. the summed load of a history window).
@@ -162,7 +172,11 @@ impl EplbReplace {
         }
         let layout = ExpertLayout::from_homes(ranks as u32, homes)?;
         let most = self.capacity.iter().copied().max().unwrap_or(0);
-        self.assembler = Assembler::new(layout, self.domains.clone(), most)?;
+        let assembler = Assembler::new(layout, self.domains.clone(), most)?;
+        self.previous_homes.clear();
+        self.previous_homes
+            .extend_from_slice(self.assembler.layout.homes());
+        self.assembler = assembler;
         self.moved.clear();
         for rank in 0..ranks {
             for expert in 0..experts {
@@ -183,22 +197,14 @@ impl Balancer for EplbReplace {
     }
 
     fn plan_into(&mut self, loads: LoadMatrix<'_>, plan: &mut Plan) -> Result<(), PlanError> {
-        self.assembler.measure(loads)?;
-        even_shares(
+        plan_even_shares(
+            &mut self.assembler,
             &self.placement,
-            &self.assembler.expert_load,
             &mut self.instances,
             &mut self.handed,
             &mut self.replicas,
-        );
-        self.assembler.assemble(
             loads,
-            &mut self.replicas,
-            SplitMode::Proportional,
-            &[],
             plan,
-        );
-        self.assembler.record_busiest_ranks(plan);
-        Ok(())
+        )
     }
 }
