@@ -29,7 +29,8 @@ use ultraep_xfer::{
 use crate::BenchError;
 use crate::machine::{Machine, nvl72_gpus};
 use crate::models::ModelShape;
-use crate::step::{Hardware, Mode, Overheads, layer_outcome, outside_moe};
+use crate::step::{Efficiency, Hardware, Mode, Overheads, layer_outcome, outside_moe};
+use crate::step_fit::{EfficiencySource, scenario_efficiency};
 use crate::workload::{Workload, WorkloadConfig, calibrate_skew};
 
 /// The balancers compared, in report order.
@@ -72,20 +73,38 @@ pub struct Scenario {
     pub published_eplb_fraction: Option<f64>,
     /// Published max/mean imbalance with EPLB (prefill).
     pub published_eplb_imbalance: Option<f64>,
-    /// Published TFLOPS per GPU with ultraep (training).
-    pub published_tflops: Option<f64>,
+    /// Published TFLOPS per GPU of every balancer (training).
+    pub published_tflops: Option<PublishedTflops>,
+    /// Where the compute rates of the step simulator come from.
+    pub efficiency: EfficiencySource,
     /// The GPUs the group spans.
     pub machine: Machine,
     /// Whether the loads are drawn per microbatch rather than their expectation.
     pub sampled: bool,
 }
 
+/// The TFLOPS per GPU the paper publishes for a training scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct PublishedTflops {
+    /// The force-balanced ideal.
+    pub ideal: f64,
+    /// UltraEP.
+    pub ultraep: f64,
+    /// No balancing.
+    pub none: f64,
+    /// EPLB.
+    pub eplb: f64,
+    /// LPLB.
+    pub lplb: f64,
+}
+
 impl Scenario {
     /// The seven published scenarios at EP64 (`ultraep-facts.md` section 6).
     pub fn published() -> Vec<Scenario> {
-        // Training: the published TFLOPS per GPU (ideal, ultraep, none, EPLB) give every ratio.
+        // Training: the published TFLOPS per GPU (ideal, ultraep, none, EPLB, LPLB) give every
+        // ratio; the ideal's and none's fix the compute rates, the rest are predictions.
         let training =
-            |name, model, target, published_final, [ideal, ultraep, none, eplb]: [f64; 4]| {
+            |name, model, target, published_final, [ideal, ultraep, none, eplb, lplb]: [f64; 5]| {
                 Scenario {
                     name,
                     model,
@@ -99,49 +118,63 @@ impl Scenario {
                     published_speedup: Some(ultraep / none),
                     published_eplb_fraction: Some(eplb / ideal),
                     published_eplb_imbalance: None,
-                    published_tflops: Some(ultraep),
+                    published_tflops: Some(PublishedTflops {
+                        ideal,
+                        ultraep,
+                        none,
+                        eplb,
+                        lplb,
+                    }),
+                    efficiency: EfficiencySource::Fitted,
                     machine: Machine::Nvl72 { ranks: 64 },
                     sampled: false,
                 }
             };
-        let prefill = |name, model, target, published_final, eplb, fraction, speedup| Scenario {
-            name,
-            model,
-            mode: Mode::Prefill,
-            target_imbalance: target,
-            tokens_per_rank: 16384,
-            sequence: 8192,
-            uneven_tokens: 0.4,
-            published_final,
-            published_fraction: fraction,
-            published_speedup: speedup,
-            published_eplb_fraction: None,
-            published_eplb_imbalance: Some(eplb),
-            published_tflops: None,
-            machine: Machine::Nvl72 { ranks: 64 },
-            sampled: false,
-        };
+        // Prefill publishes no TFLOPS. Where it publishes ultraep's fraction of ideal and speedup
+        // (their ratio is no balancing's fraction of ideal), the dense rate is fitted to that and
+        // the expert rate is the one fitted on the training scenario of the same model, or of its
+        // family for GLM-4.7 (GLM-4.5-Air); the other request mix takes the rates of the same
+        // model's fitted mix.
+        let prefill =
+            |name, model, target, published_final, eplb, fraction, speedup, rates| Scenario {
+                name,
+                model,
+                mode: Mode::Prefill,
+                target_imbalance: target,
+                tokens_per_rank: 16384,
+                sequence: 8192,
+                uneven_tokens: 0.4,
+                published_final,
+                published_fraction: fraction,
+                published_speedup: speedup,
+                published_eplb_fraction: None,
+                published_eplb_imbalance: Some(eplb),
+                published_tflops: None,
+                efficiency: rates,
+                machine: Machine::Nvl72 { ranks: 64 },
+                sampled: false,
+            };
         vec![
             training(
                 "GLM-4.5-Air training",
                 ModelShape::GLM_4_5_AIR,
                 2.23,
                 1.02,
-                [785.4, 757.0, 545.0, 646.0],
+                [785.4, 757.0, 545.0, 646.0, 618.0],
             ),
             training(
                 "Qwen3-235B training",
                 ModelShape::QWEN3_235B,
                 2.86,
                 1.03,
-                [574.7, 524.0, 315.0, 449.0],
+                [574.7, 524.0, 315.0, 449.0, 385.0],
             ),
             training(
                 "DeepSeek-V3 training",
                 ModelShape::DEEPSEEK_V3,
                 1.30,
                 1.01,
-                [637.6, 613.0, 509.0, 505.0],
+                [637.6, 613.0, 509.0, 505.0, 516.0],
             ),
             prefill(
                 "Qwen3-235B prefill STEM",
@@ -151,6 +184,9 @@ impl Scenario {
                 2.59,
                 Some(0.97),
                 Some(2.1),
+                EfficiencySource::FittedToNone {
+                    experts_from: "Qwen3-235B training",
+                },
             ),
             prefill(
                 "Qwen3-235B prefill mixed",
@@ -160,6 +196,7 @@ impl Scenario {
                 2.56,
                 None,
                 None,
+                EfficiencySource::FittedOn("Qwen3-235B prefill STEM"),
             ),
             prefill(
                 "GLM-4.7 prefill STEM",
@@ -169,6 +206,9 @@ impl Scenario {
                 2.05,
                 Some(0.90),
                 Some(1.8),
+                EfficiencySource::FittedToNone {
+                    experts_from: "GLM-4.5-Air training",
+                },
             ),
             prefill(
                 "GLM-4.7 prefill mixed",
@@ -178,6 +218,7 @@ impl Scenario {
                 1.80,
                 None,
                 None,
+                EfficiencySource::FittedOn("GLM-4.7 prefill STEM"),
             ),
         ]
     }
@@ -234,9 +275,15 @@ impl Scenario {
             .collect()
     }
 
-    /// `base` with its published figures removed.
+    /// `base` with its published figures removed, running at its compute rates.
     fn unpublished(base: Scenario) -> Scenario {
         Scenario {
+            efficiency: match base.efficiency {
+                EfficiencySource::Fitted | EfficiencySource::FittedToNone { .. } => {
+                    EfficiencySource::FittedOn(base.name)
+                }
+                other => other,
+            },
             published_final: 0.0,
             published_fraction: None,
             published_speedup: None,
@@ -295,6 +342,9 @@ pub struct RunConfig {
     pub seed: u64,
     /// What the published system pays per layer, charged to every balancer that pays it.
     pub overheads: Overheads,
+    /// The compute rates of the step simulator; `None` takes the scenario's
+    /// ([`Scenario::efficiency`]).
+    pub efficiency: Option<Efficiency>,
 }
 
 impl RunConfig {
@@ -309,6 +359,7 @@ impl RunConfig {
         relays: true,
         seed: 2026,
         overheads: Overheads::PUBLISHED,
+        efficiency: None,
     };
 
     /// More steps and layers.
@@ -322,6 +373,7 @@ impl RunConfig {
         relays: true,
         seed: 2026,
         overheads: Overheads::PUBLISHED,
+        efficiency: None,
     };
 }
 
@@ -420,6 +472,8 @@ pub struct ScenarioResult {
     pub bound_imbalance: f64,
     /// The calibrated skew exponent of the workload.
     pub skew: f64,
+    /// The compute rates the step simulator ran at.
+    pub efficiency: Efficiency,
     /// Results in [`BALANCERS`] order.
     pub balancers: Vec<BalancerResult>,
 }
@@ -451,6 +505,70 @@ struct Tally {
     replicas: f64,
     layers: u32,
     per_layer: Vec<f64>,
+}
+
+/// What one step costs and computes outside the balancers' reach: the time outside the MoE layers
+/// and the model FLOPs of every rank's tokens.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepFrame {
+    /// Seconds of the dense layers and the output projection (the rank with the most tokens).
+    pub outside_seconds: f64,
+    /// Model FLOPs outside the MoE layers, over all ranks.
+    pub outside_flops: f64,
+    /// Model FLOPs of the simulated MoE layers (attention and experts), over all ranks.
+    pub moe_flops: f64,
+}
+
+impl StepFrame {
+    /// The frame of one step whose MoE layers route `layers` (each `ranks` rows of the model's
+    /// experts); the first layer's rows give every rank's tokens.
+    pub fn of(scenario: &Scenario, hardware: &Hardware, ranks: u32, layers: &[Vec<u32>]) -> Self {
+        let model = scenario.model;
+        let experts = model.routed_experts as usize;
+        let top_k = u64::from(model.top_k.max(1));
+        let tokens_of = |loads: &[u32], rank: usize| {
+            loads
+                .get(rank * experts..(rank + 1) * experts)
+                .map_or(0, |row| {
+                    row.iter().map(|&c| u64::from(c)).sum::<u64>() / top_k
+                })
+        };
+        let first = layers.first().map_or(&[][..], Vec::as_slice);
+        let most_tokens = (0..ranks as usize)
+            .map(|rank| tokens_of(first, rank))
+            .max()
+            .unwrap_or(0);
+        let all_tokens: u64 = (0..ranks as usize).map(|rank| tokens_of(first, rank)).sum();
+        let passes = scenario.mode.passes();
+        let outside_flops = all_tokens as f64
+            * model.outside_moe_flops_per_token(scenario.sequence) as f64
+            * passes;
+        let mut moe_flops = 0.0;
+        for loads in layers {
+            let tokens = loads.iter().map(|&c| u64::from(c)).sum::<u64>() / top_k;
+            moe_flops += tokens as f64
+                * (model.balanced_flops_per_token(scenario.sequence) as f64
+                    + f64::from(model.top_k) * model.expert_flops_per_token() as f64)
+                * passes;
+        }
+        Self {
+            outside_seconds: outside_moe(
+                &model,
+                scenario.mode,
+                hardware,
+                most_tokens,
+                scenario.sequence,
+            ),
+            outside_flops,
+            moe_flops,
+        }
+    }
+
+    /// Model FLOPs of the whole step, the simulated MoE layers standing for `layer_scale` times
+    /// as many.
+    pub fn step_flops(&self, layer_scale: f64) -> f64 {
+        self.outside_flops + self.moe_flops * layer_scale
+    }
 }
 
 /// The workload of `scenario`, calibrated to its published imbalance.
@@ -528,7 +646,10 @@ pub fn run_steps(
     topology: &Topology,
     progress: &mut dyn FnMut(),
 ) -> Result<ScenarioResult, BenchError> {
-    let hardware = Hardware::of(topology)?;
+    let hardware = Hardware {
+        efficiency: scenario_efficiency(scenario, run)?,
+        ..Hardware::of(topology)?
+    };
     let model = scenario.model;
     let layout = ExpertLayout::balanced_blocks(ranks, model.routed_experts)?;
     let labels: Vec<u32> = topology.rank_domains().iter().map(|d| d.0).collect();
@@ -656,6 +777,7 @@ pub fn run_steps(
     let all_gather = overheads.all_gather(&hardware, ranks, model.routed_experts);
     let mut initial = 0.0;
     let mut bound = 0.0;
+    let layer_scale = f64::from(model.moe_layers) / f64::from(run.layers);
     let mut useful_flops = 0.0;
     let mut outside_seconds = 0.0;
     let mut plan = Plan::default();
@@ -663,33 +785,9 @@ pub fn run_steps(
     for step in 0..run.steps {
         let layers = next_step();
         check(step, &layers)?;
-        let passes = if scenario.mode == Mode::Training {
-            3.0
-        } else {
-            1.0
-        };
-        let rank_tokens = |loads: &[u32], rank: usize| {
-            let row =
-                &loads[rank * model.routed_experts as usize..][..model.routed_experts as usize];
-            row.iter().map(|&c| u64::from(c)).sum::<u64>() / u64::from(model.top_k.max(1))
-        };
-        let most_tokens = (0..ranks as usize)
-            .map(|rank| rank_tokens(&layers[0], rank))
-            .max()
-            .unwrap_or(0);
-        let all_tokens: u64 = (0..ranks as usize)
-            .map(|rank| rank_tokens(&layers[0], rank))
-            .sum();
-        outside_seconds += outside_moe(
-            &model,
-            scenario.mode,
-            &hardware,
-            most_tokens,
-            scenario.sequence,
-        );
-        useful_flops += all_tokens as f64
-            * model.outside_moe_flops_per_token(scenario.sequence) as f64
-            * passes;
+        let frame = StepFrame::of(scenario, &hardware, ranks, &layers);
+        outside_seconds += frame.outside_seconds;
+        useful_flops += frame.step_flops(layer_scale);
         let replan = step > 0 && step % run.eplb_interval.max(1) == 0;
         if replan {
             rebalance(&mut deployed, &mut replacing, &history)?;
@@ -698,10 +796,6 @@ pub fn run_steps(
             let matrix = LoadMatrix::new(loads, ranks as usize, model.routed_experts as usize)?;
             let tokens: u64 =
                 loads.iter().map(|&c| u64::from(c)).sum::<u64>() / u64::from(model.top_k);
-            useful_flops += tokens as f64
-                * (model.balanced_flops_per_token(scenario.sequence) as f64
-                    + f64::from(model.top_k) * model.expert_flops_per_token() as f64)
-                * passes;
             for (index, name) in BALANCERS.iter().enumerate() {
                 let mut charged = OverheadBreakdown::default();
                 let mut planning_host = 0.0;
@@ -778,7 +872,7 @@ pub fn run_steps(
                                     * 1e-12;
                                 let hidden_by = 2.0 * tokens as f64 / f64::from(ranks)
                                     * model.balanced_flops_per_token(scenario.sequence) as f64
-                                    / (hardware.peak_flops * crate::step::DENSE_EFFICIENCY);
+                                    / (hardware.peak_flops * hardware.efficiency.dense);
                                 charged.reduction_us = (reduction - hidden_by).max(0.0) * 1e6;
                                 charged.transfer_us += transfer * 1e6;
                             }
@@ -821,13 +915,12 @@ pub fn run_steps(
         progress();
     }
 
-    let layer_scale = f64::from(model.moe_layers) / f64::from(run.layers);
     let simulated_layers = f64::from(run.steps * run.layers);
     let outside_per_step = outside_seconds / f64::from(run.steps);
     let step_seconds =
         |tally: &Tally| tally.seconds / f64::from(run.steps) * layer_scale + outside_per_step;
     let ideal_seconds = step_seconds(&tallies[BALANCERS.len() - 1]);
-    let flops_per_step = useful_flops / f64::from(run.steps) * layer_scale;
+    let flops_per_step = useful_flops / f64::from(run.steps);
     let balancers = BALANCERS
         .iter()
         .zip(&tallies)
@@ -854,6 +947,7 @@ pub fn run_steps(
     Ok(ScenarioResult {
         scenario: *scenario,
         model: model.name,
+        efficiency: hardware.efficiency,
         initial_imbalance: initial / simulated_layers,
         bound_imbalance: bound / simulated_layers,
         skew: 0.0,
@@ -906,6 +1000,10 @@ pub struct SweepPoint {
 pub struct Sweeps {
     /// The scenario swept.
     pub scenario: &'static str,
+    /// Steps replayed at every point.
+    pub steps: u32,
+    /// MoE layers simulated at every point.
+    pub layers: u32,
     /// Expert-parallel size 8 to 72 (one NVL72 domain; the model's popularity as calibrated at
     /// EP64, so the imbalance is what that popularity gives at each size).
     pub ep_size: Vec<SweepPoint>,
@@ -956,6 +1054,11 @@ pub fn run_sweeps(run: &RunConfig, progress: &mut dyn FnMut()) -> Result<Sweeps,
             message: "the Qwen3-235B training scenario is missing".into(),
         })?;
     let calibrated = workload_config(&scenario, run);
+    // Every point runs at the scenario's rates, fitted once at EP64.
+    let run = &RunConfig {
+        efficiency: Some(scenario_efficiency(&scenario, run)?),
+        ..*run
+    };
     let mut ep_size = Vec::new();
     for ranks in [8, 16, 32, 64, 72] {
         let config = WorkloadConfig {
@@ -1039,6 +1142,8 @@ pub fn run_sweeps(run: &RunConfig, progress: &mut dyn FnMut()) -> Result<Sweeps,
     }
     Ok(Sweeps {
         scenario: scenario.name,
+        steps: run.steps,
+        layers: run.layers,
         ep_size,
         slots,
         relays,

@@ -23,6 +23,7 @@ pub mod random;
 pub mod report;
 pub mod simulate_command;
 pub mod step;
+pub mod step_fit;
 pub mod svg;
 pub mod topo_command;
 pub mod trace;

@@ -10,6 +10,7 @@ use crate::machine::{Machine, nvl72_gpus};
 use crate::models::ModelShape;
 use crate::report::summary_table;
 use crate::step::Mode;
+use crate::step_fit::EfficiencySource;
 use crate::trace::Trace;
 
 /// Arguments of `ultraep simulate`.
@@ -140,6 +141,14 @@ pub fn simulate(input: &SimulationInput, full: bool) -> Result<ScenarioResult, B
                 published_eplb_fraction: None,
                 published_eplb_imbalance: None,
                 published_tflops: None,
+                // A trace runs at the rates fitted on its model's published training scenario,
+                // where there is one.
+                efficiency: Scenario::published()
+                    .into_iter()
+                    .find(|s| s.mode == Mode::Training && s.model.name == model.name)
+                    .map_or(EfficiencySource::Assumed, |s| {
+                        EfficiencySource::FittedOn(s.name)
+                    }),
                 machine: Machine::Nvl72 { ranks: trace.ranks },
                 sampled: false,
             };

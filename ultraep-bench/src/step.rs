@@ -2,12 +2,12 @@
 //!
 //! Per layer:
 //! - **Balanced part**: attention, shared expert and scores for every rank's own tokens at the
-//!   dense rate (`DENSE_EFFICIENCY` of the GPU's dense BF16 peak); the rank with the most tokens
-//!   sets it (prefill batches are uneven).
+//!   dense rate (a fraction of the GPU's dense BF16 peak, [`Efficiency`]); the rank with the most
+//!   tokens sets it (prefill batches are uneven).
 //! - **Expert compute**: every instance is a grouped-GEMM problem with a roofline: `max(FLOPs /
 //!   (peak x efficiency(tokens)), weight bytes / HBM bandwidth)`, so small token counts are bound by
 //!   reading the weights and large ones by FLOPs; the efficiency falls for small groups
-//!   ([`gemm_efficiency`]), which charges a split expert for its smaller GEMMs. The busiest rank
+//!   ([`Efficiency::gemm`]), which charges a split expert for its smaller GEMMs. The busiest rank
 //!   sets the time.
 //! - **Dispatch and combine**: every token an instance takes from another rank crosses the fabric
 //!   as `hidden` BF16 values, each way; the rank that sends or receives most over its scale-up port
@@ -31,25 +31,43 @@ use ultraep_topo::{RankId, Topology};
 use crate::BenchError;
 use crate::models::ModelShape;
 
-/// Fraction of the dense BF16 peak that attention and dense layers reach (an assumption: typical
-/// large-model training MFU).
-pub const DENSE_EFFICIENCY: f64 = 0.6;
-/// Fraction of the dense BF16 peak that expert grouped GEMMs reach when bound by FLOPs on large
-/// token counts (an assumption: grouped GEMMs on large token counts).
-pub const GEMM_EFFICIENCY: f64 = 0.7;
 /// Bytes per activation value crossing the fabric (BF16).
 pub const ACTIVATION_BYTES: u64 = 2;
 
-/// Tokens per expert instance at which a grouped GEMM reaches half of [`GEMM_EFFICIENCY`] (an
-/// assumption: a 128-row tile is the unit of work of Hopper and Blackwell grouped GEMMs, and a
+/// Tokens per expert instance at which a grouped GEMM reaches half of its large-count efficiency
+/// (an assumption: a 128-row tile is the unit of work of Hopper and Blackwell grouped GEMMs, and a
 /// group of fewer rows wastes the rest of its tile).
 pub const GEMM_HALF_TOKENS: f64 = 128.0;
 
-/// The fraction of the dense peak a grouped GEMM of `tokens` rows reaches:
-/// `GEMM_EFFICIENCY * tokens / (tokens + GEMM_HALF_TOKENS)`.
-pub fn gemm_efficiency(tokens: u32) -> f64 {
-    let tokens = f64::from(tokens);
-    GEMM_EFFICIENCY * tokens / (tokens + GEMM_HALF_TOKENS)
+/// The fractions of the GPU's dense BF16 peak the two kinds of compute reach: the balanced work
+/// (attention, shared experts, dense layers) and the expert grouped GEMMs on large token counts.
+///
+/// Nothing in the model derives them; for the published scenarios they are fitted to the published
+/// throughputs of the ideal and of no balancing (see [`crate::step_fit`]), and
+/// [`Efficiency::ASSUMED`] stands in where no figure is published.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Efficiency {
+    /// Fraction of the dense peak reached by the balanced work.
+    pub dense: f64,
+    /// Fraction of the dense peak reached by expert grouped GEMMs with many tokens per instance.
+    pub experts: f64,
+}
+
+impl Efficiency {
+    /// Typical large-model figures, used where nothing is fitted: 0.6 for dense work, 0.7 for
+    /// grouped GEMMs on large token counts.
+    pub const ASSUMED: Self = Self {
+        dense: 0.6,
+        experts: 0.7,
+    };
+
+    /// The fraction of the dense peak a grouped GEMM of `tokens` rows reaches:
+    /// `experts * tokens / (tokens + GEMM_HALF_TOKENS)`, so a split expert pays for its smaller
+    /// GEMMs.
+    pub fn gemm(&self, tokens: u32) -> f64 {
+        let tokens = f64::from(tokens);
+        self.experts * tokens / (tokens + GEMM_HALF_TOKENS)
+    }
 }
 
 /// What the published system pays per layer beyond compute and all-to-all, and how fast its weight
@@ -110,7 +128,7 @@ pub fn outside_moe(
 ) -> f64 {
     let compute =
         tokens as f64 * model.outside_moe_flops_per_token(sequence) as f64 * mode.passes()
-            / (hardware.peak_flops * DENSE_EFFICIENCY);
+            / (hardware.peak_flops * hardware.efficiency.dense);
     if mode == Mode::Decode {
         // Decode reads every weight for a handful of tokens, and the dense layers' caches.
         let reads = model.outside_moe_weight_bytes() as f64
@@ -157,6 +175,8 @@ pub struct Hardware {
     pub scale_out_bandwidth: f64,
     /// Seconds of one scale-out hop.
     pub scale_out_latency: f64,
+    /// The fractions of the peak the compute reaches.
+    pub efficiency: Efficiency,
 }
 
 impl Hardware {
@@ -176,6 +196,7 @@ impl Hardware {
             link_latency: links.scale_up_latency.get() as f64 * 1e-9,
             scale_out_bandwidth: links.scale_out.get() as f64,
             scale_out_latency: links.scale_out_latency.get() as f64 * 1e-9,
+            efficiency: Efficiency::ASSUMED,
         })
     }
 }
@@ -231,7 +252,7 @@ pub fn layer_outcome(
         .collect();
     let most_tokens = tokens.iter().copied().max().unwrap_or(0);
     let mut balanced = most_tokens as f64 * model.balanced_flops_per_token(sequence) as f64
-        / (hardware.peak_flops * DENSE_EFFICIENCY);
+        / (hardware.peak_flops * hardware.efficiency.dense);
     if mode == Mode::Decode {
         // Attention reads its weights and every sequence's key-value cache.
         let reads = model.balanced_weight_bytes() as f64
@@ -244,8 +265,9 @@ pub fn layer_outcome(
     for instance in plan.instances() {
         if instance.quota > 0 {
             let flops = f64::from(instance.quota) * model.expert_flops_per_token() as f64;
-            compute[instance.rank as usize] +=
-                (flops / (hardware.peak_flops * gemm_efficiency(instance.quota))).max(weight_read);
+            compute[instance.rank as usize] += (flops
+                / (hardware.peak_flops * hardware.efficiency.gemm(instance.quota)))
+            .max(weight_read);
         }
     }
     let experts = compute.iter().copied().fold(0.0, f64::max);

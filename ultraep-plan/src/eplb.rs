@@ -48,15 +48,6 @@ pub struct Eplb {
 }
 
 impl Eplb {
-    /// The problem and buffers, for [`crate::Lplb`], which places replicas as EPLB does.
-    pub(crate) fn parts(&self) -> &Assembler {
-        &self.assembler
-    }
-
-    pub(crate) fn parts_mut(&mut self) -> &mut Assembler {
-        &mut self.assembler
-    }
-
     /// EPLB for experts placed by `layout` on ranks grouped by `domains`, with `slots_per_rank`
     /// redundant slots on every rank.
     pub fn new(

@@ -1,18 +1,27 @@
 //! The LPLB baseline: DeepSeek's per-batch token redistribution over a fixed replica set.
 //!
-//! LPLB keeps the replicas a static placement made (here: EPLB's, from the load seen before the
-//! run) and moves no weights; per microbatch it re-splits every replicated expert's tokens among
-//! its instances to even out the ranks, which DeepSeek does with a linear program on one SM.
-//! This baseline re-splits by integer water-filling instead: with every unreplicated expert at its
-//! master, each replicated expert (largest load first) pours its tokens into its instances'
-//! ranks from the least loaded up, and three passes re-pour every expert against the others; if
-//! EPLB's even shares of the same replicas would leave a lower maximum, those are used, as the
-//! linear program would never do worse. It approaches the program's optimum from above: what
-//! gap remains makes this baseline's balance slightly worse than LPLB's, never better.
+//! LPLB keeps redundant copies placed by a static graph and moves no weights. As in LPLB, every
+//! copy links one original expert to one other rank, and no expert has more than one copy (LPLB
+//! says itself that this makes it worse than EPLB under strong global imbalance). The graph here
+//! is LPLB's hypercube: inside each domain, slot `p` of the rank at position `i` holds a copy of
+//! the `p`-th most loaded expert (by the load seen before the run) of the rank at position
+//! `i XOR 2^p`, so every rank can hand tokens to `slots` neighbours (a slot whose neighbour falls
+//! outside a domain that is not a power of two stays empty). Choosing the most loaded
+//! experts for the copies follows LPLB, which replicates the heaviest experts after EPLB's
+//! reordering (here masters stay where they are).
+//!
+//! Per microbatch it re-splits every replicated expert's tokens among its instances to even out
+//! the ranks, which DeepSeek does with a linear program on one SM. This baseline re-splits by
+//! integer water-filling instead: with every unreplicated expert at its master, each replicated
+//! expert (largest load first) pours its tokens into its instances' ranks from the least loaded
+//! up, and three passes re-pour every expert against the others; if even shares of the same
+//! replicas would leave a lower maximum, those are used, as the linear program would never do
+//! worse. It approaches the program's optimum from above: what gap remains makes this
+//! baseline's balance slightly worse than LPLB's, never better.
 
 use crate::SplitMode;
-use crate::assembler::Replica;
-use crate::{Balancer, Eplb, EplbMode, ExpertLayout, LoadMatrix, Plan, PlanError, RankDomains};
+use crate::assembler::{Assembler, Replica};
+use crate::{Balancer, ExpertLayout, LoadMatrix, Plan, PlanError, RankDomains};
 
 /// Re-pouring passes after the first.
 const REFINEMENTS: usize = 3;
@@ -20,7 +29,9 @@ const REFINEMENTS: usize = 3;
 /// The LPLB baseline balancer.
 #[derive(Debug, Clone)]
 pub struct Lplb {
-    placement: Eplb,
+    assembler: Assembler,
+    /// The copies, as (expert, rank), in placement order.
+    placement: Vec<(u32, u32)>,
     /// Per microbatch: every rank's load, every instance's quota (by placement order, masters
     /// after the replicas), and the instance ranks of the expert being poured.
     rank_load: Vec<u64>,
@@ -44,11 +55,12 @@ impl Lplb {
         domains: RankDomains,
         slots_per_rank: u32,
     ) -> Result<Self, PlanError> {
-        let placement = Eplb::new(layout, domains, slots_per_rank, EplbMode::Periodic)?;
-        let ranks = placement.parts().layout.num_ranks() as usize;
-        let experts = placement.parts().layout.num_experts() as usize;
+        let assembler = Assembler::new(layout, domains, slots_per_rank)?;
+        let ranks = assembler.layout.num_ranks() as usize;
+        let experts = assembler.layout.num_experts() as usize;
         let mut lplb = Self {
-            placement,
+            assembler,
+            placement: Vec::new(),
             rank_load: vec![0; ranks],
             quotas: Vec::new(),
             even_load: vec![0; ranks],
@@ -63,9 +75,33 @@ impl Lplb {
         Ok(lplb)
     }
 
-    /// Places the replicas once, as EPLB would from `estimate`; they stay for every later plan.
+    /// Places the copies once, by the hypercube, copying the experts most loaded in
+    /// `estimate`; they stay for every later plan.
     pub fn place(&mut self, estimate: LoadMatrix<'_>) -> Result<(), PlanError> {
-        self.placement.rebalance(estimate)?;
+        self.assembler.measure(estimate)?;
+        let assembler = &self.assembler;
+        let load = &assembler.expert_load;
+        self.placement.clear();
+        for domain in 0..assembler.domains.num_domains() {
+            let ranks = assembler.domains.ranks_of(domain);
+            for (position, &rank) in ranks.iter().enumerate() {
+                for slot in 0..assembler.slots_per_rank.min(usize::BITS - 1) {
+                    let Some(&neighbour) = ranks.get(position ^ (1usize << slot)) else {
+                        continue;
+                    };
+                    // The neighbour's experts by load, most loaded first (ties: lower expert).
+                    self.order.clear();
+                    self.order
+                        .extend_from_slice(assembler.experts_of(neighbour));
+                    self.order.sort_unstable_by_key(|&expert| {
+                        (std::cmp::Reverse(load[expert as usize]), expert)
+                    });
+                    if let Some(&expert) = self.order.get(slot as usize) {
+                        self.placement.push((expert, rank));
+                    }
+                }
+            }
+        }
         self.index();
         Ok(())
     }
@@ -73,9 +109,9 @@ impl Lplb {
     fn index(&mut self) {
         // Every expert's instances, as (rank, index into `quotas`): its replicas in placement
         // order, then its master (indices after every replica's).
-        let assembler = self.placement.parts();
+        let assembler = &self.assembler;
         let experts = assembler.layout.num_experts() as usize;
-        let placement = self.placement.placement();
+        let placement = &self.placement;
         self.instance_offsets.fill(0);
         for &(expert, _) in placement {
             self.instance_offsets[expert as usize + 1] += 1;
@@ -104,7 +140,7 @@ impl Lplb {
 
     /// The replicas placed, as (expert, rank).
     pub fn placement(&self) -> &[(u32, u32)] {
-        self.placement.placement()
+        &self.placement
     }
 }
 
@@ -156,12 +192,12 @@ impl Balancer for Lplb {
     }
 
     fn plan_into(&mut self, loads: LoadMatrix<'_>, plan: &mut Plan) -> Result<(), PlanError> {
-        self.placement.parts_mut().measure(loads)?;
-        let assembler = self.placement.parts();
+        self.assembler.measure(loads)?;
+        let assembler = &self.assembler;
         let experts = assembler.layout.num_experts() as usize;
         let homes = assembler.layout.homes();
         let expert_load = &assembler.expert_load;
-        let placement = self.placement.placement();
+        let placement = &self.placement;
         let masters_from = placement.len();
         // Unreplicated experts stay at their masters; replicated ones are poured, largest first.
         self.rank_load.fill(0);
@@ -241,7 +277,7 @@ impl Balancer for Lplb {
                 quota: self.quotas[index] as u32,
             });
         }
-        let assembler = self.placement.parts_mut();
+        let assembler = &mut self.assembler;
         assembler.assemble(
             loads,
             &mut self.replicas,

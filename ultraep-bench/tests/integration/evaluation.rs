@@ -6,7 +6,8 @@ use ultraep_bench::experiment::{
 };
 use ultraep_bench::machine::nvl72_gpus;
 use ultraep_bench::report::{calibration_table, summary_table};
-use ultraep_bench::step::Overheads;
+use ultraep_bench::step::{Efficiency, Overheads};
+use ultraep_bench::step_fit::{EfficiencySource, PEAK, scenario_efficiency};
 use ultraep_bench::workload::{WorkloadConfig, mean_imbalance};
 
 const SMALL: RunConfig = RunConfig {
@@ -19,6 +20,7 @@ const SMALL: RunConfig = RunConfig {
     relays: true,
     seed: 11,
     overheads: Overheads::PUBLISHED,
+    efficiency: None,
 };
 
 #[test]
@@ -91,9 +93,9 @@ fn without_skew_every_balancer_gives_the_same_result() {
         // gather the load and plan.
         let overhead = balancer.overhead.total_us() * 1e-6 * f64::from(scenario.model.moe_layers);
         if balancer.balancer.starts_with("eplb") || balancer.balancer == "lplb" {
-            // EPLB's published rule fills every redundant slot even on a uniform load (LPLB
-            // keeps EPLB's placement); the split keeps the balance, and moving the needless
-            // replicas costs EPLB a little.
+            // EPLB's published rule fills every redundant slot even on a uniform load, and LPLB
+            // places its copies by its graph whatever the load; the split keeps the balance,
+            // and moving the needless replicas costs EPLB a little.
             assert!(
                 difference <= 0.005 * none.step_seconds + overhead,
                 "{}: {difference}",
@@ -140,6 +142,10 @@ fn fixed_result(
         initial_imbalance: figures[0].0,
         bound_imbalance: 1.0,
         skew: 0.5,
+        efficiency: Efficiency {
+            dense: 0.25,
+            experts: 0.5,
+        },
         balancers,
     }
 }
@@ -216,6 +222,91 @@ fn calibration_table_snapshot() {
     assert!(
         (error.fraction_points - (2.82 + 1.0) / 2.0).abs() < 0.01,
         "{error:?}"
+    );
+}
+
+#[test]
+fn fitted_compute_rates_reproduce_the_published_references_and_nothing_else() {
+    let topology = nvl72_gpus(64).unwrap();
+    for scenario in Scenario::published() {
+        let result = run_scenario(&scenario, &SMALL, &topology, &mut || {}).unwrap();
+        let (ideal, none) = (
+            result.balancer("ideal").unwrap(),
+            result.balancer("none").unwrap(),
+        );
+        match scenario.efficiency {
+            EfficiencySource::Fitted => {
+                // The ideal's TFLOPS always land; no balancing's too unless a rate is held at
+                // the peak.
+                let published = scenario.published_tflops.unwrap();
+                let mut checks = vec![(ideal.tflops_per_gpu, published.ideal)];
+                if result.efficiency.dense < PEAK && result.efficiency.experts < PEAK {
+                    checks.push((none.tflops_per_gpu, published.none));
+                }
+                for (simulated, published) in checks {
+                    assert!(
+                        (simulated / published - 1.0).abs() < 1e-3,
+                        "{}: {simulated} against {published}",
+                        scenario.name
+                    );
+                }
+            }
+            EfficiencySource::FittedToNone { experts_from } => {
+                let implied =
+                    scenario.published_fraction.unwrap() / scenario.published_speedup.unwrap();
+                if result.efficiency.dense < PEAK {
+                    assert!(
+                        (none.fraction_of_ideal / implied - 1.0).abs() < 1e-3,
+                        "{}: none at {} of ideal against {implied}",
+                        scenario.name,
+                        none.fraction_of_ideal
+                    );
+                } else {
+                    // Even at the peak, no balancing keeps more of the ideal than published.
+                    assert!(none.fraction_of_ideal > implied, "{}", scenario.name);
+                }
+                let base = Scenario::matching(experts_from).unwrap()[0];
+                let rates = scenario_efficiency(&base, &SMALL).unwrap();
+                assert_eq!(
+                    result.efficiency.experts, rates.experts,
+                    "{}",
+                    scenario.name
+                );
+            }
+            EfficiencySource::FittedOn(name) => {
+                let base = Scenario::matching(name).unwrap()[0];
+                assert_eq!(
+                    result.efficiency,
+                    scenario_efficiency(&base, &SMALL).unwrap(),
+                    "{}",
+                    scenario.name
+                );
+            }
+            EfficiencySource::Assumed => panic!("{} publishes figures to fit", scenario.name),
+        }
+        // Fitted rates are fractions of the peak, and the balancers the fit did not see are
+        // predictions: none of them lands on the published figure by construction.
+        for rate in [result.efficiency.dense, result.efficiency.experts] {
+            assert!(rate > 0.0 && rate <= PEAK, "{}: {rate}", scenario.name);
+        }
+    }
+}
+
+#[test]
+fn a_run_may_fix_the_compute_rates() {
+    let topology = nvl72_gpus(64).unwrap();
+    let scenario = Scenario::published()[0];
+    let fixed = RunConfig {
+        efficiency: Some(Efficiency::ASSUMED),
+        ..SMALL
+    };
+    let result = run_scenario(&scenario, &fixed, &topology, &mut || {}).unwrap();
+    assert_eq!(result.efficiency, Efficiency::ASSUMED);
+    let fitted = run_scenario(&scenario, &SMALL, &topology, &mut || {}).unwrap();
+    assert_ne!(fitted.efficiency, Efficiency::ASSUMED);
+    assert!(
+        fitted.balancer("ideal").unwrap().tflops_per_gpu
+            < result.balancer("ideal").unwrap().tflops_per_gpu
     );
 }
 

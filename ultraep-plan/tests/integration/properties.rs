@@ -234,18 +234,30 @@ proptest! {
         let applied = periodic.plan(problem.matrix()).unwrap();
         check_plan(&applied, problem.matrix(), &layout, &domains, problem.slots, None);
 
-        // LPLB: EPLB's replicas placed from the estimate, the tokens re-split per load. Its
-        // re-split can only level the ranks: never above the same replicas with even shares.
+        // LPLB: copies placed once by its static graph from the estimate, the tokens re-split
+        // per load. Its re-split can only level the ranks: never above the same copies with
+        // even shares, and never above no balancing.
         let mut lplb = Lplb::new(layout.clone(), domains.clone(), problem.slots).unwrap();
         let unplaced = lplb.plan(problem.matrix()).unwrap();
         check_plan(&unplaced, problem.matrix(), &layout, &domains, problem.slots, None);
         prop_assert_eq!(unplaced.metrics().replicas, 0);
         lplb.place(LoadMatrix::new(&estimate, problem.ranks(), problem.experts()).unwrap()).unwrap();
-        prop_assert_eq!(lplb.placement(), periodic.placement());
+        let mut copied = std::collections::BTreeSet::new();
+        for &(expert, rank) in lplb.placement() {
+            prop_assert!(copied.insert(expert), "expert {} has two copies", expert);
+            let home = layout.homes()[expert as usize];
+            prop_assert_ne!(home, rank);
+            prop_assert_eq!(domains.domain_of(home), domains.domain_of(rank));
+        }
         let split = lplb.plan(problem.matrix()).unwrap();
         check_plan(&split, problem.matrix(), &layout, &domains, problem.slots, None);
-        prop_assert!(split.metrics().max_rank_load <= applied.metrics().max_rank_load,
-            "lplb {} above even shares {}", split.metrics().max_rank_load, applied.metrics().max_rank_load);
+        let mut none = NoBalance::new(layout.clone(), domains.clone()).unwrap();
+        let unbalanced = none.plan(problem.matrix()).unwrap();
+        prop_assert!(split.metrics().max_rank_load <= unbalanced.metrics().max_rank_load,
+            "lplb {} above no balancing {}", split.metrics().max_rank_load, unbalanced.metrics().max_rank_load);
+        let mut again = Lplb::new(layout.clone(), domains.clone(), problem.slots).unwrap();
+        again.place(LoadMatrix::new(&estimate, problem.ranks(), problem.experts()).unwrap()).unwrap();
+        prop_assert_eq!(again.placement(), lplb.placement(), "placement is deterministic");
         prop_assert_eq!(&lplb.plan(problem.matrix()).unwrap(), &split, "deterministic");
 
         // EPLB with full re-placement: every copy placed anew, masters included.
