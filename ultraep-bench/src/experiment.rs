@@ -22,8 +22,8 @@ use ultraep_plan::{
 };
 use ultraep_topo::Topology;
 use ultraep_xfer::{
-    ExpertState, Fanout, RelayPieces, ReplicaSet, TransferConfig, TransferSchedule, simulate,
-    simulate_reduction,
+    ExpertState, RelayPieces, ReplicaSet, ReplicaSetBuilder, TransferConfig, TransferSchedule,
+    simulate, simulate_reduction,
 };
 
 use crate::BenchError;
@@ -795,7 +795,7 @@ pub fn run_steps(
         for (layer, loads) in layers.iter().enumerate() {
             let matrix = LoadMatrix::new(loads, ranks as usize, model.routed_experts as usize)?;
             let tokens: u64 =
-                loads.iter().map(|&c| u64::from(c)).sum::<u64>() / u64::from(model.top_k);
+                loads.iter().map(|&c| u64::from(c)).sum::<u64>() / u64::from(model.top_k.max(1));
             for (index, name) in BALANCERS.iter().enumerate() {
                 let mut charged = OverheadBreakdown::default();
                 let mut planning_host = 0.0;
@@ -806,7 +806,7 @@ pub fn run_steps(
                     "eplb-replace" => {
                         replacing[layer].plan_into(matrix, &mut plan)?;
                         if replan && !replacing[layer].moved().is_empty() {
-                            let moves = moved_copies(&replacing[layer]);
+                            let moves = moved_copies(&replacing[layer])?;
                             let state = ExpertState::opaque(moved_bytes)?;
                             let schedule =
                                 TransferSchedule::build(&moves, &state, topology, eplb_moves)?;
@@ -957,21 +957,17 @@ pub fn run_steps(
 
 /// The copies `replace`'s last re-placement created, as fan-outs from each expert's master
 /// before it.
-fn moved_copies(replace: &EplbReplace) -> ReplicaSet {
-    let mut fanouts: Vec<Fanout> = Vec::new();
+fn moved_copies(replace: &EplbReplace) -> Result<ReplicaSet, BenchError> {
+    let mut copies = ReplicaSetBuilder::default();
+    // Each copy lands in a place of its own on its rank, numbered in arrival order: the timing
+    // needs distinct destinations, not the memory EPLB's placement would use.
+    let mut landed: std::collections::BTreeMap<u32, u16> = std::collections::BTreeMap::new();
     for &(expert, rank) in replace.moved() {
-        let master = replace.previous_home(expert);
-        match fanouts.iter_mut().find(|f| f.expert == expert) {
-            Some(fanout) => fanout.destinations.push((rank, 0)),
-            None => fanouts.push(Fanout {
-                expert,
-                master,
-                master_index: 0,
-                destinations: vec![(rank, 0)],
-            }),
-        }
+        let place = landed.entry(rank).or_insert(0);
+        copies.add(expert, replace.previous_home(expert), 0, (rank, *place))?;
+        *place = place.saturating_add(1);
     }
-    ReplicaSet { fanouts }
+    Ok(copies.finish()?.clone())
 }
 
 /// One point of a sweep.

@@ -16,6 +16,7 @@ pub mod engine_command;
 mod error;
 pub mod experiment;
 pub mod machine;
+mod message;
 pub mod models;
 pub mod plan_command;
 pub mod problem_file;
@@ -31,3 +32,4 @@ pub mod workload;
 pub mod xfer_command;
 
 pub use error::BenchError;
+pub use message::one_line;

@@ -1,10 +1,13 @@
-//! The `ultraep` command. It exits with status 2 and a one-line message on bad input.
+//! The `ultraep` command. It exits with status 2 and a one-line message on bad input, and with
+//! status 141, silently, when its reader closes the output early.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use ultraep_bench::bench_command::{self, BenchArgs};
 use ultraep_bench::engine_command::{self, EngineArgs};
+use ultraep_bench::one_line;
 use ultraep_bench::plan_command::{self, PlanArgs};
 use ultraep_bench::simulate_command::{self, SimulateArgs};
 use ultraep_bench::topo_command::{self, TopoArgs};
@@ -50,13 +53,39 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(out) => {
-            print!("{out}");
-            ExitCode::SUCCESS
+            let mut stdout = std::io::stdout().lock();
+            match stdout
+                .write_all(out.as_bytes())
+                .and_then(|()| stdout.flush())
+            {
+                Ok(()) => ExitCode::SUCCESS,
+                // A reader that stops early (`ultraep topo ... | head`) is not an error: end
+                // quietly with the status a process killed by SIGPIPE reports.
+                Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => {
+                    ExitCode::from(BROKEN_PIPE_STATUS)
+                }
+                Err(error) => {
+                    let _ = writeln!(std::io::stderr(), "ultraep: writing the output: {error}");
+                    ExitCode::from(1)
+                }
+            }
         }
         Err(error) => {
             // Every error here is bad input: a missing, unreadable or malformed file or argument.
-            eprintln!("ultraep: {error}");
+            let _ = writeln!(
+                std::io::stderr(),
+                "ultraep: {}",
+                one_line(&error.to_string(), MESSAGE_LIMIT)
+            );
             ExitCode::from(2)
         }
     }
 }
+
+/// The exit status of a command whose reader closed its output: 128 + SIGPIPE, as a shell reports
+/// a process that SIGPIPE ended.
+const BROKEN_PIPE_STATUS: u8 = 141;
+
+/// The longest error message printed, in characters: a message quoting a huge line of bad input
+/// is cut, not echoed whole.
+const MESSAGE_LIMIT: usize = 400;

@@ -127,7 +127,7 @@ pub fn simulate(input: &SimulationInput, full: bool) -> Result<ScenarioResult, B
             let scenario = Scenario {
                 name: "trace",
                 model: ModelShape {
-                    top_k: trace.top_k.unwrap_or(model.top_k),
+                    top_k: trace.top_k.filter(|&k| k > 0).unwrap_or(model.top_k),
                     ..model
                 },
                 mode: *mode,

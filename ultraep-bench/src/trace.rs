@@ -75,6 +75,17 @@ fn invalid(source: &str, message: String) -> BenchError {
     }
 }
 
+/// Refuses an experts-per-token figure of 0: tokens are counted as pairs over it.
+fn check_top_k(source: &str, top_k: Option<u32>) -> Result<(), BenchError> {
+    match top_k {
+        Some(0) => Err(invalid(
+            source,
+            "top_k is 0: every token goes to at least one expert".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
 impl Trace {
     /// Layers per step.
     pub fn layers(&self) -> u32 {
@@ -104,9 +115,11 @@ impl Trace {
                 "ranks, experts and layers must all be at least 1".into(),
             ));
         }
-        let cells = header.ranks as usize * header.experts as usize;
-        let mut steps: Vec<Vec<Vec<u32>>> = Vec::new();
-        let mut seen: BTreeSet<(u32, u32, u32)> = BTreeSet::new();
+        check_top_k(source, header.top_k)?;
+        // Records are kept as read (memory in proportion to the text) and laid out in steps only
+        // once every one is known to be there: a header or a step number that declares more than
+        // the file holds is refused before anything that size is allocated.
+        let mut records: BTreeMap<(u32, u32, u32), Vec<u32>> = BTreeMap::new();
         for (index, line) in lines {
             let at = |message: String| invalid(source, format!("line {}: {message}", index + 1));
             let value: serde_json::Value =
@@ -129,41 +142,61 @@ impl Trace {
                     header.experts
                 )));
             }
-            if !seen.insert((record.step, record.layer, record.rank)) {
+            if records
+                .insert((record.step, record.layer, record.rank), record.counts)
+                .is_some()
+            {
                 return Err(at(format!(
                     "step {} layer {} rank {} appears twice",
                     record.step, record.layer, record.rank
                 )));
             }
-            while steps.len() <= record.step as usize {
-                if steps.len() >= 1 << 20 {
-                    return Err(at("step numbers beyond 2^20".into()));
-                }
-                steps.push(vec![vec![0; cells]; header.layers as usize]);
-            }
-            let row = record.rank as usize * header.experts as usize;
-            steps[record.step as usize][record.layer as usize][row..row + header.experts as usize]
-                .copy_from_slice(&record.counts);
         }
-        if steps.is_empty() {
+        let Some(&(last_step, _, _)) = records.keys().next_back() else {
             return Err(invalid(
                 source,
                 "the trace has a header but no records".into(),
             ));
+        };
+        // Every (step, layer, rank) up to the last step must be there: as many records as that.
+        let expected =
+            (u128::from(last_step) + 1) * u128::from(header.layers) * u128::from(header.ranks);
+        if records.len() as u128 != expected {
+            // The first one missing, in order: within the first `records.len() + 1` places.
+            let mut wanted = (0..=last_step).flat_map(|step| {
+                (0..header.layers)
+                    .flat_map(move |layer| (0..header.ranks).map(move |rank| (step, layer, rank)))
+            });
+            let missing = wanted
+                .find(|key| !records.contains_key(key))
+                .unwrap_or((last_step, 0, 0));
+            return Err(invalid(
+                source,
+                format!(
+                    "step {} layer {} rank {} is missing (is the file truncated?); the header and the last step ({last_step}) call for {expected} records, the file has {}",
+                    missing.0,
+                    missing.1,
+                    missing.2,
+                    records.len()
+                ),
+            ));
         }
-        for step in 0..steps.len() as u32 {
-            for layer in 0..header.layers {
-                for rank in 0..header.ranks {
-                    if !seen.contains(&(step, layer, rank)) {
-                        return Err(invalid(
-                            source,
-                            format!(
-                                "step {step} layer {layer} rank {rank} is missing (is the file truncated?)"
-                            ),
-                        ));
+        let cells = header.ranks as usize * header.experts as usize;
+        let mut steps: Vec<Vec<Vec<u32>>> = Vec::with_capacity(last_step as usize + 1);
+        let mut records = records.into_iter().peekable();
+        for _ in 0..=last_step {
+            let mut layers = Vec::with_capacity(header.layers as usize);
+            for _ in 0..header.layers {
+                let mut matrix = Vec::with_capacity(cells);
+                for _ in 0..header.ranks {
+                    // Complete and ordered by (step, layer, rank): the next record is this row.
+                    if let Some((_, counts)) = records.next() {
+                        matrix.extend_from_slice(&counts);
                     }
                 }
+                layers.push(matrix);
             }
+            steps.push(layers);
         }
         Ok(Self {
             ranks: header.ranks,
@@ -225,16 +258,8 @@ impl Trace {
         if meta.num_experts == 0 {
             return Err(invalid(&name, "meta_info.json: num_experts is 0".into()));
         }
-        let mut ranks = 0;
-        while directory.join(format!("rank{ranks}.safetensors")).is_file() {
-            ranks += 1;
-        }
-        if ranks == 0 {
-            return Err(invalid(
-                &name,
-                "no rank0.safetensors in the directory".into(),
-            ));
-        }
+        check_top_k(&name, meta.num_experts_per_token)?;
+        let ranks = rank_files(directory)?;
         // (iteration, layer) -> one row per rank.
         let mut records: BTreeMap<(u64, u64), Vec<Option<Vec<u32>>>> = BTreeMap::new();
         for rank in 0..ranks {
@@ -301,6 +326,60 @@ impl Trace {
             steps,
         })
     }
+}
+
+/// How many `rank{r}.safetensors` files `directory` holds: every rank from 0 to the highest one
+/// present must be there, or the error names the missing ones.
+fn rank_files(directory: &Path) -> Result<u32, BenchError> {
+    let name = directory.display().to_string();
+    let entries = std::fs::read_dir(directory).map_err(|source| BenchError::Io {
+        path: directory.to_owned(),
+        source,
+    })?;
+    let mut present = BTreeSet::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| BenchError::Io {
+            path: directory.to_owned(),
+            source,
+        })?;
+        let file = entry.file_name();
+        let rank = file
+            .to_str()
+            .and_then(|file| file.strip_prefix("rank"))
+            .and_then(|rest| rest.strip_suffix(".safetensors"))
+            .filter(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|digits| digits.parse::<u32>().ok());
+        if let Some(rank) = rank {
+            present.insert(rank);
+        }
+    }
+    let Some(&highest) = present.iter().next_back() else {
+        return Err(invalid(
+            &name,
+            "no rank0.safetensors in the directory".into(),
+        ));
+    };
+    let count = present.len() as u32;
+    if u64::from(highest) + 1 != u64::from(count) {
+        let missing: Vec<String> = (0..=highest)
+            .filter(|rank| !present.contains(rank))
+            .take(8)
+            .map(|rank| format!("rank{rank}.safetensors"))
+            .collect();
+        return Err(invalid(
+            &name,
+            format!(
+                "ranks 0 to {highest} need a file each; missing: {}{}",
+                missing.join(", "),
+                if (highest as usize + 1) - present.len() > missing.len() {
+                    " and more"
+                } else {
+                    ""
+                }
+            ),
+        ));
+    }
+    Ok(count)
 }
 
 /// Non-negative integer counts that fit in 32 bits, from a little-endian tensor.

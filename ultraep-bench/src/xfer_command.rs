@@ -135,14 +135,12 @@ pub fn rows(args: &XferArgs) -> Result<Vec<XferRow>, BenchError> {
     let mut rows = Vec::new();
     for &count in &args.replicas {
         let count = count.clamp(1, 63);
-        let replicas = ReplicaSet {
-            fanouts: vec![Fanout {
-                expert: 0,
-                master: 0,
-                master_index: 0,
-                destinations: (1..=count).map(|rank| (rank, 0)).collect(),
-            }],
-        };
+        let replicas = ReplicaSet::new(vec![Fanout::new(
+            0,
+            0,
+            0,
+            (1..=count).map(|rank| (rank, 0)).collect(),
+        )?])?;
         rows.push(compare(
             format!("1 expert x {count}"),
             &replicas,

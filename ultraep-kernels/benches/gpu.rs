@@ -50,14 +50,9 @@ fn tile_streaming(gpu: &Gpu) -> Result<(), KernelError> {
     println!("|---|---|---|---|---|---|---|---|");
     for destinations in 1..=8u32 {
         for relays in [false, true] {
-            let replicas = ReplicaSet {
-                fanouts: vec![Fanout {
-                    expert: 0,
-                    master: 0,
-                    master_index: 0,
-                    destinations: (1..=destinations).map(|r| (r, 0)).collect(),
-                }],
-            };
+            let replicas = Fanout::new(0, 0, 0, (1..=destinations).map(|r| (r, 0)).collect())
+                .and_then(|fanout| ReplicaSet::new(vec![fanout]))
+                .map_err(|e| KernelError::InvalidInput(e.to_string()))?;
             let config = TransferConfig {
                 allow_relays: relays,
                 ..TransferConfig::default()

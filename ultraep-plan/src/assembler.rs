@@ -93,6 +93,14 @@ impl Assembler {
         })
     }
 
+    /// The most replicas a plan can hold: every rank's slots, where a rank can hold at most one
+    /// copy of each expert. Buffers are sized by this, so a slot count far beyond the experts (a
+    /// hostile or mistaken input) costs no more memory than the load matrix itself.
+    pub fn max_replicas(&self) -> usize {
+        self.layout.num_ranks() as usize
+            * (self.slots_per_rank as usize).min(self.layout.num_experts() as usize)
+    }
+
     /// The experts homed on `rank`, ascending.
     pub fn experts_of(&self, rank: u32) -> &[u32] {
         let rank = rank as usize;
@@ -191,7 +199,7 @@ impl Assembler {
         plan.has_split = split != SplitMode::None;
         plan.instances.clear();
         plan.instances
-            .reserve(experts as usize + (self.layout.num_ranks() * self.slots_per_rank) as usize);
+            .reserve(experts as usize + self.max_replicas());
         plan.instance_offsets.clear();
         plan.instance_offsets.push(0);
         self.next_slot.fill(0);

@@ -16,6 +16,9 @@
 //! DeepSeek's original re-places masters too and packs whole expert groups; with fixed masters only
 //! the redundant copies move, which is how a per-domain slot budget compares with ultraep's.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
 use crate::assembler::{Assembler, Replica};
 use crate::{Balancer, ExpertLayout, LoadMatrix, Plan, PlanError, RankDomains, SplitMode};
 
@@ -42,6 +45,11 @@ pub struct Eplb {
     /// Every (expert, rank) copy that exists, for the no-two-copies rule.
     has_copy: Vec<bool>,
     order: Vec<u32>,
+    /// Scratch of a re-plan: experts by load per instance, ranks with room by estimated load,
+    /// and ranks passed over for one expert.
+    by_load_per_instance: BinaryHeap<PerInstance>,
+    by_rank_load: BinaryHeap<Reverse<(u64, u32)>>,
+    set_aside: Vec<Reverse<(u64, u32)>>,
     /// Per microbatch: replica shares handed out so far, per expert.
     handed: Vec<u32>,
     replicas: Vec<Replica>,
@@ -61,14 +69,17 @@ impl Eplb {
         let experts = assembler.layout.num_experts() as usize;
         Ok(Self {
             mode,
-            placement: Vec::with_capacity(ranks * slots_per_rank as usize),
+            placement: Vec::with_capacity(assembler.max_replicas()),
             instance_count: vec![1; experts],
             estimated_rank_load: vec![0; ranks],
             slots_free: vec![0; ranks],
             has_copy: vec![false; ranks * experts],
             order: Vec::with_capacity(experts),
+            by_load_per_instance: BinaryHeap::with_capacity(experts),
+            by_rank_load: BinaryHeap::with_capacity(ranks),
+            set_aside: Vec::new(),
             handed: vec![0; experts],
-            replicas: Vec::with_capacity(ranks * slots_per_rank as usize),
+            replicas: Vec::with_capacity(assembler.max_replicas()),
             assembler,
         })
     }
@@ -83,7 +94,6 @@ impl Eplb {
         self.assembler.measure(estimate)?;
         self.placement.clear();
         let experts = self.assembler.layout.num_experts() as usize;
-        let ranks = self.assembler.layout.num_ranks() as usize;
         self.has_copy.fill(false);
         for (expert, &home) in self.assembler.layout.homes().iter().enumerate() {
             self.has_copy[home as usize * experts + expert] = true;
@@ -92,7 +102,7 @@ impl Eplb {
         for domain in 0..self.assembler.domains.num_domains() {
             self.rebalance_domain(domain);
         }
-        debug_assert!(self.placement.len() <= ranks * self.assembler.slots_per_rank as usize);
+        debug_assert!(self.placement.len() <= self.assembler.max_replicas());
         Ok(())
     }
 
@@ -108,26 +118,27 @@ impl Eplb {
         }
         let budget = ranks.len() * assembler.slots_per_rank as usize;
         let max_instances = ranks.len() as u32;
-        for _ in 0..budget {
-            let mut best: Option<u32> = None;
-            for &expert in &self.order {
-                let e = expert as usize;
-                if load[e] == 0 || self.instance_count[e] >= max_instances {
-                    continue;
-                }
-                // load[e] / count[e] > load[b] / count[b], compared without division.
-                let better = best.is_none_or(|b| {
-                    let b = b as usize;
-                    let left = u128::from(load[e]) * u128::from(self.instance_count[b]);
-                    let right = u128::from(load[b]) * u128::from(self.instance_count[e]);
-                    left > right || (left == right && expert < b as u32)
+        // A heap keyed by load per instance: n log n in the budget, where a scan of every expert
+        // per replica was quadratic on large groups.
+        self.by_load_per_instance.clear();
+        for &expert in &self.order {
+            if load[expert as usize] > 0 && max_instances > 1 {
+                self.by_load_per_instance.push(PerInstance {
+                    load: load[expert as usize],
+                    count: 1,
+                    expert,
                 });
-                if better {
-                    best = Some(expert);
-                }
             }
-            let Some(expert) = best else { break };
-            self.instance_count[expert as usize] += 1;
+        }
+        for _ in 0..budget {
+            let Some(mut top) = self.by_load_per_instance.pop() else {
+                break;
+            };
+            top.count += 1;
+            self.instance_count[top.expert as usize] = top.count;
+            if top.count < max_instances {
+                self.by_load_per_instance.push(top);
+            }
         }
         // Step 2: place replicas longest first on the least loaded rank with room and no copy.
         for &rank in ranks {
@@ -144,24 +155,64 @@ impl Eplb {
         self.order
             .retain(|&expert| self.instance_count[expert as usize] > 1);
         self.order
-            .sort_unstable_by_key(|&expert| (std::cmp::Reverse(per_instance(expert)), expert));
+            .sort_unstable_by_key(|&expert| (Reverse(per_instance(expert)), expert));
+        // Ranks with a free slot, least loaded first (ties: lower rank). A rank that already holds
+        // the expert is set aside until the expert's replicas are placed, so each rank is passed
+        // over at most once per expert: n log n in all.
+        self.by_rank_load.clear();
+        if assembler.slots_per_rank > 0 {
+            for &rank in ranks {
+                self.by_rank_load
+                    .push(Reverse((self.estimated_rank_load[rank as usize], rank)));
+            }
+        }
         for &expert in &self.order {
+            self.set_aside.clear();
             for _ in 1..self.instance_count[expert as usize] {
-                let target = ranks
-                    .iter()
-                    .copied()
-                    .filter(|&rank| {
-                        self.slots_free[rank as usize] > 0
-                            && !self.has_copy[rank as usize * experts + expert as usize]
-                    })
-                    .min_by_key(|&rank| (self.estimated_rank_load[rank as usize], rank));
+                let mut target = None;
+                while let Some(Reverse((rank_load, rank))) = self.by_rank_load.pop() {
+                    if self.has_copy[rank as usize * experts + expert as usize] {
+                        self.set_aside.push(Reverse((rank_load, rank)));
+                    } else {
+                        target = Some(rank);
+                        break;
+                    }
+                }
                 let Some(rank) = target else { break };
                 self.slots_free[rank as usize] -= 1;
                 self.has_copy[rank as usize * experts + expert as usize] = true;
                 self.estimated_rank_load[rank as usize] += per_instance(expert);
                 self.placement.push((expert, rank));
+                if self.slots_free[rank as usize] > 0 {
+                    self.by_rank_load
+                        .push(Reverse((self.estimated_rank_load[rank as usize], rank)));
+                }
             }
+            self.by_rank_load.extend(self.set_aside.drain(..));
         }
+    }
+}
+
+/// An expert in the replica-count heap: the greatest load per instance first, compared without
+/// division (ties: the lower expert).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PerInstance {
+    load: u64,
+    count: u32,
+    expert: u32,
+}
+
+impl Ord for PerInstance {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let left = u128::from(self.load) * u128::from(other.count);
+        let right = u128::from(other.load) * u128::from(self.count);
+        left.cmp(&right).then(other.expert.cmp(&self.expert))
+    }
+}
+
+impl PartialOrd for PerInstance {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
     }
 }
 

@@ -49,7 +49,7 @@ impl Planner {
     ) -> Result<Self, PlanError> {
         let assembler = Assembler::new(layout, domains, slots_per_rank)?;
         let ranks = assembler.layout.num_ranks() as usize;
-        let max_replicas = ranks * slots_per_rank as usize;
+        let max_replicas = assembler.max_replicas();
         Ok(Self {
             experts_by_load: assembler.rank_experts.clone(),
             search: ExportSearch::new(ranks, max_replicas),

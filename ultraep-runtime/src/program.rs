@@ -43,9 +43,7 @@ pub struct PieceTransfer {
 /// use ultraep_runtime::TransferProgram;
 /// use ultraep_topo::Preset;
 /// use ultraep_xfer::{ExpertState, Fanout, ReplicaSet, TransferConfig, TransferSchedule};
-/// let replicas = ReplicaSet {
-///     fanouts: vec![Fanout { expert: 5, master: 1, master_index: 1, destinations: vec![(3, 0), (6, 1)] }],
-/// };
+/// let replicas = ReplicaSet::new(vec![Fanout::new(5, 1, 1, vec![(3, 0), (6, 1)])?])?;
 /// let state = ExpertState::opaque(40_000)?;
 /// let topology = Preset::HgxH100.topology(1)?;
 /// let schedule = TransferSchedule::build(&replicas, &state, &topology, TransferConfig::default())?;

@@ -2,7 +2,6 @@
 //! holds it, and the choice of a slot for every replica of a plan.
 
 use ultraep_plan::{Instance, Residency};
-use ultraep_xfer::{Fanout, ReplicaSet};
 
 use crate::{RuntimeError, StepId};
 
@@ -160,54 +159,5 @@ impl SlotTable {
             needs_copy(instance.expert, destination);
         }
         Ok(())
-    }
-}
-
-/// The fan-outs of one transfer, built again every step without allocating once warm: cleared
-/// fan-outs keep their destination buffers in a spare pool.
-#[derive(Debug, Default)]
-pub(crate) struct FanoutPool {
-    /// The fan-outs, by ascending expert when added in plan order.
-    pub set: ReplicaSet,
-    spare: Vec<Fanout>,
-}
-
-impl FanoutPool {
-    pub fn clear(&mut self) {
-        while let Some(mut fanout) = self.set.fanouts.pop() {
-            fanout.destinations.clear();
-            self.spare.push(fanout);
-        }
-    }
-
-    /// Adds `destination` to the fan-out of `expert`, starting one (from `master`, the expert's
-    /// `master_index`-th on its rank) if it has none yet.
-    pub fn add(&mut self, expert: u32, master: u32, master_index: u32, destination: (u32, u16)) {
-        if let Some(fanout) = self.set.fanouts.iter_mut().find(|f| f.expert == expert) {
-            fanout.destinations.push(destination);
-            return;
-        }
-        let mut fanout = self.spare.pop().unwrap_or_else(|| Fanout {
-            expert,
-            master,
-            master_index,
-            destinations: Vec::new(),
-        });
-        fanout.expert = expert;
-        fanout.master = master;
-        fanout.master_index = master_index;
-        fanout.destinations.push(destination);
-        self.set.fanouts.push(fanout);
-    }
-
-    /// Puts destinations in ascending rank order, as schedules expect.
-    pub fn sort(&mut self) {
-        for fanout in &mut self.set.fanouts {
-            fanout.destinations.sort_unstable();
-        }
-    }
-
-    pub fn replica_count(&self) -> u32 {
-        self.set.replica_count() as u32
     }
 }

@@ -73,14 +73,13 @@ impl TopologyBuilder {
         // A rank listed twice makes the sum larger than the number of distinct ranks; it is caught
         // below, so the table is sized to hold every rank number that may legally appear.
         let mut owner: Vec<Option<usize>> = vec![None; rank_count];
+        // Names seen so far: a set, so that many domains are checked in n log n, not n^2.
+        let mut names = std::collections::BTreeSet::new();
         for (index, (name, ranks, _)) in self.domains.iter().enumerate() {
             if name.is_empty() {
                 return Err(TopoError::EmptyDomainName { index });
             }
-            if self.domains[..index]
-                .iter()
-                .any(|(other, _, _)| other == name)
-            {
+            if !names.insert(name.as_str()) {
                 return Err(TopoError::DuplicateDomainName { name: name.clone() });
             }
             if ranks.is_empty() {
@@ -111,19 +110,20 @@ impl TopologyBuilder {
             .iter()
             .map(|domain| self.domains[domain.index()].2)
             .collect();
-        for (position, &(rank, links)) in self.overrides.iter().enumerate() {
-            if self.overrides[..position]
-                .iter()
-                .any(|&(other, _)| other == rank)
-            {
-                return Err(TopoError::RankOverriddenTwice { rank });
-            }
-            let slot = rank_links
-                .get_mut(rank as usize)
-                .ok_or(TopoError::UnknownRank {
+        let mut overridden = vec![false; rank_count];
+        for &(rank, links) in &self.overrides {
+            let (Some(slot), Some(seen)) = (
+                rank_links.get_mut(rank as usize),
+                overridden.get_mut(rank as usize),
+            ) else {
+                return Err(TopoError::UnknownRank {
                     rank,
                     rank_count: rank_count as u32,
-                })?;
+                });
+            };
+            if std::mem::replace(seen, true) {
+                return Err(TopoError::RankOverriddenTwice { rank });
+            }
             *slot = links;
         }
         let domains = self

@@ -136,9 +136,8 @@ impl Topology {
     /// # Ok::<(), ultraep_topo::TopoError>(())
     /// ```
     pub fn from_toml_str(text: &str) -> Result<Topology, TopoError> {
-        let file: TopologyFile = toml::from_str(text).map_err(|error| TopoError::Syntax {
-            message: error.to_string().trim_end().to_owned(),
-        })?;
+        let file: TopologyFile =
+            toml::from_str(text).map_err(|error| syntax_error(text, &error))?;
         let mut builder = TopologyBuilder::new(file.name);
         if let Some(entry) = file.accelerator {
             builder = builder.accelerator(entry.to_accelerator()?);
@@ -463,3 +462,28 @@ impl<'de> Deserialize<'de> for RankListEntry {
         deserializer.deserialize_any(RankListVisitor)
     }
 }
+
+/// The parser's error as one line, with where it is (line and column, in bytes) and none of the
+/// offending text: a file with a megabyte-long line gets a short message.
+fn syntax_error(text: &str, error: &toml::de::Error) -> TopoError {
+    let words: Vec<&str> = error.message().split_whitespace().collect();
+    let mut message = words.join(" ");
+    if message.chars().count() > MESSAGE_LIMIT {
+        message = message.chars().take(MESSAGE_LIMIT).collect::<String>() + "...";
+    }
+    if let Some(span) = error.span() {
+        let before = &text.as_bytes()[..span.start.min(text.len())];
+        let line = before.iter().filter(|&&byte| byte == b'\n').count() + 1;
+        let column = before.len()
+            - before
+                .iter()
+                .rposition(|&byte| byte == b'\n')
+                .map_or(0, |i| i + 1)
+            + 1;
+        message = format!("line {line}, column {column}: {message}");
+    }
+    TopoError::Syntax { message }
+}
+
+/// The longest parser message kept, in characters.
+const MESSAGE_LIMIT: usize = 200;

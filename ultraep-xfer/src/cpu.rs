@@ -196,9 +196,7 @@ impl Shared {
 /// use ultraep_topo::Preset;
 /// use ultraep_xfer::*;
 /// let topo = Preset::HgxH100.topology(1)?;
-/// let replicas = ReplicaSet {
-///     fanouts: vec![Fanout { expert: 0, master: 0, master_index: 0, destinations: vec![(3, 1)] }],
-/// };
+/// let replicas = ReplicaSet::new(vec![Fanout::new(0, 0, 0, vec![(3, 1)])?])?;
 /// let state = ExpertState::opaque(100_000)?;
 /// let schedule = TransferSchedule::build(&replicas, &state, &topo, TransferConfig::default())?;
 /// let mut ranks = CpuTransport::new(&[1; 8], 2, state.bytes(), 32 * 1024, 4);

@@ -35,6 +35,16 @@ pub enum XferError {
         /// The replica's rank.
         rank: u32,
     },
+    /// A fan-out or replica set that cannot be carried out: no destination, the master among its
+    /// own destinations, a rank twice for one expert, an expert twice, or one slot of a rank given
+    /// to two experts.
+    #[error("expert {expert}: {reason}")]
+    InvalidReplicaSet {
+        /// The expert.
+        expert: u32,
+        /// What is wrong.
+        reason: String,
+    },
     /// The plan and the expert layout disagree.
     #[error("the plan has {plan} experts but the layout has {layout}")]
     LayoutMismatch {

@@ -32,7 +32,7 @@ pub use cpu::{CpuTransport, SlotState};
 pub use error::XferError;
 pub use pool::WorkerPool;
 pub use reduction::{ReductionScratch, reduce_gradients};
-pub use replicas::{Fanout, Region, ReplicaSet};
+pub use replicas::{Fanout, Region, ReplicaSet, ReplicaSetBuilder};
 pub use schedule::{Piece, Route, ScheduleBuilder, ScheduledFanout, TransferSchedule};
 pub use simulate::{
     PlayedTransfer, ReplicaReady, Simulation, lower_bound, played_transfers, simulate,

@@ -197,9 +197,7 @@ impl TransferSchedule {
 /// use ultraep_topo::Preset;
 /// use ultraep_xfer::*;
 /// let topo = Preset::HgxH100.topology(1)?;
-/// let replicas = ReplicaSet {
-///     fanouts: vec![Fanout { expert: 0, master: 0, master_index: 0, destinations: vec![(1, 0), (2, 0)] }],
-/// };
+/// let replicas = ReplicaSet::new(vec![Fanout::new(0, 0, 0, vec![(1, 0), (2, 0)])?])?;
 /// let state = ExpertState::opaque(1 << 20)?;
 /// let mut builder = ScheduleBuilder::default();
 /// let mut schedule = TransferSchedule::default();

@@ -200,9 +200,7 @@ impl TileTaskList {
     /// use ultraep_topo::Preset;
     /// use ultraep_xfer::{ExpertState, ReplicaSet, Fanout, TileTaskList, TransferConfig, TransferSchedule};
     /// let topo = Preset::HgxH100.topology(1)?;
-    /// let replicas = ReplicaSet {
-    ///     fanouts: vec![Fanout { expert: 0, master: 0, master_index: 0, destinations: vec![(1, 0), (2, 0)] }],
-    /// };
+    /// let replicas = ReplicaSet::new(vec![Fanout::new(0, 0, 0, vec![(1, 0), (2, 0)])?])?;
     /// let state = ExpertState::opaque(1 << 20)?; // 1 MiB: 4 chunks of 8 tiles
     /// let direct = TransferConfig { allow_relays: false, ..TransferConfig::default() };
     /// let schedule = TransferSchedule::build(&replicas, &state, &topo, direct)?;

@@ -51,6 +51,10 @@ fn plans_the_worked_example() {
         .map(|e| e["tokens"].as_u64().unwrap())
         .sum();
     assert_eq!(from_source3, 130);
+    // Planning is timed only when asked: without --time the command plans once.
+    assert!(json.get("plan_micros").is_none(), "{json}");
+    let timed = plan(WORKED_EXAMPLE, &["--min-replica-tokens", "1", "--time"]);
+    let json: Value = serde_json::from_slice(&timed.stdout).expect("the output is JSON");
     assert!(json["plan_micros"].as_f64().unwrap() > 0.0);
 }
 

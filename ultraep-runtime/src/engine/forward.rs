@@ -215,6 +215,7 @@ impl<B: Backend> Engine<B> {
         };
         let (masters, fanouts) = (&self.masters, &mut self.fanouts);
         fanouts.clear();
+        let mut refused = None;
         self.slots.place(
             step,
             instances,
@@ -222,22 +223,26 @@ impl<B: Backend> Engine<B> {
             &mut self.placement,
             |expert, destination| {
                 let (home, index) = masters.region(step.layer, expert);
-                fanouts.add(expert, home, index, destination);
+                if let Err(error) = fanouts.add(expert, home, index, destination) {
+                    refused.get_or_insert(error);
+                }
             },
         )?;
-        Ok(fanouts.replica_count())
+        if let Some(error) = refused {
+            return Err(error.into());
+        }
+        Ok(fanouts.replica_count() as u32)
     }
 
     /// Starts copying the fan-outs gathered in `self.fanouts`: `None` when there is nothing to
     /// copy, else the bytes the copy stores. A copy that ends here (an error, or a backend that
     /// cannot overlap) is finished by [`Engine::finish_copy`] all the same.
     pub(super) fn start_copy(&mut self) -> Result<Option<u64>, RuntimeError> {
-        if self.fanouts.set.fanouts.is_empty() {
+        if self.fanouts.is_empty() {
             return Ok(None);
         }
-        self.fanouts.sort();
         self.schedule_builder.build_into(
-            &self.fanouts.set,
+            self.fanouts.finish()?,
             &self.state,
             &self.config.topology,
             self.config.transfer,
@@ -252,20 +257,14 @@ impl<B: Backend> Engine<B> {
             self.tasks.flag_count = 0;
         }
         // The slots about to be written hold nothing usable until the copy is verified.
-        for fanout in &self.fanouts.set.fanouts {
-            for &(rank, slot) in &fanout.destinations {
+        for fanout in self.fanouts.set().fanouts() {
+            for &(rank, slot) in fanout.destinations() {
                 self.slots.set_content(rank, slot, None);
             }
         }
         self.copy_started = Some(self.weights.start_distribute(&self.schedule, &self.tasks));
         // Every destination stores the whole state once.
-        let destinations: u64 = self
-            .fanouts
-            .set
-            .fanouts
-            .iter()
-            .map(|fanout| fanout.destinations.len() as u64)
-            .sum();
+        let destinations = self.fanouts.replica_count() as u64;
         Ok(Some(self.schedule.state_bytes() * destinations))
     }
 
@@ -280,13 +279,13 @@ impl<B: Backend> Engine<B> {
         };
         if result.is_ok() {
             let experts = self.config.model.experts;
-            for fanout in &self.fanouts.set.fanouts {
+            for fanout in self.fanouts.set().fanouts() {
                 let content = SlotContent {
                     layer,
-                    expert: fanout.expert,
-                    version: self.versions[(layer * experts + fanout.expert) as usize],
+                    expert: fanout.expert(),
+                    version: self.versions[(layer * experts + fanout.expert()) as usize],
                 };
-                for &(rank, slot) in &fanout.destinations {
+                for &(rank, slot) in fanout.destinations() {
                     self.slots.set_content(rank, slot, Some(content));
                 }
             }

@@ -131,17 +131,18 @@ impl<B: Backend> Engine<B> {
         for (instance, slot) in entry.plan.instances().iter().zip(&entry.slots) {
             if let Some(destination) = *slot {
                 let (home, index) = self.masters.region(step.layer, instance.expert);
-                self.fanouts.add(instance.expert, home, index, destination);
+                self.fanouts
+                    .add(instance.expert, home, index, destination)?;
             }
         }
-        self.fanouts.sort();
+        self.fanouts.finish()?;
         let Some((state, store)) = self.gradients.as_mut() else {
             return Err(RuntimeError::InvalidConfig(
                 "a prefill engine has no gradients".into(),
             ));
         };
         self.schedule_builder.build_into(
-            &self.fanouts.set,
+            self.fanouts.set(),
             state,
             &self.config.topology,
             self.config.transfer,

@@ -20,7 +20,7 @@ use ultraep_xfer::{
 use crate::backend::{Backend, MemoryShape, Started};
 use crate::plane::{HostPlane, PlaneOptions};
 use crate::report::Summary;
-use crate::slots::{FanoutPool, Placement, SlotContent, SlotTable};
+use crate::slots::{Placement, SlotContent, SlotTable};
 use crate::{CudaPeerPlane, GradientSend, HostDriven, TransferProgram};
 use crate::{EngineConfig, Mode, RuntimeError, StepId};
 
@@ -88,7 +88,7 @@ pub struct Engine<B = HostPlane> {
     candidate_loads: Vec<u32>,
     residency: Residency,
     placement: Placement,
-    fanouts: FanoutPool,
+    fanouts: ultraep_xfer::ReplicaSetBuilder,
     schedule: TransferSchedule,
     schedule_builder: ScheduleBuilder,
     tasks: TileTaskList,
@@ -343,7 +343,7 @@ impl<B: Backend> Engine<B> {
             candidate_loads: Vec::new(),
             residency: Residency::new(ranks, u32::from(config.slots_per_rank)),
             placement: Placement::default(),
-            fanouts: FanoutPool::default(),
+            fanouts: ultraep_xfer::ReplicaSetBuilder::default(),
             schedule: TransferSchedule::default(),
             schedule_builder: ScheduleBuilder::default(),
             tasks: TileTaskList::default(),

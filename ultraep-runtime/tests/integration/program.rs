@@ -85,18 +85,24 @@ fn replica_sets() -> impl Strategy<Value = (Vec<(u32, Vec<u32>)>, u64, bool)> {
 }
 
 fn schedule_of(fanouts: &[(u32, Vec<u32>)], state: u64, tiles: bool) -> TransferSchedule {
-    let replicas = ReplicaSet {
-        fanouts: fanouts
+    // Every expert has a slot number of its own, so no two share a slot of a rank.
+    let replicas = ReplicaSet::new(
+        fanouts
             .iter()
             .enumerate()
-            .map(|(expert, (master, destinations))| Fanout {
-                expert: expert as u32,
-                master: *master,
-                master_index: 0,
-                destinations: destinations.iter().map(|&rank| (rank, 0)).collect(),
+            .map(|(expert, (master, destinations))| {
+                let slot = u16::try_from(expert).unwrap();
+                Fanout::new(
+                    expert as u32,
+                    *master,
+                    0,
+                    destinations.iter().map(|&rank| (rank, slot)).collect(),
+                )
+                .unwrap()
             })
             .collect(),
-    };
+    )
+    .unwrap();
     let config = TransferConfig {
         relay_pieces: if tiles {
             RelayPieces::Tiles

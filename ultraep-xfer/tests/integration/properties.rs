@@ -59,15 +59,11 @@ fn replica_set(ranks: u32, fanouts: Vec<(u32, std::collections::BTreeSet<u32>)>)
                     (rank, slot)
                 })
                 .collect();
-            (!destinations.is_empty()).then_some(Fanout {
-                expert: expert as u32,
-                master,
-                master_index,
-                destinations,
-            })
+            (!destinations.is_empty())
+                .then(|| Fanout::new(expert as u32, master, master_index, destinations).unwrap())
         })
         .collect();
-    ReplicaSet { fanouts }
+    ReplicaSet::new(fanouts).unwrap()
 }
 
 fn case() -> impl Strategy<Value = Case> {
@@ -228,9 +224,11 @@ fn check_flow(case: &Case, schedule: &TransferSchedule) -> Result<(), TestCaseEr
             prop_assert_eq!(transfer.egress_ps, transfer.ingress_ps);
         }
     }
-    for fanout in &case.replicas.fanouts {
-        for &(rank, _) in &fanout.destinations {
-            let mut pieces = received.remove(&(fanout.expert, rank)).unwrap_or_default();
+    for fanout in case.replicas.fanouts() {
+        for &(rank, _) in fanout.destinations() {
+            let mut pieces = received
+                .remove(&(fanout.expert(), rank))
+                .unwrap_or_default();
             pieces.sort_unstable();
             let mut next = 0;
             for (offset, bytes) in pieces {
@@ -238,7 +236,7 @@ fn check_flow(case: &Case, schedule: &TransferSchedule) -> Result<(), TestCaseEr
                     offset,
                     next,
                     "expert {} on rank {}: a gap or a byte twice",
-                    fanout.expert,
+                    fanout.expert(),
                     rank
                 );
                 next = offset + bytes;
@@ -247,16 +245,20 @@ fn check_flow(case: &Case, schedule: &TransferSchedule) -> Result<(), TestCaseEr
                 next,
                 case.state_bytes,
                 "expert {} on rank {} incomplete",
-                fanout.expert,
+                fanout.expert(),
                 rank
             );
         }
     }
     // Relays receive the pieces they own too; nothing else may arrive anywhere.
     for ((expert, rank), _) in received {
-        let fanout = case.replicas.fanouts.iter().find(|f| f.expert == expert);
+        let fanout = case
+            .replicas
+            .fanouts()
+            .iter()
+            .find(|f| f.expert() == expert);
         prop_assert!(fanout.is_some(), "expert {} has no fan-out", expert);
-        let fanout = fanout.map_or(&[][..], |f| &f.destinations[..]);
+        let fanout = fanout.map_or(&[][..], |f| f.destinations());
         prop_assert!(
             fanout.iter().any(|&(d, _)| d == rank),
             "expert {} sent to rank {}",

@@ -18,14 +18,7 @@ fn ideal() -> TransferConfig {
 fn one_replica_takes_one_transfer_time() {
     // 9 MB at 900 GB/s is 10 us; pieces pipeline, plus one hop of latency (1 us).
     let topology = Preset::Gb200Nvl72.topology(1).unwrap();
-    let replicas = ReplicaSet {
-        fanouts: vec![Fanout {
-            expert: 0,
-            master: 0,
-            master_index: 0,
-            destinations: vec![(5, 0)],
-        }],
-    };
+    let replicas = ReplicaSet::new(vec![Fanout::new(0, 0, 0, vec![(5, 0)]).unwrap()]).unwrap();
     let state = ExpertState::opaque(9_000_000).unwrap();
     let schedule = TransferSchedule::build(&replicas, &state, &topology, ideal()).unwrap();
     assert_eq!(schedule.fanouts()[0].route, Route::Direct);
@@ -42,14 +35,10 @@ fn one_replica_takes_one_transfer_time() {
 #[test]
 fn direct_fan_out_is_bound_by_the_master() {
     let topology = Preset::Gb200Nvl72.topology(1).unwrap();
-    let replicas = ReplicaSet {
-        fanouts: vec![Fanout {
-            expert: 0,
-            master: 0,
-            master_index: 0,
-            destinations: (1..=8).map(|r| (r, 0)).collect(),
-        }],
-    };
+    let replicas = ReplicaSet::new(vec![
+        Fanout::new(0, 0, 0, (1..=8).map(|r| (r, 0)).collect()).unwrap(),
+    ])
+    .unwrap();
     let state = ExpertState::opaque(9_000_000).unwrap();
     let direct = TransferConfig {
         allow_relays: false,
