@@ -15,6 +15,7 @@ pub mod bench_command;
 pub mod engine_command;
 mod error;
 pub mod experiment;
+pub mod fuzzing;
 pub mod machine;
 mod message;
 pub mod models;

@@ -253,19 +253,40 @@ impl Trace {
             let path = directory.join(file);
             std::fs::read(&path).map_err(|source| BenchError::Io { path, source })
         };
-        let meta: MetaInfo = serde_json::from_slice(&read("meta_info.json")?)
+        let meta = read("meta_info.json")?;
+        let ranks = rank_files(directory)?;
+        let files = (0..ranks)
+            .map(|rank| read(&format!("rank{rank}.safetensors")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::from_trtllm_files(&name, &meta, &files)
+    }
+
+    /// Reads a TensorRT-LLM dump from the bytes of its files: `meta_info.json`, then
+    /// `rank{r}.safetensors` for every rank in order; `name` names the dump in errors.
+    pub fn from_trtllm_files(
+        name: &str,
+        meta: &[u8],
+        ranks: &[Vec<u8>],
+    ) -> Result<Self, BenchError> {
+        let name = name.to_owned();
+        let meta: MetaInfo = serde_json::from_slice(meta)
             .map_err(|error| invalid(&name, format!("meta_info.json: {error}")))?;
         if meta.num_experts == 0 {
             return Err(invalid(&name, "meta_info.json: num_experts is 0".into()));
         }
         check_top_k(&name, meta.num_experts_per_token)?;
-        let ranks = rank_files(directory)?;
+        let files = ranks;
+        let ranks =
+            u32::try_from(files.len()).map_err(|_| invalid(&name, "too many rank files".into()))?;
+        if ranks == 0 {
+            return Err(invalid(&name, "no rank0.safetensors in the dump".into()));
+        }
         // (iteration, layer) -> one row per rank.
         let mut records: BTreeMap<(u64, u64), Vec<Option<Vec<u32>>>> = BTreeMap::new();
         for rank in 0..ranks {
             let file = format!("rank{rank}.safetensors");
-            let bytes = read(&file)?;
-            let tensors = safetensors::SafeTensors::deserialize(&bytes)
+            let bytes = &files[rank as usize];
+            let tensors = safetensors::SafeTensors::deserialize(bytes)
                 .map_err(|error| invalid(&name, format!("{file}: {error}")))?;
             for (key, view) in tensors.tensors() {
                 let at =

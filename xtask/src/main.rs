@@ -13,11 +13,14 @@
 //!   and NVRTC but no Rust.
 //! - `cargo xtask check-architecture`: checks the dependency arrows and purity rules written down in
 //!   ARCHITECTURE.md; `cargo test` runs the same check.
+//! - `cargo xtask fuzz --seconds N [--target T]`: the libFuzzer targets of `fuzz/` (every reader of
+//!   the command and the planner's input), N seconds in all, on the stable toolchain.
 //!
 //! xtask depends on no ultraep crate: it drives them through cargo, so it never needs rebuilding when
 //! they change and can check them from the outside.
 
 mod architecture;
+mod fuzz;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -32,6 +35,7 @@ fn main() -> ExitCode {
         Some("test") => test(),
         Some("gpu-bundle") => gpu_bundle(),
         Some("check-architecture") => check_architecture(),
+        Some("fuzz") => fuzz::fuzz(&rest),
         Some("help" | "--help" | "-h") | None => {
             print_help();
             Ok(())
@@ -57,7 +61,8 @@ fn print_help() {
          test                  every test: Rust (cargo test --workspace) and Python (pytest)\n  \
          ci                    run what CI runs (bash .ci/run)\n  \
          gpu-bundle            build the GPU test binaries and their run script into gpu-bundle/\n  \
-         check-architecture    check the dependency arrows and purity rules of ARCHITECTURE.md"
+         check-architecture    check the dependency arrows and purity rules of ARCHITECTURE.md\n  \
+         fuzz --seconds N [--target T]  run the libFuzzer targets of fuzz/ for N seconds in all"
     );
 }
 
@@ -298,20 +303,20 @@ fn check_architecture() -> Result<(), String> {
 }
 
 /// The cargo that runs this task, so that toolchain overrides carry through.
-fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     command.current_dir(workspace_root());
     command
 }
 
-fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-fn run(command: &mut Command) -> Result<(), String> {
+pub(crate) fn run(command: &mut Command) -> Result<(), String> {
     let status = command
         .current_dir(workspace_root())
         .status()

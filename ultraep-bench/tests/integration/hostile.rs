@@ -122,6 +122,7 @@ fn a_tensorrt_llm_directory_missing_a_rank_file_is_refused() {
     }
     let error = Trace::load(&dir).unwrap_err().to_string();
     assert!(error.contains("missing: rank2.safetensors"), "{error}");
+    std::fs::write(dir.join("rank2.safetensors"), b"").unwrap();
     std::fs::write(
         dir.join("meta_info.json"),
         "{\"num_experts\": 4, \"num_experts_per_token\": 0}",

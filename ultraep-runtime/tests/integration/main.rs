@@ -11,4 +11,5 @@ mod program;
 mod properties;
 mod residency;
 mod routing;
+mod soak;
 mod tiny_moe;

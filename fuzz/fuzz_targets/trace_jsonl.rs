@@ -1,0 +1,4 @@
+//! Fuzz target: `ultraep_bench::fuzzing::trace_jsonl` (see that function for what it checks).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| ultraep_bench::fuzzing::trace_jsonl(data));
