@@ -12,6 +12,13 @@ use crate::{
 /// The most redundant slots a rank may have (slot numbers are 16-bit).
 pub const MAX_SLOTS_PER_RANK: u32 = u16::MAX as u32;
 
+/// The most replicas a planner sizes its buffers for (ranks x min(slots, experts)): 2^24, far
+/// beyond any machine (576 ranks with 8 slots need 4,608) and about a gigabyte of buffers.
+pub const MAX_REPLICAS: u64 = 1 << 24;
+
+/// The most (rank, expert) cells a balancer's tables may hold: 2^31, a load matrix of 8 GB.
+pub const MAX_CELLS: u64 = 1 << 31;
+
 /// A replica a balancer wants: a copy of `expert` on `rank` taking `quota` tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) struct Replica {
@@ -60,6 +67,23 @@ impl Assembler {
         }
         let ranks = layout.num_ranks() as usize;
         let experts = layout.num_experts() as usize;
+        // Refused before any buffer is sized: a few numbers must not ask for terabytes.
+        let cells = ranks as u64 * experts as u64;
+        if cells > MAX_CELLS {
+            return Err(PlanError::TooLarge {
+                what: "a rank x expert table",
+                size: cells,
+                max: MAX_CELLS,
+            });
+        }
+        let replicas = ranks as u64 * u64::from(slots_per_rank).min(experts as u64);
+        if replicas > MAX_REPLICAS {
+            return Err(PlanError::TooLarge {
+                what: "the replica buffers",
+                size: replicas,
+                max: MAX_REPLICAS,
+            });
+        }
         let mut rank_expert_offsets = vec![0u32; ranks + 1];
         for &home in layout.homes() {
             rank_expert_offsets[home as usize + 1] += 1;

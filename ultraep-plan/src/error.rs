@@ -85,6 +85,16 @@ pub enum PlanError {
         /// The most allowed.
         max: u32,
     },
+    /// A problem whose buffers would not fit: refused before anything that size is allocated.
+    #[error("{what} would need {size} entries, more than the {max} a planner may allocate")]
+    TooLarge {
+        /// Which buffer.
+        what: &'static str,
+        /// Entries it would need.
+        size: u64,
+        /// The most allowed.
+        max: u64,
+    },
     /// A rank past the plan's ranks.
     #[error("rank {rank} is not one of the plan's {num_ranks} ranks")]
     RankOutOfRange {

@@ -25,6 +25,11 @@ impl ExpertLayout {
         if experts_per_rank == 0 {
             return Err(PlanError::NoExpertsPerRank);
         }
+        check_size(
+            "the expert table",
+            u64::from(num_ranks) * u64::from(experts_per_rank),
+            u64::from(MAX_EXPERTS),
+        )?;
         let homes = (0..num_ranks)
             .flat_map(|rank| std::iter::repeat_n(rank, experts_per_rank as usize))
             .collect();
@@ -37,6 +42,11 @@ impl ExpertLayout {
         if num_ranks == 0 {
             return Err(PlanError::NoRanks);
         }
+        check_size(
+            "the expert table",
+            u64::from(num_experts),
+            u64::from(MAX_EXPERTS),
+        )?;
         let base = num_experts / num_ranks;
         let larger = num_experts % num_ranks;
         let homes = (0..num_ranks)
@@ -50,6 +60,8 @@ impl ExpertLayout {
         if num_ranks == 0 {
             return Err(PlanError::NoRanks);
         }
+        check_size("the rank table", u64::from(num_ranks), u64::from(MAX_RANKS))?;
+        check_size("the expert table", homes.len() as u64, u64::from(MAX_EXPERTS))?;
         if homes.is_empty() {
             return Err(PlanError::NoExperts);
         }
@@ -136,6 +148,7 @@ pub struct RankDomains {
 impl RankDomains {
     /// One domain holding every rank.
     pub fn single(num_ranks: u32) -> Result<Self, PlanError> {
+        check_size("the rank table", u64::from(num_ranks), u64::from(MAX_RANKS))?;
         Self::from_labels(vec![0; num_ranks as usize])
     }
 
@@ -147,6 +160,7 @@ impl RankDomains {
                 num_ranks,
             });
         }
+        check_size("the rank table", u64::from(num_ranks), u64::from(MAX_RANKS))?;
         Self::from_labels((0..num_ranks).map(|rank| rank / domain_size).collect())
     }
 
@@ -155,16 +169,20 @@ impl RankDomains {
         if labels.is_empty() {
             return Err(PlanError::NoRanks);
         }
-        // Renumber in order of first appearance; domains are few, so a linear lookup is enough.
-        let mut seen: Vec<u32> = Vec::new();
+        if labels.len() as u64 > u64::from(MAX_RANKS) {
+            return Err(PlanError::TooLarge {
+                what: "the rank table",
+                size: labels.len() as u64,
+                max: u64::from(MAX_RANKS),
+            });
+        }
+        // Renumber in order of first appearance, through a map: a label per rank stays n log n.
+        let mut seen: std::collections::BTreeMap<u32, u32> = std::collections::BTreeMap::new();
         let rank_domain: Vec<u32> = labels
             .iter()
-            .map(|label| match seen.iter().position(|seen| seen == label) {
-                Some(index) => index as u32,
-                None => {
-                    seen.push(*label);
-                    seen.len() as u32 - 1
-                }
+            .map(|&label| {
+                let next = seen.len() as u32;
+                *seen.entry(label).or_insert(next)
             })
             .collect();
         let mut offsets = vec![0u32; seen.len() + 1];
@@ -213,4 +231,18 @@ impl RankDomains {
         let domain = domain as usize;
         &self.ranks[self.offsets[domain] as usize..self.offsets[domain + 1] as usize]
     }
+}
+
+/// The most ranks a rank table may hold: 2^24, far beyond any machine (eight NVL72 racks are 576).
+pub const MAX_RANKS: u32 = 1 << 24;
+
+/// The most experts a layout may hold: 2^24 (published models have 128 to 2,304 per layer).
+pub const MAX_EXPERTS: u32 = 1 << 24;
+
+/// Refuses a table of `size` entries above `max`, before it is allocated.
+fn check_size(what: &'static str, size: u64, max: u64) -> Result<(), PlanError> {
+    if size > max {
+        return Err(PlanError::TooLarge { what, size, max });
+    }
+    Ok(())
 }

@@ -142,13 +142,13 @@ mod residency;
 mod split;
 mod threshold;
 
-pub use assembler::MAX_SLOTS_PER_RANK;
+pub use assembler::{MAX_CELLS, MAX_REPLICAS, MAX_SLOTS_PER_RANK};
 pub use balancer::{Balancer, ForceBalanced, NoBalance};
 pub use config::{PlanConfig, SplitMode};
 pub use eplb::{Eplb, EplbMode};
 pub use eplb_replace::EplbReplace;
 pub use error::PlanError;
-pub use layout::{ExpertLayout, RankDomains};
+pub use layout::{ExpertLayout, MAX_EXPERTS, MAX_RANKS, RankDomains};
 pub use load::LoadMatrix;
 pub use lplb::Lplb;
 pub use plan::{Instance, Plan, PlanKind, PlanMetrics, SplitEntry};

@@ -1,7 +1,7 @@
 //! Bad input is an error that names the problem, never a panic.
 
 use ultraep_plan::{
-    Balancer, ExpertLayout, LoadMatrix, PlanConfig, PlanError, Planner, RankDomains,
+    Balancer, Eplb, EplbMode, ExpertLayout, LoadMatrix, PlanConfig, PlanError, Planner, RankDomains,
 };
 
 #[test]
@@ -138,4 +138,64 @@ fn expert_load_beyond_32_bits() {
     // The planner stays usable after refusing a load.
     let fine = [5, 0, 1, 0];
     assert!(planner.plan(LoadMatrix::new(&fine, 2, 2).unwrap()).is_ok());
+}
+
+/// A few numbers must not make a balancer allocate terabytes: shapes whose tables or replica
+/// buffers would not fit are refused before anything is allocated.
+#[test]
+fn shapes_whose_buffers_would_not_fit_are_refused() {
+    // 50,000 ranks x 50,000 experts: a 2.5 x 10^9-cell table.
+    let layout = ExpertLayout::contiguous(50_000, 1).unwrap();
+    let domains = RankDomains::single(50_000).unwrap();
+    let error =
+        Planner::new(layout.clone(), domains.clone(), 2, PlanConfig::default()).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            PlanError::TooLarge {
+                size: 2_500_000_000,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    let error = Eplb::new(layout, domains, 2, EplbMode::Periodic).unwrap_err();
+    assert!(matches!(error, PlanError::TooLarge { .. }), "{error}");
+    // 100,000 ranks x 200 slots of 20,000 experts: 2 x 10^7 replicas.
+    let layout = ExpertLayout::from_homes(100_000, (0..20_000).collect()).unwrap();
+    let domains = RankDomains::single(100_000).unwrap();
+    let error = Planner::new(layout, domains, 200, PlanConfig::default()).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            PlanError::TooLarge {
+                what: "the replica buffers",
+                ..
+            }
+        ),
+        "{error}"
+    );
+}
+
+/// Two numbers asking for tables of billions of entries are refused before any is allocated;
+/// a label per rank is renumbered through a map (it was a scan per rank: quadratic).
+#[test]
+fn layouts_and_domains_of_absurd_size_are_refused() {
+    for error in [
+        ExpertLayout::contiguous(u32::MAX, u32::MAX).unwrap_err(),
+        ExpertLayout::balanced_blocks(4, u32::MAX).unwrap_err(),
+        RankDomains::single(u32::MAX).unwrap_err(),
+        RankDomains::uniform(u32::MAX - 1, 1).unwrap_err(),
+        ExpertLayout::from_homes(u32::MAX, vec![0]).unwrap_err(),
+    ] {
+        assert!(matches!(error, PlanError::TooLarge { .. }), "{error}");
+    }
+    let labels: Vec<u32> = (0..200_000).rev().collect();
+    let domains = RankDomains::from_labels(labels).unwrap();
+    assert_eq!(domains.num_domains(), 200_000);
+    assert_eq!(
+        domains.domain_of(199_999),
+        199_999,
+        "first appearance order"
+    );
 }
