@@ -93,7 +93,7 @@ fn tile_streaming(gpu: &Gpu) -> Result<(), KernelError> {
             println!(
                 "| {destinations} | {} | {} | {:.1} | {:.0} | {:.1} | {:.0} | {:.2} |",
                 if relays { "relayed" } else { "direct" },
-                tasks.tasks.len(),
+                tasks.tasks().len(),
                 copy_seconds * 1e6,
                 moved / copy_seconds / 1e9,
                 stream_seconds * 1e6,

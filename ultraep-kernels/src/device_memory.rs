@@ -134,7 +134,7 @@ impl Gpu {
         tasks: &TileTaskList,
         ranks: &mut DeviceRanks,
     ) -> Result<(), KernelError> {
-        for task in &tasks.tasks {
+        for task in tasks.tasks() {
             ranks.place(
                 task.source_rank,
                 ultraep_xfer::region_of(task.source_region),

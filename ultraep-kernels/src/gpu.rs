@@ -315,8 +315,8 @@ impl Gpu {
 
     /// Copies a task list to the device, with its flags and task counter.
     pub fn upload_tasks(&self, tasks: &TileTaskList) -> Result<DeviceTasks, KernelError> {
-        let task_bytes: &[u8] = bytemuck::cast_slice(&tasks.tasks);
-        let destination_bytes: &[u8] = bytemuck::cast_slice(&tasks.destinations);
+        let task_bytes: &[u8] = bytemuck::cast_slice(tasks.tasks());
+        let destination_bytes: &[u8] = bytemuck::cast_slice(tasks.destinations());
         Ok(DeviceTasks {
             tasks: self.stream.clone_htod(&pad(task_bytes)).map_err(driver)?,
             destinations: self
@@ -325,10 +325,10 @@ impl Gpu {
                 .map_err(driver)?,
             flags: self
                 .stream
-                .alloc_zeros::<u32>(tasks.flag_count.max(1) as usize)
+                .alloc_zeros::<u32>(tasks.flag_count().max(1) as usize)
                 .map_err(driver)?,
             next: self.stream.alloc_zeros::<u32>(1).map_err(driver)?,
-            count: tasks.tasks.len() as u32,
+            count: tasks.tasks().len() as u32,
         })
     }
 

@@ -307,11 +307,11 @@ impl Gpu {
         round: u64,
         wait: std::time::Duration,
     ) -> Result<(), KernelError> {
-        if tasks.tasks.is_empty() {
+        if tasks.tasks().is_empty() {
             return Ok(());
         }
         let tile_bytes = u64::from(layout.tile_bytes);
-        for task in &tasks.tasks {
+        for task in tasks.tasks() {
             let known = |rank: u32| (rank as usize) < ranks.len();
             let slot_ok = |region: u32| {
                 region >= SLOT_REGION && (region & !SLOT_REGION) < u32::from(layout.slots)
@@ -339,14 +339,14 @@ impl Gpu {
         let masters = stream.clone_htod(&table(|p| p.masters)).map_err(driver)?;
         let slots = stream.clone_htod(&table(|p| p.slots)).map_err(driver)?;
         let words = stream.clone_htod(&table(|p| p.words)).map_err(driver)?;
-        let task_bytes: &[u8] = bytemuck::cast_slice(&tasks.tasks);
-        let destination_bytes: &[u8] = bytemuck::cast_slice(&tasks.destinations);
+        let task_bytes: &[u8] = bytemuck::cast_slice(tasks.tasks());
+        let destination_bytes: &[u8] = bytemuck::cast_slice(tasks.destinations());
         let device_tasks = stream.clone_htod(&pad(task_bytes)).map_err(driver)?;
         let device_destinations = stream.clone_htod(&pad(destination_bytes)).map_err(driver)?;
         let mut next = stream.alloc_zeros::<u32>(1).map_err(driver)?;
         let mut status = stream.alloc_zeros::<u32>(1).map_err(driver)?;
         let function = self.function(&sources::TILE_STREAM_PEER)?;
-        let count = tasks.tasks.len() as u32;
+        let count = tasks.tasks().len() as u32;
         let tiles = layout.tiles() as u32;
         let slots_per_rank = u32::from(layout.slots);
         let wait_ns = u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX);

@@ -61,7 +61,11 @@ impl ExpertLayout {
             return Err(PlanError::NoRanks);
         }
         check_size("the rank table", u64::from(num_ranks), u64::from(MAX_RANKS))?;
-        check_size("the expert table", homes.len() as u64, u64::from(MAX_EXPERTS))?;
+        check_size(
+            "the expert table",
+            homes.len() as u64,
+            u64::from(MAX_EXPERTS),
+        )?;
         if homes.is_empty() {
             return Err(PlanError::NoExperts);
         }

@@ -260,7 +260,7 @@ impl Backend for CudaBackend {
         // An injected failure runs the tasks before it and stops: a transfer cut off midway.
         if let Some(task) = self.fail_at_task.take() {
             let mut partial = tasks.clone();
-            partial.tasks.truncate(task);
+            partial.truncate(task);
             self.gpu
                 .stream_resident(&partial, &mut self.ranks)
                 .map_err(kernel)?;

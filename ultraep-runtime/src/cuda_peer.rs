@@ -18,9 +18,7 @@ use ultraep_kernels::KernelError;
 use ultraep_kernels::gpu::Gpu;
 use ultraep_kernels::ipc::{IpcLayout, IpcRankMemory, PeerPointers, RANK_HANDLE_WORDS};
 use ultraep_kernels::reference::reduce::reduce_jobs;
-use ultraep_xfer::{
-    Region, SlotState, TileTask, TileTaskList, TransferSchedule, XferError, checksum,
-};
+use ultraep_xfer::{Region, SlotState, TileTaskList, TransferSchedule, XferError, checksum};
 
 use crate::backend::{ACKNOWLEDGED, Backend, MemoryShape};
 use crate::{Collective, PlaneOptions, RuntimeError};
@@ -309,24 +307,10 @@ impl Backend for CudaPeerPlane {
                 .map_err(kernel)?;
         }
         // This rank's share of the tasks: the tiles it sends or forwards.
-        self.local_tasks.tasks.clear();
-        self.local_tasks.destinations.clear();
-        for task in tasks
-            .tasks
-            .iter()
-            .filter(|task| task.source_rank == self.rank)
-        {
-            let first = self.local_tasks.destinations.len() as u32;
-            self.local_tasks
-                .destinations
-                .extend_from_slice(tasks.destinations_of(task));
-            self.local_tasks.tasks.push(TileTask {
-                first_destination: first,
-                ..*task
-            });
-        }
+        let rank = self.rank;
+        tasks.share_into(|task| task.source_rank == rank, &mut self.local_tasks);
         if let Some(task) = self.fail_at_task.take() {
-            self.local_tasks.tasks.truncate(task);
+            self.local_tasks.truncate(task);
             let _ = self.gpu.stream_peer_tiles(
                 &self.local_tasks,
                 &self.ranks,

@@ -83,15 +83,17 @@ pub struct TileDestination {
     pub expert: u32,
 }
 
-/// The tasks of one layer's weight distribution.
+/// The tasks of one layer's weight distribution. Built only from a schedule
+/// ([`TileTaskList::build`], [`TaskListBuilder::build_into`]) or as a rank's share of such a list
+/// ([`TileTaskList::share_into`]), so that every task's destinations are in the list and every
+/// flag a task waits for is one of the list's, signalled by the tasks of the whole list (a share's
+/// waits are signalled by the other ranks' shares): a user cannot hand a kernel a list that points
+/// out of range.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TileTaskList {
-    /// The tasks in execution order.
-    pub tasks: Vec<TileTask>,
-    /// Destination runs the tasks point into.
-    pub destinations: Vec<TileDestination>,
-    /// Arrival flags the list uses (each starts at zero).
-    pub flag_count: u32,
+    pub(crate) tasks: Vec<TileTask>,
+    pub(crate) destinations: Vec<TileDestination>,
+    pub(crate) flag_count: u32,
 }
 
 /// Cuts schedules into task lists again and again in the same buffers: once warm,
@@ -205,8 +207,8 @@ impl TileTaskList {
     /// let direct = TransferConfig { allow_relays: false, ..TransferConfig::default() };
     /// let schedule = TransferSchedule::build(&replicas, &state, &topo, direct)?;
     /// let list = TileTaskList::build(&schedule);
-    /// assert_eq!(list.tasks.len(), 32); // direct: every tile loaded once, stored twice
-    /// assert!(list.tasks.iter().all(|t| t.destination_count == 2));
+    /// assert_eq!(list.tasks().len(), 32); // direct: every tile loaded once, stored twice
+    /// assert!(list.tasks().iter().all(|t| t.destination_count == 2));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn build(schedule: &TransferSchedule) -> Self {
@@ -259,8 +261,57 @@ impl TileTaskList {
 
     /// The destinations of `task`.
     pub fn destinations_of(&self, task: &TileTask) -> &[TileDestination] {
+        // A task of this list is always in range; another list's task gets an empty run rather
+        // than a panic.
         let first = task.first_destination as usize;
-        &self.destinations[first..first + task.destination_count as usize]
+        first
+            .checked_add(task.destination_count as usize)
+            .and_then(|end| self.destinations.get(first..end))
+            .unwrap_or(&[])
+    }
+
+    /// The tasks in execution order.
+    pub fn tasks(&self) -> &[TileTask] {
+        &self.tasks
+    }
+
+    /// The destination runs the tasks point into.
+    pub fn destinations(&self) -> &[TileDestination] {
+        &self.destinations
+    }
+
+    /// The arrival flags the list uses (each starts at zero).
+    pub fn flag_count(&self) -> u32 {
+        self.flag_count
+    }
+
+    /// Empties the list, keeping its buffers.
+    pub fn clear(&mut self) {
+        self.tasks.clear();
+        self.destinations.clear();
+        self.flag_count = 0;
+    }
+
+    /// Writes into `share` the tasks of this list that `keep` selects (a rank's sends, say), in
+    /// order, with their destinations; the flags stay this list's. Reuses `share`'s buffers.
+    pub fn share_into(&self, keep: impl Fn(&TileTask) -> bool, share: &mut TileTaskList) {
+        share.clear();
+        share.flag_count = self.flag_count;
+        for task in self.tasks.iter().filter(|task| keep(task)) {
+            let first = share.destinations.len() as u32;
+            share
+                .destinations
+                .extend_from_slice(self.destinations_of(task));
+            share.tasks.push(TileTask {
+                first_destination: first,
+                ..*task
+            });
+        }
+    }
+
+    /// Drops every task from the `count`-th on: a transfer cut off midway (fault injection).
+    pub fn truncate(&mut self, count: usize) {
+        self.tasks.truncate(count);
     }
 
     /// Bytes stored in all: every tile times its destinations.

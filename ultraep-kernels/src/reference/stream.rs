@@ -41,7 +41,7 @@ pub fn stream(
     state_bytes: u64,
 ) -> Result<(), KernelError> {
     let mut tile = Vec::new();
-    for task in &tasks.tasks {
+    for task in tasks.tasks() {
         let range = task.offset as usize..task.offset as usize + task.bytes as usize;
         let source = region_mut(memory, task.source_rank, task.source_region, state_bytes)?;
         tile.clear();

@@ -252,9 +252,7 @@ impl<B: Backend> Engine<B> {
             self.task_builder
                 .build_into(&self.schedule, &mut self.tasks);
         } else {
-            self.tasks.tasks.clear();
-            self.tasks.destinations.clear();
-            self.tasks.flag_count = 0;
+            self.tasks.clear();
         }
         // The slots about to be written hold nothing usable until the copy is verified.
         for fanout in self.fanouts.set().fanouts() {

@@ -251,7 +251,7 @@ impl Backend for HostPlane {
                 .map_err(|_| RuntimeError::Backend("a data-plane worker panicked".into()))?;
             job.tasks.clear();
             job.destinations.clear();
-            for task in &tasks.tasks {
+            for task in tasks.tasks() {
                 if !self.local.contains(&task.source_rank) {
                     continue;
                 }

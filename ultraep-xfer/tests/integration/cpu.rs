@@ -87,7 +87,7 @@ fn a_failed_transfer_leaves_its_slots_not_ready_and_can_be_retried() {
         TransferSchedule::build(&replicas, &state, &topology, TransferConfig::default()).unwrap();
     let tasks = TileTaskList::build(&schedule);
     let mut ranks = ranks_with_weights(&layout);
-    ranks.inject_failure_at(tasks.tasks.len() / 2);
+    ranks.inject_failure_at(tasks.tasks().len() / 2);
     let error = ranks.distribute(&schedule, &tasks).unwrap_err();
     assert!(
         matches!(error, XferError::TransferFailed { slots, .. } if slots == replicas.replica_count()),
@@ -126,8 +126,10 @@ fn a_missing_tile_is_caught_by_the_checksum() {
         ..TransferConfig::default()
     };
     let schedule = TransferSchedule::build(&replicas, &state, &topology, direct).unwrap();
-    let mut tasks = TileTaskList::build(&schedule);
-    tasks.tasks.remove(3);
+    let all = TileTaskList::build(&schedule);
+    let dropped = all.tasks()[3];
+    let mut tasks = TileTaskList::default();
+    all.share_into(|task| *task != dropped, &mut tasks);
     let mut ranks = ranks_with_weights(&layout);
     let error = ranks.distribute(&schedule, &tasks).unwrap_err();
     let XferError::ChecksumMismatch { rank, slot, .. } = error else {
@@ -207,4 +209,36 @@ fn gradients_reduce_into_masters_and_free_the_slots() {
         ranks.reduce_gradients(&schedule),
         Err(XferError::SlotNotReady { .. })
     ));
+}
+
+/// A task list is built only from a schedule, or as a share of one: its runs are always in
+/// range, and a task from another list reads as no destinations rather than a panic.
+#[test]
+fn task_lists_cannot_point_out_of_range() {
+    let (_, replicas, topology) = layer();
+    let state = ExpertState::opaque(STATE_BYTES).unwrap();
+    let schedule =
+        TransferSchedule::build(&replicas, &state, &topology, TransferConfig::default()).unwrap();
+    let list = TileTaskList::build(&schedule);
+    for task in list.tasks() {
+        assert_eq!(
+            list.destinations_of(task).len(),
+            task.destination_count as usize
+        );
+        if task.wait_flag != ultraep_xfer::NO_FLAG {
+            assert!(task.wait_flag < list.flag_count());
+        }
+    }
+    // A share keeps every destination of the tasks it keeps, renumbered into its own runs.
+    let mut share = TileTaskList::default();
+    list.share_into(
+        |task| task.source_rank == list.tasks()[0].source_rank,
+        &mut share,
+    );
+    assert!(!share.tasks().is_empty() && share.tasks().len() <= list.tasks().len());
+    let stored: u64 = share.bytes_stored();
+    assert!(stored > 0);
+    // The last task of the whole list, asked of an empty list.
+    let foreign = *list.tasks().last().unwrap();
+    assert!(TileTaskList::default().destinations_of(&foreign).is_empty());
 }

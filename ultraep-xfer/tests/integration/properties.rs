@@ -314,7 +314,7 @@ proptest! {
         let list = TileTaskList::build(&schedule);
         // (rank, slot) -> stored (offset, bytes, expert).
         let mut stored: BTreeMap<(u32, u16), Vec<Stored>> = BTreeMap::new();
-        for task in &list.tasks {
+        for task in list.tasks() {
             for destination in list.destinations_of(task) {
                 let Region::Slot { slot } = region_of(destination.region) else {
                     panic!("a store into a master region");
@@ -347,9 +347,9 @@ proptest! {
         let list = TileTaskList::build(&schedule);
         // Executed in list order (what an atomic counter hands out), a forwarding task's source
         // range must have been stored into the relay by tasks that signal the flag it waits for.
-        let mut flag_count = vec![0u32; list.flag_count as usize];
+        let mut flag_count = vec![0u32; list.flag_count() as usize];
         let mut held: BTreeMap<(u32, u32), Vec<(u64, u64)>> = BTreeMap::new();
-        for task in &list.tasks {
+        for task in list.tasks() {
             match region_of(task.source_region) {
                 Region::Master { .. } => prop_assert_eq!(task.wait_flag, NO_FLAG, "a master waits for nothing"),
                 Region::Slot { .. } => {
