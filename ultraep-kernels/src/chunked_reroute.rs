@@ -4,8 +4,8 @@
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
 use crate::gpu::{BLOCK, DeviceReroute, Gpu, driver};
-use crate::reference::reroute::RerouteTable;
-use crate::{KernelError, sources};
+use crate::reference::reroute::{NO_INSTANCE, RerouteTable};
+use crate::{KernelError, launch_checks, sources};
 
 /// Ids per block.
 pub const CHUNK: u32 = 1024;
@@ -37,11 +37,26 @@ impl Gpu {
         }
         let stream = self.stream();
         stream.memset_zeros(invalid).map_err(driver)?;
-        if input.n == 0 || input.experts == 0 {
+        if input.n == 0 {
+            return Ok(());
+        }
+        if input.experts == 0 {
+            // No id names an expert: every one is placed nowhere, as in the reference and the
+            // single-block kernel (this returned early and left the output poisoned).
+            stream
+                .memcpy_htod(&vec![NO_INSTANCE; input.n as usize], out)
+                .map_err(driver)?;
+            stream.memcpy_htod(&[input.n], invalid).map_err(driver)?;
             return Ok(());
         }
         let chunks = input.n.div_ceil(CHUNK);
         let warps = BLOCK / 32;
+        let count_shared =
+            launch_checks::shared_words("the chunked reroute's count", u64::from(input.experts))?;
+        let assign_shared = launch_checks::shared_words(
+            "the chunked reroute's assignment",
+            u64::from(input.experts) * u64::from(1 + warps),
+        )?;
         let count = self.function_named(&sources::REROUTE_CHUNKED, "ultraep_reroute_count")?;
         let scan = self.function_named(&sources::REROUTE_CHUNKED, "ultraep_reroute_scan")?;
         let assign = self.function_named(&sources::REROUTE_CHUNKED, "ultraep_reroute_assign")?;
@@ -56,7 +71,7 @@ impl Gpu {
         let config = LaunchConfig {
             grid_dim: (chunks, 1, 1),
             block_dim: (BLOCK, 1, 1),
-            shared_mem_bytes: input.experts * 4,
+            shared_mem_bytes: count_shared,
         };
         // SAFETY: arguments match the kernel's signature; chunk_counts holds chunks x experts
         // words (allocated by upload_reroute for these ids), ids holds n words.
@@ -89,7 +104,7 @@ impl Gpu {
         let config = LaunchConfig {
             grid_dim: (chunks, 1, 1),
             block_dim: (BLOCK, 1, 1),
-            shared_mem_bytes: input.experts * 4 * (1 + warps),
+            shared_mem_bytes: assign_shared,
         };
         // SAFETY: arguments match the kernel's signature; offsets has experts + 1 entries, out at
         // least n words (checked), the block size a multiple of 32 (every lane joins the warp

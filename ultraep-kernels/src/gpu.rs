@@ -16,7 +16,7 @@ use ultraep_xfer::TileTaskList;
 use crate::reference::reduce::ReduceJob;
 use crate::reference::reroute::RerouteTable;
 use crate::reference::stream::RankMemory;
-use crate::{KernelError, KernelSource, compile, sources};
+use crate::{KernelError, KernelSource, compile, launch_checks, sources};
 
 /// Threads per block for every kernel.
 pub(crate) const BLOCK: u32 = 256;
@@ -104,12 +104,14 @@ impl Gpu {
     /// Counts of every expert among a rank's router ids (the [`crate::reference::histogram`]
     /// semantics); ids naming no expert are an error.
     pub fn histogram(&self, ids: &[u32], experts: u32) -> Result<Vec<u32>, KernelError> {
+        let n = launch_checks::count32("router ids", ids.len())?;
+        launch_checks::shared_words("the histogram", u64::from(experts))?;
         let ids_device = self.stream.clone_htod(&pad(ids)).map_err(driver)?;
         let mut counts = self
             .stream
             .alloc_zeros::<u32>(experts as usize + 1)
             .map_err(driver)?;
-        self.launch_histogram(&ids_device, ids.len() as u32, experts, &mut counts)?;
+        self.launch_histogram(&ids_device, n, experts, &mut counts)?;
         let mut host = self.stream.clone_dtoh(&counts).map_err(driver)?;
         let invalid = host.pop().unwrap_or(0);
         if invalid > 0 {
@@ -135,12 +137,13 @@ impl Gpu {
                 "histogram buffers are too short".into(),
             ));
         }
+        let shared_mem_bytes = launch_checks::shared_words("the histogram", u64::from(experts))?;
         let function = self.function(&sources::HISTOGRAM)?;
         self.stream.memset_zeros(counts).map_err(driver)?;
         let config = LaunchConfig {
             grid_dim: (n.div_ceil(BLOCK).clamp(1, 1024), 1, 1),
             block_dim: (BLOCK, 1, 1),
-            shared_mem_bytes: experts * 4,
+            shared_mem_bytes,
         };
         let mut launch = self.stream.launch_builder(&function);
         launch.arg(ids).arg(&n).arg(&experts).arg(counts);
@@ -195,6 +198,8 @@ impl Gpu {
     ) -> Result<DeviceReroute, KernelError> {
         let entries: &[u8] = bytemuck::cast_slice(&table.entries);
         let experts = table.offsets.len().saturating_sub(1);
+        let n = launch_checks::count32("router ids", ids.len())?;
+        let expert_count = launch_checks::count32("reroute table experts", experts)?;
         let chunks = ids
             .len()
             .div_ceil(crate::chunked_reroute::CHUNK as usize)
@@ -205,8 +210,8 @@ impl Gpu {
                 .alloc_zeros::<u32>((chunks * experts).max(1))
                 .map_err(driver)?,
             ids: self.stream.clone_htod(&pad(ids)).map_err(driver)?,
-            n: ids.len() as u32,
-            experts: table.offsets.len().saturating_sub(1) as u32,
+            n,
+            experts: expert_count,
             offsets: self
                 .stream
                 .clone_htod(&pad(&table.offsets))
@@ -227,12 +232,16 @@ impl Gpu {
                 "reroute buffers are too short".into(),
             ));
         }
+        let shared_mem_bytes = launch_checks::shared_words(
+            "the reroute",
+            u64::from(input.experts) + u64::from(BLOCK),
+        )?;
         let function = self.function(&sources::REROUTE)?;
         self.stream.memset_zeros(invalid).map_err(driver)?;
         let config = LaunchConfig {
             grid_dim: (1, 1, 1),
             block_dim: (BLOCK, 1, 1),
-            shared_mem_bytes: (input.experts + BLOCK) * 4,
+            shared_mem_bytes,
         };
         let mut launch = self.stream.launch_builder(&function);
         launch
@@ -258,6 +267,7 @@ impl Gpu {
         memory: &mut [RankMemory],
         state_bytes: u64,
     ) -> Result<(), KernelError> {
+        launch_checks::tasks_fit(tasks, state_bytes, memory.len())?;
         let mut ranks = self.upload_ranks(memory, state_bytes)?;
         let mut device_tasks = self.upload_tasks(tasks)?;
         self.run_tiles(&mut device_tasks, &mut ranks)?;

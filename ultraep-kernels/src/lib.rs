@@ -22,6 +22,7 @@ mod device_memory;
 mod error;
 pub mod gpu;
 pub mod ipc;
+pub mod launch_checks;
 #[cfg(feature = "nccl")]
 pub mod nccl;
 pub mod reference;
