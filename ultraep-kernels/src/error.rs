@@ -34,6 +34,9 @@ pub enum KernelError {
         /// NVRTC's message and log.
         log: String,
     },
+    /// A device or driver the kernels cannot run on (the message says what is needed).
+    #[error("unsupported device: {0}")]
+    UnsupportedDevice(String),
     /// An input the kernels cannot take (the message names it).
     #[error("invalid kernel input: {0}")]
     InvalidInput(String),

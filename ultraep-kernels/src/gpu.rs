@@ -16,7 +16,7 @@ use ultraep_xfer::TileTaskList;
 use crate::reference::reduce::ReduceJob;
 use crate::reference::reroute::RerouteTable;
 use crate::reference::stream::RankMemory;
-use crate::{KernelError, KernelSource, compile, launch_checks, sources};
+use crate::{Arch, KernelError, KernelSource, compile_for, launch_checks, sources};
 
 /// Threads per block for every kernel.
 pub(crate) const BLOCK: u32 = 256;
@@ -29,6 +29,8 @@ pub(crate) fn driver(error: impl std::fmt::Debug) -> KernelError {
 pub struct Gpu {
     context: Arc<CudaContext>,
     stream: Arc<CudaStream>,
+    /// The architecture of the device, which every module is compiled for.
+    arch: Arch,
     modules: [OnceLock<Result<Arc<CudaModule>, KernelError>>; sources::ALL.len()],
 }
 
@@ -45,18 +47,46 @@ pub fn driver_available() -> bool {
 }
 
 impl Gpu {
-    /// Opens GPU `ordinal`.
+    /// Opens GPU `ordinal`, after checking what the kernels need of it: a driver that loads the
+    /// PTX of the pinned NVRTC (CUDA 13.0, R580 or newer), a device of an architecture the kernels
+    /// are built for ([`Arch`]), and NVRTC itself. Each missing piece is an error that says what
+    /// to install, never an opaque CUDA error at the first launch.
     pub fn open(ordinal: usize) -> Result<Self, KernelError> {
         if !driver_available() {
             return Err(KernelError::DriverUnavailable);
         }
+        let mut version = 0;
+        // SAFETY: cuDriverGetVersion only writes the version through the pointer.
+        unsafe { sys::cuDriverGetVersion(&mut version) }
+            .result()
+            .map_err(driver)?;
+        check_driver_version(version)?;
+        if !crate::nvrtc_available() {
+            return Err(KernelError::NvrtcUnavailable);
+        }
         let context = CudaContext::new(ordinal).map_err(driver)?;
+        let capability = |attribute| {
+            context
+                .attribute(attribute)
+                .map(|value| u32::try_from(value).unwrap_or(0))
+                .map_err(driver)
+        };
+        let arch = Arch::for_capability(
+            capability(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
+            capability(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
+        )?;
         let stream = context.default_stream();
         Ok(Self {
             context,
             stream,
+            arch,
             modules: Default::default(),
         })
+    }
+
+    /// The architecture the kernels are compiled for on this device.
+    pub fn arch(&self) -> Arch {
+        self.arch
     }
 
     /// Streaming multiprocessors: how many blocks a persistent grid runs.
@@ -94,7 +124,7 @@ impl Gpu {
             .ok_or_else(|| KernelError::InvalidInput(format!("unknown kernel {}", kernel.name)))?;
         let module = self.modules[index]
             .get_or_init(|| {
-                let ptx = compile(kernel)?;
+                let ptx = compile_for(kernel, self.arch)?;
                 self.context.load_module(ptx).map_err(driver)
             })
             .clone()?;
@@ -453,4 +483,26 @@ pub(crate) fn pad<T: Copy + Default>(values: &[T]) -> Vec<T> {
     } else {
         values.to_vec()
     }
+}
+
+/// The oldest driver the kernels' PTX loads on, as `cuDriverGetVersion` reports it: CUDA 13.0
+/// (driver R580), whose PTX ISA 9.0 the pinned NVRTC 13.0 emits.
+pub const MIN_DRIVER_VERSION: i32 = 13_000;
+
+/// Refuses a driver older than [`MIN_DRIVER_VERSION`], naming what to install.
+///
+/// ```
+/// use ultraep_kernels::gpu::check_driver_version;
+/// assert!(check_driver_version(13_000).is_ok());
+/// assert!(check_driver_version(12_080).unwrap_err().to_string().contains("R580"));
+/// ```
+pub fn check_driver_version(version: i32) -> Result<(), KernelError> {
+    if version < MIN_DRIVER_VERSION {
+        return Err(KernelError::UnsupportedDevice(format!(
+            "the CUDA driver supports CUDA {}.{}, but the kernels are compiled by NVRTC 13.0 to PTX ISA 9.0, which needs a driver for CUDA 13.0 or newer (R580 or newer)",
+            version / 1000,
+            version % 1000 / 10
+        )));
+    }
+    Ok(())
 }

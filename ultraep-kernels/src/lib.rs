@@ -28,6 +28,6 @@ pub mod nccl;
 pub mod reference;
 pub mod sources;
 
-pub use compile::{ARCH, compile, nvrtc_available};
+pub use compile::{ARCH, Arch, compile, compile_for, nvrtc_available};
 pub use error::KernelError;
 pub use sources::KernelSource;
