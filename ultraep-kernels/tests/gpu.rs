@@ -5,10 +5,12 @@
 
 #[path = "common/mod.rs"]
 mod common;
+#[path = "../../test-support/isolated_trials.rs"]
+mod isolated_trials;
 
 use std::sync::OnceLock;
 
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::{Arguments, Failed};
 use ultraep_kernels::gpu::{Gpu, driver_available};
 use ultraep_kernels::reference::histogram::histogram;
 use ultraep_kernels::reference::reduce::{reduce, reduce_jobs};
@@ -178,27 +180,29 @@ fn reduction_matches() -> Result<(), Failed> {
     )
 }
 
+/// Every trial: a name and its body.
+const TRIALS: [(&str, isolated_trials::Body); 5] = [
+    ("gpu_histogram_matches_the_reference", histogram_matches),
+    ("gpu_reroute_matches_the_reference", reroute_matches),
+    (
+        "gpu_chunked_reroute_matches_the_reference",
+        chunked_reroute_matches,
+    ),
+    (
+        "gpu_tile_streaming_matches_the_reference",
+        streaming_matches,
+    ),
+    ("gpu_reduction_matches_the_reference", reduction_matches),
+];
+
 fn main() {
+    isolated_trials::run_child_if_asked(&TRIALS);
     let args = Arguments::from_args();
     let required = std::env::var("ULTRAEP_REQUIRE_GPU").is_ok_and(|value| value == "1");
     let available = driver_available() && Gpu::open(0).is_ok();
     let ignore = !available && !required;
-    let trials = vec![
-        Trial::test("gpu_histogram_matches_the_reference", histogram_matches)
-            .with_ignored_flag(ignore),
-        Trial::test("gpu_reroute_matches_the_reference", reroute_matches).with_ignored_flag(ignore),
-        Trial::test(
-            "gpu_chunked_reroute_matches_the_reference",
-            chunked_reroute_matches,
-        )
-        .with_ignored_flag(ignore),
-        Trial::test(
-            "gpu_tile_streaming_matches_the_reference",
-            streaming_matches,
-        )
-        .with_ignored_flag(ignore),
-        Trial::test("gpu_reduction_matches_the_reference", reduction_matches)
-            .with_ignored_flag(ignore),
-    ];
-    libtest_mimic::run(&args, trials).exit();
+    // One at a time, each in a process (and so a CUDA context) of its own.
+    let mut args = args;
+    args.test_threads = Some(1);
+    libtest_mimic::run(&args, isolated_trials::isolated(&TRIALS, ignore)).exit();
 }

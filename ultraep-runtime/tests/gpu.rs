@@ -6,13 +6,15 @@
 //! the GPU bundle's script sets) that is a failure instead.
 
 // Shared with the example, which uses all of it; this target uses part.
+#[path = "../../test-support/isolated_trials.rs"]
+mod isolated_trials;
 #[allow(dead_code)]
 #[path = "../examples/tiny_moe/model.rs"]
 mod model;
 
 use std::sync::{Arc, OnceLock};
 
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::{Arguments, Failed};
 use ultraep_kernels::gpu::{Gpu, driver_available};
 use ultraep_runtime::{Backend, CudaBackend, Engine, RuntimeError, StepId};
 
@@ -223,7 +225,25 @@ fn nccl_gathers_a_load() -> Result<(), Failed> {
     )
 }
 
+/// Every trial but NCCL's: a name and its body.
+const TRIALS: [(&str, isolated_trials::Body); 3] = [
+    (
+        "cuda_backend_training_matches_the_cpu_backend",
+        training_matches_the_cpu_backend,
+    ),
+    (
+        "cuda_backend_recovers_from_a_failed_transfer",
+        a_failed_transfer_recovers,
+    ),
+    (
+        "cuda_ipc_training_on_8_processes_matches_threads",
+        ipc_training_matches_threads,
+    ),
+];
+
 fn main() {
+    #[cfg(feature = "nccl")]
+    isolated_trials::run_child_if_asked(&[("nccl_all_gathers_the_load", nccl_gathers_a_load)]);
     // A process the IPC trial started does its rank's part and nothing else.
     if let Ok(role) = std::env::var(IPC_ROLE) {
         if let Err(error) = ipc_rank(&role) {
@@ -232,35 +252,25 @@ fn main() {
         }
         std::process::exit(0);
     }
+    isolated_trials::run_child_if_asked(&TRIALS);
     let args = Arguments::from_args();
     let required = std::env::var("ULTRAEP_REQUIRE_GPU").is_ok_and(|value| value == "1");
     let available = driver_available() && Gpu::open(0).is_ok();
     let ignore = !available && !required;
-    let trials = vec![
-        Trial::test(
-            "cuda_backend_training_matches_the_cpu_backend",
-            training_matches_the_cpu_backend,
-        )
-        .with_ignored_flag(ignore),
-        Trial::test(
-            "cuda_backend_recovers_from_a_failed_transfer",
-            a_failed_transfer_recovers,
-        )
-        .with_ignored_flag(ignore),
-        Trial::test(
-            "cuda_ipc_training_on_8_processes_matches_threads",
-            ipc_training_matches_threads,
-        )
-        .with_ignored_flag(ignore),
-    ];
+    // One at a time, each in a process (and so a CUDA context) of its own.
+    let mut args = args;
+    args.test_threads = Some(1);
+    let trials = isolated_trials::isolated(&TRIALS, ignore);
     #[cfg(feature = "nccl")]
     let trials = {
         let mut trials = trials;
         // NCCL is optional even on a GPU machine: without the library the trial is ignored.
         let no_nccl = ignore || !ultraep_kernels::nccl::nccl_available();
         trials.push(
-            Trial::test("nccl_all_gathers_the_load", nccl_gathers_a_load)
-                .with_ignored_flag(no_nccl),
+            libtest_mimic::Trial::test("nccl_all_gathers_the_load", || {
+                isolated_trials::run_in_child("nccl_all_gathers_the_load")
+            })
+            .with_ignored_flag(no_nccl),
         );
         trials
     };
