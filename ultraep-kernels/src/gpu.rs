@@ -367,13 +367,15 @@ impl Gpu {
                 .stream
                 .alloc_zeros::<u32>(tasks.flag_count().max(1) as usize)
                 .map_err(driver)?,
-            next: self.stream.alloc_zeros::<u32>(1).map_err(driver)?,
+            // The task counter, and the word the streamer sets when a wait times out.
+            next: self.stream.alloc_zeros::<u32>(2).map_err(driver)?,
             count: tasks.tasks().len() as u32,
         })
     }
 
     /// Runs the tile streamer on device-resident tasks and ranks (flags and the task counter are
-    /// reset first, so a task list can be run again).
+    /// reset first, so a task list can be run again) and waits for it; a wait for a forwarded
+    /// piece that has not arrived after 10 s ends the run with [`KernelError::PeerTimeout`].
     pub fn run_tiles(
         &self,
         tasks: &mut DeviceTasks,
@@ -402,6 +404,14 @@ impl Gpu {
         // built for this memory) and the grid is no larger than the resident block count, so
         // waiting blocks never starve the tasks they wait for.
         unsafe { launch.launch(config) }.map_err(driver)?;
+        // Waits for the streamer, then reads whether a wait gave up.
+        let counters = self.stream.clone_dtoh(&tasks.next).map_err(driver)?;
+        if counters.get(1).copied().unwrap_or(0) != 0 {
+            return Err(KernelError::PeerTimeout {
+                waited_ms: 10_000,
+                what: "a tile waited for a forwarded piece whose tiles never all arrived".into(),
+            });
+        }
         Ok(())
     }
 

@@ -118,7 +118,9 @@ __device__ unsigned char* region_ptr(unsigned int rank, unsigned int region,
 }
 
 /// The persistent tile streamer: blocks take tile tasks in list order from an atomic counter,
-/// wait (thread 0, acquire) until a forwarded piece's flag counts all its tiles, load each tile
+/// wait (thread 0, acquire) until a forwarded piece's flag counts all its tiles (at most 10 s by
+/// the GPU's global timer: past that it sets `next_task[1]`, and every block stops taking tasks,
+/// so a wait that can never end is reported, not spun on forever), load each tile
 /// once with 16-byte loads and store it to every destination, make the stores visible
 /// system-wide, then bump the destinations' flags. Regions: masters at `master_bases[rank] +
 /// index * state_bytes`, slots at `slot_bases[rank] + slot * state_bytes`; `state_bytes` and tile
@@ -136,8 +138,10 @@ extern "C" __global__ void ultraep_tile_stream(const TileTask* tasks, unsigned i
                                                unsigned long long state_bytes,
                                                unsigned int* flags, unsigned int* next_task) {
     __shared__ unsigned int claimed;
+    __shared__ unsigned int gave_up;
+    volatile unsigned int* timed_out = next_task + 1;
     while (true) {
-        if (threadIdx.x == 0) claimed = atomicAdd(next_task, 1u);
+        if (threadIdx.x == 0) claimed = *timed_out ? task_count : atomicAdd(next_task, 1u);
         __syncthreads();
         unsigned int t = claimed;
         __syncthreads();
@@ -146,10 +150,22 @@ extern "C" __global__ void ultraep_tile_stream(const TileTask* tasks, unsigned i
         if (task.wait_flag != 0xffffffffu) {
             if (threadIdx.x == 0) {
                 volatile unsigned int* flag = flags + task.wait_flag;
-                while (*flag < task.wait_count) { __nanosleep(64); }
+                unsigned long long start, now;
+                asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
+                gave_up = 0;
+                while (*flag < task.wait_count) {
+                    __nanosleep(64);
+                    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+                    if (now - start > 10000000000ull || *timed_out) {
+                        atomicExch((unsigned int*)timed_out, 1u);
+                        gave_up = 1;
+                        break;
+                    }
+                }
                 __threadfence_system();
             }
             __syncthreads();
+            if (gave_up) return;
         }
         const unsigned char* source = region_ptr(task.source_rank, task.source_region, master_bases,
                                                  slot_bases, state_bytes) + task.offset;
