@@ -44,34 +44,19 @@ pub fn problem_json(data: &[u8]) {
         min_replica_tokens: 1,
         ..PlanConfig::default()
     };
+    let (layout, domains, slots) = (&problem.layout, &problem.domains, problem.slots_per_rank);
+    let planner = |config| Planner::new(layout.clone(), domains.clone(), slots, config);
+    // Balancers the problem's shape allows; one that refuses it is not run.
     let balancers: [Option<Box<dyn Balancer>>; 4] = [
-        Planner::new(
-            problem.layout.clone(),
-            problem.domains.clone(),
-            problem.slots_per_rank,
-            PlanConfig::default(),
-        )
-        .ok()
-        .map(|b| Box::new(b) as Box<dyn Balancer>),
-        Planner::new(
-            problem.layout.clone(),
-            problem.domains.clone(),
-            problem.slots_per_rank,
-            tight,
-        )
-        .ok()
-        .map(|b| Box::new(b) as Box<dyn Balancer>),
-        Eplb::new(
-            problem.layout.clone(),
-            problem.domains.clone(),
-            problem.slots_per_rank,
+        boxed(planner(PlanConfig::default())),
+        boxed(planner(tight)),
+        boxed(Eplb::new(
+            layout.clone(),
+            domains.clone(),
+            slots,
             EplbMode::Oracle,
-        )
-        .ok()
-        .map(|b| Box::new(b) as Box<dyn Balancer>),
-        NoBalance::new(problem.layout.clone(), problem.domains.clone())
-            .ok()
-            .map(|b| Box::new(b) as Box<dyn Balancer>),
+        )),
+        boxed(NoBalance::new(layout.clone(), domains.clone())),
     ];
     let total: u64 = problem.loads.iter().map(|&c| u64::from(c)).sum();
     for mut balancer in balancers.into_iter().flatten() {
@@ -85,6 +70,11 @@ pub fn problem_json(data: &[u8]) {
             );
         }
     }
+}
+
+/// `balancer` as a trait object, if it was built.
+fn boxed<B: Balancer + 'static, E>(balancer: Result<B, E>) -> Option<Box<dyn Balancer>> {
+    balancer.ok().map(|b| Box::new(b) as Box<dyn Balancer>)
 }
 
 /// A topology file: parsed, and if valid written back and read again unchanged.
@@ -116,7 +106,7 @@ pub fn trace_jsonl(data: &[u8]) {
 /// A TensorRT-LLM dump: `meta_info.json` and the ranks' safetensors files, joined by
 /// [`FILE_SEPARATOR`].
 pub fn trace_trtllm(data: &[u8]) {
-    let mut parts = split(data, FILE_SEPARATOR);
+    let mut parts = files(data);
     let Some(meta) = parts.next() else {
         return;
     };
@@ -131,8 +121,9 @@ pub fn trace_trtllm(data: &[u8]) {
     }
 }
 
-/// The pieces of `data` between occurrences of `separator`.
-fn split<'a>(data: &'a [u8], separator: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
+/// The files of a [`trace_trtllm`] input: the pieces of `data` between [`FILE_SEPARATOR`]s.
+pub fn files(data: &[u8]) -> impl Iterator<Item = &[u8]> + '_ {
+    let separator = FILE_SEPARATOR;
     let mut rest = Some(data);
     std::iter::from_fn(move || {
         let current = rest?;

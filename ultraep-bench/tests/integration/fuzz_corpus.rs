@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use ultraep_bench::fuzzing::{FILE_SEPARATOR, TARGETS};
+use ultraep_bench::fuzzing::{TARGETS, files};
 use ultraep_bench::problem_file::PlanProblem;
 use ultraep_bench::trace::Trace;
 use ultraep_topo::Topology;
@@ -48,7 +48,7 @@ fn seeds_are_accepted_and_regressions_refused() {
             "topology_toml" => text.is_ok_and(|t| Topology::from_toml_str(t).is_ok()),
             "trace_jsonl" => text.is_ok_and(|t| Trace::from_jsonl(t, "seed").is_ok()),
             _ => {
-                let parts: Vec<&[u8]> = split(data);
+                let parts: Vec<&[u8]> = files(data).collect();
                 let ranks: Vec<Vec<u8>> = parts[1..].iter().map(|p| p.to_vec()).collect();
                 Trace::from_trtllm_files("seed", parts[0], &ranks).is_ok()
             }
@@ -70,18 +70,4 @@ fn seeds_are_accepted_and_regressions_refused() {
             );
         }
     }
-}
-
-fn split(data: &[u8]) -> Vec<&[u8]> {
-    let mut parts = Vec::new();
-    let mut rest = data;
-    while let Some(at) = rest
-        .windows(FILE_SEPARATOR.len())
-        .position(|window| window == FILE_SEPARATOR)
-    {
-        parts.push(&rest[..at]);
-        rest = &rest[at + FILE_SEPARATOR.len()..];
-    }
-    parts.push(rest);
-    parts
 }
