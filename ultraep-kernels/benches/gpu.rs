@@ -1,6 +1,6 @@
-//! GPU benchmarks: tile streaming against a device-to-device copy of the same bytes, and the
-//! histogram and reroute kernels, all measured in one run. Prints markdown rows for
-//! `docs/gpu-results.md`. Without a GPU it says so and exits (with `ULTRAEP_REQUIRE_GPU=1`, it
+//! GPU benchmarks: tile streaming and device checksums against a device-to-device copy of the
+//! same bytes, and the histogram and reroute kernels, all measured in one run. Prints markdown
+//! rows for `docs/gpu-results.md`. Without a GPU it says so and exits (with `ULTRAEP_REQUIRE_GPU=1`, it
 //! fails instead).
 
 use std::time::Instant;
@@ -12,7 +12,7 @@ use ultraep_kernels::reference::stream::RankMemory;
 use ultraep_plan::{Balancer, ExpertLayout, LoadMatrix, PlanConfig, Planner, RankDomains};
 use ultraep_topo::Preset;
 use ultraep_xfer::{
-    ExpertState, Fanout, ReplicaSet, TileTaskList, TransferConfig, TransferSchedule,
+    ExpertState, Fanout, Region, ReplicaSet, TileTaskList, TransferConfig, TransferSchedule,
 };
 
 /// Median seconds of `reps` runs of `work`, each synchronised.
@@ -75,8 +75,12 @@ fn tile_streaming(gpu: &Gpu) -> Result<(), KernelError> {
                 .collect();
             let mut ranks = gpu.upload_ranks(&memory, bytes)?;
             let mut device_tasks = gpu.upload_tasks(&tasks)?;
+            // The launch alone is timed (the counters' read-back is not); one checked run
+            // first, so a streamer that gives up is an error, not a fast time.
+            gpu.run_tiles(&mut device_tasks, &mut ranks)?;
             let stream_seconds =
-                median_seconds(gpu, 10, || gpu.run_tiles(&mut device_tasks, &mut ranks))?;
+                median_seconds(gpu, 10, || gpu.launch_tiles(&mut device_tasks, &mut ranks))?;
+            gpu.finish_tiles(&device_tasks)?;
             // The baseline: the same bytes with the driver's device-to-device copy.
             let stream = gpu.stream().clone();
             let (source, rest) = ranks.masters.split_at(1);
@@ -182,6 +186,61 @@ fn histogram_and_reroute(gpu: &Gpu) -> Result<(), KernelError> {
     Ok(())
 }
 
+/// Checksums of expert states on the device against a device-to-device copy of the same bytes:
+/// the checksum reads each byte once, the copy reads and writes it.
+fn checksums(gpu: &Gpu) -> Result<(), KernelError> {
+    let state = ExpertState::swiglu_fp8(7168, 2048);
+    let bytes = state.bytes();
+    println!();
+    println!(
+        "| regions | checksum (us) | checksum GB/s read | copy (us) | copy GB/s | checksum / copy time |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for regions in [1u32, 8] {
+        let mut ranks = gpu.alloc_ranks(&vec![1; regions as usize + 1], 1, bytes)?;
+        let pattern: Vec<u8> = (0..bytes)
+            .map(|i| ((i * 2_654_435_761) >> 13) as u8)
+            .collect();
+        for rank in 0..=regions {
+            gpu.write_region(&mut ranks, rank, Region::Master { index: 0 }, &pattern)?;
+        }
+        let list: Vec<(u32, Region)> = (1..=regions)
+            .map(|rank| (rank, Region::Master { index: 0 }))
+            .collect();
+        let sums = gpu.region_checksums(&ranks, &list)?;
+        if sums
+            .iter()
+            .any(|&sum| sum != ultraep_xfer::checksum(&pattern))
+        {
+            return Err(KernelError::Device(
+                "a device checksum differs from the CPU's".into(),
+            ));
+        }
+        let checksum_seconds =
+            median_seconds(gpu, 10, || gpu.region_checksums(&ranks, &list).map(drop))?;
+        let stream = gpu.stream().clone();
+        let (source, rest) = ranks.masters.split_at_mut(1);
+        let copy_seconds = median_seconds(gpu, 10, || {
+            for master in rest.iter_mut() {
+                stream
+                    .memcpy_dtod(&source[0], master)
+                    .map_err(|e| KernelError::Device(format!("{e:?}")))?;
+            }
+            Ok(())
+        })?;
+        let total = (bytes * u64::from(regions)) as f64;
+        println!(
+            "| {regions} | {:.1} | {:.0} | {:.1} | {:.0} | {:.2} |",
+            checksum_seconds * 1e6,
+            total / checksum_seconds / 1e9,
+            copy_seconds * 1e6,
+            total / copy_seconds / 1e9,
+            checksum_seconds / copy_seconds
+        );
+    }
+    Ok(())
+}
+
 fn main() {
     let required = std::env::var("ULTRAEP_REQUIRE_GPU").is_ok_and(|value| value == "1");
     let gpu = match Gpu::open(0) {
@@ -191,7 +250,10 @@ fn main() {
             std::process::exit(if required { 1 } else { 0 });
         }
     };
-    if let Err(error) = tile_streaming(&gpu).and_then(|()| histogram_and_reroute(&gpu)) {
+    if let Err(error) = tile_streaming(&gpu)
+        .and_then(|()| checksums(&gpu))
+        .and_then(|()| histogram_and_reroute(&gpu))
+    {
         eprintln!("GPU benchmark failed: {error}");
         std::process::exit(1);
     }

@@ -2,7 +2,9 @@
 //! state) at a time, moved by the tile streamer, and reduced in place. What a CUDA backend keeps
 //! from one step to the next, instead of uploading every rank's memory for every transfer.
 
-use cudarc::driver::{CudaSlice, DevicePtr};
+use std::sync::Arc;
+
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 use ultraep_xfer::{Region, TileTaskList, TransferSchedule};
 
 use crate::KernelError;
@@ -39,6 +41,17 @@ impl DeviceRanks {
                 "rank {rank} has no {region:?} on the device"
             ))),
         }
+    }
+
+    /// The device address of `region` of `rank`.
+    pub(crate) fn address(
+        &self,
+        rank: u32,
+        region: Region,
+        stream: &Arc<CudaStream>,
+    ) -> Result<u64, KernelError> {
+        let place = self.place(rank, region)?;
+        Ok(self.buffer(&place).device_ptr(stream).0 + place.start as u64)
     }
 
     fn buffer(&self, place: &Place) -> &CudaSlice<u8> {
@@ -173,9 +186,7 @@ impl Gpu {
         }
         let (jobs, replicas) = reduce_jobs(schedule, |rank, region| {
             // Every region was checked above.
-            ranks.place(rank, region).map_or(0, |place| {
-                ranks.buffer(&place).device_ptr(stream).0 + place.start as u64
-            })
+            ranks.address(rank, region, stream).unwrap_or(0)
         })?;
         self.reduce_peer(&jobs, &replicas)
     }

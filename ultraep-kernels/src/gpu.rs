@@ -21,6 +21,11 @@ use crate::{Arch, KernelError, KernelSource, compile_for, launch_checks, sources
 /// Threads per block for every kernel.
 pub(crate) const BLOCK: u32 = 256;
 
+/// Tile streamer blocks per multiprocessor: 32 warps, each thread with four 16-byte loads in
+/// flight, about 64 KiB in flight per multiprocessor (8.4 MB on an H100's 132), several times
+/// what the device's bandwidth-latency product asks for.
+pub(crate) const STREAMER_BLOCKS_PER_SM: u32 = 4;
+
 pub(crate) fn driver(error: impl std::fmt::Debug) -> KernelError {
     KernelError::Device(format!("{error:?}"))
 }
@@ -96,6 +101,16 @@ impl Gpu {
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(driver)?;
         Ok(count.max(1) as u32)
+    }
+
+    /// The grid of a persistent kernel (the tile streamers): as many blocks as stay resident
+    /// together, up to [`STREAMER_BLOCKS_PER_SM`] per multiprocessor. Every block must be resident
+    /// at once, since a block may wait for tiles another block forwards.
+    pub(crate) fn persistent_grid(&self, function: &CudaFunction) -> Result<u32, KernelError> {
+        let resident = function
+            .occupancy_max_active_blocks_per_multiprocessor(BLOCK, 0, None)
+            .map_err(driver)?;
+        Ok(self.multiprocessors()? * resident.clamp(1, STREAMER_BLOCKS_PER_SM))
     }
 
     /// The context of the GPU.
@@ -290,7 +305,7 @@ impl Gpu {
     }
 
     /// Executes `tasks` on the ranks' memory (copied to one device buffer per rank and region
-    /// kind, then back), with a persistent grid of one block per multiprocessor.
+    /// kind, then back), with a persistent grid of up to four blocks per multiprocessor.
     pub fn stream_tiles(
         &self,
         tasks: &TileTaskList,
@@ -381,11 +396,22 @@ impl Gpu {
         tasks: &mut DeviceTasks,
         ranks: &mut DeviceRanks,
     ) -> Result<(), KernelError> {
+        self.launch_tiles(tasks, ranks)?;
+        self.finish_tiles(tasks)
+    }
+
+    /// Queues the tile streamer on device-resident tasks and ranks without waiting for it (what
+    /// a benchmark times); [`Gpu::finish_tiles`] waits and reports a wait that gave up.
+    pub fn launch_tiles(
+        &self,
+        tasks: &mut DeviceTasks,
+        ranks: &mut DeviceRanks,
+    ) -> Result<(), KernelError> {
         let function = self.function(&sources::TILE_STREAM)?;
         self.stream.memset_zeros(&mut tasks.flags).map_err(driver)?;
         self.stream.memset_zeros(&mut tasks.next).map_err(driver)?;
         let config = LaunchConfig {
-            grid_dim: (self.multiprocessors()?, 1, 1),
+            grid_dim: (self.persistent_grid(&function)?, 1, 1),
             block_dim: (BLOCK, 1, 1),
             shared_mem_bytes: 0,
         };
@@ -401,10 +427,15 @@ impl Gpu {
             .arg(&mut tasks.next);
         // SAFETY: arguments match the kernel's signature; the descriptors are the #[repr(C)] Pod
         // structures the kernel declares; every region a task names exists (the task list was
-        // built for this memory) and the grid is no larger than the resident block count, so
-        // waiting blocks never starve the tasks they wait for.
+        // built for this memory) and the grid is no larger than the resident block count
+        // (occupancy), so waiting blocks never starve the tasks they wait for.
         unsafe { launch.launch(config) }.map_err(driver)?;
-        // Waits for the streamer, then reads whether a wait gave up.
+        Ok(())
+    }
+
+    /// Waits for the tile streamer queued by [`Gpu::launch_tiles`], then reports whether a wait
+    /// for a forwarded piece gave up ([`KernelError::PeerTimeout`]).
+    pub fn finish_tiles(&self, tasks: &DeviceTasks) -> Result<(), KernelError> {
         let counters = self.stream.clone_dtoh(&tasks.next).map_err(driver)?;
         if counters.get(1).copied().unwrap_or(0) != 0 {
             return Err(KernelError::PeerTimeout {

@@ -351,7 +351,7 @@ impl Gpu {
         let slots_per_rank = u32::from(layout.slots);
         let wait_ns = u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX);
         let config = LaunchConfig {
-            grid_dim: (self.multiprocessors()?, 1, 1),
+            grid_dim: (self.persistent_grid(&function)?, 1, 1),
             block_dim: (BLOCK, 1, 1),
             shared_mem_bytes: 0,
         };

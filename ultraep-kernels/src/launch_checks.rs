@@ -90,6 +90,17 @@ pub fn tasks_fit(tasks: &TileTaskList, state_bytes: u64, ranks: usize) -> Result
     Ok(())
 }
 
+/// Refuses checksums of regions that are not a positive multiple of 16 bytes (the kernel reads
+/// 16-byte vectors) or more regions than 32-bit counts allow; returns the count.
+pub fn checksum_regions(regions: usize, bytes: u64) -> Result<u32, KernelError> {
+    if bytes == 0 || !bytes.is_multiple_of(16) {
+        return Err(KernelError::InvalidInput(format!(
+            "checksums on the device take regions of a positive multiple of 16 bytes, not {bytes}"
+        )));
+    }
+    count32("regions to checksum", regions)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,6 +156,16 @@ mod tests {
         tasks.share_into(|task| keep.contains(task), &mut share);
         let error = tasks_fit(&share, 4 << 20, 72).unwrap_err().to_string();
         assert!(error.contains("signals it"), "{error}");
+    }
+
+    #[test]
+    fn checksums_of_regions_the_kernel_cannot_read_whole_are_refused() {
+        assert_eq!(checksum_regions(3, 4096).unwrap(), 3);
+        for bytes in [0, 8, 4100] {
+            let error = checksum_regions(3, bytes).unwrap_err().to_string();
+            assert!(error.contains("multiple of 16 bytes"), "{error}");
+        }
+        assert!(checksum_regions(1 << 33, 16).is_err());
     }
 
     #[test]

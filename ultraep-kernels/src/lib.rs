@@ -1,5 +1,5 @@
 //! The CUDA kernels of ultraep and a CPU reference for each one: load histogram, token reroute,
-//! persistent tile streaming and gradient reduction.
+//! persistent tile streaming, checksums of expert states, and gradient reduction.
 //!
 //! Kernel sources ([`sources`]) are CUDA C++ compiled at run time by NVRTC for Hopper
 //! ([`compile`]); they consume the `#[repr(C)]` descriptors of `ultraep-xfer` (tile tasks) and of
@@ -26,6 +26,7 @@ pub mod launch_checks;
 #[cfg(feature = "nccl")]
 pub mod nccl;
 pub mod reference;
+mod region_checksum;
 pub mod sources;
 
 pub use compile::{ARCH, Arch, compile, compile_for, nvrtc_available};

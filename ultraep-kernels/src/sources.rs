@@ -92,9 +92,17 @@ extern "C" __global__ void ultraep_reroute(const unsigned int* ids, unsigned int
 };
 
 /// The tile task descriptors (the `#[repr(C)]` `TileTask` and `TileDestination` of
-/// `ultraep-xfer`, field for field) and the region address both tile streamers compute: one
-/// definition, spliced into each kernel's source.
-macro_rules! tile_descriptors {
+/// `ultraep-xfer`, field for field), the region address both tile streamers compute, and the
+/// copy loop they share: one definition, spliced into each kernel's source.
+///
+/// The copy loop is built for bandwidth. A block stages its task and up to
+/// `ULTRAEP_STAGED_TARGETS` destination addresses in shared memory (one descriptor load per
+/// destination per tile, not one per store), and each thread keeps `ULTRAEP_LOADS_IN_FLIGHT`
+/// independent 16-byte loads in flight before it stores them to every destination. Sources that
+/// nothing writes during the run (masters) are read through the read-only path (`ld.global.nc`);
+/// relayed sources, written by other blocks or processes during the run, are read at the L2
+/// (`ld.global.cg`), past the multiprocessor's incoherent L1.
+macro_rules! tile_copy {
     () => {
         r#"
 struct TileTask {
@@ -105,6 +113,9 @@ struct TileTask {
 struct TileDestination { unsigned int rank; unsigned int region; unsigned int signal_flag; unsigned int expert; };
 struct __align__(16) Vec16 { unsigned int x, y, z, w; };
 
+#define ULTRAEP_LOADS_IN_FLIGHT 4
+#define ULTRAEP_STAGED_TARGETS 32
+
 __device__ unsigned char* region_ptr(unsigned int rank, unsigned int region,
                                      const unsigned long long* master_bases,
                                      const unsigned long long* slot_bases,
@@ -113,6 +124,76 @@ __device__ unsigned char* region_ptr(unsigned int rank, unsigned int region,
         return (unsigned char*)slot_bases[rank] + (unsigned long long)(region & 0x7fffffffu) * state_bytes;
     return (unsigned char*)master_bases[rank] + (unsigned long long)region * state_bytes;
 }
+
+__device__ __forceinline__ Vec16 load_read_only(const Vec16* from) {
+    Vec16 v;
+    asm volatile("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(from));
+    return v;
+}
+
+__device__ __forceinline__ Vec16 load_at_l2(const Vec16* from) {
+    Vec16 v;
+    asm volatile("ld.global.cg.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(from) : "memory");
+    return v;
+}
+
+__device__ __forceinline__ void store_global(Vec16* to, Vec16 v) {
+    asm volatile("st.global.v4.u32 [%0], {%1, %2, %3, %4};"
+                 :: "l"(to), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w) : "memory");
+}
+
+/* Copies `bytes` from `source` to the first `count` staged targets; every thread of the block
+   calls it. Loads are issued in groups of ULTRAEP_LOADS_IN_FLIGHT before any store. */
+__device__ void copy_to_targets(const unsigned char* source, unsigned int bytes, bool relayed,
+                                unsigned char* const* targets, unsigned int count) {
+    const Vec16* from = (const Vec16*)source;
+    unsigned int vectors = bytes / 16;
+    unsigned int stride = blockDim.x * ULTRAEP_LOADS_IN_FLIGHT;
+    for (unsigned int first = threadIdx.x; first < vectors; first += stride) {
+        Vec16 values[ULTRAEP_LOADS_IN_FLIGHT];
+#pragma unroll
+        for (unsigned int u = 0; u < ULTRAEP_LOADS_IN_FLIGHT; ++u) {
+            unsigned int v = first + u * blockDim.x;
+            if (v < vectors) values[u] = relayed ? load_at_l2(from + v) : load_read_only(from + v);
+        }
+        for (unsigned int d = 0; d < count; ++d) {
+            Vec16* to = (Vec16*)targets[d];
+#pragma unroll
+            for (unsigned int u = 0; u < ULTRAEP_LOADS_IN_FLIGHT; ++u) {
+                unsigned int v = first + u * blockDim.x;
+                if (v < vectors) store_global(to + v, values[u]);
+            }
+        }
+    }
+    for (unsigned int b = vectors * 16 + threadIdx.x; b < bytes; b += blockDim.x) {
+        unsigned char value = ((volatile const unsigned char*)source)[b];
+        for (unsigned int d = 0; d < count; ++d) targets[d][b] = value;
+    }
+}
+
+/* Copies one tile task from its source to all its destinations, staging up to
+   ULTRAEP_STAGED_TARGETS destination addresses at a time in `targets` (shared memory); every
+   thread of the block calls it, and it ends with a barrier. */
+__device__ void copy_task(const TileTask& task, const TileDestination* destinations,
+                          const unsigned long long* master_bases,
+                          const unsigned long long* slot_bases, unsigned long long state_bytes,
+                          bool relayed, unsigned char** targets) {
+    const unsigned char* source = region_ptr(task.source_rank, task.source_region, master_bases,
+                                             slot_bases, state_bytes) + task.offset;
+    for (unsigned int first = 0; first < task.destination_count; first += ULTRAEP_STAGED_TARGETS) {
+        unsigned int count = min(task.destination_count - first, (unsigned int)ULTRAEP_STAGED_TARGETS);
+        if (threadIdx.x < count) {
+            TileDestination to = destinations[task.first_destination + first + threadIdx.x];
+            targets[threadIdx.x] = region_ptr(to.rank, to.region, master_bases, slot_bases,
+                                              state_bytes) + task.offset;
+        }
+        __syncthreads();
+        copy_to_targets(source, task.bytes, relayed, targets, count);
+        __syncthreads();
+    }
+}
 "#
     };
 }
@@ -120,34 +201,40 @@ __device__ unsigned char* region_ptr(unsigned int rank, unsigned int region,
 /// The persistent tile streamer: blocks take tile tasks in list order from an atomic counter,
 /// wait (thread 0, acquire) until a forwarded piece's flag counts all its tiles (at most 10 s by
 /// the GPU's global timer: past that it sets `next_task[1]`, and every block stops taking tasks,
-/// so a wait that can never end is reported, not spun on forever), load each tile
-/// once with 16-byte loads and store it to every destination, make the stores visible
-/// system-wide, then bump the destinations' flags. Regions: masters at `master_bases[rank] +
-/// index * state_bytes`, slots at `slot_bases[rank] + slot * state_bytes`; `state_bytes` and tile
-/// offsets are multiples of 16.
+/// so a wait that can never end is reported, not spun on forever), copy each tile once from its
+/// source to every destination (the shared copy loop above), and bump the destinations' flags.
+/// Only a tile that signals a flag pays for a fence, and one thread fences after the block's
+/// barrier (a fence orders what its thread has observed, the barrier included): the kernel's end
+/// publishes everything else. Regions: masters at `master_bases[rank] + index * state_bytes`,
+/// slots at `slot_bases[rank] + slot * state_bytes`; `state_bytes` and tile offsets are
+/// multiples of 16.
 pub const TILE_STREAM: KernelSource = KernelSource {
     name: "tile_stream",
     entry_points: &["ultraep_tile_stream"],
     source: concat!(
-        tile_descriptors!(),
+        tile_copy!(),
         r#"
-extern "C" __global__ void ultraep_tile_stream(const TileTask* tasks, unsigned int task_count,
-                                               const TileDestination* destinations,
-                                               const unsigned long long* master_bases,
-                                               const unsigned long long* slot_bases,
-                                               unsigned long long state_bytes,
-                                               unsigned int* flags, unsigned int* next_task) {
+extern "C" __global__ void __launch_bounds__(256)
+ultraep_tile_stream(const TileTask* tasks, unsigned int task_count,
+                    const TileDestination* destinations,
+                    const unsigned long long* master_bases,
+                    const unsigned long long* slot_bases,
+                    unsigned long long state_bytes,
+                    unsigned int* flags, unsigned int* next_task) {
+    __shared__ TileTask task;
     __shared__ unsigned int claimed;
     __shared__ unsigned int gave_up;
+    __shared__ unsigned char* targets[ULTRAEP_STAGED_TARGETS];
     volatile unsigned int* timed_out = next_task + 1;
     while (true) {
-        if (threadIdx.x == 0) claimed = *timed_out ? task_count : atomicAdd(next_task, 1u);
+        if (threadIdx.x == 0) {
+            claimed = *timed_out ? task_count : atomicAdd(next_task, 1u);
+            if (claimed < task_count) task = tasks[claimed];
+        }
         __syncthreads();
-        unsigned int t = claimed;
-        __syncthreads();
-        if (t >= task_count) return;
-        TileTask task = tasks[t];
-        if (task.wait_flag != 0xffffffffu) {
+        if (claimed >= task_count) return;
+        bool relayed = task.wait_flag != 0xffffffffu;
+        if (relayed) {
             if (threadIdx.x == 0) {
                 volatile unsigned int* flag = flags + task.wait_flag;
                 unsigned long long start, now;
@@ -162,42 +249,78 @@ extern "C" __global__ void ultraep_tile_stream(const TileTask* tasks, unsigned i
                         break;
                     }
                 }
-                __threadfence_system();
+                __threadfence();
             }
             __syncthreads();
             if (gave_up) return;
         }
-        const unsigned char* source = region_ptr(task.source_rank, task.source_region, master_bases,
-                                                 slot_bases, state_bytes) + task.offset;
-        unsigned int vectors = task.bytes / 16;
-        for (unsigned int v = threadIdx.x; v < vectors; v += blockDim.x) {
-            Vec16 value = ((const Vec16*)source)[v];
-            for (unsigned int d = 0; d < task.destination_count; ++d) {
-                TileDestination to = destinations[task.first_destination + d];
-                unsigned char* target = region_ptr(to.rank, to.region, master_bases, slot_bases,
-                                                   state_bytes) + task.offset;
-                ((Vec16*)target)[v] = value;
-            }
-        }
-        for (unsigned int b = vectors * 16 + threadIdx.x; b < task.bytes; b += blockDim.x) {
-            unsigned char value = source[b];
-            for (unsigned int d = 0; d < task.destination_count; ++d) {
-                TileDestination to = destinations[task.first_destination + d];
-                region_ptr(to.rank, to.region, master_bases, slot_bases, state_bytes)[task.offset + b] = value;
-            }
-        }
-        __threadfence_system();
-        __syncthreads();
+        bool signals = false;
+        copy_task(task, destinations, master_bases, slot_bases, state_bytes, relayed, targets);
         if (threadIdx.x == 0) {
-            for (unsigned int d = 0; d < task.destination_count; ++d) {
-                unsigned int flag = destinations[task.first_destination + d].signal_flag;
-                if (flag != 0xffffffffu) atomicAdd(flags + flag, 1u);
+            for (unsigned int d = 0; d < task.destination_count; ++d)
+                signals |= destinations[task.first_destination + d].signal_flag != 0xffffffffu;
+            if (signals) {
+                __threadfence();
+                for (unsigned int d = 0; d < task.destination_count; ++d) {
+                    unsigned int flag = destinations[task.first_destination + d].signal_flag;
+                    if (flag != 0xffffffffu) atomicAdd(flags + flag, 1u);
+                }
             }
         }
     }
 }
 "#
     ),
+};
+
+/// The checksums of whole regions on the device ([`ultraep_xfer::Checksum`]'s sum, computed in
+/// parallel): block `(x, y)` adds the terms of its share of the 16-byte vectors of region `y`
+/// (at `regions[y]`, `bytes` long, a multiple of 16), a warp adds its threads' sums by shuffles,
+/// and one thread per warp adds the warp's sum to `sums[y]` atomically. The terms' sum is a
+/// wrapping integer sum, so the order the atomics land in does not change a bit; the host
+/// finishes it with the length (`Checksum::from_terms`). `sums` is zeroed before the launch.
+pub const REGION_CHECKSUM: KernelSource = KernelSource {
+    name: "region_checksum",
+    entry_points: &["ultraep_region_checksum"],
+    source: r#"
+__device__ __forceinline__ unsigned long long checksum_mix(unsigned long long x) {
+    x ^= x >> 31;
+    x *= 0xbf58476d1ce4e5b9ull;
+    x ^= x >> 29;
+    x *= 0x94d049bb133111ebull;
+    return x ^ (x >> 32);
+}
+
+__device__ __forceinline__ unsigned long long checksum_term(unsigned long long index,
+                                                            unsigned long long word) {
+    unsigned long long key = (index + 1ull) * 0x9e3779b97f4a7c15ull;
+    unsigned int low = (unsigned int)word + (unsigned int)key;
+    unsigned int high = (unsigned int)(word >> 32) + (unsigned int)(key >> 32);
+    return (unsigned long long)low * high;
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+ultraep_region_checksum(const unsigned long long* regions, unsigned long long bytes,
+                        unsigned long long* sums) {
+    const unsigned long long* words = (const unsigned long long*)regions[blockIdx.y];
+    unsigned long long vectors = bytes / 16;
+    unsigned long long sum = 0;
+    unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
+    for (unsigned long long v = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+         v < vectors; v += stride) {
+        unsigned long long low, high;
+        asm volatile("ld.global.cg.v2.u64 {%0, %1}, [%2];"
+                     : "=l"(low), "=l"(high) : "l"(words + 2 * v) : "memory");
+        sum += checksum_term(2 * v, low) + checksum_term(2 * v + 1, high);
+    }
+    for (int lane_mask = 16; lane_mask > 0; lane_mask >>= 1) {
+        unsigned int low = __shfl_xor_sync(0xffffffffu, (unsigned int)sum, lane_mask);
+        unsigned int high = __shfl_xor_sync(0xffffffffu, (unsigned int)(sum >> 32), lane_mask);
+        sum += ((unsigned long long)high << 32) | low;
+    }
+    if ((threadIdx.x & 31u) == 0u) atomicAdd(sums + blockIdx.y, sum);
+}
+"#,
 };
 
 /// Gradient reduction in the documented order, one thread per FP32 value and no atomics: a job
@@ -358,7 +481,7 @@ extern "C" __global__ void ultraep_reroute_assign(const unsigned int* ids, unsig
 /// owner has opened it for this transfer round (its open word holds the round); after a tile's
 /// bytes, a system-wide fence, then the tile's arrival word takes the round, so that whoever sees
 /// the word sees the bytes. A relay forwards a tile of its own slot once that tile's arrival word
-/// holds the round, reading it with volatile loads. A wait longer than `wait_ns` (on the global
+/// holds the round, reading it at the L2. A wait longer than `wait_ns` (on the global
 /// timer) sets `status` to 1, which ends every block's waits and the kernel: never a hang.
 ///
 /// Signal words of a rank, 64-bit: `slots x tiles` arrival words, then `slots` open words.
@@ -366,7 +489,7 @@ pub const TILE_STREAM_PEER: KernelSource = KernelSource {
     name: "tile_stream_peer",
     entry_points: &["ultraep_tile_stream_peer"],
     source: concat!(
-        tile_descriptors!(),
+        tile_copy!(),
         r#"
 __device__ unsigned long long global_ns() {
     unsigned long long now;
@@ -388,32 +511,36 @@ __device__ bool wait_round(const unsigned long long* word, unsigned long long ro
     return true;
 }
 
-extern "C" __global__ void ultraep_tile_stream_peer(const TileTask* tasks, unsigned int task_count,
-                                                    const TileDestination* destinations,
-                                                    const unsigned long long* master_bases,
-                                                    const unsigned long long* slot_bases,
-                                                    const unsigned long long* word_bases,
-                                                    unsigned long long state_bytes,
-                                                    unsigned int tile_bytes,
-                                                    unsigned int tiles_per_state,
-                                                    unsigned int slots_per_rank,
-                                                    unsigned long long round,
-                                                    unsigned long long wait_ns,
-                                                    unsigned int* next_task,
-                                                    unsigned int* status) {
+extern "C" __global__ void __launch_bounds__(256)
+ultraep_tile_stream_peer(const TileTask* tasks, unsigned int task_count,
+                         const TileDestination* destinations,
+                         const unsigned long long* master_bases,
+                         const unsigned long long* slot_bases,
+                         const unsigned long long* word_bases,
+                         unsigned long long state_bytes,
+                         unsigned int tile_bytes,
+                         unsigned int tiles_per_state,
+                         unsigned int slots_per_rank,
+                         unsigned long long round,
+                         unsigned long long wait_ns,
+                         unsigned int* next_task,
+                         unsigned int* status) {
+    __shared__ TileTask task;
     __shared__ unsigned int claimed;
     __shared__ unsigned int ok;
+    __shared__ unsigned char* targets[ULTRAEP_STAGED_TARGETS];
     while (true) {
-        if (threadIdx.x == 0) claimed = atomicAdd(next_task, 1u);
+        if (threadIdx.x == 0) {
+            claimed = atomicAdd(next_task, 1u);
+            if (claimed < task_count) task = tasks[claimed];
+        }
         __syncthreads();
-        unsigned int t = claimed;
-        __syncthreads();
-        if (t >= task_count || *(volatile unsigned int*)status != 0u) return;
-        TileTask task = tasks[t];
+        if (claimed >= task_count || *(volatile unsigned int*)status != 0u) return;
         unsigned int tile = (unsigned int)(task.offset / tile_bytes);
+        bool relayed = task.wait_flag != 0xffffffffu;
         if (threadIdx.x == 0) {
             ok = 1u;
-            if (task.wait_flag != 0xffffffffu && task.source_region >= 0x80000000u) {
+            if (relayed && task.source_region >= 0x80000000u) {
                 unsigned int slot = task.source_region & 0x7fffffffu;
                 const unsigned long long* arrival = (const unsigned long long*)word_bases[task.source_rank]
                     + (unsigned long long)slot * tiles_per_state + tile;
@@ -430,36 +557,11 @@ extern "C" __global__ void ultraep_tile_stream_peer(const TileTask* tasks, unsig
         }
         __syncthreads();
         if (!ok) return;
-        const unsigned char* source = region_ptr(task.source_rank, task.source_region, master_bases,
-                                                  slot_bases, state_bytes) + task.offset;
-        unsigned int vectors = task.bytes / 16;
-        bool relayed = task.wait_flag != 0xffffffffu;
-        for (unsigned int v = threadIdx.x; v < vectors; v += blockDim.x) {
-            Vec16 value;
-            if (relayed) {
-                /* Bytes another process stored into this rank's slot: read past every cache. */
-                volatile const unsigned int* from = (volatile const unsigned int*)(source + 16 * (unsigned long long)v);
-                value.x = from[0]; value.y = from[1]; value.z = from[2]; value.w = from[3];
-            } else {
-                value = ((const Vec16*)source)[v];
-            }
-            for (unsigned int d = 0; d < task.destination_count; ++d) {
-                TileDestination to = destinations[task.first_destination + d];
-                unsigned char* target = region_ptr(to.rank, to.region, master_bases, slot_bases,
-                                                    state_bytes) + task.offset;
-                ((Vec16*)target)[v] = value;
-            }
-        }
-        for (unsigned int b = vectors * 16 + threadIdx.x; b < task.bytes; b += blockDim.x) {
-            unsigned char value = relayed ? ((volatile const unsigned char*)source)[b] : source[b];
-            for (unsigned int d = 0; d < task.destination_count; ++d) {
-                TileDestination to = destinations[task.first_destination + d];
-                region_ptr(to.rank, to.region, master_bases, slot_bases, state_bytes)[task.offset + b] = value;
-            }
-        }
-        __threadfence_system();
-        __syncthreads();
+        copy_task(task, destinations, master_bases, slot_bases, state_bytes, relayed, targets);
+        /* Every tile's arrival word is read by another process (the slot's owner, and a relay),
+           so every tile ends with a system-scope fence: one, by the thread that publishes. */
         if (threadIdx.x == 0) {
+            __threadfence_system();
             for (unsigned int d = 0; d < task.destination_count; ++d) {
                 TileDestination to = destinations[task.first_destination + d];
                 unsigned int slot = to.region & 0x7fffffffu;
@@ -476,11 +578,12 @@ extern "C" __global__ void ultraep_tile_stream_peer(const TileTask* tasks, unsig
 };
 
 /// Every kernel.
-pub const ALL: [KernelSource; 6] = [
+pub const ALL: [KernelSource; 7] = [
     HISTOGRAM,
     REROUTE,
     REROUTE_CHUNKED,
     TILE_STREAM,
     GRADIENT_REDUCE,
     TILE_STREAM_PEER,
+    REGION_CHECKSUM,
 ];

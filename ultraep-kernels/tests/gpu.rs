@@ -19,7 +19,7 @@ use ultraep_kernels::reference::stream::{RankMemory, stream};
 use ultraep_plan::{ExpertLayout, LoadMatrix};
 use ultraep_topo::Preset;
 use ultraep_xfer::{
-    ExpertState, Region, ReplicaSet, TileTaskList, TransferConfig, TransferSchedule,
+    ExpertState, Fanout, Region, ReplicaSet, TileTaskList, TransferConfig, TransferSchedule,
 };
 
 fn gpu() -> Result<&'static Gpu, Failed> {
@@ -117,6 +117,27 @@ fn chunked_reroute_matches() -> Result<(), Failed> {
     )
 }
 
+/// Runs `tasks` on `memory` on the GPU and on the CPU reference; the results must be equal.
+fn streams_as_the_reference(
+    gpu: &Gpu,
+    tasks: &TileTaskList,
+    memory: Vec<RankMemory>,
+    state_bytes: u64,
+) -> Result<(), Failed> {
+    let mut expected = memory.clone();
+    stream(tasks, &mut expected, state_bytes).map_err(fail)?;
+    let mut got = memory;
+    gpu.stream_tiles(tasks, &mut got, state_bytes)
+        .map_err(fail)?;
+    check(
+        got == expected,
+        &format!(
+            "tile streaming of {} tasks differs from the CPU reference",
+            tasks.tasks().len()
+        ),
+    )
+}
+
 fn streaming_matches() -> Result<(), Failed> {
     let gpu = gpu()?;
     let topology = Preset::HgxH100.topology(1).map_err(fail)?;
@@ -138,14 +159,70 @@ fn streaming_matches() -> Result<(), Failed> {
                 slots: vec![0xa5; 2 * state_bytes as usize],
             })
             .collect();
-        let mut expected = memory.clone();
-        stream(&tasks, &mut expected, state_bytes).map_err(fail)?;
-        let mut got = memory;
-        gpu.stream_tiles(&tasks, &mut got, state_bytes)
+        streams_as_the_reference(gpu, &tasks, memory, state_bytes)?;
+    }
+    Ok(())
+}
+
+/// One master to 40 destinations (more than the 32 destination addresses a block stages at a
+/// time), with relays where the topology allows them, against the CPU reference.
+fn wide_fanout_streaming_matches() -> Result<(), Failed> {
+    let gpu = gpu()?;
+    let topology = Preset::Gb200Nvl72.topology(1).map_err(fail)?;
+    let replicas = Fanout::new(0, 0, 0, (1..=40).map(|rank| (rank, 0)).collect())
+        .and_then(|fanout| ReplicaSet::new(vec![fanout]))
+        .map_err(fail)?;
+    let state_bytes = 3 * 1024 * 1024 + 16;
+    let state = ExpertState::opaque(state_bytes).map_err(fail)?;
+    for allow_relays in [false, true] {
+        let config = TransferConfig {
+            allow_relays,
+            ..TransferConfig::default()
+        };
+        let schedule =
+            TransferSchedule::build(&replicas, &state, &topology, config).map_err(fail)?;
+        let tasks = TileTaskList::build(&schedule);
+        let mut random = Random(41);
+        let memory: Vec<RankMemory> = (0..41)
+            .map(|rank| RankMemory {
+                masters: if rank == 0 {
+                    (0..state_bytes).map(|_| random.next() as u8).collect()
+                } else {
+                    Vec::new()
+                },
+                slots: vec![0xa5; state_bytes as usize],
+            })
+            .collect();
+        streams_as_the_reference(gpu, &tasks, memory, state_bytes)?;
+    }
+    Ok(())
+}
+
+/// Checksums computed on the device against `ultraep_xfer::checksum` of the same bytes, on
+/// states from 16 bytes to 5 MB and on many regions at once.
+fn device_checksums_match() -> Result<(), Failed> {
+    let gpu = gpu()?;
+    let mut random = Random(17);
+    for (state_bytes, regions) in [(16u64, 3u32), (4096, 70), (1 << 20, 9), (5 << 20, 2)] {
+        let mut ranks = gpu
+            .alloc_ranks(&vec![1; regions as usize], 1, state_bytes)
             .map_err(fail)?;
+        let mut expected = Vec::new();
+        let mut list = Vec::new();
+        for rank in 0..regions {
+            let bytes: Vec<u8> = (0..state_bytes).map(|_| random.next() as u8).collect();
+            gpu.write_region(&mut ranks, rank, Region::Master { index: 0 }, &bytes)
+                .map_err(fail)?;
+            expected.push(ultraep_xfer::checksum(&bytes));
+            // The slot stays zeroed: its sum is that of zeros.
+            expected.push(ultraep_xfer::checksum(&vec![0; state_bytes as usize]));
+            list.push((rank, Region::Master { index: 0 }));
+            list.push((rank, Region::Slot { slot: 0 }));
+        }
+        let got = gpu.region_checksums(&ranks, &list).map_err(fail)?;
         check(
             got == expected,
-            "tile streaming differs from the CPU reference",
+            &format!("device checksums of {state_bytes}-byte states differ from the CPU's"),
         )?;
     }
     Ok(())
@@ -181,7 +258,7 @@ fn reduction_matches() -> Result<(), Failed> {
 }
 
 /// Every trial: a name and its body.
-const TRIALS: [(&str, isolated_trials::Body); 5] = [
+const TRIALS: [(&str, isolated_trials::Body); 7] = [
     ("gpu_histogram_matches_the_reference", histogram_matches),
     ("gpu_reroute_matches_the_reference", reroute_matches),
     (
@@ -192,6 +269,11 @@ const TRIALS: [(&str, isolated_trials::Body); 5] = [
         "gpu_tile_streaming_matches_the_reference",
         streaming_matches,
     ),
+    (
+        "gpu_wide_fanout_streaming_matches_the_reference",
+        wide_fanout_streaming_matches,
+    ),
+    ("gpu_device_checksums_match_the_cpu", device_checksums_match),
     ("gpu_reduction_matches_the_reference", reduction_matches),
 ];
 

@@ -12,7 +12,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use ultraep_kernels::gpu::{DeviceRanks, Gpu};
-use ultraep_xfer::{Region, SlotState, TileTaskList, TransferSchedule, XferError, checksum};
+use ultraep_xfer::{Region, SlotState, TileTaskList, TransferSchedule, XferError};
 
 use crate::RuntimeError;
 
@@ -117,7 +117,8 @@ pub trait Backend {
 
 /// Ranks emulated on one GPU: every rank's masters and slots are device buffers of their own,
 /// weights move by the persistent tile-streaming kernel, gradients are reduced in place by the
-/// reduction kernel, and every copy is verified against its master by checksum.
+/// reduction kernel, and every copy is verified against its master by checksums computed on the
+/// device.
 ///
 /// ```no_run
 /// use std::sync::Arc;
@@ -274,14 +275,39 @@ impl Backend for CudaBackend {
         self.gpu
             .stream_resident(tasks, &mut self.ranks)
             .map_err(kernel)?;
+        // Every master and every copy summed on the device, in one launch: 8 bytes come back
+        // per region, not the region.
+        let mut regions = Vec::new();
         for fanout in schedule.fanouts() {
-            let expected = checksum(&self.read_master(fanout.master, fanout.master_index)?);
+            regions.push((
+                fanout.master,
+                Region::Master {
+                    index: fanout.master_index,
+                },
+            ));
+            regions.extend(
+                fanout
+                    .destinations
+                    .iter()
+                    .map(|&(rank, slot)| (rank, Region::Slot { slot })),
+            );
+        }
+        let sums = self
+            .gpu
+            .region_checksums(&self.ranks, &regions)
+            .map_err(kernel)?;
+        if sums.len() != regions.len() {
+            return Err(kernel(ultraep_kernels::KernelError::Device(format!(
+                "{} checksums for {} regions",
+                sums.len(),
+                regions.len()
+            ))));
+        }
+        let mut sums = sums.into_iter();
+        for fanout in schedule.fanouts() {
+            let expected = sums.next().unwrap_or_default();
             for &(rank, slot) in &fanout.destinations {
-                let bytes = self
-                    .gpu
-                    .read_region(&self.ranks, rank, Region::Slot { slot })
-                    .map_err(kernel)?;
-                let found = checksum(&bytes);
+                let found = sums.next().unwrap_or_default();
                 if found != expected {
                     return Err(XferError::ChecksumMismatch {
                         expert: fanout.expert,

@@ -18,7 +18,7 @@ use ultraep_kernels::KernelError;
 use ultraep_kernels::gpu::Gpu;
 use ultraep_kernels::ipc::{IpcLayout, IpcRankMemory, PeerPointers, RANK_HANDLE_WORDS};
 use ultraep_kernels::reference::reduce::reduce_jobs;
-use ultraep_xfer::{Region, SlotState, TileTaskList, TransferSchedule, XferError, checksum};
+use ultraep_xfer::{Region, SlotState, TileTaskList, TransferSchedule, XferError};
 
 use crate::backend::{ACKNOWLEDGED, Backend, MemoryShape};
 use crate::{Collective, PlaneOptions, RuntimeError};
@@ -206,13 +206,29 @@ impl CudaPeerPlane {
         }
     }
 
+    /// The checksums of the expert states at `pointers`, computed on the device: one per pointer.
+    fn device_checksums(&self, pointers: &[u64]) -> Result<Vec<u64>, RuntimeError> {
+        let sums = self
+            .gpu
+            .checksums_at(pointers, self.layout.state_bytes)
+            .map_err(kernel)?;
+        if sums.len() != pointers.len() {
+            return Err(kernel(KernelError::Device(format!(
+                "{} checksums for {} regions",
+                sums.len(),
+                pointers.len()
+            ))));
+        }
+        Ok(sums)
+    }
+
     /// The checksum of master `index`, kept until the master is written again.
     fn master_sum(&mut self, index: u32) -> Result<u64, RuntimeError> {
         if let Some(Some(sum)) = self.master_sums.get(index as usize) {
             return Ok(*sum);
         }
-        let bytes = self.read_region(self.rank, Region::Master { index })?;
-        let sum = checksum(&bytes);
+        let pointer = self.pointer(self.rank, Region::Master { index })?;
+        let sum = self.device_checksums(&[pointer])?[0];
         if let Some(kept) = self.master_sums.get_mut(index as usize) {
             *kept = Some(sum);
         }
@@ -334,7 +350,8 @@ impl Backend for CudaPeerPlane {
                 self.timeout,
             )
             .map_err(kernel)?;
-        for &(slot, expert, master, master_index) in &receives {
+        let mut received = Vec::with_capacity(receives.len());
+        for &(slot, expert, _, _) in &receives {
             for tile in 0..self.layout.tiles() {
                 self.wait_word(
                     self.rank,
@@ -343,8 +360,11 @@ impl Backend for CudaPeerPlane {
                     || format!("tile {tile} of expert {expert} for slot {slot}"),
                 )?;
             }
-            let bytes = self.read_region(self.rank, Region::Slot { slot })?;
-            let found = checksum(&bytes);
+            received.push(self.pointer(self.rank, Region::Slot { slot })?);
+        }
+        // Every received copy summed on the device in one launch; only the sums come back.
+        let found = self.device_checksums(&received)?;
+        for (&(slot, expert, master, master_index), found) in receives.iter().zip(found) {
             let expected = self
                 .gpu
                 .read_word(

@@ -10,7 +10,7 @@ use ultraep_kernels::reference::stream::{RankMemory, stream};
 use ultraep_plan::{ExpertLayout, LoadMatrix};
 use ultraep_topo::Preset;
 use ultraep_xfer::{
-    ExpertState, Region, ReplicaSet, TileTaskList, TransferConfig, TransferSchedule,
+    ExpertState, Fanout, Region, ReplicaSet, TileTaskList, TransferConfig, TransferSchedule,
     reduce_gradients,
 };
 
@@ -142,6 +142,37 @@ fn streaming_reference_delivers_every_replica() {
             let copy = &memory[rank as usize].slots[slot as usize * bytes..][..bytes];
             assert!(copy == master, "expert {} on rank {rank}", fanout.expert);
         }
+    }
+}
+
+/// The GPU trial's wide fan-out (more destinations than the streamer stages at once), here on
+/// the reference: the task list builds, relays appear, and every copy arrives.
+#[test]
+fn a_forty_way_fanout_with_relays_arrives_whole() {
+    let topology = Preset::Gb200Nvl72.topology(1).unwrap();
+    let replicas = Fanout::new(0, 0, 0, (1..=40).map(|rank| (rank, 0)).collect())
+        .and_then(|fanout| ReplicaSet::new(vec![fanout]))
+        .unwrap();
+    let state_bytes = 3 * 1024 * 1024 + 16;
+    let state = ExpertState::opaque(state_bytes).unwrap();
+    let schedule =
+        TransferSchedule::build(&replicas, &state, &topology, TransferConfig::default()).unwrap();
+    assert!(schedule.relayed_count() > 0, "a 40-way fan-out relays");
+    let tasks = TileTaskList::build(&schedule);
+    let master: Vec<u8> = (0..state_bytes).map(|i| (i * 31 % 251) as u8).collect();
+    let mut memory: Vec<RankMemory> = (0..41)
+        .map(|rank| RankMemory {
+            masters: if rank == 0 {
+                master.clone()
+            } else {
+                Vec::new()
+            },
+            slots: vec![0xa5; state_bytes as usize],
+        })
+        .collect();
+    stream(&tasks, &mut memory, state_bytes).unwrap();
+    for (rank, memory) in memory.iter().enumerate().skip(1) {
+        assert!(memory.slots == master, "rank {rank}");
     }
 }
 
