@@ -7,7 +7,8 @@ use std::time::Instant;
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 use ultraep_plan::{
-    Balancer, Eplb, EplbMode, LoadMatrix, NoBalance, Plan, PlanConfig, Planner, SplitMode,
+    Balancer, Eplb, EplbMode, InstanceCost, LoadMatrix, NoBalance, Plan, PlanConfig, Planner,
+    SplitMode,
 };
 
 use crate::BenchError;
@@ -37,6 +38,11 @@ pub struct PlanArgs {
     /// How sources' tokens are split among instances (ultraep only).
     #[arg(long, value_enum, default_value_t = SplitChoice::Locality)]
     pub split: SplitChoice,
+    /// A fixed cost per instance (a weight read), in units of one token's cost: the planner then
+    /// minimises the busiest rank's `tokens + instances x this` (the decode objective; 0, the
+    /// default, counts tokens only). ultraep only.
+    #[arg(long, default_value_t = 0)]
+    pub instance_cost_tokens: u64,
     /// Also time the planner: the median of nine warm plans of this problem, printed as
     /// `plan_micros` (otherwise it plans once).
     #[arg(long)]
@@ -126,6 +132,10 @@ pub fn run(args: &PlanArgs) -> Result<String, BenchError> {
                     SplitChoice::Locality => SplitMode::LocalityAware,
                     SplitChoice::Proportional => SplitMode::Proportional,
                     SplitChoice::Contiguous => SplitMode::Contiguous,
+                },
+                cost: InstanceCost {
+                    per_token: 1,
+                    per_instance: args.instance_cost_tokens,
                 },
             };
             Box::new(

@@ -8,15 +8,18 @@
 //! `ultraep/no-split` leaves the split to the consumer (`PlanConfig::split = None`), which is
 //! what the published planner's figure covers. `ultraep/rank-split` is what one rank of a group
 //! needs: the plan without the split, then its own row and columns (`RankSplit`, for the rank
-//! that takes longest); `ultraep/rank-split-alone` is that last part by itself. `eplb-oracle` and
-//! `none` are the baselines.
+//! that takes longest); `ultraep/rank-split-alone` is that last part by itself.
+//! `ultraep/cost-aware` and `ultraep/cost-aware-no-split` are `full` and `no-split` under the
+//! decode objective (a fixed cost per instance: a 44 MB FP8 expert read at 4.8 TB/s, worth about
+//! 104 tokens at 1 PFLOP/s), on the same shapes. `eplb-oracle` and `none` are the baselines.
 
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use ultraep_plan::reference::{ReferenceLoad, ReferenceScenario};
 use ultraep_plan::{
-    Balancer, Eplb, EplbMode, NoBalance, Plan, PlanConfig, Planner, RankSplit, SplitMode,
+    Balancer, Eplb, EplbMode, InstanceCost, NoBalance, Plan, PlanConfig, Planner, RankSplit,
+    SplitMode,
 };
 
 fn scenarios() -> Vec<(f64, ReferenceScenario, ReferenceLoad)> {
@@ -31,8 +34,13 @@ fn scenarios() -> Vec<(f64, ReferenceScenario, ReferenceLoad)> {
 }
 
 fn planner(scenario: &ReferenceScenario, split: SplitMode) -> Planner {
+    planner_with(scenario, split, InstanceCost::TOKENS)
+}
+
+fn planner_with(scenario: &ReferenceScenario, split: SplitMode, cost: InstanceCost) -> Planner {
     let config = PlanConfig {
         split,
+        cost,
         ..PlanConfig::default()
     };
     Planner::new(
@@ -77,6 +85,23 @@ fn reference_scenario(c: &mut Criterion) {
         );
         let mut no_split = planner(&scenario, SplitMode::None);
         bench_balancer(c, "ultraep/no-split", target, &mut no_split, &load);
+        let decode = InstanceCost::from_rates(
+            44_040_192,
+            4_800_000_000_000,
+            88_080_384,
+            1_000_000_000_000_000,
+        )
+        .expect("valid rates");
+        let mut cost_aware = planner_with(&scenario, SplitMode::LocalityAware, decode);
+        bench_balancer(c, "ultraep/cost-aware", target, &mut cost_aware, &load);
+        let mut cost_aware = planner_with(&scenario, SplitMode::None, decode);
+        bench_balancer(
+            c,
+            "ultraep/cost-aware-no-split",
+            target,
+            &mut cost_aware,
+            &load,
+        );
         // What one rank needs: the plan without the split, then its own row and columns. The
         // last rank has the longest prefix to add up, so it is the slowest.
         let mut plan = Plan::default();

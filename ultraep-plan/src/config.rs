@@ -20,6 +20,111 @@ pub struct PlanConfig {
     pub master_keeps_token: bool,
     /// How every source's tokens are shared among an expert's instances.
     pub split: SplitMode,
+    /// What an instance costs its rank: the planner minimises the largest rank cost under it.
+    /// Tokens alone by default ([`InstanceCost::TOKENS`]), as for training and prefill.
+    pub cost: InstanceCost,
+}
+
+/// The time an expert instance takes on its rank, in integer units: a fixed part for every
+/// instance that gets a token (reading its weights) plus a part per token (its FLOPs). A rank's
+/// cost is the sum over its instances; the planner minimises the largest.
+///
+/// Counting tokens ([`InstanceCost::TOKENS`]: one unit per token, nothing fixed) is right when
+/// experts see many tokens (training, prefill). In decode an expert sees a handful, and its time
+/// is mostly the read of its weights: a replica then costs a whole weight read on its rank, and
+/// the fixed part makes the planner replicate only where the tokens it moves pay for that read.
+/// With a fixed part of zero every decision is the token objective's.
+///
+/// ```
+/// use ultraep_plan::InstanceCost;
+/// // 44 MB of FP8 weights at 4.8 TB/s, 2 x 3 x 7168 x 2048 FLOPs per token at 1 PFLOP/s.
+/// let cost = InstanceCost::from_rates(44_040_192, 4_800_000_000_000, 88_080_384, 1_000_000_000_000_000)?;
+/// assert_eq!(cost.per_instance, 9_175_040); // picoseconds of one weight read
+/// assert_eq!(cost.per_token, 88_080); // picoseconds of one token's FLOPs
+/// // A weight read is worth about 104 tokens: below that, a replica costs more than it saves.
+/// # Ok::<(), ultraep_plan::PlanError>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct InstanceCost {
+    /// Units every token adds to its instance's rank (at least 1).
+    pub per_token: u32,
+    /// Units every instance with at least one token adds to its rank.
+    pub per_instance: u64,
+}
+
+impl InstanceCost {
+    /// One unit per token and nothing fixed: the token-count objective.
+    pub const TOKENS: Self = Self {
+        per_token: 1,
+        per_instance: 0,
+    };
+
+    /// Costs in picoseconds from an expert's weight bytes and the device's memory bandwidth
+    /// (bytes per second), and its FLOPs per token and the FLOP rate its GEMMs reach (per
+    /// second). Rounded to the nearest picosecond, a token at least one.
+    pub fn from_rates(
+        weight_bytes: u64,
+        memory_bytes_per_second: u64,
+        flops_per_token: u64,
+        flops_per_second: u64,
+    ) -> Result<Self, crate::PlanError> {
+        if memory_bytes_per_second == 0 || flops_per_second == 0 {
+            return Err(crate::PlanError::InvalidCost(
+                "a memory bandwidth and a FLOP rate of zero take forever",
+            ));
+        }
+        let picoseconds = |amount: u64, rate: u64| -> u64 {
+            let scaled = u128::from(amount) * 1_000_000_000_000;
+            let rate = u128::from(rate);
+            u64::try_from((scaled + rate / 2) / rate).unwrap_or(u64::MAX)
+        };
+        let per_token = picoseconds(flops_per_token, flops_per_second).max(1);
+        Ok(Self {
+            per_token: u32::try_from(per_token).map_err(|_| {
+                crate::PlanError::InvalidCost("a token's cost above 2^32 picoseconds")
+            })?,
+            per_instance: picoseconds(weight_bytes, memory_bytes_per_second),
+        })
+    }
+
+    /// The same costs in the smallest units: both parts divided by their greatest common
+    /// divisor. Plans depend only on the ratio of the parts, not on the unit of time: the
+    /// planner plans with these, so a fixed part of zero is exactly the token objective.
+    ///
+    /// ```
+    /// use ultraep_plan::InstanceCost;
+    /// let cost = InstanceCost { per_token: 88, per_instance: 0 };
+    /// assert_eq!(cost.normalized(), InstanceCost::TOKENS);
+    /// let cost = InstanceCost { per_token: 6, per_instance: 4_000 };
+    /// assert_eq!(cost.normalized(), InstanceCost { per_token: 3, per_instance: 2_000 });
+    /// ```
+    pub fn normalized(&self) -> Self {
+        let per_token = u64::from(self.per_token.max(1));
+        let (mut a, mut b) = (per_token, self.per_instance);
+        while b != 0 {
+            (a, b) = (b, a % b);
+        }
+        Self {
+            per_token: (per_token / a) as u32,
+            per_instance: self.per_instance / a,
+        }
+    }
+
+    /// The cost of an instance taking `tokens` (nothing without a token).
+    pub fn of(&self, tokens: u64) -> u64 {
+        if tokens == 0 {
+            0
+        } else {
+            self.per_instance
+                .saturating_add(tokens.saturating_mul(u64::from(self.per_token)))
+        }
+    }
+}
+
+impl Default for InstanceCost {
+    fn default() -> Self {
+        Self::TOKENS
+    }
 }
 
 /// How the planner splits every source rank's tokens for an expert among the expert's instances.
@@ -48,6 +153,7 @@ impl Default for PlanConfig {
             min_replica_tokens: 1024,
             master_keeps_token: true,
             split: SplitMode::LocalityAware,
+            cost: InstanceCost::TOKENS,
         }
     }
 }

@@ -144,7 +144,7 @@ mod threshold;
 
 pub use assembler::{MAX_CELLS, MAX_REPLICAS, MAX_SLOTS_PER_RANK};
 pub use balancer::{Balancer, ForceBalanced, NoBalance};
-pub use config::{PlanConfig, SplitMode};
+pub use config::{InstanceCost, PlanConfig, SplitMode};
 pub use eplb::{Eplb, EplbMode};
 pub use eplb_replace::EplbReplace;
 pub use error::PlanError;

@@ -215,7 +215,9 @@ impl Plan {
         &self.rank_loads
     }
 
-    /// The threshold each domain was balanced to, in the order of the domain numbering.
+    /// The threshold each domain was balanced to, in the order of the domain numbering: tokens,
+    /// or under a fixed instance cost the rank cost in the planner's normalized units
+    /// ([`crate::InstanceCost::normalized`]).
     pub fn domain_thresholds(&self) -> &[u64] {
         &self.domain_thresholds
     }

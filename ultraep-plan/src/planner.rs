@@ -3,7 +3,8 @@
 use crate::assembler::{Assembler, Replica};
 use crate::threshold::{DomainProblem, ExportSearch};
 use crate::{
-    Balancer, ExpertLayout, LoadMatrix, Plan, PlanConfig, PlanError, RankDomains, Residency,
+    Balancer, ExpertLayout, InstanceCost, LoadMatrix, Plan, PlanConfig, PlanError, RankDomains,
+    Residency,
 };
 
 /// The quota planner. Build it once per layer shape; call [`Balancer::plan_into`] every microbatch.
@@ -36,6 +37,8 @@ pub struct Planner {
     search: ExportSearch,
     replicas: Vec<Replica>,
     thresholds: Vec<u64>,
+    /// Per call, with a fixed instance cost: every rank's masters-only cost.
+    rank_cost: Vec<u64>,
 }
 
 impl Planner {
@@ -55,6 +58,7 @@ impl Planner {
             search: ExportSearch::new(ranks, max_replicas),
             replicas: Vec::with_capacity(max_replicas),
             thresholds: Vec::with_capacity(assembler.domains.num_domains() as usize),
+            rank_cost: vec![0; ranks],
             assembler,
             config,
         })
@@ -120,17 +124,34 @@ impl Planner {
             self.experts_by_load[range]
                 .sort_unstable_by_key(|&e| (std::cmp::Reverse(expert_load[e as usize]), e));
         }
+        // The search runs on rank costs: the token loads themselves under the token objective,
+        // otherwise every loaded master's cost summed per rank.
+        let cost = self.config.cost.normalized();
+        let rank_cost = if cost == InstanceCost::TOKENS {
+            &assembler.master_rank_load
+        } else {
+            for rank in 0..assembler.layout.num_ranks() as usize {
+                let range = assembler.rank_expert_offsets[rank] as usize
+                    ..assembler.rank_expert_offsets[rank + 1] as usize;
+                self.rank_cost[rank] = assembler.rank_experts[range]
+                    .iter()
+                    .map(|&e| cost.of(expert_load[e as usize]))
+                    .fold(0u64, u64::saturating_add);
+            }
+            &self.rank_cost
+        };
         self.replicas.clear();
         self.thresholds.clear();
         for domain in 0..assembler.domains.num_domains() {
             let problem = DomainProblem {
                 ranks: assembler.domains.ranks_of(domain),
-                rank_load: &assembler.master_rank_load,
+                rank_load: rank_cost,
                 expert_load,
                 experts: &self.experts_by_load,
                 offsets: &assembler.rank_expert_offsets,
                 slots_per_rank: assembler.slots_per_rank,
                 config: &self.config,
+                cost,
                 residency,
             };
             let threshold = self.search.balance(&problem);

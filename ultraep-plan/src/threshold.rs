@@ -13,19 +13,25 @@
 //! it fails, it bisects between that and the domain's current maximum (always feasible: no replicas),
 //! and stops once the interval is within the tolerance.
 //!
+//! Everything is counted in the units of the planner's [`InstanceCost`]: a rank's load is the
+//! cost of its instances, a piece of `q` tokens costs its target `per_instance + q * per_token`
+//! and relieves its source of `q * per_token` (the master keeps its fixed cost). With
+//! [`InstanceCost::TOKENS`] these are token counts and the search is the token objective's.
+//!
 //! With a [`Residency`], the search then probes its threshold once more, sending each piece that a
 //! rank holding the expert's weights can take whole to that rank (the lowest such rank). That probe
 //! replaces the first only if it succeeds and its busiest rank is no busier: the preference never
 //! costs balance.
 
 use crate::assembler::Replica;
-use crate::{PlanConfig, Residency};
+use crate::{InstanceCost, PlanConfig, Residency};
 
 /// One domain's problem, borrowed from the planner.
 pub(crate) struct DomainProblem<'a> {
     /// The domain's ranks.
     pub ranks: &'a [u32],
-    /// Masters-only load of every rank (indexed by rank, whole problem).
+    /// Masters-only cost of every rank (indexed by rank, whole problem), in the units of
+    /// `config.cost`.
     pub rank_load: &'a [u64],
     /// Load of every expert (indexed by expert).
     pub expert_load: &'a [u64],
@@ -34,6 +40,8 @@ pub(crate) struct DomainProblem<'a> {
     pub offsets: &'a [u32],
     pub slots_per_rank: u32,
     pub config: &'a PlanConfig,
+    /// The instance cost in its smallest units ([`InstanceCost::normalized`]).
+    pub cost: InstanceCost,
     /// Experts whose weights sit in slots already, to prefer as targets.
     pub residency: Option<&'a Residency>,
 }
@@ -47,6 +55,21 @@ impl DomainProblem<'_> {
     /// The least a replica may take (at least one token).
     fn min_piece(&self) -> u64 {
         u64::from(self.config.min_replica_tokens.max(1))
+    }
+
+    fn cost(&self) -> InstanceCost {
+        self.cost
+    }
+
+    /// What a replica of `tokens` tokens costs its rank.
+    fn piece_cost(&self, tokens: u64) -> u64 {
+        self.cost()
+            .per_instance
+            .saturating_add(tokens.saturating_mul(self.per_token()))
+    }
+
+    fn per_token(&self) -> u64 {
+        u64::from(self.cost().per_token.max(1))
     }
 
     /// Tokens of `expert` its master must keep.
@@ -103,8 +126,10 @@ impl ExportSearch {
             .unwrap_or(0);
         let lower = total.div_ceil(domain.ranks.len() as u64);
         let ppm = u64::from(domain.config.tolerance_ppm);
-        // Rounded down, so that the tolerance is never exceeded (and never below the bound).
-        let target = lower * (1_000_000 + ppm) / 1_000_000;
+        // Rounded down, so that the tolerance is never exceeded (and never below the bound);
+        // in 128 bits, since costs in picoseconds times a million overflow 64.
+        let target = u64::try_from(u128::from(lower) * u128::from(1_000_000 + ppm) / 1_000_000)
+            .unwrap_or(u64::MAX);
         if max <= target || domain.slots_per_rank == 0 {
             return max;
         }
@@ -149,7 +174,9 @@ impl ExportSearch {
         }
         // `infeasible` failed, `feasible` succeeded (the current maximum needs no replica).
         let (mut infeasible, mut feasible) = (target, max);
-        let precision = (lower * ppm / 1_000_000).max(1);
+        let precision = u64::try_from(u128::from(lower) * u128::from(ppm) / 1_000_000)
+            .unwrap_or(u64::MAX)
+            .max(1);
         while feasible - infeasible > precision {
             let middle = infeasible + (feasible - infeasible) / 2;
             if self.probe(domain, middle, false) {
@@ -175,11 +202,14 @@ impl ExportSearch {
         self.candidates.clear();
         self.peak = 0;
         let min_piece = domain.min_piece();
+        let per_token = domain.per_token();
+        // The least slack a rank needs to take a piece: the smallest piece's cost.
+        let min_room = domain.piece_cost(min_piece);
         for &rank in domain.ranks {
             let slack = threshold.saturating_sub(domain.rank_load[rank as usize]);
             self.slack[rank as usize] = slack;
             self.slots_free[rank as usize] = domain.slots_per_rank;
-            if slack >= min_piece {
+            if slack >= min_room {
                 self.candidates.push(rank);
             }
         }
@@ -194,26 +224,29 @@ impl ExportSearch {
                 let expert_load = domain.expert_load[expert as usize];
                 let mut available = expert_load - domain.kept_by_master(expert_load);
                 while excess > 0 && available >= min_piece {
-                    let whole = excess.min(available);
+                    // The tokens that would clear the excess, if the expert has them.
+                    let whole = excess.div_ceil(per_token).min(available);
                     let resident = domain.residency.filter(|_| prefer);
-                    let Some(position) = self.choose_target(whole, expert, resident) else {
+                    let Some(position) = self.choose_target(domain, whole, expert, resident) else {
                         break;
                     };
                     let target = self.candidates[position] as usize;
-                    // Raise a piece below the minimum to the minimum; the target has room for it.
-                    let piece = whole.min(self.slack[target]).max(min_piece);
+                    // As many tokens as the target's slack pays for after the instance's fixed
+                    // cost; a piece below the minimum is raised to it (the target has room).
+                    let room = (self.slack[target] - domain.cost().per_instance) / per_token;
+                    let piece = whole.min(room).max(min_piece);
                     self.trial.push(Replica {
                         expert,
                         rank: target as u32,
                         quota: piece as u32,
                     });
-                    self.slack[target] -= piece;
+                    self.slack[target] -= domain.piece_cost(piece);
                     self.slots_free[target] -= 1;
-                    if self.slack[target] < min_piece || self.slots_free[target] == 0 {
+                    if self.slack[target] < min_room || self.slots_free[target] == 0 {
                         self.candidates.swap_remove(position);
                     }
-                    excess = excess.saturating_sub(piece);
-                    exported += piece;
+                    excess = excess.saturating_sub(piece * per_token);
+                    exported += piece * per_token;
                     available -= piece;
                 }
                 if excess == 0 {
@@ -240,10 +273,12 @@ impl ExportSearch {
     /// export, the target's slack is spent (or the expert is).
     fn choose_target(
         &self,
+        domain: &DomainProblem<'_>,
         whole: u64,
         expert: u32,
         residency: Option<&Residency>,
     ) -> Option<usize> {
+        let whole = domain.piece_cost(whole);
         if let Some(residency) = residency {
             let holder = self
                 .candidates

@@ -15,8 +15,8 @@ use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray2, PyUntypedArrayMet
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use ultraep_plan::{
-    Balancer, ExpertLayout, LoadMatrix, Plan, PlanConfig, Planner, RankDomains, RankSplit,
-    SplitEntry, SplitMode,
+    Balancer, ExpertLayout, InstanceCost, LoadMatrix, Plan, PlanConfig, Planner, RankDomains,
+    RankSplit, SplitEntry, SplitMode,
 };
 
 fn value_error(error: impl std::fmt::Display) -> PyErr {
@@ -47,7 +47,8 @@ struct PyPlanner {
 #[pymethods]
 impl PyPlanner {
     #[new]
-    #[pyo3(signature = (homes, domains, slots_per_rank = 2, *, tolerance_ppm = 10_000, min_replica_tokens = 1024, master_keeps_token = true, split = "locality"))]
+    #[pyo3(signature = (homes, domains, slots_per_rank = 2, *, tolerance_ppm = 10_000, min_replica_tokens = 1024, master_keeps_token = true, split = "locality", token_cost = 1, instance_cost = 0))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         homes: Vec<u32>,
         domains: Vec<u32>,
@@ -56,6 +57,8 @@ impl PyPlanner {
         min_replica_tokens: u32,
         master_keeps_token: bool,
         split: &str,
+        token_cost: u32,
+        instance_cost: u64,
     ) -> PyResult<Self> {
         let ranks = domains.len();
         let experts = homes.len();
@@ -66,6 +69,10 @@ impl PyPlanner {
             min_replica_tokens,
             master_keeps_token,
             split: split_mode(split)?,
+            cost: InstanceCost {
+                per_token: token_cost.max(1),
+                per_instance: instance_cost,
+            },
         };
         let planner = Planner::new(layout, domains, slots_per_rank, config).map_err(value_error)?;
         Ok(Self {

@@ -161,3 +161,26 @@ def test_bad_torch_tensors_raise_with_the_reason(make, error, message):
     torch = pytest.importorskip("torch")
     with pytest.raises(error, match=message):
         planner().plan(make(torch))
+
+
+def test_a_weight_read_dearer_than_the_tokens_it_moves_makes_no_replica():
+    # Four ranks, one expert each: expert 0 takes 50 tokens, the others 10 (as in the Rust
+    # test of the cost objective). A read worth 100 tokens never pays; one worth 5 does.
+    loads = np.zeros((4, 4), dtype=np.uint32)
+    loads[:, 0] = 10
+    for rank in range(4):
+        loads[rank, rank] += 10
+    costly = ultraep.Planner(
+        [0, 1, 2, 3], [0] * 4, slots_per_rank=1, min_replica_tokens=1, instance_cost=100
+    )
+    cheap = ultraep.Planner(
+        [0, 1, 2, 3], [0] * 4, slots_per_rank=1, min_replica_tokens=1, instance_cost=5
+    )
+    assert costly.plan(loads).replicas == 0
+    assert cheap.plan(loads).replicas == 3
+    # Without a fixed part, any token cost plans as the token objective does.
+    tokens = ultraep.Planner([0, 1, 2, 3], [0] * 4, slots_per_rank=1, min_replica_tokens=1)
+    scaled = ultraep.Planner(
+        [0, 1, 2, 3], [0] * 4, slots_per_rank=1, min_replica_tokens=1, token_cost=88_080
+    )
+    assert (tokens.plan(loads).instances == scaled.plan(loads).instances).all()

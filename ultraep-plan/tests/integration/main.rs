@@ -1,6 +1,7 @@
 //! Integration tests of `ultraep-plan`: one binary, a module per concern.
 
 mod allocation;
+mod cost;
 mod eplb;
 mod errors;
 mod invariants;

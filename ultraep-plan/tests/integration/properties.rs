@@ -2,9 +2,9 @@
 
 use proptest::prelude::*;
 use ultraep_plan::{
-    Balancer, Eplb, EplbMode, EplbReplace, ExpertLayout, ForceBalanced, LoadMatrix, Lplb,
-    NoBalance, Plan, PlanConfig, PlanKind, Planner, RankDomains, RankSplit, Residency, SplitEntry,
-    SplitMode,
+    Balancer, Eplb, EplbMode, EplbReplace, ExpertLayout, ForceBalanced, InstanceCost, LoadMatrix,
+    Lplb, NoBalance, Plan, PlanConfig, PlanKind, Planner, RankDomains, RankSplit, Residency,
+    SplitEntry, SplitMode,
 };
 
 use crate::invariants::{Promises, check_plan};
@@ -75,15 +75,49 @@ fn config() -> impl Strategy<Value = PlanConfig> {
             Just(SplitMode::Contiguous),
             Just(SplitMode::None)
         ],
+        prop_oneof![3 => Just(InstanceCost::TOKENS), 1 => cost()],
     )
         .prop_map(
-            |(tolerance_ppm, min_replica_tokens, master_keeps_token, split)| PlanConfig {
+            |(tolerance_ppm, min_replica_tokens, master_keeps_token, split, cost)| PlanConfig {
                 tolerance_ppm,
                 min_replica_tokens,
                 master_keeps_token,
                 split,
+                cost,
             },
         )
+}
+
+/// Instance costs from token-bound (no fixed part) to weight-read-bound (a fixed part worth
+/// thousands of tokens).
+fn cost() -> impl Strategy<Value = InstanceCost> {
+    (
+        1u32..300,
+        prop_oneof![Just(0u64), 1u64..100, 1000u64..2_000_000],
+    )
+        .prop_map(|(per_token, per_instance)| InstanceCost {
+            per_token,
+            per_instance,
+        })
+}
+
+/// The largest rank cost under `plan` and with masters only, for `cost`.
+fn busiest_costs(problem: &Problem, plan: &Plan, cost: InstanceCost) -> (u64, u64) {
+    let mut planned = vec![0u64; problem.ranks()];
+    for instance in plan.instances() {
+        planned[instance.rank as usize] += cost.of(u64::from(instance.quota));
+    }
+    let mut masters = vec![0u64; problem.ranks()];
+    for (expert, &home) in problem.homes.iter().enumerate() {
+        let load: u64 = (0..problem.ranks())
+            .map(|source| u64::from(problem.loads[source * problem.experts() + expert]))
+            .sum();
+        masters[home as usize] += cost.of(load);
+    }
+    (
+        planned.into_iter().max().unwrap_or(0),
+        masters.into_iter().max().unwrap_or(0),
+    )
 }
 
 fn problem() -> impl Strategy<Value = Problem> {
@@ -127,9 +161,48 @@ proptest! {
         };
         check_plan(&plan, problem.matrix(), &problem.layout(), &problem.domains(), problem.slots, Some(promises));
         prop_assert_eq!(plan.has_split(), problem.config.split != SplitMode::None);
-        // Balancing never makes the busiest rank busier, and is within tolerance where it says so.
-        prop_assert!(plan.metrics().max_rank_load <= plan.metrics().initial_max_rank_load);
+        // Balancing never makes the busiest rank busier, in the units of the objective.
+        if problem.config.cost == InstanceCost::TOKENS {
+            prop_assert!(plan.metrics().max_rank_load <= plan.metrics().initial_max_rank_load);
+        }
+        let (planned, masters_only) = busiest_costs(&problem, &plan, problem.config.cost);
+        prop_assert!(planned <= masters_only, "busiest rank cost {} > {} with masters only", planned, masters_only);
     }
+
+    /// The requirement: with no fixed part, the cost objective is the token objective,
+    /// whatever a token costs.
+    #[test]
+    fn a_fixed_cost_of_zero_is_the_token_objective(problem in problem(), per_token in 1u32..100_000) {
+        let tokens = Problem {
+            config: PlanConfig { cost: InstanceCost::TOKENS, ..problem.config },
+            ..problem.clone()
+        };
+        let scaled = Problem {
+            config: PlanConfig { cost: InstanceCost { per_token, per_instance: 0 }, ..problem.config },
+            ..problem.clone()
+        };
+        let expected = tokens.planner().plan(problem.matrix()).unwrap();
+        prop_assert_eq!(&scaled.planner().plan(problem.matrix()).unwrap(), &expected);
+    }
+
+    /// Plans depend on the ratio of the costs' parts, not on the unit of time they are given in.
+    #[test]
+    fn plans_depend_on_the_ratio_of_the_costs_only(
+        problem in problem(),
+        cost in cost(),
+        scale in 2u32..1000,
+    ) {
+        let at = |cost: InstanceCost| {
+            let problem = Problem { config: PlanConfig { cost, ..problem.config }, ..problem.clone() };
+            problem.planner().plan(problem.matrix()).unwrap()
+        };
+        let scaled = InstanceCost {
+            per_token: cost.per_token.saturating_mul(scale),
+            per_instance: cost.per_instance * u64::from(scale),
+        };
+        prop_assert_eq!(at(scaled), at(cost));
+    }
+
 
     #[test]
     fn one_ranks_split_is_its_part_of_the_contiguous_split(problem in problem()) {

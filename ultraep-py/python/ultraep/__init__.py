@@ -46,6 +46,9 @@ class Planner:
         master_keeps_token: a loaded master keeps at least one token.
         split: how a source's tokens for an expert are shared among its instances:
             ``"locality"`` (the default), ``"proportional"``, ``"contiguous"`` or ``"none"``.
+        token_cost: what one token costs its rank, in any integer unit (default 1).
+        instance_cost: what every instance with a token costs its rank besides, in the same
+            unit: its weight read, for decode. 0 (the default) balances tokens only.
 
     Raises:
         ValueError: if the layout, the domains or the settings do not hold together.
@@ -61,6 +64,8 @@ class Planner:
         min_replica_tokens: int = 1024,
         master_keeps_token: bool = True,
         split: str = "locality",
+        token_cost: int = 1,
+        instance_cost: int = 0,
     ) -> None:
         self._planner = _Planner(
             list(homes),
@@ -70,6 +75,8 @@ class Planner:
             min_replica_tokens=min_replica_tokens,
             master_keeps_token=master_keeps_token,
             split=split,
+            token_cost=token_cost,
+            instance_cost=instance_cost,
         )
 
     @property

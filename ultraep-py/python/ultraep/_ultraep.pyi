@@ -16,6 +16,8 @@ class Planner:
         min_replica_tokens: int = 1024,
         master_keeps_token: bool = True,
         split: str = "locality",
+        token_cost: int = 1,
+        instance_cost: int = 0,
     ) -> None: ...
     @property
     def ranks(self) -> int: ...
