@@ -8,11 +8,13 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::BenchError;
+use crate::decode_objective::{DecodePoint, decode_table, run_decode_objective};
 use crate::experiment::{RunConfig, Scenario, run_scenario, run_sweeps};
 use crate::report::{
     PUBLISHED, calibration_table, overhead_table, spanning_table, summary_table, sweep_tables,
     write_report,
 };
+use crate::step::Mode;
 
 /// Arguments of `ultraep bench`.
 #[derive(Debug, Args)]
@@ -113,6 +115,13 @@ pub fn run(args: &BenchArgs) -> Result<String, BenchError> {
             );
         }
     }
+    // The decode objectives, batch size by batch size, where the decode scenario is selected.
+    let mut decode = Vec::new();
+    for scenario in spanning.iter().filter(|s| s.mode == Mode::Decode) {
+        bar.set_message("decode objectives");
+        let points = run_decode_objective(scenario, &config, &mut || {})?;
+        decode.push((*scenario, points));
+    }
     let sweeps = if args.no_sweeps {
         None
     } else {
@@ -127,12 +136,24 @@ pub fn run(args: &BenchArgs) -> Result<String, BenchError> {
         &spanning_results,
         sweeps.as_ref(),
     )?;
+    let decode_tables: String = decode
+        .iter()
+        .map(|(scenario, points)| decode_table(scenario, points))
+        .collect();
+    if !decode.is_empty() {
+        append_decode(&args.out, &decode_tables, &decode)?;
+    }
     Ok(format!(
-        "{}\n{PUBLISHED}.\n\nCalibration (simulated beside published):\n\n{}\nultraep on the critical path per layer (us; simulated, and the planner measured on this CPU):\n\n{}\nScenarios the paper does not evaluate (simulated; nothing published to compare):\n\n{}\n{}{} scenarios, {} steps x {} layers each, in {:.0} s; report in {}\n",
+        "{}\n{PUBLISHED}.\n\nCalibration (simulated beside published):\n\n{}\nultraep on the critical path per layer (us; simulated, and the planner measured on this CPU):\n\n{}\nScenarios the paper does not evaluate (simulated; nothing published to compare):\n\n{}\n{}{}{} scenarios, {} steps x {} layers each, in {:.0} s; report in {}\n",
         summary_table(&results),
         calibration_table(&results).0,
         overhead_table(&results),
         spanning_table(&spanning_results),
+        if decode_tables.is_empty() {
+            String::new()
+        } else {
+            format!("Decode objectives: {decode_tables}\n")
+        },
         sweeps.as_ref().map(sweep_tables).unwrap_or_default(),
         results.len() + spanning_results.len(),
         config.steps,
@@ -140,4 +161,30 @@ pub fn run(args: &BenchArgs) -> Result<String, BenchError> {
         started.elapsed().as_secs_f64(),
         args.out.display()
     ))
+}
+
+/// Adds the decode objectives to the report: a section of `report.md` and `decode.json`.
+fn append_decode(
+    directory: &std::path::Path,
+    tables: &str,
+    decode: &[(Scenario, Vec<DecodePoint>)],
+) -> Result<(), BenchError> {
+    let path = directory.join("report.md");
+    let io = |path: PathBuf| move |source| BenchError::Io { path, source };
+    let mut report = std::fs::read_to_string(&path).map_err(io(path.clone()))?;
+    report.push_str("\n## Decode: the token objective against the cost-aware one\n\n");
+    report.push_str(tables);
+    std::fs::write(&path, report).map_err(io(path.clone()))?;
+    let json = serde_json::to_string_pretty(
+        &decode
+            .iter()
+            .map(|(scenario, points)| (scenario.name, points))
+            .collect::<Vec<_>>(),
+    )
+    .map_err(|error| BenchError::InvalidProblem {
+        source_name: "decode.json".into(),
+        message: error.to_string(),
+    })?;
+    let path = directory.join("decode.json");
+    std::fs::write(&path, json).map_err(io(path.clone()))
 }

@@ -518,3 +518,34 @@ fn xfer_tells_a_log_it_is_working() {
     assert!(log.contains("ultraep xfer: EP64 plan at 3.0 done"), "{log}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("| EP64 plan at 3.0 |"));
 }
+
+/// Decode at every batch size: what the cost-aware objective decides (its replicas, the
+/// transfers and reroute they need, their compute) is never slower than masters only on any
+/// step, and it never makes more replicas than counting tokens does.
+#[test]
+fn the_cost_aware_objective_never_decides_a_slower_decode_step() {
+    let scenario = Scenario::decode()[0];
+    let run = RunConfig {
+        steps: 3,
+        warmup_steps: 1,
+        layers: 2,
+        ..SMALL
+    };
+    let points =
+        ultraep_bench::decode_objective::run_decode_objective(&scenario, &run, &mut || {}).unwrap();
+    assert_eq!(
+        points.len(),
+        ultraep_bench::decode_objective::BATCH_SIZES.len()
+    );
+    for point in &points {
+        assert_eq!(point.cost_slower_steps_decided, 0, "{point:?}");
+        assert!(point.cost_worst_ratio_decided <= 1.0, "{point:?}");
+        assert!(point.cost_replicas <= point.tokens_replicas, "{point:?}");
+    }
+    // The token objective replicates at small batches and pays for it.
+    assert!(
+        points[0].tokens_seconds > points[0].none_seconds,
+        "{:?}",
+        points[0]
+    );
+}
