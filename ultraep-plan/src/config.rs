@@ -69,7 +69,7 @@ impl InstanceCost {
         flops_per_second: u64,
     ) -> Result<Self, crate::PlanError> {
         if memory_bytes_per_second == 0 || flops_per_second == 0 {
-            return Err(crate::PlanError::InvalidCost(
+            return Err(crate::PlanError::InvalidSetting(
                 "a memory bandwidth and a FLOP rate of zero take forever",
             ));
         }
@@ -81,7 +81,7 @@ impl InstanceCost {
         let per_token = picoseconds(flops_per_token, flops_per_second).max(1);
         Ok(Self {
             per_token: u32::try_from(per_token).map_err(|_| {
-                crate::PlanError::InvalidCost("a token's cost above 2^32 picoseconds")
+                crate::PlanError::InvalidSetting("a token's cost above 2^32 picoseconds")
             })?,
             per_instance: picoseconds(weight_bytes, memory_bytes_per_second),
         })

@@ -103,7 +103,7 @@ pub enum PlanError {
         /// Ranks of the plan.
         num_ranks: u32,
     },
-    /// An instance cost that cannot be used.
-    #[error("invalid instance cost: {0}")]
-    InvalidCost(&'static str),
+    /// A setting that cannot be used (an instance cost, a history's decay).
+    #[error("invalid setting: {0}")]
+    InvalidSetting(&'static str),
 }

@@ -7,3 +7,4 @@ mod errors;
 mod invariants;
 mod properties;
 mod reference;
+mod rehome;

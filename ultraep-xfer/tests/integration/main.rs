@@ -1,6 +1,7 @@
 //! Integration tests of `ultraep-xfer`: one binary, a module per concern.
 
 mod cpu;
+mod migration;
 mod properties;
 mod replicas;
 mod simulation;
