@@ -8,6 +8,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::BenchError;
+use crate::cross_domain::{CrossDomainResult, SlowLoop, cross_domain_table, run_cross_domain};
 use crate::decode_objective::{DecodePoint, decode_table, run_decode_objective};
 use crate::experiment::{RunConfig, Scenario, run_scenario, run_sweeps};
 use crate::report::{
@@ -115,6 +116,21 @@ pub fn run(args: &BenchArgs) -> Result<String, BenchError> {
             );
         }
     }
+    // The slow loop across domains, where a group spanning domains is selected.
+    let spanning_names: Vec<&str> = Scenario::spanning_domains()
+        .iter()
+        .map(|s| s.name)
+        .collect();
+    let mut cross = Vec::new();
+    for scenario in spanning.iter().filter(|s| spanning_names.contains(&s.name)) {
+        bar.set_message("slow loop across domains");
+        cross.push(run_cross_domain(
+            scenario,
+            &config,
+            &SlowLoop::RUNS,
+            &mut || {},
+        )?);
+    }
     // The decode objectives, batch size by batch size, where the decode scenario is selected.
     let mut decode = Vec::new();
     for scenario in spanning.iter().filter(|s| s.mode == Mode::Decode) {
@@ -143,6 +159,14 @@ pub fn run(args: &BenchArgs) -> Result<String, BenchError> {
     if !decode.is_empty() {
         append_decode(&args.out, &decode_tables, &decode)?;
     }
+    let cross_table = if cross.is_empty() {
+        String::new()
+    } else {
+        cross_domain_table(&cross)
+    };
+    if !cross.is_empty() {
+        append_cross_domain(&args.out, &cross_table, &cross)?;
+    }
     Ok(format!(
         "{}\n{PUBLISHED}.\n\nCalibration (simulated beside published):\n\n{}\nultraep on the critical path per layer (us; simulated, and the planner measured on this CPU):\n\n{}\nScenarios the paper does not evaluate (simulated; nothing published to compare):\n\n{}\n{}{}{} scenarios, {} steps x {} layers each, in {:.0} s; report in {}\n",
         summary_table(&results),
@@ -153,6 +177,10 @@ pub fn run(args: &BenchArgs) -> Result<String, BenchError> {
             String::new()
         } else {
             format!("Decode objectives: {decode_tables}\n")
+        } + &if cross_table.is_empty() {
+            String::new()
+        } else {
+            format!("The slow loop across domains (simulated):\n\n{cross_table}\n")
         },
         sweeps.as_ref().map(sweep_tables).unwrap_or_default(),
         results.len() + spanning_results.len(),
@@ -163,28 +191,58 @@ pub fn run(args: &BenchArgs) -> Result<String, BenchError> {
     ))
 }
 
+/// Adds the slow loop's figures to the report: a section of `report.md` and `cross-domain.json`.
+fn append_cross_domain(
+    directory: &std::path::Path,
+    table: &str,
+    results: &[CrossDomainResult],
+) -> Result<(), BenchError> {
+    append_section(
+        directory,
+        "Groups spanning domains: the slow loop against EPLB's hierarchical mode",
+        table,
+        "cross-domain.json",
+        &serde_json::to_string_pretty(results),
+    )
+}
+
+/// Appends a section to `report.md` and writes its figures as JSON.
+fn append_section(
+    directory: &std::path::Path,
+    title: &str,
+    text: &str,
+    json_name: &str,
+    json: &Result<String, serde_json::Error>,
+) -> Result<(), BenchError> {
+    let path = directory.join("report.md");
+    let io = |path: PathBuf| move |source| BenchError::Io { path, source };
+    let mut report = std::fs::read_to_string(&path).map_err(io(path.clone()))?;
+    report.push_str(&format!("\n## {title}\n\n{text}"));
+    std::fs::write(&path, report).map_err(io(path.clone()))?;
+    let json = json.as_ref().map_err(|error| BenchError::InvalidProblem {
+        source_name: json_name.into(),
+        message: error.to_string(),
+    })?;
+    let path = directory.join(json_name);
+    std::fs::write(&path, json).map_err(io(path.clone()))
+}
+
 /// Adds the decode objectives to the report: a section of `report.md` and `decode.json`.
 fn append_decode(
     directory: &std::path::Path,
     tables: &str,
     decode: &[(Scenario, Vec<DecodePoint>)],
 ) -> Result<(), BenchError> {
-    let path = directory.join("report.md");
-    let io = |path: PathBuf| move |source| BenchError::Io { path, source };
-    let mut report = std::fs::read_to_string(&path).map_err(io(path.clone()))?;
-    report.push_str("\n## Decode: the token objective against the cost-aware one\n\n");
-    report.push_str(tables);
-    std::fs::write(&path, report).map_err(io(path.clone()))?;
-    let json = serde_json::to_string_pretty(
-        &decode
-            .iter()
-            .map(|(scenario, points)| (scenario.name, points))
-            .collect::<Vec<_>>(),
+    append_section(
+        directory,
+        "Decode: the token objective against the cost-aware one",
+        tables,
+        "decode.json",
+        &serde_json::to_string_pretty(
+            &decode
+                .iter()
+                .map(|(scenario, points)| (scenario.name, points))
+                .collect::<Vec<_>>(),
+        ),
     )
-    .map_err(|error| BenchError::InvalidProblem {
-        source_name: "decode.json".into(),
-        message: error.to_string(),
-    })?;
-    let path = directory.join("decode.json");
-    std::fs::write(&path, json).map_err(io(path.clone()))
 }

@@ -19,17 +19,15 @@
 use serde::Serialize;
 use ultraep_plan::{
     Balancer, ExpertLayout, InstanceCost, LoadMatrix, NoBalance, Plan, PlanConfig, Planner,
-    RankDomains,
 };
 use ultraep_topo::Topology;
-use ultraep_xfer::{
-    ExpertState, RelayPieces, ReplicaSet, TransferConfig, TransferSchedule, simulate,
-};
+use ultraep_xfer::{ExpertState, ReplicaSet, TransferConfig, TransferSchedule, simulate};
 
 use crate::BenchError;
-use crate::experiment::{RunConfig, Scenario, StepFrame, workload_config};
+use crate::experiment::{
+    RunConfig, Scenario, ScenarioSetup, StepFrame, transfer_config, workload_config,
+};
 use crate::step::{Hardware, layer_outcome};
-use crate::step_fit::scenario_efficiency;
 use crate::workload::Workload;
 
 /// Tokens per rank the decode comparison runs (sequences decoding one token each).
@@ -101,17 +99,16 @@ fn decode_point(
     run: &RunConfig,
     progress: &mut dyn FnMut(),
 ) -> Result<DecodePoint, BenchError> {
-    let topology = scenario.machine.topology()?;
-    let hardware = Hardware {
-        efficiency: scenario_efficiency(scenario, run)?,
-        ..Hardware::of(&topology)?
-    };
+    let ScenarioSetup {
+        topology,
+        hardware,
+        ranks,
+        experts,
+        layout,
+        labels,
+        domains,
+    } = ScenarioSetup::of(scenario, run)?;
     let model = scenario.model;
-    let ranks = scenario.machine.ranks();
-    let experts = model.routed_experts as usize;
-    let layout = ExpertLayout::balanced_blocks(ranks, model.routed_experts)?;
-    let labels: Vec<u32> = topology.rank_domains().iter().map(|d| d.0).collect();
-    let domains = RankDomains::from_labels(labels.clone())?;
     let cost = decode_cost(scenario, &hardware)?;
     // Decode's pieces are a few tokens: no minimum quota beyond one token for either objective.
     let planner = |cost| {
@@ -130,12 +127,7 @@ fn decode_point(
     let mut by_cost = planner(cost)?;
     let mut none = NoBalance::new(layout.clone(), domains)?;
     let weights = ExpertState::swiglu(model.hidden, model.expert_width, model.weight_bytes);
-    let transfer_config = TransferConfig {
-        allow_relays: run.relays,
-        relay_pieces: RelayPieces::Chunks,
-        costs: run.overheads.transfer_costs(),
-        ..TransferConfig::default()
-    };
+    let transfer_config = transfer_config(run);
     let overheads = run.overheads;
     let sunk = overheads.all_gather(&hardware, ranks, model.routed_experts) + overheads.planning;
     let layer_scale = f64::from(model.moe_layers) / f64::from(run.layers);

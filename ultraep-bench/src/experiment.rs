@@ -684,12 +684,7 @@ pub fn run_steps(
     // Transfers are simulated per chunk: a layer's experts have at most a handful of replicas,
     // where relays waiting for chunks are within a few hundredths of per-tile relays (see the
     // `ultraep xfer` table), and simulating every tile of every layer would take minutes.
-    let transfer_config = TransferConfig {
-        allow_relays: run.relays,
-        relay_pieces: RelayPieces::Chunks,
-        costs: run.overheads.transfer_costs(),
-        ..TransferConfig::default()
-    };
+    let transfer_config = transfer_config(run);
     let eplb_moves = TransferConfig {
         allow_relays: false,
         ..transfer_config
@@ -843,44 +838,20 @@ pub fn run_steps(
                         }
                         times.sort_by(f64::total_cmp);
                         planning_host = times[1];
-                        charged.all_gather_us = all_gather * 1e6;
-                        charged.planning_us = overheads.planning * 1e6;
-                        let mut transfer = 0.0;
-                        if plan.metrics().replicas > 0 {
-                            let replicas = ReplicaSet::from_plan(&plan, &layout, topology)?;
-                            let schedule = TransferSchedule::build(
-                                &replicas,
-                                &weights,
-                                topology,
-                                transfer_config,
-                            )?;
-                            transfer = simulate(&schedule, topology)?.makespan_ps as f64 * 1e-12;
-                            charged.task_lists_us = overheads.task_lists * 1e6;
-                            if scenario.mode == Mode::Training {
-                                // Replica weights again before backward (the slots were reused by
-                                // later layers), and the gradient reduction where attention
-                                // backward does not hide it.
-                                let reduction_schedule = TransferSchedule::build(
-                                    &replicas,
-                                    &gradients,
-                                    topology,
-                                    transfer_config,
-                                )?;
-                                let reduction = simulate_reduction(&reduction_schedule, topology)?
-                                    .makespan_ps
-                                    as f64
-                                    * 1e-12;
-                                let hidden_by = 2.0 * tokens as f64 / f64::from(ranks)
-                                    * model.balanced_flops_per_token(scenario.sequence) as f64
-                                    / (hardware.peak_flops * hardware.efficiency.dense);
-                                charged.reduction_us = (reduction - hidden_by).max(0.0) * 1e6;
-                                charged.transfer_us += transfer * 1e6;
-                            }
-                        }
-                        charged.transfer_us += transfer * 1e6;
-                        // The reroute runs beside the forward transfer: only what it takes
-                        // beyond the transfer is on the critical path.
-                        charged.reroute_us = (overheads.reroute - transfer).max(0.0) * 1e6;
+                        charged = ultraep_overheads(&UltraepLayer {
+                            plan: &plan,
+                            layout: &layout,
+                            topology,
+                            scenario,
+                            hardware: &hardware,
+                            weights: &weights,
+                            gradients: &gradients,
+                            transfer_config,
+                            overheads,
+                            all_gather,
+                            tokens,
+                            ranks,
+                        })?;
                     }
                 }
                 let outcome = layer_outcome(
@@ -955,9 +926,118 @@ pub fn run_steps(
     })
 }
 
+/// What every experiment on one scenario starts from: its machine, the step simulator's
+/// hardware figures at the scenario's compute rates, and the original expert layout.
+pub(crate) struct ScenarioSetup {
+    pub topology: Topology,
+    pub hardware: Hardware,
+    pub ranks: u32,
+    pub experts: usize,
+    pub layout: ExpertLayout,
+    /// Every rank's domain label.
+    pub labels: Vec<u32>,
+    pub domains: RankDomains,
+}
+
+impl ScenarioSetup {
+    pub fn of(scenario: &Scenario, run: &RunConfig) -> Result<Self, BenchError> {
+        let topology = scenario.machine.topology()?;
+        let hardware = Hardware {
+            efficiency: scenario_efficiency(scenario, run)?,
+            ..Hardware::of(&topology)?
+        };
+        let model = scenario.model;
+        let ranks = scenario.machine.ranks();
+        let labels: Vec<u32> = topology.rank_domains().iter().map(|d| d.0).collect();
+        Ok(Self {
+            hardware,
+            ranks,
+            experts: model.routed_experts as usize,
+            layout: ExpertLayout::balanced_blocks(ranks, model.routed_experts)?,
+            domains: RankDomains::from_labels(labels.clone())?,
+            labels,
+            topology,
+        })
+    }
+}
+
+/// The transfer settings ultraep's weight copies use in a run: relays as the run says, relayed
+/// per chunk, at the run's transfer costs.
+pub(crate) fn transfer_config(run: &RunConfig) -> TransferConfig {
+    TransferConfig {
+        allow_relays: run.relays,
+        relay_pieces: RelayPieces::Chunks,
+        costs: run.overheads.transfer_costs(),
+        ..TransferConfig::default()
+    }
+}
+
+/// One ultraep layer's plan and what its overheads depend on.
+pub(crate) struct UltraepLayer<'a> {
+    pub plan: &'a Plan,
+    pub layout: &'a ExpertLayout,
+    pub topology: &'a Topology,
+    pub scenario: &'a Scenario,
+    pub hardware: &'a Hardware,
+    pub weights: &'a ExpertState,
+    pub gradients: &'a ExpertState,
+    pub transfer_config: TransferConfig,
+    pub overheads: Overheads,
+    /// Seconds of the load all-gather.
+    pub all_gather: f64,
+    /// Tokens of the layer, over all ranks.
+    pub tokens: u64,
+    pub ranks: u32,
+}
+
+/// What ultraep puts on one layer's critical path, from the published costs and the transfer
+/// simulator: the all-gather and planning, and with replicas the task lists, the weight transfer
+/// (twice in training: again before backward, the slots having been reused by later layers),
+/// the gradient reduction where attention backward does not hide it, and the reroute beyond the
+/// transfer it runs beside.
+pub(crate) fn ultraep_overheads(layer: &UltraepLayer<'_>) -> Result<OverheadBreakdown, BenchError> {
+    let overheads = layer.overheads;
+    let mut charged = OverheadBreakdown {
+        all_gather_us: layer.all_gather * 1e6,
+        planning_us: overheads.planning * 1e6,
+        ..OverheadBreakdown::default()
+    };
+    let mut transfer = 0.0;
+    if layer.plan.metrics().replicas > 0 {
+        let replicas = ReplicaSet::from_plan(layer.plan, layer.layout, layer.topology)?;
+        let schedule = TransferSchedule::build(
+            &replicas,
+            layer.weights,
+            layer.topology,
+            layer.transfer_config,
+        )?;
+        transfer = simulate(&schedule, layer.topology)?.makespan_ps as f64 * 1e-12;
+        charged.task_lists_us = overheads.task_lists * 1e6;
+        if layer.scenario.mode == Mode::Training {
+            let reduction_schedule = TransferSchedule::build(
+                &replicas,
+                layer.gradients,
+                layer.topology,
+                layer.transfer_config,
+            )?;
+            let reduction =
+                simulate_reduction(&reduction_schedule, layer.topology)?.makespan_ps as f64 * 1e-12;
+            let model = layer.scenario.model;
+            let hidden_by = 2.0 * layer.tokens as f64 / f64::from(layer.ranks)
+                * model.balanced_flops_per_token(layer.scenario.sequence) as f64
+                / (layer.hardware.peak_flops * layer.hardware.efficiency.dense);
+            charged.reduction_us = (reduction - hidden_by).max(0.0) * 1e6;
+            charged.transfer_us += transfer * 1e6;
+        }
+    }
+    charged.transfer_us += transfer * 1e6;
+    charged.reroute_us = (overheads.reroute - transfer).max(0.0) * 1e6;
+    Ok(charged)
+}
+
 /// The copies `replace`'s last re-placement created, as fan-outs from each expert's master
 /// before it.
-fn moved_copies(replace: &EplbReplace) -> Result<ReplicaSet, BenchError> {
+pub(crate) fn moved_copies(replace: &EplbReplace) -> Result<ReplicaSet, BenchError> {
     let mut copies = ReplicaSetBuilder::default();
     // Each copy lands in a place of its own on its rank, numbered in arrival order: the timing
     // needs distinct destinations, not the memory EPLB's placement would use.

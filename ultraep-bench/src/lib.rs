@@ -12,6 +12,7 @@
 //! on it, for the simulator and the trace readers.
 
 pub mod bench_command;
+pub mod cross_domain;
 pub mod decode_objective;
 pub mod engine_command;
 mod error;

@@ -136,14 +136,7 @@ impl Assembler {
     pub fn measure(&mut self, loads: LoadMatrix<'_>) -> Result<(), PlanError> {
         let ranks = self.layout.num_ranks();
         let experts = self.layout.num_experts();
-        if loads.ranks() != ranks as usize || loads.experts() != experts as usize {
-            return Err(PlanError::LoadShape {
-                rows: loads.ranks(),
-                columns: loads.experts(),
-                num_ranks: ranks,
-                num_experts: experts,
-            });
-        }
+        loads.expect_shape(ranks as usize, experts as usize)?;
         // Column sums first, in a loop the compiler vectorises; the per-domain pass is needed only
         // when there is more than one domain (with one, every token stays in its domain).
         self.expert_load.fill(0);

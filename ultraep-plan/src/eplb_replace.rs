@@ -100,14 +100,7 @@ impl EplbReplace {
     pub fn rebalance(&mut self, estimate: LoadMatrix<'_>) -> Result<(), PlanError> {
         let ranks = self.original.num_ranks() as usize;
         let experts = self.original.num_experts() as usize;
-        if estimate.ranks() != ranks || estimate.experts() != experts {
-            return Err(PlanError::LoadShape {
-                rows: estimate.ranks(),
-                columns: estimate.experts(),
-                num_ranks: ranks as u32,
-                num_experts: experts as u32,
-            });
-        }
+        estimate.expect_shape(ranks, experts)?;
         let mut load = vec![0u64; experts];
         for source in 0..ranks {
             for (sum, &count) in load.iter_mut().zip(estimate.row(source)) {

@@ -36,6 +36,19 @@ impl<'a> LoadMatrix<'a> {
         })
     }
 
+    /// Refuses a matrix that is not `ranks x experts` (the shape a balancer was built for).
+    pub fn expect_shape(&self, ranks: usize, experts: usize) -> Result<(), PlanError> {
+        if self.ranks != ranks || self.experts != experts {
+            return Err(PlanError::LoadShape {
+                rows: self.ranks,
+                columns: self.experts,
+                num_ranks: ranks as u32,
+                num_experts: experts as u32,
+            });
+        }
+        Ok(())
+    }
+
     /// Source ranks (rows).
     pub fn ranks(&self) -> usize {
         self.ranks

@@ -549,3 +549,38 @@ fn the_cost_aware_objective_never_decides_a_slower_decode_step() {
         points[0]
     );
 }
+
+/// Four HGX nodes, whose domains start 1.2x apart: the slow loop evens the domains out, switches
+/// layouts in, and never hands a step more migration bytes than its budget.
+#[test]
+fn the_slow_loop_evens_domains_without_a_step_waiting() {
+    let scenario = Scenario::spanning_domains()
+        .into_iter()
+        .find(|s| s.name.contains("HGX"))
+        .unwrap();
+    let run = RunConfig {
+        steps: 6,
+        warmup_steps: 2,
+        layers: 2,
+        eplb_interval: 3,
+        ..SMALL
+    };
+    let result = ultraep_bench::cross_domain::run_cross_domain(
+        &scenario,
+        &run,
+        &ultraep_bench::cross_domain::SlowLoop::RUNS,
+        &mut || {},
+    )
+    .unwrap();
+    assert_eq!(result.steps_over_budget, 0, "{result:?}");
+    assert!(result.switches > 0, "{result:?}");
+    assert!(
+        result.experts_moved > 0 && result.bytes_moved > 0,
+        "{result:?}"
+    );
+    assert!(
+        result.domain_imbalance[2] < result.domain_imbalance[0],
+        "{result:?}"
+    );
+    assert!(result.eplb_experts_moved > 0, "{result:?}");
+}

@@ -1,7 +1,10 @@
 //! The slow loop's re-placement of masters across domains, on random layouts and loads.
 
 use proptest::prelude::*;
-use ultraep_plan::{ExpertLayout, LoadHistory, LoadMatrix, RankDomains, RehomeConfig, rehome};
+use ultraep_plan::{
+    Balancer, EplbHierarchical, ExpertLayout, LoadHistory, LoadMatrix, RankDomains, RehomeConfig,
+    rehome,
+};
 
 /// A random layout over random domains, with every expert's expected load.
 fn case() -> impl Strategy<Value = (ExpertLayout, RankDomains, Vec<u64>, RehomeConfig)> {
@@ -127,4 +130,49 @@ fn a_rehoming_stops_within_its_tolerance_and_budget() {
     assert_eq!(full.domain_loads_after, [1030, 1030, 1030, 1030]);
     assert_eq!(full.moves.len(), 6);
     assert_eq!(full.imbalance().1, 1.0);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// EPLB's hierarchical mode keeps every domain's and rank's number of experts, lists exactly
+    /// the experts whose domain changed, keeps every token, and is deterministic.
+    #[test]
+    fn eplb_hierarchical_packs_domains_and_keeps_every_token(
+        (layout, domains, _, _) in case(),
+        slots in 0u32..3,
+        seed in any::<u64>(),
+    ) {
+        let ranks = layout.num_ranks() as usize;
+        let experts = layout.num_experts() as usize;
+        let mut state = seed | 1;
+        let loads: Vec<u32> = (0..ranks * experts)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state % 5000) as u32
+            })
+            .collect();
+        let matrix = LoadMatrix::new(&loads, ranks, experts).unwrap();
+        let mut eplb = EplbHierarchical::new(layout.clone(), domains.clone(), slots).unwrap();
+        eplb.rebalance(matrix).unwrap();
+        let packed = eplb.layout().clone();
+        prop_assert_eq!(masters_per_rank(&packed), masters_per_rank(&layout));
+        for movement in eplb.moved_masters() {
+            prop_assert_eq!(layout.home(movement.expert), movement.from);
+            prop_assert_eq!(packed.home(movement.expert), movement.to);
+            prop_assert_ne!(domains.domain_of(movement.from), domains.domain_of(movement.to));
+        }
+        let crossed = (0..experts as u32)
+            .filter(|&e| domains.domain_of(layout.home(e)) != domains.domain_of(packed.home(e)))
+            .count();
+        prop_assert_eq!(crossed, eplb.moved_masters().len());
+        let plan = eplb.plan(matrix).unwrap();
+        prop_assert_eq!(plan.metrics().total_tokens, loads.iter().map(|&c| u64::from(c)).sum::<u64>());
+        let mut again = EplbHierarchical::new(layout, domains, slots).unwrap();
+        again.rebalance(matrix).unwrap();
+        prop_assert_eq!(again.layout(), &packed);
+        prop_assert_eq!(&again.plan(matrix).unwrap(), &plan);
+    }
 }
