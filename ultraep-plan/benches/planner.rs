@@ -12,14 +12,16 @@
 //! `ultraep/cost-aware` and `ultraep/cost-aware-no-split` are `full` and `no-split` under the
 //! decode objective (a fixed cost per instance: a 44 MB FP8 expert read at 4.8 TB/s, worth about
 //! 104 tokens at 1 PFLOP/s), on the same shapes. `eplb-oracle` and `none` are the baselines.
+//!
+//! `scale/*` is one rank's work per layer as the group grows to EP576 (see [`scaling`]).
 
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use ultraep_plan::reference::{ReferenceLoad, ReferenceScenario};
 use ultraep_plan::{
-    Balancer, Eplb, EplbMode, InstanceCost, NoBalance, Plan, PlanConfig, Planner, RankSplit,
-    SplitMode,
+    Balancer, Eplb, EplbMode, ExpertLayout, GatheredLoads, InstanceCost, LoadMatrix, NoBalance,
+    Plan, PlanConfig, Planner, RankDomains, RankSplit, SplitMode,
 };
 
 fn scenarios() -> Vec<(f64, ReferenceScenario, ReferenceLoad)> {
@@ -142,5 +144,118 @@ fn reference_scenario(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, reference_scenario);
+/// Skewed loads for `ranks` ranks and `experts` experts (top-8, 8192 tokens per rank): expert
+/// `e`'s share falls as `1 / (1 + e mod 97)`, with a deterministic jitter per cell.
+fn skewed_loads(ranks: usize, experts: usize) -> Vec<u32> {
+    let weights: Vec<u64> = (0..experts)
+        .map(|e| 1_000_000 / (1 + (e % 97) as u64))
+        .collect();
+    let total: u64 = weights.iter().sum();
+    let pairs = 8 * 8192u64;
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut loads = Vec::with_capacity(ranks * experts);
+    for _ in 0..ranks {
+        for &weight in &weights {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let base = pairs * weight / total;
+            loads.push((base + state % (base / 4 + 1)) as u32);
+        }
+    }
+    loads
+}
+
+/// What one rank computes per layer as the group grows (EP64 with 256 experts in one domain,
+/// EP256 with 1,024 in four domains of 64, EP576 with 2,304 in eight NVL72 racks of 72), three
+/// ways: `whole-matrix`, the plan from the gathered matrix and the rank's own split;
+/// `totals-and-gathered`, every domain's plan from the experts' totals and the split from the
+/// cells the rank gathered ([`GatheredLoads`], built outside the timing: a deployment receives
+/// them from its collectives); `domain-plan-and-gathered`, the rank's own domain planned from
+/// the totals, the plan assembled with the other domains' replicas (gathered, outside the
+/// timing), and the split from the gathered cells. The slowest rank (the last) is timed.
+fn scaling(c: &mut Criterion) {
+    for (ranks, experts, domain_size) in [(64u32, 256u32, 64u32), (256, 1024, 64), (576, 2304, 72)]
+    {
+        let loads = skewed_loads(ranks as usize, experts as usize);
+        let matrix = LoadMatrix::new(&loads, ranks as usize, experts as usize).expect("shape");
+        let totals: Vec<u32> = (0..experts as usize)
+            .map(|e| {
+                (0..ranks as usize)
+                    .map(|r| loads[r * experts as usize + e])
+                    .sum()
+            })
+            .collect();
+        let mut planner = Planner::new(
+            ExpertLayout::contiguous(ranks, experts / ranks).expect("layout"),
+            RankDomains::uniform(ranks, domain_size).expect("domains"),
+            2,
+            PlanConfig {
+                split: SplitMode::None,
+                ..PlanConfig::default()
+            },
+        )
+        .expect("planner");
+        let last = ranks - 1;
+        let mut plan = Plan::default();
+        let mut mine = RankSplit::default();
+        planner.plan_totals_into(&totals, &mut plan).expect("plans");
+        let gathered = GatheredLoads::gather(&plan, matrix, last).expect("gathers");
+        let shape = format!("ep{ranks}-{experts}-experts");
+        c.bench_function(&format!("scale/whole-matrix/{shape}"), |b| {
+            b.iter(|| {
+                planner
+                    .plan_into(black_box(matrix), &mut plan)
+                    .expect("plans");
+                mine.compute(&plan, matrix, last).expect("splits");
+                black_box(mine.row().len())
+            })
+        });
+        c.bench_function(&format!("scale/totals-and-gathered/{shape}"), |b| {
+            b.iter(|| {
+                planner
+                    .plan_totals_into(black_box(&totals), &mut plan)
+                    .expect("plans");
+                mine.compute_gathered(&plan, &gathered).expect("splits");
+                black_box(mine.row().len())
+            })
+        });
+        // Each domain plans for itself and the domains exchange replicas and thresholds: the
+        // last rank plans its own domain, then assembles the plan from what it gathered.
+        let own = ranks / domain_size - 1;
+        let (mut replicas, mut thresholds, mut mine_replicas) =
+            (Vec::new(), Vec::new(), Vec::new());
+        for domain in 0..ranks / domain_size {
+            thresholds.push(
+                planner
+                    .plan_domain_into(domain, &totals, &mut mine_replicas)
+                    .expect("plans"),
+            );
+            replicas.extend_from_slice(&mine_replicas);
+        }
+        c.bench_function(&format!("scale/domain-plan-and-gathered/{shape}"), |b| {
+            b.iter(|| {
+                planner
+                    .plan_domain_into(own, black_box(&totals), &mut mine_replicas)
+                    .expect("plans");
+                planner
+                    .assemble_into(&totals, black_box(&replicas), &thresholds, &mut plan)
+                    .expect("assembles");
+                mine.compute_gathered(&plan, &gathered).expect("splits");
+                black_box(mine.row().len())
+            })
+        });
+        let replica_bytes = 12 * replicas.len() as u64 + 8 * thresholds.len() as u64;
+        eprintln!(
+            "{shape}: rank {last} receives {} bytes per layer (totals {} + cells {} + every domain's replicas and thresholds {}), against {} for the whole matrix",
+            4 * u64::from(experts) + gathered.bytes_received() + replica_bytes,
+            4 * u64::from(experts),
+            gathered.bytes_received(),
+            replica_bytes,
+            4 * u64::from(ranks) * u64::from(experts)
+        );
+    }
+}
+
+criterion_group!(benches, reference_scenario, scaling);
 criterion_main!(benches);

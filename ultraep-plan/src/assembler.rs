@@ -19,11 +19,15 @@ pub const MAX_REPLICAS: u64 = 1 << 24;
 /// The most (rank, expert) cells a balancer's tables may hold: 2^31, a load matrix of 8 GB.
 pub const MAX_CELLS: u64 = 1 << 31;
 
-/// A replica a balancer wants: a copy of `expert` on `rank` taking `quota` tokens.
+/// A replica a balancer wants: a copy of `expert` on `rank` taking `quota` tokens. What a
+/// domain's plan is made of ([`crate::Planner::plan_domain_into`]), and what domains exchange.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub(crate) struct Replica {
+pub struct Replica {
+    /// The expert copied.
     pub expert: u32,
+    /// The rank that holds the copy, in one of its redundant slots.
     pub rank: u32,
+    /// The tokens the copy takes.
     pub quota: u32,
 }
 
@@ -181,6 +185,30 @@ impl Assembler {
                 }
             }
         }
+        self.finish_measure()
+    }
+
+    /// Takes every expert's total load (what an all-reduce of the ranks' rows gives) instead of
+    /// the whole matrix: enough to plan, not to split ([`Assembler::assemble`] then takes no
+    /// matrix). Which tokens cross domains is not known from totals.
+    pub fn measure_totals(&mut self, totals: &[u32]) -> Result<(), PlanError> {
+        let experts = self.layout.num_experts() as usize;
+        if totals.len() != experts {
+            return Err(PlanError::LoadLength {
+                rows: 1,
+                columns: experts,
+                len: totals.len(),
+            });
+        }
+        for (load, &total) in self.expert_load.iter_mut().zip(totals) {
+            *load = u64::from(total);
+        }
+        self.same_domain_load.copy_from_slice(&self.expert_load);
+        self.finish_measure()
+    }
+
+    /// The checks and per-rank loads both measures end with.
+    fn finish_measure(&mut self) -> Result<(), PlanError> {
         if let Some((expert, &tokens)) = self
             .expert_load
             .iter()
@@ -199,12 +227,73 @@ impl Assembler {
         Ok(())
     }
 
+    /// Refuses replicas [`Assembler::assemble`] could not build a plan from (they may come from
+    /// peers): unknown experts or ranks, a copy outside its expert's domain or on its home, two
+    /// copies of an expert on one rank, more copies on a rank than it has slots, or copies taking
+    /// more than their expert's load (less the token a master keeps). Sorts them. Call a measure
+    /// first.
+    pub fn check_replicas(
+        &mut self,
+        replicas: &mut [Replica],
+        master_keeps_token: bool,
+    ) -> Result<(), PlanError> {
+        replicas.sort_unstable();
+        let experts = self.layout.num_experts();
+        let ranks = self.layout.num_ranks();
+        // The slots every rank has used so far: the slot counter `assemble` resets before use.
+        let per_rank = &mut self.next_slot;
+        per_rank.fill(0);
+        let mut taken = 0u64;
+        for (index, replica) in replicas.iter().enumerate() {
+            let refuse = |reason: &'static str| {
+                Err(PlanError::InvalidReplica {
+                    expert: replica.expert,
+                    rank: replica.rank,
+                    reason,
+                })
+            };
+            if replica.expert >= experts || replica.rank >= ranks {
+                return refuse("an expert or rank outside the layout");
+            }
+            let home = self.layout.home(replica.expert);
+            if home == replica.rank {
+                return refuse("a copy on the expert's home");
+            }
+            if self.domains.domain_of(home) != self.domains.domain_of(replica.rank) {
+                return refuse("a copy outside its expert's domain");
+            }
+            if index > 0
+                && replicas[index - 1].expert == replica.expert
+                && replicas[index - 1].rank == replica.rank
+            {
+                return refuse("two copies of the expert on one rank");
+            }
+            let slots = &mut per_rank[replica.rank as usize];
+            *slots = slots.saturating_add(1);
+            if u32::from(*slots) > self.slots_per_rank {
+                return refuse("more copies on the rank than it has slots");
+            }
+            taken = if index > 0 && replicas[index - 1].expert == replica.expert {
+                taken + u64::from(replica.quota)
+            } else {
+                u64::from(replica.quota)
+            };
+            let load = self.expert_load[replica.expert as usize];
+            if taken + u64::from(master_keeps_token && load > 0) > load {
+                return refuse("copies taking more than the expert's load");
+            }
+        }
+        Ok(())
+    }
+
     /// Builds `plan` from `replicas` (any order; each replica's expert must be homed in the
     /// replica's domain, the quotas of an expert's replicas must not exceed its load, and no rank
-    /// may get more replicas than it has slots). Call [`Assembler::measure`] first.
+    /// may get more replicas than it has slots). Call [`Assembler::measure`] first, or
+    /// [`Assembler::measure_totals`] and pass no matrix: the plan then has no split and counts no
+    /// tokens leaving their source or crossing domains (totals do not say where tokens are).
     pub fn assemble(
         &mut self,
-        loads: LoadMatrix<'_>,
+        loads: Option<LoadMatrix<'_>>,
         replicas: &mut [Replica],
         split: SplitMode,
         domain_thresholds: &[u64],
@@ -213,6 +302,11 @@ impl Assembler {
         replicas.sort_unstable();
         let experts = self.layout.num_experts();
         plan.kind = PlanKind::Realizable;
+        let split = if loads.is_some() {
+            split
+        } else {
+            SplitMode::None
+        };
         plan.has_split = split != SplitMode::None;
         plan.instances.clear();
         plan.instances
@@ -265,6 +359,10 @@ impl Assembler {
         plan.split_offsets.push(0);
         let mut leaving: u64 = 0;
         for expert in 0..experts {
+            let Some(loads) = loads else {
+                plan.split_offsets.push(0);
+                continue;
+            };
             let first = plan.instance_offsets[expert as usize];
             let instances = &plan.instances
                 [first as usize..plan.instance_offsets[expert as usize + 1] as usize];

@@ -45,7 +45,7 @@ impl Balancer for NoBalance {
     fn plan_into(&mut self, loads: LoadMatrix<'_>, plan: &mut Plan) -> Result<(), PlanError> {
         self.assembler.measure(loads)?;
         self.assembler
-            .assemble(loads, &mut [], SplitMode::LocalityAware, &[], plan);
+            .assemble(Some(loads), &mut [], SplitMode::LocalityAware, &[], plan);
         self.assembler.record_busiest_ranks(plan);
         Ok(())
     }

@@ -270,7 +270,7 @@ pub(crate) fn plan_even_shares(
             quota: quota as u32,
         });
     }
-    assembler.assemble(loads, replicas, SplitMode::Proportional, &[], plan);
+    assembler.assemble(Some(loads), replicas, SplitMode::Proportional, &[], plan);
     assembler.record_busiest_ranks(plan);
     Ok(())
 }

@@ -106,4 +106,32 @@ pub enum PlanError {
     /// A setting that cannot be used (an instance cost, a history's decay).
     #[error("invalid setting: {0}")]
     InvalidSetting(&'static str),
+    /// A rank's split needs a cell of the load it did not gather.
+    #[error(
+        "the split needs the tokens rank {from_rank} routed to expert {expert}, which were not gathered"
+    )]
+    NotGathered {
+        /// The source rank.
+        from_rank: u32,
+        /// The expert.
+        expert: u32,
+    },
+    /// A domain number past the domains.
+    #[error("domain {domain} is not one of the {num_domains} domains")]
+    DomainOutOfRange {
+        /// The domain asked for (or the number of thresholds given).
+        domain: u32,
+        /// Domains of the planner.
+        num_domains: u32,
+    },
+    /// A replica (from a peer) that no plan could hold.
+    #[error("replica of expert {expert} on rank {rank}: {reason}")]
+    InvalidReplica {
+        /// The expert.
+        expert: u32,
+        /// The rank.
+        rank: u32,
+        /// What is wrong.
+        reason: &'static str,
+    },
 }

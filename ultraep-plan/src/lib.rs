@@ -144,7 +144,7 @@ mod residency;
 mod split;
 mod threshold;
 
-pub use assembler::{MAX_CELLS, MAX_REPLICAS, MAX_SLOTS_PER_RANK};
+pub use assembler::{MAX_CELLS, MAX_REPLICAS, MAX_SLOTS_PER_RANK, Replica};
 pub use balancer::{Balancer, ForceBalanced, NoBalance};
 pub use config::{InstanceCost, PlanConfig, SplitMode};
 pub use eplb::{Eplb, EplbMode};
@@ -156,6 +156,6 @@ pub use load::LoadMatrix;
 pub use lplb::Lplb;
 pub use plan::{Instance, Plan, PlanKind, PlanMetrics, SplitEntry};
 pub use planner::Planner;
-pub use rank_split::RankSplit;
+pub use rank_split::{GatheredLoads, RankSplit};
 pub use rehome::{LoadHistory, MasterMove, RehomeConfig, Rehoming, rehome};
 pub use residency::Residency;

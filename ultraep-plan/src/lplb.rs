@@ -279,7 +279,7 @@ impl Balancer for Lplb {
         }
         let assembler = &mut self.assembler;
         assembler.assemble(
-            loads,
+            Some(loads),
             &mut self.replicas,
             SplitMode::Proportional,
             &[],

@@ -60,24 +60,8 @@ impl RankSplit {
         loads: LoadMatrix<'_>,
         rank: u32,
     ) -> Result<(), PlanError> {
-        let experts = plan.num_experts() as usize;
-        let ranks = loads.ranks();
-        if loads.experts() != experts || plan.rank_loads().len() != ranks {
-            return Err(PlanError::LoadShape {
-                rows: ranks,
-                columns: loads.experts(),
-                num_ranks: plan.rank_loads().len() as u32,
-                num_experts: experts as u32,
-            });
-        }
-        if rank as usize >= ranks {
-            return Err(PlanError::RankOutOfRange {
-                rank,
-                num_ranks: ranks as u32,
-            });
-        }
-        self.row.clear();
-        self.columns.clear();
+        check_rank(plan, loads, rank)?;
+        let (experts, ranks) = (loads.experts(), loads.ranks());
         self.prefix.clear();
         self.prefix.resize(experts, 0);
         // The sources before the rank, or (for a rank past the middle, fewer rows to add) the
@@ -95,20 +79,59 @@ impl RankSplit {
                 *sum = sum.wrapping_add(tokens);
             }
         }
-        let mine = loads.row(rank as usize);
+        self.split_rank(plan, &loads, rank, loads.row(rank as usize), after)
+    }
+
+    /// Like [`RankSplit::compute`], from what `rank` gathered ([`GatheredLoads`]) instead of the
+    /// whole matrix: the same entries, bit for bit. A cell the split needs that was not gathered
+    /// is an error ([`PlanError::NotGathered`]), never a wrong split.
+    pub fn compute_gathered(
+        &mut self,
+        plan: &Plan,
+        gathered: &GatheredLoads,
+    ) -> Result<(), PlanError> {
+        let experts = plan.num_experts() as usize;
+        if gathered.row.len() != experts || plan.rank_loads().len() != gathered.ranks as usize {
+            return Err(PlanError::LoadShape {
+                rows: gathered.ranks as usize,
+                columns: gathered.row.len(),
+                num_ranks: plan.rank_loads().len() as u32,
+                num_experts: experts as u32,
+            });
+        }
+        self.prefix.clear();
+        self.prefix.extend_from_slice(&gathered.prefix);
+        self.split_rank(plan, gathered, gathered.rank, &gathered.row, false)
+    }
+
+    /// The row and columns of `rank` from its own tokens `mine`, the prefix sums in
+    /// `self.prefix` (of the sources before the rank, or with `after` of the rank and those after
+    /// it), and the cells of `loads`.
+    fn split_rank(
+        &mut self,
+        plan: &Plan,
+        loads: &impl Cells,
+        rank: u32,
+        mine: &[u32],
+        after: bool,
+    ) -> Result<(), PlanError> {
+        let experts = plan.num_experts() as usize;
+        self.row.clear();
+        self.columns.clear();
         for expert in 0..experts as u32 {
             let instances = plan.instances_of(expert);
             let first = plan.master_index(expert);
             if instances.len() == 1 {
-                self.unreplicated(loads, rank, expert, first, instances[0].rank, mine);
+                self.unreplicated(loads, rank, expert, first, instances[0].rank, mine)?;
                 continue;
             }
             // Each instance's local tokens, and where this rank's stretch of the stream starts.
             self.locals.clear();
-            self.locals.extend(instances.iter().map(|instance| {
-                u64::from(loads.get(instance.rank as usize, expert as usize))
-                    .min(u64::from(instance.quota))
-            }));
+            for instance in instances {
+                let local = loads.cell(instance.rank, expert)?;
+                self.locals
+                    .push(u64::from(local).min(u64::from(instance.quota)));
+            }
             let kept_before: u64 = (0..instances.len())
                 .filter(|&i| instances[i].rank < rank)
                 .map(|i| self.locals[i])
@@ -149,7 +172,7 @@ impl RankSplit {
                         from,
                         width,
                         kept,
-                    );
+                    )?;
                 }
                 from += width;
             }
@@ -160,13 +183,13 @@ impl RankSplit {
     /// The row and column entries of an expert whose tokens all go to its master.
     fn unreplicated(
         &mut self,
-        loads: LoadMatrix<'_>,
+        loads: &impl Cells,
         rank: u32,
         expert: u32,
         master: u32,
         home: u32,
         mine: &[u32],
-    ) {
+    ) -> Result<(), PlanError> {
         let tokens = mine[expert as usize];
         if tokens > 0 {
             self.row.push(SplitEntry {
@@ -177,11 +200,12 @@ impl RankSplit {
             });
         }
         if home == rank {
+            let column = loads.column_of(expert);
             for source in 0..loads.ranks() {
-                let tokens = loads.get(source, expert as usize);
+                let tokens = loads.cell_in(column, source, expert)?;
                 if tokens > 0 {
                     self.columns.push(SplitEntry {
-                        source: source as u32,
+                        source,
                         expert,
                         instance: master,
                         tokens,
@@ -189,6 +213,7 @@ impl RankSplit {
                 }
             }
         }
+        Ok(())
     }
 
     /// The column of instance `instance` (on `rank`), whose stretch of the stream is
@@ -196,7 +221,7 @@ impl RankSplit {
     #[allow(clippy::too_many_arguments)]
     fn column(
         &mut self,
-        loads: LoadMatrix<'_>,
+        loads: &impl Cells,
         rank: u32,
         expert: u32,
         instance: u32,
@@ -204,10 +229,11 @@ impl RankSplit {
         from: u64,
         width: u64,
         kept: u64,
-    ) {
+    ) -> Result<(), PlanError> {
         let mut place = 0;
-        for source in 0..loads.ranks() as u32 {
-            let tokens = u64::from(loads.get(source as usize, expert as usize));
+        let column = loads.column_of(expert);
+        for source in 0..loads.ranks() {
+            let tokens = u64::from(loads.cell_in(column, source, expert)?);
             let local = instances
                 .iter()
                 .find(|i| i.rank == source)
@@ -227,6 +253,7 @@ impl RankSplit {
                 });
             }
         }
+        Ok(())
     }
 
     /// What the rank sends: its tokens for every expert, by instance, ordered by (expert,
@@ -238,5 +265,169 @@ impl RankSplit {
     /// What the rank's instances receive, ordered by (expert, source).
     pub fn columns(&self) -> &[SplitEntry] {
         &self.columns
+    }
+}
+
+/// Refuses a matrix that is not the plan's shape, and a rank outside it.
+fn check_rank(plan: &Plan, loads: LoadMatrix<'_>, rank: u32) -> Result<(), PlanError> {
+    let experts = plan.num_experts() as usize;
+    let ranks = loads.ranks();
+    if loads.experts() != experts || plan.rank_loads().len() != ranks {
+        return Err(PlanError::LoadShape {
+            rows: ranks,
+            columns: loads.experts(),
+            num_ranks: plan.rank_loads().len() as u32,
+            num_experts: experts as u32,
+        });
+    }
+    if rank as usize >= ranks {
+        return Err(PlanError::RankOutOfRange {
+            rank,
+            num_ranks: ranks as u32,
+        });
+    }
+    Ok(())
+}
+
+/// Where the split reads a source's tokens for an expert: the whole matrix, or what one rank
+/// gathered.
+trait Cells {
+    /// Source ranks.
+    fn ranks(&self) -> u32;
+    /// Tokens `source` routed to `expert`, or an error if they were not gathered.
+    fn cell(&self, source: u32, expert: u32) -> Result<u32, PlanError>;
+    /// The whole column of `expert`, where it is stored contiguously: the fast path of the loops
+    /// over every source.
+    fn column_of(&self, _expert: u32) -> Option<&[u32]> {
+        None
+    }
+    /// Tokens `source` routed to `expert`, through `column` when there is one.
+    fn cell_in(&self, column: Option<&[u32]>, source: u32, expert: u32) -> Result<u32, PlanError> {
+        match column.and_then(|column| column.get(source as usize)) {
+            Some(&tokens) => Ok(tokens),
+            None => self.cell(source, expert),
+        }
+    }
+}
+
+impl Cells for LoadMatrix<'_> {
+    fn ranks(&self) -> u32 {
+        LoadMatrix::ranks(self) as u32
+    }
+
+    fn cell(&self, source: u32, expert: u32) -> Result<u32, PlanError> {
+        Ok(self.get(source as usize, expert as usize))
+    }
+}
+
+/// What one rank gathers of a layer's loads to compute its part of the contiguous split
+/// ([`RankSplit::compute_gathered`]) without the whole matrix: its own row, the tokens the ranks
+/// before it routed to every expert (an exclusive prefix sum over ranks), and single cells: for
+/// every replicated expert, the tokens each of its instances' ranks routed to it, and the whole
+/// column of every expert this rank holds an instance of. With [`crate::Planner::plan_totals_into`]
+/// (every expert's total: an all-reduce), that is everything one rank needs per layer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GatheredLoads {
+    rank: u32,
+    ranks: u32,
+    row: Vec<u32>,
+    prefix: Vec<u32>,
+    /// The experts this rank holds an instance of, ascending, and their whole columns:
+    /// `columns[i * ranks + source]` for `held[i]`.
+    held: Vec<u32>,
+    columns: Vec<u32>,
+    /// For replicated experts not held here: `(expert, instance rank, tokens)`, sorted.
+    cells: Vec<(u32, u32, u32)>,
+}
+
+impl GatheredLoads {
+    /// What `rank` gathers under `plan` (made for `loads`): built here from the whole matrix, for
+    /// tests and benchmarks; a deployment receives the same values from its collectives.
+    pub fn gather(plan: &Plan, loads: LoadMatrix<'_>, rank: u32) -> Result<Self, PlanError> {
+        check_rank(plan, loads, rank)?;
+        let (experts, ranks) = (loads.experts(), loads.ranks());
+        let mut prefix = vec![0u32; experts];
+        for source in 0..rank as usize {
+            for (sum, &tokens) in prefix.iter_mut().zip(loads.row(source)) {
+                *sum = sum.wrapping_add(tokens);
+            }
+        }
+        let (mut held, mut columns, mut cells) = (Vec::new(), Vec::new(), Vec::new());
+        for expert in 0..experts as u32 {
+            let instances = plan.instances_of(expert);
+            if instances.iter().any(|i| i.rank == rank) {
+                held.push(expert);
+                columns.extend((0..ranks).map(|s| loads.get(s, expert as usize)));
+            } else if instances.len() > 1 {
+                cells.extend(
+                    instances
+                        .iter()
+                        .map(|i| (expert, i.rank, loads.get(i.rank as usize, expert as usize))),
+                );
+            }
+        }
+        cells.sort_unstable();
+        Ok(Self {
+            rank,
+            ranks: ranks as u32,
+            row: loads.row(rank as usize).to_vec(),
+            prefix,
+            held,
+            columns,
+            cells,
+        })
+    }
+
+    /// The rank these are of.
+    pub fn rank(&self) -> u32 {
+        self.rank
+    }
+
+    /// Bytes the rank received to assemble these (4 bytes per prefix sum and per cell; its own
+    /// row is its own), beside the 4 x ranks x experts of gathering the whole matrix.
+    pub fn bytes_received(&self) -> u64 {
+        4 * (self.prefix.len() + self.columns.len() + self.cells.len()) as u64
+    }
+}
+
+impl Cells for GatheredLoads {
+    fn ranks(&self) -> u32 {
+        self.ranks
+    }
+
+    fn column_of(&self, expert: u32) -> Option<&[u32]> {
+        let index = self.held.binary_search(&expert).ok()?;
+        let ranks = self.ranks as usize;
+        self.columns.get(index * ranks..(index + 1) * ranks)
+    }
+
+    fn cell(&self, source: u32, expert: u32) -> Result<u32, PlanError> {
+        if source == self.rank {
+            return self
+                .row
+                .get(expert as usize)
+                .copied()
+                .ok_or(PlanError::NotGathered {
+                    from_rank: source,
+                    expert,
+                });
+        }
+        if let Ok(index) = self.held.binary_search(&expert) {
+            return self
+                .columns
+                .get(index * self.ranks as usize + source as usize)
+                .copied()
+                .ok_or(PlanError::NotGathered {
+                    from_rank: source,
+                    expert,
+                });
+        }
+        self.cells
+            .binary_search_by_key(&(expert, source), |&(e, s, _)| (e, s))
+            .map(|at| self.cells[at].2)
+            .map_err(|_| PlanError::NotGathered {
+                from_rank: source,
+                expert,
+            })
     }
 }

@@ -40,3 +40,57 @@ fn a_warm_planner_does_not_allocate() {
     });
     assert_eq!(counted, 0, "allocations in 120 warm plans");
 }
+
+/// The per-domain path allocates nothing once warm either: a domain's plan from the totals, the
+/// plan assembled from every domain's replicas, and the rank's split from its gathered cells.
+#[test]
+fn a_warm_per_domain_planner_does_not_allocate() {
+    use ultraep_plan::{GatheredLoads, PlanConfig, Planner, RankSplit, SplitMode};
+    let scenario = &scenarios()[0].2;
+    let config = PlanConfig {
+        split: SplitMode::None,
+        ..PlanConfig::default()
+    };
+    let mut planner = Planner::new(
+        scenario.layout().unwrap(),
+        scenario.domains().unwrap(),
+        scenario.slots_per_rank,
+        config,
+    )
+    .unwrap();
+    let loads: Vec<_> = scenarios().iter().map(|(_, _, _, load)| load).collect();
+    let totals: Vec<Vec<u32>> = loads
+        .iter()
+        .map(|load| {
+            let matrix = load.matrix();
+            (0..matrix.experts())
+                .map(|e| (0..matrix.ranks()).map(|r| matrix.get(r, e)).sum())
+                .collect()
+        })
+        .collect();
+    let (mut plan, mut split, mut mine) = (Plan::default(), RankSplit::default(), Vec::new());
+    // Per load: its domain's replicas and threshold (one domain here) and rank 5's cells.
+    let mut prepared = Vec::new();
+    for (load, totals) in loads.iter().zip(&totals) {
+        let threshold = planner.plan_domain_into(0, totals, &mut mine).unwrap();
+        planner.plan_totals_into(totals, &mut plan).unwrap();
+        let gathered = GatheredLoads::gather(&plan, load.matrix(), 5).unwrap();
+        prepared.push((mine.clone(), threshold, gathered));
+    }
+    let mut round = |planner: &mut Planner| {
+        for (totals, (replicas, threshold, gathered)) in totals.iter().zip(&prepared) {
+            planner.plan_domain_into(0, totals, &mut mine).unwrap();
+            planner
+                .assemble_into(totals, replicas, &[*threshold], &mut plan)
+                .unwrap();
+            split.compute_gathered(&plan, gathered).unwrap();
+        }
+    };
+    round(&mut planner);
+    let counted = allocations_during(|| {
+        for _ in 0..20 {
+            round(&mut planner);
+        }
+    });
+    assert_eq!(counted, 0, "allocations in warm per-domain plans");
+}

@@ -199,3 +199,130 @@ fn layouts_and_domains_of_absurd_size_are_refused() {
         "first appearance order"
     );
 }
+
+/// A rank that gathered for another plan lacks cells the split needs: an error naming the cell,
+/// never a split computed from missing tokens.
+#[test]
+fn a_split_from_cells_gathered_for_another_plan_is_refused() {
+    use ultraep_plan::{GatheredLoads, NoBalance, RankSplit};
+    let loads = [
+        100, 10, 10, 0, 100, 10, 0, 10, 100, 0, 10, 10, 100, 10, 10, 10,
+    ];
+    let matrix = LoadMatrix::new(&loads, 4, 4).unwrap();
+    let layout = ExpertLayout::contiguous(4, 1).unwrap();
+    let domains = RankDomains::single(4).unwrap();
+    let config = PlanConfig {
+        min_replica_tokens: 1,
+        ..PlanConfig::default()
+    };
+    let replicated = Planner::new(layout.clone(), domains.clone(), 1, config)
+        .unwrap()
+        .plan(matrix)
+        .unwrap();
+    let masters_only = NoBalance::new(layout, domains)
+        .unwrap()
+        .plan(matrix)
+        .unwrap();
+    // Rank 3 holds a replica of expert 0 in the replicated plan, not in the other.
+    let gathered = GatheredLoads::gather(&masters_only, matrix, 3).unwrap();
+    let error = RankSplit::default()
+        .compute_gathered(&replicated, &gathered)
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("expert 0, which were not gathered"),
+        "{error}"
+    );
+}
+
+/// Replicas from a peer that no plan could hold are refused before anything is built.
+#[test]
+fn replicas_a_peer_sent_that_no_plan_could_hold_are_refused() {
+    use ultraep_plan::{Plan, Replica};
+    let config = PlanConfig {
+        min_replica_tokens: 1,
+        ..PlanConfig::default()
+    };
+    let mut planner = Planner::new(
+        ExpertLayout::contiguous(4, 1).unwrap(),
+        RankDomains::uniform(4, 2).unwrap(),
+        1,
+        config,
+    )
+    .unwrap();
+    let totals = [400, 30, 30, 30];
+    let mut plan = Plan::default();
+    let cases = [
+        (
+            Replica {
+                expert: 0,
+                rank: 0,
+                quota: 10,
+            },
+            "on the expert's home",
+        ),
+        (
+            Replica {
+                expert: 0,
+                rank: 2,
+                quota: 10,
+            },
+            "outside its expert's domain",
+        ),
+        (
+            Replica {
+                expert: 0,
+                rank: 1,
+                quota: 400,
+            },
+            "more than the expert's load",
+        ),
+        (
+            Replica {
+                expert: 7,
+                rank: 1,
+                quota: 1,
+            },
+            "outside the layout",
+        ),
+    ];
+    for (replica, reason) in cases {
+        let error = planner
+            .assemble_into(&totals, &[replica], &[0, 0], &mut plan)
+            .unwrap_err();
+        assert!(error.to_string().contains(reason), "{error}");
+    }
+    let two = [
+        Replica {
+            expert: 2,
+            rank: 3,
+            quota: 1,
+        },
+        Replica {
+            expert: 3,
+            rank: 2,
+            quota: 1,
+        },
+        Replica {
+            expert: 0,
+            rank: 1,
+            quota: 1,
+        },
+        Replica {
+            expert: 1,
+            rank: 0,
+            quota: 1,
+        },
+    ];
+    planner
+        .assemble_into(&totals, &two, &[0, 0], &mut plan)
+        .unwrap();
+    let error = planner
+        .assemble_into(&totals, &two[..2], &[0], &mut plan)
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("domain 1 is not one of the 2"),
+        "{error}"
+    );
+}

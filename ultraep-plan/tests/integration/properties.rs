@@ -2,9 +2,9 @@
 
 use proptest::prelude::*;
 use ultraep_plan::{
-    Balancer, Eplb, EplbMode, EplbReplace, ExpertLayout, ForceBalanced, InstanceCost, LoadMatrix,
-    Lplb, NoBalance, Plan, PlanConfig, PlanKind, Planner, RankDomains, RankSplit, Residency,
-    SplitEntry, SplitMode,
+    Balancer, Eplb, EplbMode, EplbReplace, ExpertLayout, ForceBalanced, GatheredLoads,
+    InstanceCost, LoadMatrix, Lplb, NoBalance, Plan, PlanConfig, PlanKind, Planner, RankDomains,
+    RankSplit, Residency, SplitEntry, SplitMode,
 };
 
 use crate::invariants::{Promises, check_plan};
@@ -167,6 +167,42 @@ proptest! {
         }
         let (planned, masters_only) = busiest_costs(&problem, &plan, problem.config.cost);
         prop_assert!(planned <= masters_only, "busiest rank cost {} > {} with masters only", planned, masters_only);
+    }
+
+    /// Planning from the experts' totals gives the plan of the whole matrix, and every rank's
+    /// split from what it gathered is its split from the whole matrix, bit for bit.
+    #[test]
+    fn plans_from_totals_and_splits_from_gathered_cells_equal_the_whole_matrixs(problem in problem()) {
+        let config = PlanConfig { split: SplitMode::None, ..problem.config };
+        let problem = Problem { config, ..problem };
+        let mut planner = problem.planner();
+        let whole = planner.plan(problem.matrix()).unwrap();
+        let totals: Vec<u32> = (0..problem.experts())
+            .map(|e| (0..problem.ranks()).map(|r| problem.loads[r * problem.experts() + e]).sum())
+            .collect();
+        let mut from_totals = Plan::default();
+        planner.plan_totals_into(&totals, &mut from_totals).unwrap();
+        prop_assert_eq!(from_totals.instances(), whole.instances());
+        // Each domain planned alone, the replicas gathered, the plan assembled: the same plan.
+        let (mut gathered_replicas, mut thresholds, mut mine) = (Vec::new(), Vec::new(), Vec::new());
+        for domain in 0..problem.domains().num_domains() {
+            thresholds.push(planner.plan_domain_into(domain, &totals, &mut mine).unwrap());
+            gathered_replicas.extend_from_slice(&mine);
+        }
+        let mut assembled = Plan::default();
+        planner.assemble_into(&totals, &gathered_replicas, &thresholds, &mut assembled).unwrap();
+        prop_assert_eq!(&assembled, &from_totals);
+        prop_assert_eq!(from_totals.rank_loads(), whole.rank_loads());
+        prop_assert_eq!(from_totals.domain_thresholds(), whole.domain_thresholds());
+        let (mut full, mut local) = (RankSplit::default(), RankSplit::default());
+        for rank in 0..problem.ranks() as u32 {
+            full.compute(&whole, problem.matrix(), rank).unwrap();
+            let gathered = GatheredLoads::gather(&from_totals, problem.matrix(), rank).unwrap();
+            local.compute_gathered(&from_totals, &gathered).unwrap();
+            prop_assert_eq!(local.row(), full.row());
+            prop_assert_eq!(local.columns(), full.columns());
+            prop_assert!(gathered.bytes_received() <= 4 * (problem.ranks() * problem.experts() + problem.experts()) as u64);
+        }
     }
 
     /// The requirement: with no fixed part, the cost objective is the token objective,
