@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 
 use crate::BenchError;
+use crate::cross_domain::{SlowLoop, cross_domain_table, run_cross_domain};
+use crate::decode_objective::{decode_table, run_decode_objective};
 use crate::experiment::{RunConfig, Scenario, ScenarioResult, run_scenario, run_steps};
 use crate::machine::{Machine, nvl72_gpus};
 use crate::models::ModelShape;
@@ -90,7 +92,31 @@ pub fn run(args: &SimulateArgs) -> Result<String, BenchError> {
     if args.json {
         return to_json(&result);
     }
-    Ok(table(&result))
+    let mut text = table(&result);
+    // A scenario the paper does not evaluate also gets its own comparison: the slow loop for a
+    // group spanning domains, the two objectives for decode.
+    if let SimulationInput::Scenario(_) = input {
+        let run = if args.full {
+            RunConfig::FULL
+        } else {
+            RunConfig::QUICK
+        };
+        let scenario = result.scenario;
+        if Scenario::spanning_domains()
+            .iter()
+            .any(|s| s.name == scenario.name)
+        {
+            let cross = run_cross_domain(&scenario, &run, &SlowLoop::RUNS, &mut || {})?;
+            text.push_str("\nThe slow loop across domains (simulated):\n\n");
+            text.push_str(&cross_domain_table(&[cross]));
+        }
+        if scenario.mode == Mode::Decode {
+            let points = run_decode_objective(&scenario, &run, &mut || {})?;
+            text.push('\n');
+            text.push_str(&decode_table(&scenario, &points));
+        }
+    }
+    Ok(text)
 }
 
 /// Runs every balancer through the MoE step simulator on `input` (`full`: more steps and layers

@@ -168,7 +168,8 @@ fn skewed_loads(ranks: usize, experts: usize) -> Vec<u32> {
 
 /// What one rank computes per layer as the group grows (EP64 with 256 experts in one domain,
 /// EP256 with 1,024 in four domains of 64, EP576 with 2,304 in eight NVL72 racks of 72), three
-/// ways: `whole-matrix`, the plan from the gathered matrix and the rank's own split;
+/// ways besides `full-plan` (the whole plan with every source's split, as every rank computes it
+/// today): `whole-matrix`, the plan from the gathered matrix and the rank's own split;
 /// `totals-and-gathered`, every domain's plan from the experts' totals and the split from the
 /// cells the rank gathered ([`GatheredLoads`], built outside the timing: a deployment receives
 /// them from its collectives); `domain-plan-and-gathered`, the rank's own domain planned from
@@ -199,6 +200,24 @@ fn scaling(c: &mut Criterion) {
         let last = ranks - 1;
         let mut plan = Plan::default();
         let mut mine = RankSplit::default();
+        // The whole plan with the locality-aware split of every source: what every rank
+        // computes today, and what the 51 us / 0.73 ms / 5.0 ms measure.
+        let mut full = Planner::new(
+            ExpertLayout::contiguous(ranks, experts / ranks).expect("layout"),
+            RankDomains::uniform(ranks, domain_size).expect("domains"),
+            2,
+            PlanConfig::default(),
+        )
+        .expect("planner");
+        c.bench_function(
+            &format!("scale/full-plan/ep{ranks}-{experts}-experts"),
+            |b| {
+                b.iter(|| {
+                    full.plan_into(black_box(matrix), &mut plan).expect("plans");
+                    black_box(plan.metrics().max_rank_load)
+                })
+            },
+        );
         planner.plan_totals_into(&totals, &mut plan).expect("plans");
         let gathered = GatheredLoads::gather(&plan, matrix, last).expect("gathers");
         let shape = format!("ep{ranks}-{experts}-experts");
@@ -246,6 +265,20 @@ fn scaling(c: &mut Criterion) {
             })
         });
         let replica_bytes = 12 * replicas.len() as u64 + 8 * thresholds.len() as u64;
+        c.bench_function(&format!("scale/parts/domain-plan/{shape}"), |b| {
+            b.iter(|| {
+                planner
+                    .plan_domain_into(own, black_box(&totals), &mut mine_replicas)
+                    .expect("plans")
+            })
+        });
+        c.bench_function(&format!("scale/parts/assemble/{shape}"), |b| {
+            b.iter(|| {
+                planner
+                    .assemble_into(&totals, black_box(&replicas), &thresholds, &mut plan)
+                    .expect("assembles");
+            })
+        });
         eprintln!(
             "{shape}: rank {last} receives {} bytes per layer (totals {} + cells {} + every domain's replicas and thresholds {}), against {} for the whole matrix",
             4 * u64::from(experts) + gathered.bytes_received() + replica_bytes,
