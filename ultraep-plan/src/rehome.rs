@@ -230,7 +230,7 @@ pub fn rehome(
                     continue;
                 }
                 let delta = load - cold_load;
-                let miss = gap.abs_diff(2 * delta);
+                let miss = gap.abs_diff(delta.saturating_mul(2));
                 if best.is_none_or(|(m, h, c)| (miss, hot_expert, cold_expert) < (m, h, c)) {
                     best = Some((miss, hot_expert, cold_expert));
                 }

@@ -176,3 +176,14 @@ proptest! {
         prop_assert_eq!(&again.plan(matrix).unwrap(), &plan);
     }
 }
+
+#[test]
+fn huge_expected_loads_are_rehomed_without_overflow() {
+    let layout = ExpertLayout::contiguous(4, 2).unwrap();
+    let domains = RankDomains::uniform(4, 2).unwrap();
+    let huge = u64::MAX / 8;
+    let expected = [huge, huge - 5, huge / 2, 3, 1, 0, 7, huge / 3];
+    let rehoming = rehome(&layout, &domains, &expected, &RehomeConfig::default()).unwrap();
+    let max = |loads: &[u64]| loads.iter().copied().max().unwrap();
+    assert!(max(&rehoming.domain_loads_after) <= max(&rehoming.domain_loads_before));
+}
