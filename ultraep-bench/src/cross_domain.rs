@@ -164,6 +164,10 @@ pub fn run_cross_domain(
         sum
     };
     let mut layouts = vec![original.clone(); layers];
+    // Masters only on each layer's layout in force: its domains' loads, rebuilt at a switch.
+    let mut masters_only = (0..layers)
+        .map(|_| NoBalance::new(original.clone(), domains.clone()))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut planners = (0..layers)
         .map(|_| planner(&original))
         .collect::<Result<Vec<_>, _>>()?;
@@ -337,10 +341,8 @@ pub fn run_cross_domain(
             all_to_all += slow_time.all_to_all * layer_scale;
             imbalance[3] += plan.metrics().imbalance();
             // Domain loads of the layout in force, masters only: what the slow loop changes.
-            let mut masters = NoBalance::new(layouts[layer].clone(), domains.clone())?;
-            let mut masters_plan = Plan::default();
-            masters.plan_into(matrix, &mut masters_plan)?;
-            domain[2] += domain_imbalance(&masters_plan, &labels, domain_count);
+            masters_only[layer].plan_into(matrix, &mut plan)?;
+            domain[2] += domain_imbalance(&plan, &labels, domain_count);
             histories[layer].record(matrix)?;
         }
         for (total, step_time) in seconds.iter_mut().zip(step_seconds) {
@@ -355,6 +357,7 @@ pub fn run_cross_domain(
                 transition.switch()?;
                 layouts[layer] = transition.target().clone();
                 planners[layer] = planner(&layouts[layer])?;
+                masters_only[layer] = NoBalance::new(layouts[layer].clone(), domains.clone())?;
                 transitions[layer] = None;
                 switches += 1;
             }
