@@ -198,6 +198,7 @@ fn engine_run<W: Write>(
             ultraep_runtime::Mode::Prefill
         },
         slots_per_rank: 2,
+        staging_slots: 0,
         microbatches_in_flight: 1,
         prefer_resident_replicas: prefer,
         hold_forward: false,

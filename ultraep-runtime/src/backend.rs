@@ -109,6 +109,13 @@ pub trait Backend {
         schedule: &TransferSchedule,
         token: u64,
     ) -> Result<(), RuntimeError>;
+    /// Copies the state staged in slot `slot` of local rank `rank` into its master `index`: how
+    /// a layout switch installs a master that moved to the rank. The slot must be ready. A
+    /// backend whose memory is elsewhere (the host-driven one) leaves the copy to its caller.
+    fn install_staged(&mut self, rank: u32, slot: u16, index: u32) -> Result<(), RuntimeError> {
+        let staged = self.read_slot(rank, slot)?.into_owned();
+        self.write_master(rank, index, &staged)
+    }
     /// Makes the next distribution fail at this backend's tile task `task`: the hook behind
     /// `Engine::inject_transfer_failure` (feature `fault-injection`). Does nothing by default.
     #[doc(hidden)]

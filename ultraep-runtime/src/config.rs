@@ -12,7 +12,8 @@ use crate::{Mode, ModelShape, RuntimeError};
 pub struct EngineConfig {
     /// The machine: one rank per GPU of the expert-parallel group.
     pub topology: Topology,
-    /// Where every expert of a layer lives (the same for every layer).
+    /// Where every expert of a layer lives at start (the same for every layer; a layout change
+    /// may move a layer's experts later, keeping every rank's number of masters).
     pub layout: ExpertLayout,
     /// The model's MoE shape; its `experts` must match the layout.
     pub model: ModelShape,
@@ -20,6 +21,10 @@ pub struct EngineConfig {
     pub mode: Mode,
     /// Redundant slots per rank, shared by all layers.
     pub slots_per_rank: u16,
+    /// Extra slots per rank, beyond `slots_per_rank` and never given to replicas, where a change
+    /// of layout stages the masters moving to the rank until the switch (see
+    /// [`crate::Engine::begin_layout_change`]). Zero, the default, allows no layout change.
+    pub staging_slots: u16,
     /// Microbatches that may be between their first step and the end of their backward at once
     /// (pipeline parallelism keeps several in flight); at least 1.
     pub microbatches_in_flight: u16,
@@ -71,6 +76,7 @@ impl EngineConfig {
                 model,
                 mode: Mode::Training,
                 slots_per_rank: 2,
+                staging_slots: 0,
                 microbatches_in_flight: 1,
                 plan: PlanConfig {
                     split: SplitMode::None,
@@ -105,6 +111,13 @@ impl EngineConfig {
                 self.layout.num_experts()
             ));
         }
+        if self
+            .slots_per_rank
+            .checked_add(self.staging_slots)
+            .is_none()
+        {
+            return invalid("slots_per_rank plus staging_slots must fit in 16 bits".into());
+        }
         if self.microbatches_in_flight == 0 {
             return invalid("microbatches_in_flight must be at least 1".into());
         }
@@ -114,7 +127,7 @@ impl EngineConfig {
 }
 
 /// Builds an [`EngineConfig`] from the machine, the layout and the model, with defaults for the
-/// rest: training, 2 slots per rank, 1 microbatch in flight, the planner's defaults but no split
+/// rest: training, 2 slots per rank, no staging slots, 1 microbatch in flight, the planner's defaults but no split
 /// (each rank splits only its own tokens, see `ultraep_plan::RankSplit`), replicas preferred
 /// where they already are, forward slots not held, the default transfers, 1 worker thread.
 #[derive(Debug, Clone)]
@@ -133,6 +146,12 @@ impl EngineConfigBuilder {
     /// Redundant slots per rank, shared by all layers.
     pub fn slots_per_rank(mut self, slots: u16) -> Self {
         self.config.slots_per_rank = slots;
+        self
+    }
+
+    /// Extra slots per rank where a change of layout stages incoming masters.
+    pub fn staging_slots(mut self, slots: u16) -> Self {
+        self.config.staging_slots = slots;
         self
     }
 

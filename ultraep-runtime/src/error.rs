@@ -146,6 +146,9 @@ pub enum RuntimeError {
     /// rank) before the next step, so that no replica keeps old weights.
     #[error("masters were written since the last masters_updated(): call it on every rank first")]
     MastersChanged,
+    /// A layout change was refused or is not ready (it says why); the layer keeps its layout.
+    #[error("layout change: {0}")]
+    LayoutChange(String),
     /// The all-gather of the load failed.
     #[error("the collective failed: {0}")]
     Collective(String),

@@ -45,7 +45,7 @@ pub use backend::{Backend, CudaBackend, MemoryShape, Started};
 pub use collective::{Collective, InProcessCollective, LoadGather, ShmCollective};
 pub use config::{EngineConfig, EngineConfigBuilder};
 pub use cuda_peer::CudaPeerPlane;
-pub use engine::{Engine, TransfersInFlight};
+pub use engine::{Engine, LayoutMove, LayoutProgress, TransfersInFlight};
 pub use error::RuntimeError;
 pub use host_driven::{GradientSend, HostDriven};
 pub use model::{Dtype, Mode, ModelShape};
@@ -57,8 +57,8 @@ pub use trace::TraceWriter;
 
 // What a framework needs from the crates below, so that depending on this crate suffices.
 pub use ultraep_plan::{
-    ExpertLayout, Instance, LoadMatrix, Plan, PlanConfig, PlanMetrics, RankSplit, SplitEntry,
-    SplitMode,
+    ExpertLayout, Instance, LoadHistory, LoadMatrix, Plan, PlanConfig, PlanMetrics, RankDomains,
+    RankSplit, RehomeConfig, Rehoming, SplitEntry, SplitMode, rehome,
 };
 pub use ultraep_topo::{Preset, Topology};
 pub use ultraep_xfer::{Region, SlotState, TransferConfig};

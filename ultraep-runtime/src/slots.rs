@@ -13,10 +13,13 @@ pub(crate) struct SlotContent {
     pub version: u64,
 }
 
-/// Every slot of every rank (rank-major).
+/// Every slot of every rank (rank-major): the replicas' slots first, then the staging slots a
+/// layout change writes incoming masters to (never given to a replica).
 #[derive(Debug)]
 pub(crate) struct SlotTable {
     per_rank: usize,
+    /// Slots per rank that replicas may take (the first ones).
+    replica_slots: usize,
     contents: Vec<Option<SlotContent>>,
     /// The step whose backward holds the slot (its weights are in use and its gradient twin
     /// waits to be reduced): no other step may take it.
@@ -35,10 +38,12 @@ pub(crate) struct Placement {
 }
 
 impl SlotTable {
-    pub fn new(ranks: u32, per_rank: u16) -> Self {
-        let count = ranks as usize * usize::from(per_rank);
+    pub fn new(ranks: u32, replica_slots: u16, staging_slots: u16) -> Self {
+        let per_rank = usize::from(replica_slots) + usize::from(staging_slots);
+        let count = ranks as usize * per_rank;
         Self {
-            per_rank: usize::from(per_rank),
+            per_rank,
+            replica_slots: usize::from(replica_slots),
             contents: vec![None; count],
             holders: vec![None; count],
             taken: vec![false; count],
@@ -77,6 +82,7 @@ impl SlotTable {
                 && content.layer == step.layer
                 && content.version == version_of(content.expert)
                 && holder.is_none_or(|holder| holder == step)
+                && index % self.per_rank < self.replica_slots
             {
                 let (rank, slot) = (index / self.per_rank, index % self.per_rank);
                 residency.set(rank as u32, slot as u32, Some(content.expert));
@@ -114,7 +120,7 @@ impl SlotTable {
         placement: &mut Placement,
         mut needs_copy: impl FnMut(u32, (u32, u16)),
     ) -> Result<(), RuntimeError> {
-        let per_rank = self.per_rank;
+        let (per_rank, replica_slots) = (self.per_rank, self.replica_slots);
         for (taken, holder) in self.taken.iter_mut().zip(&self.holders) {
             *taken = holder.is_some_and(|holder| holder != step);
         }
@@ -132,7 +138,7 @@ impl SlotTable {
                 version: version_of(instance.expert),
             };
             let base = instance.rank as usize * per_rank;
-            if let Some(slot) = (0..per_rank)
+            if let Some(slot) = (0..replica_slots)
                 .find(|&s| !self.taken[base + s] && self.contents[base + s] == Some(wanted))
             {
                 self.taken[base + slot] = true;
@@ -146,7 +152,7 @@ impl SlotTable {
                 continue;
             }
             let base = instance.rank as usize * per_rank;
-            let free = (0..per_rank)
+            let free = (0..replica_slots)
                 .filter(|&s| !self.taken[base + s])
                 .min_by_key(|&s| (self.contents[base + s].is_some(), s))
                 .ok_or(RuntimeError::SlotsBusy {

@@ -291,6 +291,7 @@ fn simulate_replays_a_trace_the_engine_wrote() {
         },
         mode: Mode::Prefill,
         slots_per_rank: 2,
+        staging_slots: 0,
         microbatches_in_flight: 1,
         prefer_resident_replicas: true,
         hold_forward: false,

@@ -303,6 +303,7 @@ pub fn engine_config(model: &TinyMoe) -> Result<EngineConfig, RuntimeError> {
         },
         mode: Mode::Training,
         slots_per_rank: 2,
+        staging_slots: 0,
         microbatches_in_flight: model.microbatches as u16,
         prefer_resident_replicas: true,
         hold_forward: false,

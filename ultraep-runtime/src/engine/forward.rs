@@ -73,6 +73,7 @@ impl<B: Backend> Engine<B> {
     ) -> Result<Result<StepReport, TransfersInFlight>, RuntimeError> {
         self.check_layer(step.layer)?;
         self.check_no_pending()?;
+        self.check_not_switching(step.layer)?;
         let ranks = self.config.layout.num_ranks() as usize;
         let experts = self.config.model.experts as usize;
         if (loads.ranks(), loads.experts()) != (ranks, experts) {
@@ -108,8 +109,10 @@ impl<B: Backend> Engine<B> {
         } else {
             None
         };
-        self.planner
-            .plan_preferring(loads, residency, &mut self.candidate)?;
+        let planner = self.moved_layouts[step.layer as usize]
+            .as_mut()
+            .unwrap_or(&mut self.planner);
+        planner.plan_preferring(loads, residency, &mut self.candidate)?;
         let planning = started.elapsed();
 
         let started = Instant::now();

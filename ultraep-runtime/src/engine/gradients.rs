@@ -59,8 +59,7 @@ impl<B: Backend> Engine<B> {
     ) -> Result<(), RuntimeError> {
         self.check_layer(layer)?;
         self.check_expert(expert)?;
-        let home = self.config.layout.home(expert);
-        let index = self.master_index(layer, expert);
+        let (home, index) = self.masters.region(layer, expert);
         let (state, store) = self.gradient_store()?;
         check_size("gradient", values.len() * 4, state.bytes())?;
         store.write_master(home, index, bytemuck_bytes(values))?;
@@ -75,8 +74,7 @@ impl<B: Backend> Engine<B> {
     ) -> Result<Vec<f32>, RuntimeError> {
         self.check_layer(layer)?;
         self.check_expert(expert)?;
-        let home = self.config.layout.home(expert);
-        let index = self.master_index(layer, expert);
+        let (home, index) = self.masters.region(layer, expert);
         let (_, store) = self.gradient_store()?;
         Ok(floats_of(&store.read_master(home, index)?))
     }

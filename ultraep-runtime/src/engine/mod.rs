@@ -5,14 +5,16 @@
 mod digest;
 mod forward;
 mod gradients;
+mod layout_change;
 mod routing;
 
 pub use forward::TransfersInFlight;
+pub use layout_change::{LayoutMove, LayoutProgress};
 
 use std::borrow::Cow;
 use std::ops::Range;
 
-use ultraep_plan::{LoadMatrix, Plan, Planner, RankDomains, Residency};
+use ultraep_plan::{ExpertLayout, LoadMatrix, Plan, Planner, RankDomains, Residency};
 use ultraep_xfer::{
     ExpertState, Region, ScheduleBuilder, TaskListBuilder, TileTaskList, TransferSchedule,
 };
@@ -58,7 +60,12 @@ struct LayerStep {
 #[derive(Debug)]
 pub struct Engine<B = HostPlane> {
     config: EngineConfig,
+    /// The planner of every layer still in the configuration's layout.
     planner: Planner,
+    /// The planner of every layer whose layout changed (`None`: the configuration's).
+    moved_layouts: Vec<Option<Planner>>,
+    /// The layout change in progress, from [`Engine::begin_layout_change`] to its switch.
+    layout_change: Option<layout_change::LayoutChange>,
     state: ExpertState,
     weights: B,
     /// Training: the gradient state, and master gradients (every layer's) with the gradient twin
@@ -168,8 +175,7 @@ impl Engine {
         self.check_no_pending()?;
         self.check_expert(expert)?;
         self.note_master_write(layer, expert);
-        let home = self.config.layout.home(expert);
-        let index = self.master_index(layer, expert);
+        let (home, index) = self.masters.region(layer, expert);
         self.weights.master_mut(home, index)
     }
 
@@ -296,36 +302,42 @@ impl<B: Backend> Engine<B> {
             config.plan,
         )?;
         let state = model.expert_state()?;
-        let (local_index, experts_on_rank) = config.layout.home_indices();
-        let masters: Vec<u32> = experts_on_rank.iter().map(|&n| n * model.layers).collect();
-        let regions = MasterRegions {
-            homes: (0..model.experts).map(|e| config.layout.home(e)).collect(),
-            local_index,
-            experts_on_rank,
-        };
-        let mut memory = |purpose: &'static str, bytes: u64| {
+        let regions = MasterRegions::new(&config.layout, model.layers);
+        let masters: Vec<u32> = regions
+            .experts_on_rank
+            .iter()
+            .map(|&n| n * model.layers)
+            .collect();
+        let mut memory = |purpose: &'static str, bytes: u64, slots_per_rank: u16| {
             make(&MemoryShape {
                 purpose,
                 local: local.clone(),
                 masters_per_rank: &masters,
-                slots_per_rank: config.slots_per_rank,
+                slots_per_rank,
                 state_bytes: bytes,
                 tile_bytes: config.transfer.tile_bytes,
                 workers: config.workers,
             })
         };
-        let weights = memory(WEIGHTS, state.bytes())?;
+        // Only weights are staged: a moved master's gradient is rebuilt by the next backward.
+        let weights = memory(
+            WEIGHTS,
+            state.bytes(),
+            config.slots_per_rank + config.staging_slots,
+        )?;
         let gradients = match config.mode {
             Mode::Prefill => None,
             Mode::Training => {
                 let gradient = model.gradient_state()?;
-                let store = memory(GRADIENTS, gradient.bytes())?;
+                let store = memory(GRADIENTS, gradient.bytes(), config.slots_per_rank)?;
                 Some((gradient, store))
             }
         };
         let in_flight = usize::from(config.microbatches_in_flight) * model.layers as usize;
         Ok(Self {
             planner,
+            moved_layouts: (0..model.layers).map(|_| None).collect(),
+            layout_change: None,
             state,
             weights,
             gradients,
@@ -335,7 +347,7 @@ impl<B: Backend> Engine<B> {
             restores: 0,
             digest: digest::SEED,
             local,
-            slots: SlotTable::new(ranks, config.slots_per_rank),
+            slots: SlotTable::new(ranks, config.slots_per_rank, config.staging_slots),
             steps: (0..in_flight).map(|_| None).collect(),
             pending: None,
             copy_started: None,
@@ -469,8 +481,27 @@ impl<B: Backend> Engine<B> {
             .and_then(|entry| entry.slots.get(instance as usize).copied().flatten())
     }
 
-    fn master_index(&self, layer: u32, expert: u32) -> u32 {
-        self.masters.index(layer, expert)
+    /// Where `expert` of `layer` lives now: its home rank and its master's index there (the
+    /// index [`crate::TransferProgram`] and [`Backend`] name masters by). Layers start in the
+    /// configuration's layout; a switched layout change moves some of a layer's masters.
+    pub fn master_home(&self, layer: u32, expert: u32) -> Result<(u32, u32), RuntimeError> {
+        self.check_layer(layer)?;
+        self.check_expert(expert)?;
+        Ok(self.masters.region(layer, expert))
+    }
+
+    /// The layout of `layer` in force: the configuration's until a layout change of the layer
+    /// switches.
+    pub fn layout(&self, layer: u32) -> Result<&ExpertLayout, RuntimeError> {
+        self.check_layer(layer)?;
+        Ok(self.planner_of(layer).layout())
+    }
+
+    /// The planner of `layer`'s layout in force.
+    fn planner_of(&self, layer: u32) -> &Planner {
+        self.moved_layouts[layer as usize]
+            .as_ref()
+            .unwrap_or(&self.planner)
     }
 
     /// Sets the master weights of `expert` in `layer`, which a local rank must hold (at start,
@@ -487,9 +518,8 @@ impl<B: Backend> Engine<B> {
         check_size("weights", weights.len(), self.state.bytes())?;
         // The data plane may be reading masters for a transfer still in flight.
         self.check_no_pending()?;
-        let home = self.config.layout.home(expert);
-        self.weights
-            .write_master(home, self.master_index(layer, expert), weights)?;
+        let (home, index) = self.masters.region(layer, expert);
+        self.weights.write_master(home, index, weights)?;
         self.note_master_write(layer, expert);
         Ok(())
     }
@@ -499,9 +529,8 @@ impl<B: Backend> Engine<B> {
     pub fn read_master(&self, layer: u32, expert: u32) -> Result<Cow<'_, [u8]>, RuntimeError> {
         self.check_layer(layer)?;
         self.check_expert(expert)?;
-        let home = self.config.layout.home(expert);
-        self.weights
-            .read_master(home, self.master_index(layer, expert))
+        let (home, index) = self.masters.region(layer, expert);
+        self.weights.read_master(home, index)
     }
 
     /// The weights in slot `slot` of local rank `rank`, if the slot holds a complete copy, in
@@ -587,26 +616,48 @@ fn entry_in(
         .ok_or(RuntimeError::NoPlan { step })
 }
 
-/// Where every layer's master of every expert lives: its home rank, and its region there (the
-/// rank's experts of layer 0 first, then layer 1's, and so on).
+/// Where every layer's master of every expert lives: its home rank, and its region there. At
+/// start a rank's experts of layer 0 come first, then layer 1's, and so on; a layout change gives
+/// a master that arrives the region of one that left, so every rank keeps its number of masters.
 #[derive(Debug)]
 struct MasterRegions {
-    homes: Vec<u32>,
-    /// Every expert's index among the experts homed on its rank.
-    local_index: Vec<u32>,
-    /// Experts homed on each rank.
+    experts: u32,
+    /// The (home rank, master index) of every (layer, expert), layer-major.
+    regions: Vec<(u32, u32)>,
+    /// Experts of one layer homed on each rank (every layer's layout keeps these counts).
     experts_on_rank: Vec<u32>,
 }
 
 impl MasterRegions {
-    fn index(&self, layer: u32, expert: u32) -> u32 {
-        let home = self.homes[expert as usize];
-        layer * self.experts_on_rank[home as usize] + self.local_index[expert as usize]
+    fn new(layout: &ExpertLayout, layers: u32) -> Self {
+        let (local_index, experts_on_rank) = layout.home_indices();
+        let regions = (0..layers)
+            .flat_map(|layer| {
+                let experts_on_rank = &experts_on_rank;
+                layout
+                    .homes()
+                    .iter()
+                    .zip(&local_index)
+                    .map(move |(&home, &local)| {
+                        (home, layer * experts_on_rank[home as usize] + local)
+                    })
+            })
+            .collect();
+        Self {
+            experts: layout.num_experts(),
+            regions,
+            experts_on_rank,
+        }
     }
 
     /// The home rank and master region of `expert` of `layer`.
     fn region(&self, layer: u32, expert: u32) -> (u32, u32) {
-        (self.homes[expert as usize], self.index(layer, expert))
+        self.regions[(layer * self.experts + expert) as usize]
+    }
+
+    /// Moves `expert` of `layer` to `region`.
+    fn set(&mut self, layer: u32, expert: u32, region: (u32, u32)) {
+        self.regions[(layer * self.experts + expert) as usize] = region;
     }
 }
 

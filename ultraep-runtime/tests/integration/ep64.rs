@@ -49,6 +49,7 @@ pub fn ep64_config(workers: usize, prefer_resident: bool) -> EngineConfig {
         model,
         mode: Mode::Prefill,
         slots_per_rank: scenario.slots_per_rank as u16,
+        staging_slots: 0,
         microbatches_in_flight: 1,
         prefer_resident_replicas: prefer_resident,
         hold_forward: false,

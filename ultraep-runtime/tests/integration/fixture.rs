@@ -29,6 +29,7 @@ pub(crate) fn base_config() -> EngineConfig {
         },
         mode: Mode::Training,
         slots_per_rank: 2,
+        staging_slots: 0,
         microbatches_in_flight: 1,
         prefer_resident_replicas: true,
         hold_forward: false,

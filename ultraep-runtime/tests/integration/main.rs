@@ -6,6 +6,7 @@ mod ep64;
 mod fixture;
 mod host_driven;
 mod in_flight;
+mod layout_change;
 mod processes;
 mod program;
 mod properties;

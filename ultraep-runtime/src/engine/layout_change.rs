@@ -1,0 +1,337 @@
+//! A change of one layer's layout: masters moving home across ranks (and domains), as the slow
+//! loop's re-placement (`ultraep_plan::rehome`) decides.
+//!
+//! Every rank calls the same three steps at the same points, between steps: it names the new
+//! layout ([`Engine::begin_layout_change`]), moves the masters in rounds that fit a byte budget
+//! ([`Engine::advance_layout_change`], each round a distribution on the data plane like a step's,
+//! verified by checksum, into the *staging slots* of the moved masters' new ranks), and switches
+//! ([`Engine::switch_layout`]) once every moved master is staged at its current weights. Until the
+//! switch the old layout is in force, complete: staging slots are never given to replicas and a
+//! master is only read, so a failed round, a stale staged copy (an optimiser step came between)
+//! or a rank that stops half-way loses nothing. The switch copies each staged master into the
+//! region its rank's departing master leaves, on the rank itself: no byte crosses ranks then,
+//! so the switch cannot half-land on a peer. The next gathered step is the barrier that makes
+//! every rank's switch complete before anyone reads a moved master.
+
+use ultraep_plan::{ExpertLayout, Planner};
+
+use super::{Engine, digest};
+use crate::slots::SlotContent;
+use crate::{Backend, RuntimeError};
+
+/// One master that a layout change moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LayoutMove {
+    /// The expert.
+    pub expert: u32,
+    /// Its home rank before the switch.
+    pub from: u32,
+    /// Its home rank after.
+    pub to: u32,
+    /// The staging slot of `to` that holds it until the switch (numbered after the replica
+    /// slots: `slots_per_rank` is the first).
+    pub staging_slot: u16,
+    /// Its master index on `to` after the switch (the region the master leaving `to` frees).
+    pub index: u32,
+}
+
+/// Where a layout change stands after [`Engine::advance_layout_change`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayoutProgress {
+    /// The layer whose layout changes.
+    pub layer: u32,
+    /// Masters this round copied.
+    pub copied: u32,
+    /// Bytes this round stored.
+    pub bytes: u64,
+    /// Masters staged at their current weights, after this round.
+    pub staged: u32,
+    /// Masters the change moves.
+    pub moves: u32,
+}
+
+impl LayoutProgress {
+    /// Whether every moved master is staged: [`Engine::switch_layout`] may run.
+    pub fn ready(&self) -> bool {
+        self.staged == self.moves
+    }
+}
+
+/// A layout change between its beginning and its switch.
+#[derive(Debug)]
+pub(super) struct LayoutChange {
+    layer: u32,
+    /// The layer's planner in the new layout, built when the change began.
+    planner: Planner,
+    moves: Vec<LayoutMove>,
+    /// A switch began and failed part-way: some of the layer's old master regions may hold
+    /// new masters already, so the layer waits for the switch to be called again.
+    interrupted: bool,
+}
+
+/// Marks a layout change's beginning in the digest.
+const LAYOUT_CHANGE: u64 = 0x6c61_796f_7574_3a3e;
+/// Marks a layout switch in the digest.
+const LAYOUT_SWITCH: u64 = 0x7377_6974_6368_2121;
+
+impl<B: Backend> Engine<B> {
+    /// Begins moving `layer`'s masters to `target` (the slow loop's new layout, which every rank
+    /// computes the same). `target` must keep every rank's number of masters (the re-placement
+    /// swaps experts), and no rank may receive more masters than it has staging slots
+    /// ([`crate::EngineConfig::staging_slots`]). Nothing moves yet; the layer keeps its layout
+    /// until [`Engine::switch_layout`]. Returns the moves, by expert.
+    pub fn begin_layout_change(
+        &mut self,
+        layer: u32,
+        target: ExpertLayout,
+    ) -> Result<&[LayoutMove], RuntimeError> {
+        self.check_layer(layer)?;
+        self.check_no_pending()?;
+        if let Some(change) = &self.layout_change {
+            return Err(RuntimeError::LayoutChange(format!(
+                "the change of layer {}'s layout has not switched yet",
+                change.layer
+            )));
+        }
+        let current = self.planner_of(layer);
+        if (target.num_ranks(), target.num_experts())
+            != (current.layout().num_ranks(), current.layout().num_experts())
+        {
+            return Err(RuntimeError::LayoutChange(format!(
+                "a layout of {} ranks x {} experts for an engine of {} x {}",
+                target.num_ranks(),
+                target.num_experts(),
+                current.layout().num_ranks(),
+                current.layout().num_experts()
+            )));
+        }
+        let (_, before) = current.layout().home_indices();
+        let (_, after) = target.home_indices();
+        if let Some(rank) = (0..before.len()).find(|&rank| before[rank] != after[rank]) {
+            return Err(RuntimeError::LayoutChange(format!(
+                "rank {rank} would hold {} masters instead of {}: a layout change keeps every \
+                 rank's number of masters",
+                after[rank], before[rank]
+            )));
+        }
+        let moves = self.moves_to(layer, &target)?;
+        let planner = Planner::new(
+            target,
+            current.domains().clone(),
+            current.slots_per_rank(),
+            *current.config(),
+        )?;
+        self.digest = digest::mix(
+            self.digest,
+            &[
+                LAYOUT_CHANGE,
+                u64::from(layer),
+                layout_hash(planner.layout()),
+            ],
+        );
+        let change = self.layout_change.insert(LayoutChange {
+            layer,
+            planner,
+            moves,
+            interrupted: false,
+        });
+        Ok(&change.moves)
+    }
+
+    /// Every master of `layer` that `target` moves, with its staging slot and its region after.
+    fn moves_to(&self, layer: u32, target: &ExpertLayout) -> Result<Vec<LayoutMove>, RuntimeError> {
+        let ranks = target.num_ranks() as usize;
+        let first_staging = self.config.slots_per_rank;
+        let mut arriving = vec![0u16; ranks];
+        // The regions departing masters leave on every rank, by ascending expert: arriving
+        // masters take them in the same order, so every rank assigns them alike.
+        let mut freed: Vec<Vec<u32>> = vec![Vec::new(); ranks];
+        for expert in 0..target.num_experts() {
+            let (home, index) = self.masters.region(layer, expert);
+            if target.home(expert) != home {
+                freed[home as usize].push(index);
+            }
+        }
+        let mut taken = vec![0usize; ranks];
+        let mut moves = Vec::new();
+        for expert in 0..target.num_experts() {
+            let (from, _) = self.masters.region(layer, expert);
+            let to = target.home(expert);
+            if to == from {
+                continue;
+            }
+            let count = &mut arriving[to as usize];
+            if *count >= self.config.staging_slots {
+                return Err(RuntimeError::LayoutChange(format!(
+                    "rank {to} receives more masters than its {} staging slots",
+                    self.config.staging_slots
+                )));
+            }
+            let index = freed[to as usize][taken[to as usize]];
+            taken[to as usize] += 1;
+            moves.push(LayoutMove {
+                expert,
+                from,
+                to,
+                staging_slot: first_staging + *count,
+                index,
+            });
+            *count += 1;
+        }
+        Ok(moves)
+    }
+
+    /// The layout change in progress: its layer and its moves.
+    pub fn layout_change(&self) -> Option<(u32, &[LayoutMove])> {
+        self.layout_change
+            .as_ref()
+            .map(|change| (change.layer, &change.moves[..]))
+    }
+
+    /// Copies the next moved masters (at least one, then as many as fit `budget` bytes) into
+    /// their staging slots, on the data plane, verified like a step's replicas; masters staged
+    /// earlier whose weights changed since (an optimiser step) are copied again. Every rank calls
+    /// it at the same point with the same budget. On error the copies of this round stay not
+    /// staged, and the layer keeps its layout.
+    pub fn advance_layout_change(&mut self, budget: u64) -> Result<LayoutProgress, RuntimeError> {
+        let layer = self.layer_to_carry_on()?;
+        let change = self.layout_change.as_ref().expect("checked above");
+        let state_bytes = self.state.bytes();
+        self.fanouts.clear();
+        let mut copied = 0u32;
+        for &moved in &change.moves {
+            if self.staged(layer, moved) {
+                continue;
+            }
+            if copied > 0 && (u64::from(copied) + 1) * state_bytes > budget {
+                break;
+            }
+            let (home, index) = self.masters.region(layer, moved.expert);
+            self.fanouts
+                .add(moved.expert, home, index, (moved.to, moved.staging_slot))?;
+            copied += 1;
+        }
+        let bytes = self.copy(layer)?;
+        let change = self.layout_change.as_ref().expect("checked above");
+        let staged = change
+            .moves
+            .iter()
+            .filter(|&&moved| self.staged(layer, moved))
+            .count() as u32;
+        Ok(LayoutProgress {
+            layer,
+            copied,
+            bytes,
+            staged,
+            moves: change.moves.len() as u32,
+        })
+    }
+
+    /// Refuses to plan `layer` while its switch is half done.
+    pub(super) fn check_not_switching(&self, layer: u32) -> Result<(), RuntimeError> {
+        match &self.layout_change {
+            Some(change) if change.layer == layer && change.interrupted => {
+                Err(RuntimeError::LayoutChange(format!(
+                    "layer {layer}'s layout switch failed part-way; call switch_layout again"
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The layer of the change in progress, when the engine may work on it: no step's weights
+    /// are moving and every master written since is announced.
+    fn layer_to_carry_on(&self) -> Result<u32, RuntimeError> {
+        self.check_no_pending()?;
+        if self.masters_dirty {
+            return Err(RuntimeError::MastersChanged);
+        }
+        let change = self
+            .layout_change
+            .as_ref()
+            .ok_or_else(|| RuntimeError::LayoutChange("no layout change has begun".into()))?;
+        Ok(change.layer)
+    }
+
+    /// Whether `moved`'s staging slot holds its master's current weights.
+    fn staged(&self, layer: u32, moved: LayoutMove) -> bool {
+        let version = self.versions[(layer * self.config.model.experts + moved.expert) as usize];
+        self.slots.content(moved.to, moved.staging_slot)
+            == Some(SlotContent {
+                layer,
+                expert: moved.expert,
+                version,
+            })
+    }
+
+    /// Switches the layer of the change in progress to its new layout: every local rank copies
+    /// its staged masters into the regions its departing masters leave, and from here on plans,
+    /// transfers and master reads of the layer use the new homes. Refused (nothing changes) while
+    /// a moved master is not staged at its current weights, or while a plan of the layer is still
+    /// in its backward. Kept plans of the layer are dropped: they name the old homes. In
+    /// training, call it after the optimiser step: a moved master's gradient region starts over
+    /// on its new rank, written by the next backward.
+    pub fn switch_layout(&mut self) -> Result<(), RuntimeError> {
+        let layer = self.layer_to_carry_on()?;
+        let change = self.layout_change.as_ref().expect("checked above");
+        let unstaged = change
+            .moves
+            .iter()
+            .filter(|&&moved| !self.staged(layer, moved))
+            .count();
+        if unstaged > 0 {
+            return Err(RuntimeError::LayoutChange(format!(
+                "{unstaged} of layer {layer}'s {} moved masters are not staged at their \
+                 current weights",
+                change.moves.len()
+            )));
+        }
+        let layers = self.config.model.layers as usize;
+        if let Some(open) = self
+            .steps
+            .iter()
+            .skip(layer as usize)
+            .step_by(layers)
+            .flatten()
+            .find(|entry| entry.open)
+        {
+            return Err(RuntimeError::LayoutChange(format!(
+                "microbatch {}'s plan of layer {layer} has not finished its backward",
+                open.microbatch
+            )));
+        }
+        // The copies are local, between memory the engine owns. One that fails (a broken
+        // device) leaves the change pending with every staged copy intact, so a second call
+        // repeats them; the layer is not planned in between (`check_not_switching`).
+        for moved in &change.moves {
+            if self.local.contains(&moved.to)
+                && let Err(error) =
+                    self.weights
+                        .install_staged(moved.to, moved.staging_slot, moved.index)
+            {
+                if let Some(change) = self.layout_change.as_mut() {
+                    change.interrupted = true;
+                }
+                return Err(error);
+            }
+        }
+        let change = self.layout_change.take().expect("checked above");
+        for moved in &change.moves {
+            self.masters
+                .set(layer, moved.expert, (moved.to, moved.index));
+            self.slots.set_content(moved.to, moved.staging_slot, None);
+        }
+        for entry in self.steps.iter_mut().skip(layer as usize).step_by(layers) {
+            *entry = None;
+        }
+        self.moved_layouts[layer as usize] = Some(change.planner);
+        self.digest = digest::mix(self.digest, &[LAYOUT_SWITCH, u64::from(layer)]);
+        Ok(())
+    }
+}
+
+/// A hash of a layout's homes, for the digest.
+fn layout_hash(layout: &ExpertLayout) -> u64 {
+    let homes: Vec<u64> = layout.homes().iter().map(|&home| u64::from(home)).collect();
+    digest::mix(0, &homes)
+}
