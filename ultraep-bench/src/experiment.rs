@@ -31,6 +31,7 @@ use crate::machine::{Machine, nvl72_gpus};
 use crate::models::ModelShape;
 use crate::step::{Efficiency, Hardware, Mode, Overheads, layer_outcome, outside_moe};
 use crate::step_fit::{EfficiencySource, scenario_efficiency};
+use crate::trace::LayoutRecord;
 use crate::workload::{Workload, WorkloadConfig, calibrate_skew};
 
 /// The balancers compared, in report order.
@@ -630,6 +631,7 @@ pub fn run_workload(
         config.ranks,
         &mut || workload.next_step(),
         topology,
+        &[],
         progress,
     )?;
     result.skew = config.skew;
@@ -637,13 +639,16 @@ pub fn run_workload(
 }
 
 /// Replays `run.steps` steps from `next_step` (each `run.layers` matrices of `ranks` rows and the
-/// model's experts) through every balancer on `topology`.
+/// model's experts) through every balancer on `topology`. Experts start in balanced blocks; from
+/// each of `layouts`' steps (sorted by step; counted from the first warm-up step) on, its layer's masters live
+/// where it says for the balancers that keep masters in place (no balancing, ultraep, the ideal).
 pub fn run_steps(
     scenario: &Scenario,
     run: &RunConfig,
     ranks: u32,
     next_step: &mut dyn FnMut() -> Vec<Vec<u32>>,
     topology: &Topology,
+    layouts: &[LayoutRecord],
     progress: &mut dyn FnMut(),
 ) -> Result<ScenarioResult, BenchError> {
     let hardware = Hardware {
@@ -777,9 +782,33 @@ pub fn run_steps(
     let mut outside_seconds = 0.0;
     let mut plan = Plan::default();
     let mut scratch = Plan::default();
+    // The layers whose masters moved, with the balancers that plan in their layout.
+    let mut moved: Vec<Option<MovedLayer>> = (0..run.layers).map(|_| None).collect();
+    let mut changes = layouts.iter().peekable();
     for step in 0..run.steps {
         let layers = next_step();
         check(step, &layers)?;
+        while let Some(change) = changes.next_if(|c| c.step <= run.warmup_steps + step) {
+            let entry =
+                moved
+                    .get_mut(change.layer as usize)
+                    .ok_or_else(|| BenchError::InvalidProblem {
+                        source_name: scenario.name.to_owned(),
+                        message: format!("a layout change of layer {}", change.layer),
+                    })?;
+            let layout = ExpertLayout::from_homes(ranks, change.homes.clone())?;
+            *entry = Some(MovedLayer {
+                none: NoBalance::new(layout.clone(), domains.clone())?,
+                ideal: ForceBalanced::new(layout.clone(), domains.clone())?,
+                ultraep: Planner::new(
+                    layout.clone(),
+                    domains.clone(),
+                    slots,
+                    PlanConfig::default(),
+                )?,
+                layout,
+            });
+        }
         let frame = StepFrame::of(scenario, &hardware, ranks, &layers);
         outside_seconds += frame.outside_seconds;
         useful_flops += frame.step_flops(layer_scale);
@@ -791,6 +820,16 @@ pub fn run_steps(
             let matrix = LoadMatrix::new(loads, ranks as usize, model.routed_experts as usize)?;
             let tokens: u64 =
                 loads.iter().map(|&c| u64::from(c)).sum::<u64>() / u64::from(model.top_k.max(1));
+            let moved_layer = moved[layer].as_mut();
+            let (none, ideal, ultraep, masters) = match moved_layer {
+                Some(moved) => (
+                    &mut moved.none,
+                    &mut moved.ideal,
+                    &mut moved.ultraep,
+                    &moved.layout,
+                ),
+                None => (&mut none, &mut ideal, &mut ultraep, &layout),
+            };
             for (index, name) in BALANCERS.iter().enumerate() {
                 let mut charged = OverheadBreakdown::default();
                 let mut planning_host = 0.0;
@@ -840,7 +879,7 @@ pub fn run_steps(
                         planning_host = times[1];
                         charged = ultraep_overheads(&UltraepLayer {
                             plan: &plan,
-                            layout: &layout,
+                            layout: masters,
                             topology,
                             scenario,
                             hardware: &hardware,
@@ -924,6 +963,15 @@ pub fn run_steps(
         skew: 0.0,
         balancers,
     })
+}
+
+/// A layer whose masters a recorded layout change moved, and the balancers that plan in its
+/// layout.
+struct MovedLayer {
+    layout: ExpertLayout,
+    none: NoBalance,
+    ideal: ForceBalanced,
+    ultraep: Planner,
 }
 
 /// What every experiment on one scenario starts from: its machine, the step simulator's

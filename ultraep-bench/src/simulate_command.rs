@@ -198,6 +198,7 @@ pub fn simulate(input: &SimulationInput, full: bool) -> Result<ScenarioResult, B
                 trace.ranks,
                 &mut || steps.next().unwrap_or_default(),
                 &topology,
+                &trace.layouts,
                 &mut || {},
             )
         }

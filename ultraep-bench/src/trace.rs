@@ -13,7 +13,11 @@
 //! Steps are numbered from 0; every (step, layer, rank) of every step up to the last must appear
 //! exactly once, in any order. `top_k` is optional. Lines with a `"metrics"` key (what
 //! `ultraep_runtime::TraceWriter` writes beside the loads of every step) are figures, not loads,
-//! and are skipped.
+//! and are skipped. A line with a `"homes"` key records a layout change: from that step on, the
+//! layer's masters live on the ranks it lists, one per expert
+//! (`{"step": 40, "layer": 3, "homes": [0, 0, 5, ...]}`); before the first such line a layer's
+//! experts are in balanced blocks (ascending, `E / R` experts a rank, the first `E mod R` ranks
+//! one more), and a change keeps every rank's number of masters.
 //!
 //! **TensorRT-LLM** (`EXPERT_STATISTIC_PATH` dumps): a directory with `meta_info.json`
 //! (`num_experts`, `num_experts_per_token`) and `rank{r}.safetensors` for ranks 0 to R - 1, each
@@ -39,6 +43,21 @@ pub struct Trace {
     pub top_k: Option<u32>,
     /// `steps[s][l]` is the load matrix of layer `l` in step `s`.
     pub steps: Vec<Vec<Vec<u32>>>,
+    /// The layout changes, by step and layer.
+    pub layouts: Vec<LayoutRecord>,
+}
+
+/// A recorded layout change: from step `step` on, expert `e` of layer `layer` is mastered on rank
+/// `homes[e]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayoutRecord {
+    /// The first step planned in the new layout.
+    pub step: u32,
+    /// The layer.
+    pub layer: u32,
+    /// The home rank of every expert.
+    pub homes: Vec<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -86,6 +105,42 @@ fn check_top_k(source: &str, top_k: Option<u32>) -> Result<(), BenchError> {
     }
 }
 
+/// Refuses a layout change that names a layer, an expert count or a rank the header does not
+/// have, or that changes a rank's number of masters (a layout change swaps masters).
+fn check_layout(layout: &LayoutRecord, header: &Header) -> Result<(), String> {
+    if layout.layer >= header.layers {
+        return Err(format!(
+            "layer {} is outside the header's {} layers",
+            layout.layer, header.layers
+        ));
+    }
+    if layout.homes.len() != header.experts as usize {
+        return Err(format!(
+            "{} homes, but the header says {} experts",
+            layout.homes.len(),
+            header.experts
+        ));
+    }
+    let mut masters = vec![0u32; header.ranks as usize];
+    for &home in &layout.homes {
+        let count = masters
+            .get_mut(home as usize)
+            .ok_or_else(|| format!("home rank {home} of {} ranks", header.ranks))?;
+        *count += 1;
+    }
+    // Balanced blocks: E / R experts a rank, the first E mod R ranks one more.
+    let blocks =
+        |rank: u32| header.experts / header.ranks + u32::from(rank < header.experts % header.ranks);
+    if let Some(rank) = (0..header.ranks).find(|&rank| masters[rank as usize] != blocks(rank)) {
+        return Err(format!(
+            "rank {rank} holds {} masters, not the {} of balanced blocks: a layout change swaps masters",
+            masters[rank as usize],
+            blocks(rank)
+        ));
+    }
+    Ok(())
+}
+
 impl Trace {
     /// Layers per step.
     pub fn layers(&self) -> u32 {
@@ -120,11 +175,25 @@ impl Trace {
         // once every one is known to be there: a header or a step number that declares more than
         // the file holds is refused before anything that size is allocated.
         let mut records: BTreeMap<(u32, u32, u32), Vec<u32>> = BTreeMap::new();
+        let mut layouts: BTreeMap<(u32, u32), LayoutRecord> = BTreeMap::new();
         for (index, line) in lines {
             let at = |message: String| invalid(source, format!("line {}: {message}", index + 1));
             let value: serde_json::Value =
                 serde_json::from_str(line).map_err(|error| at(error.to_string()))?;
             if value.get("metrics").is_some() {
+                continue;
+            }
+            if value.get("homes").is_some() {
+                let layout: LayoutRecord =
+                    serde_json::from_value(value).map_err(|error| at(error.to_string()))?;
+                check_layout(&layout, &header).map_err(at)?;
+                let key = (layout.step, layout.layer);
+                if layouts.insert(key, layout).is_some() {
+                    return Err(at(format!(
+                        "step {} layer {} has two layout changes",
+                        key.0, key.1
+                    )));
+                }
                 continue;
             }
             let record: Record =
@@ -181,6 +250,14 @@ impl Trace {
                 ),
             ));
         }
+        if let Some(&(step, layer)) = layouts.keys().find(|(step, _)| *step > last_step) {
+            return Err(invalid(
+                source,
+                format!(
+                    "the layout change of step {step} layer {layer} comes after the last step ({last_step})"
+                ),
+            ));
+        }
         let cells = header.ranks as usize * header.experts as usize;
         let mut steps: Vec<Vec<Vec<u32>>> = Vec::with_capacity(last_step as usize + 1);
         let mut records = records.into_iter().peekable();
@@ -203,6 +280,7 @@ impl Trace {
             experts: header.experts,
             top_k: header.top_k,
             steps,
+            layouts: layouts.into_values().collect(),
         })
     }
 
@@ -229,6 +307,16 @@ impl Trace {
                     );
                 }
             }
+        }
+        for layout in &self.layouts {
+            let homes: Vec<String> = layout.homes.iter().map(u32::to_string).collect();
+            let _ = writeln!(
+                out,
+                "{{\"step\": {}, \"layer\": {}, \"homes\": [{}]}}",
+                layout.step,
+                layout.layer,
+                homes.join(", ")
+            );
         }
         out
     }
@@ -345,6 +433,7 @@ impl Trace {
             experts: meta.num_experts,
             top_k: meta.num_experts_per_token,
             steps,
+            layouts: Vec::new(),
         })
     }
 }

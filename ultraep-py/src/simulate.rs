@@ -74,6 +74,7 @@ impl PyTrace {
                 experts: experts_u32,
                 top_k,
                 steps,
+                layouts: Vec::new(),
             },
         })
     }

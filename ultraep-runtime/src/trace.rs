@@ -12,13 +12,19 @@
 //!
 //! Steps are microbatches renumbered densely in the order they first appear; the first
 //! successful step of every (microbatch, layer) is recorded (a retried or replanned step is not
-//! recorded twice).
+//! recorded twice). A layout change ([`TraceWriter::record_layout`], after
+//! [`crate::Engine::switch_layout`]) is a line with the layer's new homes, written before the
+//! layer's next recorded step, the first one planned in it:
+//!
+//! ```text
+//! {"step": 40, "layer": 3, "homes": [0, 0, 5, ...]}
+//! ```
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::io::Write;
 
-use ultraep_plan::LoadMatrix;
+use ultraep_plan::{ExpertLayout, LoadMatrix};
 
 use crate::{RuntimeError, StepReport};
 
@@ -40,6 +46,8 @@ pub struct TraceWriter<W: Write> {
     /// Microbatches in the order they first appeared: their index is their step number.
     microbatches: Vec<u32>,
     recorded: HashSet<(u32, u32)>,
+    /// Every layer's layout change not yet written: it goes before the layer's next step.
+    layouts: Vec<Option<Vec<u32>>>,
     line: String,
 }
 
@@ -68,6 +76,7 @@ impl<W: Write> TraceWriter<W> {
             experts: experts as usize,
             microbatches: Vec::new(),
             recorded: HashSet::new(),
+            layouts: vec![None; layers as usize],
             line: String::new(),
         })
     }
@@ -98,6 +107,19 @@ impl<W: Write> TraceWriter<W> {
                 self.microbatches.len() - 1
             }
         };
+        if let Some(homes) = self.layouts.get_mut(layer as usize).and_then(Option::take) {
+            self.line.clear();
+            let _ = write!(
+                self.line,
+                "{{\"step\": {step}, \"layer\": {layer}, \"homes\": ["
+            );
+            for (index, home) in homes.iter().enumerate() {
+                let separator = if index == 0 { "" } else { ", " };
+                let _ = write!(self.line, "{separator}{home}");
+            }
+            self.line.push_str("]}");
+            writeln!(self.out, "{}", self.line).map_err(io_error)?;
+        }
         for rank in 0..self.ranks {
             self.line.clear();
             // Writing to a String cannot fail.
@@ -128,6 +150,30 @@ impl<W: Write> TraceWriter<W> {
             report.transfer.as_nanos()
         )
         .map_err(io_error)
+    }
+
+    /// Records that `layer`'s masters now live where `layout` says (after
+    /// [`crate::Engine::switch_layout`]): the change is written with the layer's next recorded
+    /// step, and one the layer never steps in is not written.
+    pub fn record_layout(&mut self, layer: u32, layout: &ExpertLayout) -> Result<(), RuntimeError> {
+        if layout.num_ranks() as usize != self.ranks
+            || layout.num_experts() as usize != self.experts
+        {
+            return Err(RuntimeError::InvalidInput(format!(
+                "a layout of {} x {} for a trace of {} x {}",
+                layout.num_ranks(),
+                layout.num_experts(),
+                self.ranks,
+                self.experts
+            )));
+        }
+        let layers = self.layouts.len() as u32;
+        let pending = self
+            .layouts
+            .get_mut(layer as usize)
+            .ok_or(RuntimeError::UnknownLayer { layer, layers })?;
+        *pending = Some(layout.homes().to_vec());
+        Ok(())
     }
 
     /// Flushes and returns the writer.

@@ -28,6 +28,19 @@ fn small_trace(ranks: u32, experts: u32, steps: usize, layers: u32) -> Trace {
         experts,
         top_k: Some(8),
         steps: (0..steps).map(|_| workload.next_step()).collect(),
+        layouts: Vec::new(),
+    }
+}
+
+/// The engine's model in the engine-written traces: 2 layers of 128 small experts.
+fn small_model() -> ultraep_runtime::ModelShape {
+    ultraep_runtime::ModelShape {
+        layers: 2,
+        experts: 128,
+        top_k: 8,
+        hidden: 16,
+        expert_width: 16,
+        dtype: ultraep_runtime::Dtype::Bf16,
     }
 }
 
@@ -275,20 +288,13 @@ fn simulate_replays_a_trace() {
 #[test]
 fn simulate_replays_a_trace_the_engine_wrote() {
     use ultraep_plan::{ExpertLayout, PlanConfig};
-    use ultraep_runtime::{Dtype, Engine, EngineConfig, Mode, ModelShape, StepId, TraceWriter};
+    use ultraep_runtime::{Engine, EngineConfig, Mode, StepId, TraceWriter};
 
     let recorded = small_trace(8, 128, 2, 2);
     let mut engine = Engine::new(EngineConfig {
         topology: ultraep_topo::Preset::HgxH100.topology(1).unwrap(),
         layout: ExpertLayout::contiguous(8, 16).unwrap(),
-        model: ModelShape {
-            layers: 2,
-            experts: 128,
-            top_k: 8,
-            hidden: 16,
-            expert_width: 16,
-            dtype: Dtype::Bf16,
-        },
+        model: small_model(),
         mode: Mode::Prefill,
         slots_per_rank: 2,
         staging_slots: 0,
@@ -386,4 +392,124 @@ fn the_engine_command_runs_a_scenario_and_writes_its_trace() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
     std::fs::remove_dir_all(dir).ok();
+}
+
+/// A layout change the engine made is written to its trace, reads back, and `simulate` replays
+/// the steps after it in the new layout: with the hot experts spread over the ranks, no
+/// balancing is even, where the same loads in the old layout put every token on rank 0.
+#[test]
+fn a_recorded_layout_change_is_replayed() {
+    use ultraep_bench::simulate_command::{SimulationInput, simulate};
+    use ultraep_bench::trace::LayoutRecord;
+    use ultraep_plan::{ExpertLayout, LoadMatrix};
+    use ultraep_runtime::{Engine, EngineConfig, Mode, StepId, TraceWriter};
+
+    let config = EngineConfig::builder(
+        ultraep_topo::Preset::HgxH100.topology(1).unwrap(),
+        ExpertLayout::contiguous(8, 16).unwrap(),
+        small_model(),
+    )
+    .mode(Mode::Prefill)
+    .staging_slots(14)
+    .build()
+    .unwrap();
+    let mut engine = Engine::new(config).unwrap();
+    // Every rank sends 64 tokens to each of experts 0-15, all mastered on rank 0.
+    let loads: Vec<u32> = (0..8 * 128)
+        .map(|cell| if cell % 128 < 16 { 64 } else { 0 })
+        .collect();
+    let matrix = LoadMatrix::new(&loads, 8, 128).unwrap();
+    // Experts 0-15 go two to a rank; the first two of ranks 1-7 come to rank 0 in exchange.
+    let mut homes: Vec<u32> = (0..128).map(|expert| expert / 16).collect();
+    for rank in 1..8u32 {
+        homes.swap(rank as usize, (16 * rank) as usize);
+        homes.swap(rank as usize + 8, (16 * rank + 1) as usize);
+    }
+    let spread = ExpertLayout::from_homes(8, homes.clone()).unwrap();
+
+    let mut writer = TraceWriter::new(Vec::new(), 8, 128, 2, Some(8)).unwrap();
+    for microbatch in 0..3 {
+        if microbatch == 1 {
+            engine.begin_layout_change(0, spread.clone()).unwrap();
+            while !engine.advance_layout_change(1 << 20).unwrap().ready() {}
+            engine.switch_layout().unwrap();
+            writer.record_layout(0, engine.layout(0).unwrap()).unwrap();
+        }
+        for layer in 0..2 {
+            let report = engine.step(StepId::new(microbatch, layer), matrix).unwrap();
+            writer.record(&report, matrix).unwrap();
+        }
+    }
+    let text = String::from_utf8(writer.finish().unwrap()).unwrap();
+    let trace = Trace::from_jsonl(&text, "moved.jsonl").unwrap();
+    assert_eq!(
+        trace.layouts,
+        [LayoutRecord {
+            step: 1,
+            layer: 0,
+            homes
+        }]
+    );
+    assert_eq!(
+        Trace::from_jsonl(&trace.to_jsonl(), "again").unwrap(),
+        trace
+    );
+
+    let none_imbalance = |trace: Trace| {
+        let result = simulate(
+            &SimulationInput::Trace {
+                trace,
+                source: "moved.jsonl".into(),
+                model: "qwen3-235b".into(),
+                mode: ultraep_bench::step::Mode::Prefill,
+                sequence: 4096,
+            },
+            false,
+        )
+        .unwrap();
+        let none = result
+            .balancers
+            .iter()
+            .find(|b| b.balancer == "none")
+            .unwrap();
+        none.imbalance
+    };
+    let replayed = none_imbalance(trace.clone());
+    let unmoved = none_imbalance(Trace {
+        layouts: Vec::new(),
+        ..trace
+    });
+    // Six layers: four with every token on rank 0 (8.0), two even (1.0) in the new layout.
+    assert!((unmoved - 8.0).abs() < 1e-9, "{unmoved}");
+    assert!(
+        (replayed - (4.0 * 8.0 + 2.0) / 6.0).abs() < 1e-9,
+        "{replayed}"
+    );
+}
+
+#[test]
+fn layout_changes_that_do_not_fit_the_header_are_refused() {
+    let header = r#"{"ultraep_trace": 1, "ranks": 2, "experts": 4, "layers": 1}"#;
+    let loads = "{\"step\": 0, \"layer\": 0, \"rank\": 0, \"counts\": [1, 2, 3, 4]}\n\
+                 {\"step\": 0, \"layer\": 0, \"rank\": 1, \"counts\": [1, 2, 3, 4]}";
+    let refused = |homes: &str, step: u32, layer: u32| {
+        let text = format!(
+            "{header}\n{loads}\n{{\"step\": {step}, \"layer\": {layer}, \"homes\": {homes}}}"
+        );
+        Trace::from_jsonl(&text, "t.jsonl").unwrap_err().to_string()
+    };
+    assert!(refused("[0, 1, 1, 0]", 0, 1).contains("layer 1"));
+    assert!(refused("[0, 1, 1]", 0, 0).contains("3 homes"));
+    assert!(refused("[0, 1, 2, 0]", 0, 0).contains("home rank 2"));
+    assert!(refused("[0, 0, 0, 1]", 0, 0).contains("swaps masters"));
+    assert!(refused("[1, 0, 0, 1]", 1, 0).contains("after the last step"));
+    let swapped =
+        format!("{header}\n{loads}\n{{\"step\": 0, \"layer\": 0, \"homes\": [1, 0, 0, 1]}}");
+    assert_eq!(
+        Trace::from_jsonl(&swapped, "t.jsonl")
+            .unwrap()
+            .layouts
+            .len(),
+        1
+    );
 }
