@@ -61,7 +61,7 @@ pub(crate) struct PyEngine {
 #[pymethods]
 impl PyEngine {
     #[new]
-    #[pyo3(signature = (rank, homes, *, layers, top_k, hidden, expert_width, preset = "hgx-h100", nodes = 1, domains = None, dtype = "bf16", training = true, slots_per_rank = 2, microbatches_in_flight = 1, min_replica_tokens = 1024, hold_forward = false))]
+    #[pyo3(signature = (rank, homes, *, layers, top_k, hidden, expert_width, preset = "hgx-h100", nodes = 1, domains = None, dtype = "bf16", training = true, slots_per_rank = 2, staging_slots = 0, microbatches_in_flight = 1, min_replica_tokens = 1024, hold_forward = false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         rank: u32,
@@ -76,6 +76,7 @@ impl PyEngine {
         dtype: &str,
         training: bool,
         slots_per_rank: u16,
+        staging_slots: u16,
         microbatches_in_flight: u16,
         min_replica_tokens: u32,
         hold_forward: bool,
@@ -113,6 +114,7 @@ impl PyEngine {
                 Mode::Prefill
             })
             .slots_per_rank(slots_per_rank)
+            .staging_slots(staging_slots)
             .microbatches_in_flight(microbatches_in_flight)
             .hold_forward(hold_forward);
         let mut plan = ultraep_runtime::PlanConfig {
@@ -315,6 +317,68 @@ impl PyEngine {
     /// Says that the masters changed (after an optimiser step); every rank calls it.
     fn masters_updated(&mut self) -> PyResult<()> {
         self.engine.masters_updated().map_err(runtime_error)
+    }
+
+    /// Begins moving `layer`'s masters to `homes` (one rank per expert, keeping every rank's
+    /// number of masters); returns the moves as rows `[expert, from_rank, to_rank, staging_slot,
+    /// index]`, `index` being the master's index on `to_rank` after the switch. Every rank calls
+    /// it with the same homes.
+    fn begin_layout_change<'py>(
+        &mut self,
+        py: Python<'py>,
+        layer: u32,
+        homes: Vec<u32>,
+    ) -> PyResult<Bound<'py, PyArray2<i64>>> {
+        let ranks = self.engine.config().layout.num_ranks();
+        let layout = ExpertLayout::from_homes(ranks, homes).map_err(value_error)?;
+        let moves = self
+            .engine
+            .begin_layout_change(layer, layout)
+            .map_err(runtime_error)?;
+        let rows = moves
+            .iter()
+            .flat_map(|moved| {
+                [
+                    i64::from(moved.expert),
+                    i64::from(moved.from),
+                    i64::from(moved.to),
+                    i64::from(moved.staging_slot),
+                    i64::from(moved.index),
+                ]
+            })
+            .collect();
+        crate::table(py, rows, 5)
+    }
+
+    /// Stages the next moved masters (at least one, then as many as fit `budget` bytes):
+    /// `transfer_program` then holds the messages that copy them from their masters into the
+    /// staging slots of their new ranks. Returns `(copied, staged, moves)`.
+    fn advance_layout_change(&mut self, budget: u64) -> PyResult<(u32, u32, u32)> {
+        let progress = self
+            .engine
+            .advance_layout_change(budget)
+            .map_err(runtime_error)?;
+        self.moved = progress.copied > 0;
+        Ok((progress.copied, progress.staged, progress.moves))
+    }
+
+    /// Switches the layer of the layout change to its new homes, once every moved master is
+    /// staged; the caller installs each staged master at its `index` on its new rank.
+    fn switch_layout(&mut self) -> PyResult<()> {
+        self.engine.switch_layout().map_err(runtime_error)
+    }
+
+    /// The home rank and master index of `expert` in `layer`, in the layout in force.
+    fn master_home(&self, layer: u32, expert: u32) -> PyResult<(u32, u32)> {
+        self.engine
+            .master_home(layer, expert)
+            .map_err(runtime_error)
+    }
+
+    /// The home rank of every expert of `layer`, in the layout in force.
+    fn homes<'py>(&self, py: Python<'py>, layer: u32) -> PyResult<Bound<'py, PyArray1<u32>>> {
+        let layout = self.engine.layout(layer).map_err(runtime_error)?;
+        Ok(layout.homes().to_vec().into_pyarray(py))
     }
 
     /// This engine's rank.

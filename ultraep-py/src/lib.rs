@@ -8,6 +8,7 @@
 //! dtypes) with the library's message; planning runs with the GIL released.
 
 mod engine;
+mod rehome;
 mod simulate;
 
 use numpy::ndarray::Array2;
@@ -19,7 +20,7 @@ use ultraep_plan::{
     RankSplit, SplitEntry, SplitMode,
 };
 
-fn value_error(error: impl std::fmt::Display) -> PyErr {
+pub(crate) fn value_error(error: impl std::fmt::Display) -> PyErr {
     PyValueError::new_err(error.to_string())
 }
 
@@ -320,6 +321,8 @@ fn _ultraep(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<PyPlan>()?;
     module.add_class::<engine::PyEngine>()?;
     module.add_class::<simulate::PyTrace>()?;
+    module.add_class::<rehome::PyLoadHistory>()?;
+    module.add_function(wrap_pyfunction!(rehome::rehome, module)?)?;
     module.add_function(wrap_pyfunction!(simulate::simulate, module)?)?;
     Ok(())
 }

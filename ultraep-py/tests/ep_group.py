@@ -115,6 +115,42 @@ def _train_step(layer: nn.Module, rank: int) -> dict[str, object]:
     return result
 
 
+def _adam_step(layer: nn.Module, optimizer: torch.optim.Optimizer, rank: int) -> torch.Tensor:
+    """One training step of the experts with Adam; returns the output."""
+    x = tokens(rank)
+    out = layer(x)
+    (out * probe(rank)).sum().backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return out.detach()
+
+
+def moved_homes(experts: int) -> list[int]:
+    """A layout that keeps every rank's number of experts but moves most of them."""
+    per_rank = experts // RANKS
+    return [(expert // per_rank + expert) % RANKS for expert in range(experts)]
+
+
+def _by_expert(layer: nn.Module, optimizer: torch.optim.Optimizer) -> dict[int, list]:
+    """This rank's experts: their weights and Adam moments, by expert."""
+    rank = dist.get_rank()
+    found: dict[int, list] = {}
+    for expert, home in enumerate(layer.homes()):
+        if home != rank:
+            continue
+        row = layer.engine.master_home(0, expert)[1]
+        found[expert] = [
+            tensor[row].clone()
+            for parameter in (layer.gate_up_proj, layer.down_proj)
+            for tensor in (
+                parameter.data,
+                optimizer.state[parameter]["exp_avg"],
+                optimizer.state[parameter]["exp_avg_sq"],
+            )
+        ]
+    return found
+
+
 def _worker(rank: int, family: str, directory: str, scenario: str) -> None:
     from ultraep.torch import ExpertParallelMoE
 
@@ -132,6 +168,16 @@ def _worker(rank: int, family: str, directory: str, scenario: str) -> None:
         layer = ExpertParallelMoE(build_block(family), slots=2, min_replica_tokens=1)
         if scenario == "train":
             result["runs"] = [_train_step(layer, rank) for _ in range(2)]
+        elif scenario in ("adam", "adam-moved"):
+            optimizer = torch.optim.Adam([layer.gate_up_proj, layer.down_proj], lr=1e-3)
+            outputs = [_adam_step(layer, optimizer, rank)]
+            if scenario == "adam-moved":
+                homes = moved_homes(len(layer.homes()))
+                result["moved"] = layer.change_layout(homes, optimizer)
+            outputs += [_adam_step(layer, optimizer, rank) for _ in range(2)]
+            result["outputs"] = outputs
+            result["homes"] = layer.homes()
+            result["experts"] = _by_expert(layer, optimizer)
         elif scenario == "die":
             _train_step(layer, rank)
             if rank == 2:

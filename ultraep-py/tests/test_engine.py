@@ -128,3 +128,42 @@ def test_bad_input_raises():
         engine.step(0, 0, np.zeros(5, dtype=np.uint32))
     with pytest.raises(ValueError, match="dtype|preset|bf16"):
         ultraep.Engine(0, [0], layers=1, top_k=1, hidden=16, expert_width=16, dtype="f64")
+
+
+def test_a_layout_change_moves_homes_only_at_the_switch():
+    homes = [expert // PER_RANK for expert in range(EXPERTS)]
+    target = list(homes)
+    target[5], target[30] = target[30], target[5]  # expert 5 to rank 7, expert 30 to rank 1
+    group = [
+        ultraep.Engine(
+            rank, homes, layers=2, top_k=TOP_K, hidden=16, expert_width=16, staging_slots=1
+        )
+        for rank in range(RANKS)
+    ]
+    for engine in group:
+        moves = engine.begin_layout_change(1, target)
+        # Layer 1's masters are a rank's indices 4-7: each arrival takes its departure's index.
+        assert moves.tolist() == [[5, 1, 7, 2, 6], [30, 7, 1, 2, 5]]
+        with pytest.raises(ValueError, match="not staged"):
+            engine.switch_layout()
+        assert engine.master_home(1, 5) == (1, 5)
+        assert engine.advance_layout_change(1) == (1, 1, 2)
+        assert engine.advance_layout_change(1) == (1, 2, 2)
+        engine.switch_layout()
+        assert engine.master_home(1, 5) == (7, 6)
+        assert engine.homes(1).tolist() == target
+        assert engine.homes(0).tolist() == homes
+    # The next step plans layer 1 in the new layout on every rank alike.
+    rows = gathered(group)
+    for engine in group:
+        engine.step(0, 1, rows)
+        masters = engine.instances(0, 1)
+        assert masters[(masters[:, 0] == 5) & (masters[:, 2] < 0), 1].tolist() == [7]
+
+
+def test_a_layout_change_that_moves_a_rank_s_count_is_refused():
+    engine = engines()[0]
+    uneven = [0] + [expert // PER_RANK for expert in range(1, EXPERTS)]
+    uneven[4] = 0
+    with pytest.raises(ValueError, match="number of masters"):
+        engine.begin_layout_change(0, uneven)

@@ -135,3 +135,30 @@ def test_a_rank_that_dies_mid_forward_makes_the_others_raise(tmp_path):
         assert f"rank {rank} of the expert-parallel group failed" in message
         # The group's timeout is 30 s; a closed connection is noticed well before it.
         assert results[rank]["seconds"] < 45.0, results[rank]["seconds"]
+
+
+def test_experts_moved_between_steps_keep_their_weights_and_adam_state(tmp_path):
+    """Three Adam steps, with most experts moved to other ranks after the first: every expert
+    ends with the weights and moments of the same run without the move, wherever it lives now,
+    and every output matches."""
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "moved").mkdir()
+    kept = ep_group.run("qwen3_moe", tmp_path / "kept", "adam")
+    moved = ep_group.run("qwen3_moe", tmp_path / "moved", "adam-moved")
+    experts = len(moved[0]["homes"])
+    target = ep_group.moved_homes(experts)
+    assert all(result["homes"] == target for result in moved)
+    assert moved[0]["moved"] == sum(
+        1 for expert in range(experts) if target[expert] != expert // (experts // ep_group.RANKS)
+    )
+    assert moved[0]["moved"] > experts // 2
+    for rank in range(ep_group.RANKS):
+        for before, after in zip(kept[rank]["outputs"], moved[rank]["outputs"], strict=True):
+            # Replicas sit elsewhere in the new layout, so rows share other matrix products.
+            torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)
+    kept_states = {e: states for result in kept for e, states in result["experts"].items()}
+    moved_states = {e: states for result in moved for e, states in result["experts"].items()}
+    assert sorted(kept_states) == sorted(moved_states) == list(range(experts))
+    for expert in range(experts):
+        for want, got in zip(kept_states[expert], moved_states[expert], strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)

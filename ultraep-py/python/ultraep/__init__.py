@@ -13,6 +13,10 @@ computes the same plan from the same matrix.
 >>> round(plan.initial_imbalance, 2), round(plan.imbalance, 2)
 (1.82, 1.01)
 
+:class:`LoadHistory` and :func:`rehome` are the slow loop for groups that span several domains:
+every few hundred steps, masters swapped between domains so that the domains' expected loads
+even out (``ExpertParallelMoE.change_layout`` and ``Engine.begin_layout_change`` carry it out).
+
 :class:`Engine` is one rank's engine for a process per GPU (``ultraep.torch`` builds an
 expert-parallel layer on it); :func:`simulate` and :class:`Trace` run the MoE step simulator on
 published scenarios or recorded loads.
@@ -26,11 +30,21 @@ from typing import Any
 
 import numpy as np
 
-from ._ultraep import Engine, Plan, Trace
+from ._ultraep import Engine, LoadHistory, Plan, Trace, rehome
 from ._ultraep import Planner as _Planner
 from .simulation import Simulation, simulate
 
-__all__ = ["Engine", "Plan", "Planner", "Simulation", "Trace", "read_trace", "simulate"]
+__all__ = [
+    "Engine",
+    "LoadHistory",
+    "Plan",
+    "Planner",
+    "Simulation",
+    "Trace",
+    "read_trace",
+    "rehome",
+    "simulate",
+]
 __version__ = "0.1.0"
 
 

@@ -66,6 +66,7 @@ class Engine:
         dtype: str = "bf16",
         training: bool = True,
         slots_per_rank: int = 2,
+        staging_slots: int = 0,
         microbatches_in_flight: int = 1,
         min_replica_tokens: int = 1024,
         hold_forward: bool = False,
@@ -98,6 +99,30 @@ class Engine:
         replicas: dict[int, npt.NDArray[np.float32]],
     ) -> None: ...
     def masters_updated(self) -> None: ...
+    def begin_layout_change(self, layer: int, homes: Sequence[int]) -> npt.NDArray[np.int64]:
+        """Rows ``[expert, from_rank, to_rank, staging_slot, index]``."""
+    def advance_layout_change(self, budget: int) -> tuple[int, int, int]:
+        """``(copied, staged, moves)``."""
+    def switch_layout(self) -> None: ...
+    def master_home(self, layer: int, expert: int) -> tuple[int, int]: ...
+    def homes(self, layer: int) -> npt.NDArray[np.uint32]: ...
+
+class LoadHistory:
+    """A decaying history of every expert's load."""
+    def __init__(self, experts: int, shift: int = 6) -> None: ...
+    def record(self, loads: npt.NDArray[np.uint32]) -> None: ...
+    @property
+    def expected(self) -> npt.NDArray[np.uint64]: ...
+
+def rehome(
+    homes: Sequence[int],
+    domains: Sequence[int],
+    expected: npt.NDArray[np.uint64],
+    *,
+    tolerance_ppm: int = 10_000,
+    max_moves: int = 16,
+) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.int64], float, float]:
+    """``(homes, moves [expert, from_rank, to_rank], imbalance_before, imbalance_after)``."""
 
 class Trace:
     """Recorded router loads: steps of layers of ranks x experts token counts."""

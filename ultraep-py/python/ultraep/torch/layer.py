@@ -84,8 +84,9 @@ class ExpertParallelMoE(nn.Module):
             transformers 5 (Qwen3-MoE, Mixtral, DeepSeek-V3). A ``shared_experts`` module, if
             present, runs on every rank on its own tokens. Every rank passes the same weights;
             each keeps its own experts' shard, the router and the shared experts.
-        group: the expert-parallel process group (default: the whole world). Expert ``e`` lives
-            on rank ``e // (experts / ranks)`` of the group.
+        group: the expert-parallel process group (default: the whole world). Expert ``e`` starts
+            on rank ``e // (experts / ranks)`` of the group; :meth:`change_layout` moves experts
+            between ranks later.
         slots: replica buffers per rank.
         min_replica_tokens: the smallest number of tokens a replica may get.
         preset: the hardware whose links the engine plans transfers for.
@@ -138,6 +139,8 @@ class ExpertParallelMoE(nn.Module):
         self.gate_up_proj = nn.Parameter(experts.gate_up_proj.detach()[local].clone())
         self.down_proj = nn.Parameter(experts.down_proj.detach()[local].clone())
         self._math = _local_math(experts, per_rank + slots)
+        # Every expert's row in its home rank's stacked parameters.
+        self._row_of = np.arange(count, dtype=np.int64) % per_rank
         self.engine = Engine(
             rank,
             [expert // per_rank for expert in range(count)],
@@ -150,13 +153,16 @@ class ExpertParallelMoE(nn.Module):
             dtype=_ENGINE_DTYPES[dtype],
             training=True,
             slots_per_rank=slots,
+            # A layout change may bring a rank as many experts as it has; host-driven staging
+            # slots cost no memory (the layer moves the parameters itself).
+            staging_slots=per_rank,
             min_replica_tokens=min_replica_tokens,
             hold_forward=True,
         )
         self._exchange = ReplicaExchange(
             self.engine,
             group,
-            rank * per_rank,
+            self._row_of,
             tuple(self.gate_up_proj.shape[1:]),
             tuple(self.down_proj.shape[1:]),
             slots,
@@ -179,6 +185,76 @@ class ExpertParallelMoE(nn.Module):
         is noticed by itself.)"""
         self.engine.masters_updated()
         self._versions = self._master_versions()
+
+    def homes(self) -> list[int]:
+        """The home rank of every expert, in the layout in force."""
+        return [int(home) for home in self.engine.homes(0)]
+
+    def change_layout(
+        self, homes: Sequence[int], optimizer: torch.optim.Optimizer | None = None
+    ) -> int:
+        """Moves experts to the ranks ``homes`` names (one per expert, as the slow loop's
+        re-placement ``ultraep.rehome`` gives them: every rank keeps its number of experts).
+
+        Every rank of the group calls it with the same ``homes`` at the same point, between steps:
+        after the backward and the optimizer step. Each moved expert's weights go from its old
+        rank to its new one, with its gradient if one is kept and, given ``optimizer``, every
+        state tensor of it shaped like the parameter (Adam's moments); the engine then switches
+        the layer to the new layout, and the next forward plans in it and refills the replica
+        slots. Returns the number of experts that moved.
+
+        Raises:
+            ValueError: if ``homes`` changes a rank's number of experts, or a backward has not
+                finished.
+            PeerLostError: if the group fails while the experts move.
+        """
+        moves = self.engine.begin_layout_change(0, [int(home) for home in homes])
+        # The engine's own program would copy the weights into staging slots; this layer moves
+        # the parameters (and their optimizer state) itself, so it only lets the engine count
+        # them staged.
+        self.engine.advance_layout_change(2**64 - 1)
+        parameters = (self.gate_up_proj, self.down_proj)
+        tensors: list[torch.Tensor] = []
+        for parameter in parameters:
+            tensors.append(parameter.data)
+            if parameter.grad is not None:
+                tensors.append(parameter.grad)
+            if optimizer is not None:
+                state = optimizer.state.get(parameter, {})
+                tensors.extend(
+                    value
+                    for _, value in sorted(state.items())
+                    if isinstance(value, torch.Tensor) and value.shape == parameter.shape
+                )
+        received: list[tuple[int, int, torch.Tensor]] = []
+        operations = []
+        for number, (expert, sender, receiver, _, index) in enumerate(moves.tolist()):
+            for position, tensor in enumerate(tensors):
+                tag = number * len(tensors) + position
+                if sender == self.rank:
+                    row = tensor[int(self._row_of[expert])].contiguous()
+                    operations.append(
+                        dist.P2POp(dist.isend, row, self._exchange.peer(receiver), self.group, tag)
+                    )
+                elif receiver == self.rank:
+                    buffer = torch.empty_like(tensor[0])
+                    received.append((position, index, buffer))
+                    operations.append(
+                        dist.P2POp(dist.irecv, buffer, self._exchange.peer(sender), self.group, tag)
+                    )
+        with group_operation(self.rank, "moving experts to their new ranks"):
+            if operations:
+                for request in dist.batch_isend_irecv(operations):
+                    request.wait()
+        # Every row to be overwritten has been sent: install the arrivals.
+        with torch.no_grad():
+            for position, index, buffer in received:
+                tensors[position][index] = buffer
+        self.engine.switch_layout()
+        for expert, _, _, _, index in moves.tolist():
+            self._row_of[expert] = index
+        self.masters_updated()
+        return len(moves)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         clock = _PhaseClock()
@@ -213,7 +289,7 @@ class ExpertParallelMoE(nn.Module):
         target = instances[routed, 1]
         slot = instances[routed, 2]
         index_there = np.where(
-            slot >= 0, self.experts_per_rank + slot, instances[routed, 0] % self.experts_per_rank
+            slot >= 0, self.experts_per_rank + slot, self._row_of[instances[routed, 0]]
         )
         order = np.argsort(target, kind="stable")
         send_counts = np.bincount(target, minlength=self.ranks)

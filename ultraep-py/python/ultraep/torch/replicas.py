@@ -46,7 +46,7 @@ class ReplicaExchange:
         self,
         engine: Engine,
         group: dist.ProcessGroup | None,
-        first_expert: int,
+        row_of: np.ndarray,
         gate_up_shape: tuple[int, ...],
         down_shape: tuple[int, ...],
         slots: int,
@@ -56,7 +56,9 @@ class ReplicaExchange:
         self.engine = engine
         self.group = group
         self.rank = dist.get_rank(group)
-        self.first_expert = first_expert
+        # Every expert's row in its home rank's stacked masters (the layer updates it in place
+        # when experts move).
+        self.row_of = row_of
         self.gate_up_shape = gate_up_shape
         self.down_shape = down_shape
         self.gate_up_elements = int(np.prod(gate_up_shape))
@@ -93,7 +95,7 @@ class ReplicaExchange:
             expert = int(row[EXPERT])
             if expert not in staged:
                 # A master's state is two tensors; the program counts bytes across both.
-                local = expert - self.first_expert
+                local = int(self.row_of[expert])
                 staged[expert] = (
                     torch.cat([gate_up[local].reshape(-1), down[local].reshape(-1)])
                     .contiguous()
@@ -179,7 +181,7 @@ class ReplicaExchange:
         for expert, replicas in sorted(received.items()):
             self.engine.sum_replica_gradients(
                 expert,
-                host[expert - self.first_expert].numpy(),
+                host[int(self.row_of[expert])].numpy(),
                 {rank: grad.cpu().numpy() for rank, grad in replicas.items()},
             )
         if host is not master_grads:
