@@ -521,13 +521,14 @@ fn xfer_tells_a_log_it_is_working() {
 
 /// Decode at every batch size: what the cost-aware objective decides (its replicas, the
 /// transfers and reroute they need, their compute) is never slower than masters only on any
-/// step, and it never makes more replicas than counting tokens does.
+/// step, and it never makes more replicas than counting tokens does. Behind the slow loop's
+/// layer gate (warmed up long enough to open) no whole step is slower either.
 #[test]
 fn the_cost_aware_objective_never_decides_a_slower_decode_step() {
     let scenario = Scenario::decode()[0];
     let run = RunConfig {
         steps: 3,
-        warmup_steps: 1,
+        warmup_steps: 4,
         layers: 2,
         ..SMALL
     };
@@ -541,7 +542,15 @@ fn the_cost_aware_objective_never_decides_a_slower_decode_step() {
         assert_eq!(point.cost_slower_steps_decided, 0, "{point:?}");
         assert!(point.cost_worst_ratio_decided <= 1.0, "{point:?}");
         assert!(point.cost_replicas <= point.tokens_replicas, "{point:?}");
+        assert_eq!(point.gated_slower_steps, 0, "{point:?}");
+        assert!(point.gated_worst_ratio <= 1.0, "{point:?}");
+        assert!(point.gated_seconds <= point.none_seconds, "{point:?}");
     }
+    // Where no layer pays for its planning, the gate keeps every layer as it is: exactly no
+    // balancing, where planning every layer is slower.
+    assert_eq!(points[0].gated_balanced_layers, 0.0, "{:?}", points[0]);
+    assert_eq!(points[0].gated_seconds, points[0].none_seconds);
+    assert!(points[0].cost_seconds > points[0].none_seconds);
     // The token objective replicates at small batches and pays for it.
     assert!(
         points[0].tokens_seconds > points[0].none_seconds,
