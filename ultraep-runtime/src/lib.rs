@@ -45,7 +45,7 @@ pub use backend::{Backend, CudaBackend, MemoryShape, Started};
 pub use collective::{Collective, InProcessCollective, LoadGather, ShmCollective};
 pub use config::{EngineConfig, EngineConfigBuilder};
 pub use cuda_peer::CudaPeerPlane;
-pub use engine::{Engine, LayoutMove, LayoutProgress, TransfersInFlight};
+pub use engine::{Engine, LayoutMove, LayoutProgress, LayoutRoundInFlight, TransfersInFlight};
 pub use error::RuntimeError;
 pub use host_driven::{GradientSend, HostDriven};
 pub use model::{Dtype, Mode, ModelShape};

@@ -40,6 +40,11 @@ pub(super) struct Pending {
 impl<B: Backend> Engine<B> {
     /// Refuses a call that would change the engine's state while a step's weights move.
     pub(super) fn check_no_pending(&self) -> Result<(), RuntimeError> {
+        if self.migrating.is_some() {
+            return Err(RuntimeError::LayoutChange(
+                "a layout round is moving masters: finish it first".into(),
+            ));
+        }
         match &self.pending {
             Some(pending) => Err(RuntimeError::TransferPending { step: pending.step }),
             None => Ok(()),

@@ -3,8 +3,10 @@
 //!
 //! Every rank calls the same three steps at the same points, between steps: it names the new
 //! layout ([`Engine::begin_layout_change`]), moves the masters in rounds that fit a byte budget
-//! ([`Engine::advance_layout_change`], each round a distribution on the data plane like a step's,
-//! verified by checksum, into the *staging slots* of the moved masters' new ranks), and switches
+//! ([`Engine::advance_layout_change`], or [`Engine::begin_layout_round`] and
+//! [`Engine::finish_layout_round`] around the caller's compute; each round a distribution on the
+//! data plane like a step's, verified by checksum, into the *staging slots* of the moved masters'
+//! new ranks), and switches
 //! ([`Engine::switch_layout`]) once every moved master is staged at its current weights. Until the
 //! switch the old layout is in force, complete: staging slots are never given to replicas and a
 //! master is only read, so a failed round, a stale staged copy (an optimiser step came between)
@@ -33,6 +35,14 @@ pub struct LayoutMove {
     pub staging_slot: u16,
     /// Its master index on `to` after the switch (the region the master leaving `to` frees).
     pub index: u32,
+}
+
+/// The masters of a layout round still moving: the handle [`Engine::begin_layout_round`]
+/// returns, to give back to [`Engine::finish_layout_round`].
+#[derive(Debug)]
+#[must_use = "the round's masters count as staged only once it is finished"]
+pub struct LayoutRoundInFlight {
+    layer: u32,
 }
 
 /// Where a layout change stands after [`Engine::advance_layout_change`].
@@ -192,8 +202,25 @@ impl<B: Backend> Engine<B> {
     /// their staging slots, on the data plane, verified like a step's replicas; masters staged
     /// earlier whose weights changed since (an optimiser step) are copied again. Every rank calls
     /// it at the same point with the same budget. On error the copies of this round stay not
-    /// staged, and the layer keeps its layout.
+    /// staged, and the layer keeps its layout. [`Engine::begin_layout_round`] and
+    /// [`Engine::finish_layout_round`] in one call.
     pub fn advance_layout_change(&mut self, budget: u64) -> Result<LayoutProgress, RuntimeError> {
+        match self.begin_layout_round(budget)? {
+            Ok(progress) => Ok(progress),
+            Err(in_flight) => self.finish_layout_round(in_flight),
+        }
+    }
+
+    /// Starts a round of [`Engine::advance_layout_change`] on the data plane and returns: the
+    /// progress when nothing had to move, else the handle of the round, which the caller gives
+    /// to [`Engine::finish_layout_round`] after other work (a layer's expert compute, say). On
+    /// the host data plane with more than one worker the copies run on the workers meanwhile, so
+    /// a round within its budget never stalls a step; until it is finished the engine refuses
+    /// every call that would change its state, as for a step's transfers.
+    pub fn begin_layout_round(
+        &mut self,
+        budget: u64,
+    ) -> Result<Result<LayoutProgress, LayoutRoundInFlight>, RuntimeError> {
         let layer = self.layer_to_carry_on()?;
         let change = self.layout_change.as_ref().expect("checked above");
         let state_bytes = self.state.bytes();
@@ -211,20 +238,45 @@ impl<B: Backend> Engine<B> {
                 .add(moved.expert, home, index, (moved.to, moved.staging_slot))?;
             copied += 1;
         }
-        let bytes = self.copy(layer)?;
-        let change = self.layout_change.as_ref().expect("checked above");
-        let staged = change
-            .moves
-            .iter()
-            .filter(|&&moved| self.staged(layer, moved))
-            .count() as u32;
-        Ok(LayoutProgress {
+        match self.start_copy()? {
+            None => Ok(Ok(self.layout_progress(layer, 0, 0))),
+            Some(_) => {
+                self.migrating = Some(copied);
+                Ok(Err(LayoutRoundInFlight { layer }))
+            }
+        }
+    }
+
+    /// Waits for the copies of `round` and records which moved masters are now staged. On error
+    /// they stay not staged and the layer keeps its layout.
+    pub fn finish_layout_round(
+        &mut self,
+        round: LayoutRoundInFlight,
+    ) -> Result<LayoutProgress, RuntimeError> {
+        let copied = self
+            .migrating
+            .take()
+            .ok_or_else(|| RuntimeError::LayoutChange("no layout round is in flight".into()))?;
+        let bytes = self.finish_copy(round.layer)?;
+        Ok(self.layout_progress(round.layer, copied, bytes))
+    }
+
+    /// Where the change of `layer` stands after a round that copied `copied` masters.
+    fn layout_progress(&self, layer: u32, copied: u32, bytes: u64) -> LayoutProgress {
+        let moves = self
+            .layout_change
+            .as_ref()
+            .map_or(&[][..], |change| &change.moves[..]);
+        LayoutProgress {
             layer,
             copied,
             bytes,
-            staged,
-            moves: change.moves.len() as u32,
-        })
+            staged: moves
+                .iter()
+                .filter(|&&moved| self.staged(layer, moved))
+                .count() as u32,
+            moves: moves.len() as u32,
+        }
     }
 
     /// Refuses to plan `layer` while its switch is half done.

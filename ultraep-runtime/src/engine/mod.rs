@@ -9,7 +9,7 @@ mod layout_change;
 mod routing;
 
 pub use forward::TransfersInFlight;
-pub use layout_change::{LayoutMove, LayoutProgress};
+pub use layout_change::{LayoutMove, LayoutProgress, LayoutRoundInFlight};
 
 use std::borrow::Cow;
 use std::ops::Range;
@@ -66,6 +66,8 @@ pub struct Engine<B = HostPlane> {
     moved_layouts: Vec<Option<Planner>>,
     /// The layout change in progress, from [`Engine::begin_layout_change`] to its switch.
     layout_change: Option<layout_change::LayoutChange>,
+    /// A layout round's copies are moving: the masters it copies.
+    migrating: Option<u32>,
     state: ExpertState,
     weights: B,
     /// Training: the gradient state, and master gradients (every layer's) with the gradient twin
@@ -338,6 +340,7 @@ impl<B: Backend> Engine<B> {
             planner,
             moved_layouts: (0..model.layers).map(|_| None).collect(),
             layout_change: None,
+            migrating: None,
             state,
             weights,
             gradients,

@@ -161,6 +161,45 @@ fn a_swap_moves_masters_and_switches_at_once() {
 }
 
 #[test]
+fn a_layout_round_moves_masters_while_the_caller_computes() {
+    let mut engine = engine_with(config(2));
+    engine
+        .begin_layout_change(0, swapped(&[(0, 31), (5, 12)]))
+        .unwrap();
+    // Two workers: the round runs on them, and the call returns at once.
+    let round = engine.begin_layout_round(u64::MAX).unwrap().unwrap_err();
+    let loads = loads(0);
+    let refused = engine.step(s(1), LoadMatrix::new(&loads, 8, 32).unwrap());
+    assert!(
+        matches!(refused, Err(RuntimeError::LayoutChange(_))),
+        "{refused:?}"
+    );
+    assert!(engine.write_master(0, 0, &weights(0, 0, 0)).is_err());
+    assert!(engine.switch_layout().is_err());
+    assert!(engine.masters_updated().is_err());
+    assert_eq!(engine.read_master(2, 3).unwrap().as_ref(), weights(2, 3, 0));
+    let progress = engine.finish_layout_round(round).unwrap();
+    assert_eq!(
+        (
+            progress.copied,
+            progress.bytes,
+            progress.staged,
+            progress.moves
+        ),
+        (4, 4 * STATE, 4, 4)
+    );
+    // Nothing left to copy: a round ends at once.
+    let nothing = engine.begin_layout_round(u64::MAX).unwrap().unwrap();
+    assert_eq!((nothing.copied, nothing.staged), (0, 4));
+    engine.switch_layout().unwrap();
+    assert_eq!(engine.master_home(0, 12).unwrap().0, 1);
+    assert_masters_intact(&engine);
+    engine
+        .step(s(1), LoadMatrix::new(&loads, 8, 32).unwrap())
+        .unwrap();
+}
+
+#[test]
 fn changes_that_cannot_be_carried_out_are_refused() {
     let mut engine = engine_with(config(1));
     // Two masters arriving on rank 0 need two staging slots.
