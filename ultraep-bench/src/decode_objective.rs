@@ -12,7 +12,7 @@
 //! masters-only plan, which needs no transfer and no reroute.
 //!
 //! Both variants plan every layer. A third runs the cost-aware objective behind the slow loop's
-//! layer gate ([`LayerGate`]): a layer is gathered and planned on the critical path only while
+//! layer gate (`LayerGate`): a layer is gathered and planned on the critical path only while
 //! balancing it has paid, twice over its all-gather and planning, on each of its last steps;
 //! otherwise it runs with masters only, at no cost.
 //!
