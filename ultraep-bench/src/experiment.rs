@@ -641,7 +641,10 @@ pub fn run_workload(
 /// Replays `run.steps` steps from `next_step` (each `run.layers` matrices of `ranks` rows and the
 /// model's experts) through every balancer on `topology`. Experts start in balanced blocks; from
 /// each of `layouts`' steps (sorted by step; counted from the first warm-up step) on, its layer's masters live
-/// where it says for the balancers that keep masters in place (no balancing, ultraep, the ideal).
+/// where it says for the balancers that keep masters in place (no balancing, ultraep, the ideal):
+/// it is where the recorded run's masters were. The moves themselves are not charged to any
+/// step: a layout change moves its masters in the background, within a per-step budget (the
+/// slow-loop experiment, `crate::cross_domain`, charges and checks them).
 pub fn run_steps(
     scenario: &Scenario,
     run: &RunConfig,

@@ -15,9 +15,10 @@
 //! `ultraep_runtime::TraceWriter` writes beside the loads of every step) are figures, not loads,
 //! and are skipped. A line with a `"homes"` key records a layout change: from that step on, the
 //! layer's masters live on the ranks it lists, one per expert
-//! (`{"step": 40, "layer": 3, "homes": [0, 0, 5, ...]}`); before the first such line a layer's
-//! experts are in balanced blocks (ascending, `E / R` experts a rank, the first `E mod R` ranks
-//! one more), and a change keeps every rank's number of masters.
+//! (`{"step": 40, "layer": 3, "homes": [0, 0, 5, ...]}`). One at step 0 gives the layer's
+//! starting layout; without one a layer starts in balanced blocks (ascending, `E / R` experts a
+//! rank, the first `E mod R` ranks one more). A later change keeps every rank's number of
+//! masters.
 //!
 //! **TensorRT-LLM** (`EXPERT_STATISTIC_PATH` dumps): a directory with `meta_info.json`
 //! (`num_experts`, `num_experts_per_token`) and `rank{r}.safetensors` for ranks 0 to R - 1, each
@@ -106,7 +107,8 @@ fn check_top_k(source: &str, top_k: Option<u32>) -> Result<(), BenchError> {
 }
 
 /// Refuses a layout change that names a layer, an expert count or a rank the header does not
-/// have, or that changes a rank's number of masters (a layout change swaps masters).
+/// have. Nothing here is sized by the header: a header that declares billions of ranks costs
+/// nothing until records back it.
 fn check_layout(layout: &LayoutRecord, header: &Header) -> Result<(), String> {
     if layout.layer >= header.layers {
         return Err(format!(
@@ -121,22 +123,50 @@ fn check_layout(layout: &LayoutRecord, header: &Header) -> Result<(), String> {
             header.experts
         ));
     }
-    let mut masters = vec![0u32; header.ranks as usize];
-    for &home in &layout.homes {
-        let count = masters
-            .get_mut(home as usize)
-            .ok_or_else(|| format!("home rank {home} of {} ranks", header.ranks))?;
-        *count += 1;
+    if let Some(&home) = layout.homes.iter().find(|&&home| home >= header.ranks) {
+        return Err(format!("home rank {home} of {} ranks", header.ranks));
     }
-    // Balanced blocks: E / R experts a rank, the first E mod R ranks one more.
+    Ok(())
+}
+
+/// Every rank's number of masters under `homes`, for the ranks that have any.
+fn masters_per_rank(homes: &[u32]) -> BTreeMap<u32, u32> {
+    let mut counts = BTreeMap::new();
+    for &home in homes {
+        *counts.entry(home).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Refuses a later layout change of a layer that changes a rank's number of masters: a change
+/// swaps masters. A change at step 0 gives the layer's starting layout, which may be any; before
+/// one, a layer starts in balanced blocks (`E / R` experts a rank, the first `E mod R` ranks one
+/// more). `layouts` is sorted by (step, layer).
+fn check_swaps<'a>(
+    layouts: impl Iterator<Item = &'a LayoutRecord>,
+    header: &Header,
+) -> Result<(), String> {
     let blocks =
         |rank: u32| header.experts / header.ranks + u32::from(rank < header.experts % header.ranks);
-    if let Some(rank) = (0..header.ranks).find(|&rank| masters[rank as usize] != blocks(rank)) {
-        return Err(format!(
-            "rank {rank} holds {} masters, not the {} of balanced blocks: a layout change swaps masters",
-            masters[rank as usize],
-            blocks(rank)
-        ));
+    let mut previous: BTreeMap<u32, BTreeMap<u32, u32>> = BTreeMap::new();
+    for layout in layouts {
+        let counts = masters_per_rank(&layout.homes);
+        if layout.step > 0 {
+            // Both sides count every expert once, so equal counts on the ranks named here leave
+            // none for the ranks not named.
+            let differs = match previous.get(&layout.layer) {
+                Some(before) => before != &counts,
+                None => counts.iter().any(|(&rank, &count)| count != blocks(rank)),
+            };
+            if differs {
+                return Err(format!(
+                    "the layout change of step {} layer {} changes a rank's number of masters: a \
+                     change swaps masters",
+                    layout.step, layout.layer
+                ));
+            }
+        }
+        previous.insert(layout.layer, counts);
     }
     Ok(())
 }
@@ -258,6 +288,7 @@ impl Trace {
                 ),
             ));
         }
+        check_swaps(layouts.values(), &header).map_err(|message| invalid(source, message))?;
         let cells = header.ranks as usize * header.experts as usize;
         let mut steps: Vec<Vec<Vec<u32>>> = Vec::with_capacity(last_step as usize + 1);
         let mut records = records.into_iter().peekable();

@@ -368,6 +368,11 @@ impl PyEngine {
         self.engine.switch_layout().map_err(runtime_error)
     }
 
+    /// Abandons the layout change in progress before its switch; the layer keeps its layout.
+    fn abort_layout_change(&mut self) -> PyResult<()> {
+        self.engine.abort_layout_change().map_err(runtime_error)
+    }
+
     /// The home rank and master index of `expert` in `layer`, in the layout in force.
     fn master_home(&self, layer: u32, expert: u32) -> PyResult<(u32, u32)> {
         self.engine

@@ -172,6 +172,15 @@ def _worker(rank: int, family: str, directory: str, scenario: str) -> None:
             optimizer = torch.optim.Adam([layer.gate_up_proj, layer.down_proj], lr=1e-3)
             outputs = [_adam_step(layer, optimizer, rank)]
             if scenario == "adam-moved":
+                # A layout that changes two ranks' numbers of experts is refused, and nothing
+                # moves: the comparison with the run without moves would show it.
+                uneven = layer.homes()
+                uneven[0] = (uneven[0] + 1) % RANKS
+                try:
+                    layer.change_layout(uneven, optimizer)
+                    result["refused"] = None
+                except ValueError as error:
+                    result["refused"] = str(error)
                 homes = moved_homes(len(layer.homes()))
                 result["moved"] = layer.change_layout(homes, optimizer)
             outputs += [_adam_step(layer, optimizer, rank) for _ in range(2)]

@@ -148,6 +148,7 @@ def test_experts_moved_between_steps_keep_their_weights_and_adam_state(tmp_path)
     experts = len(moved[0]["homes"])
     target = ep_group.moved_homes(experts)
     assert all(result["homes"] == target for result in moved)
+    assert all("number of masters" in result["refused"] for result in moved)
     assert moved[0]["moved"] == sum(
         1 for expert in range(experts) if target[expert] != expert // (experts // ep_group.RANKS)
     )

@@ -154,7 +154,9 @@ impl<W: Write> TraceWriter<W> {
 
     /// Records that `layer`'s masters now live where `layout` says (after
     /// [`crate::Engine::switch_layout`]): the change is written with the layer's next recorded
-    /// step, and one the layer never steps in is not written.
+    /// step, and one the layer never steps in is not written. Readers assume balanced blocks
+    /// (the experts in ascending order, the first ranks one more when they do not divide) until
+    /// told otherwise: an engine that starts in another layout records it before its first step.
     pub fn record_layout(&mut self, layer: u32, layout: &ExpertLayout) -> Result<(), RuntimeError> {
         if layout.num_ranks() as usize != self.ranks
             || layout.num_experts() as usize != self.experts

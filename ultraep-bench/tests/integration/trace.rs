@@ -501,15 +501,35 @@ fn layout_changes_that_do_not_fit_the_header_are_refused() {
     assert!(refused("[0, 1, 1, 0]", 0, 1).contains("layer 1"));
     assert!(refused("[0, 1, 1]", 0, 0).contains("3 homes"));
     assert!(refused("[0, 1, 2, 0]", 0, 0).contains("home rank 2"));
-    assert!(refused("[0, 0, 0, 1]", 0, 0).contains("swaps masters"));
     assert!(refused("[1, 0, 0, 1]", 1, 0).contains("after the last step"));
-    let swapped =
-        format!("{header}\n{loads}\n{{\"step\": 0, \"layer\": 0, \"homes\": [1, 0, 0, 1]}}");
+    // A starting layout (step 0) may be any; a later change must swap masters.
+    let steps = |step0: &str, step1: &str| {
+        let more = "{\"step\": 1, \"layer\": 0, \"rank\": 0, \"counts\": [1, 2, 3, 4]}\n\
+                    {\"step\": 1, \"layer\": 0, \"rank\": 1, \"counts\": [1, 2, 3, 4]}";
+        let mut text = format!("{header}\n{loads}\n{more}");
+        for (step, homes) in [(0, step0), (1, step1)] {
+            if !homes.is_empty() {
+                text.push_str(&format!(
+                    "\n{{\"step\": {step}, \"layer\": 0, \"homes\": {homes}}}"
+                ));
+            }
+        }
+        Trace::from_jsonl(&text, "t.jsonl")
+    };
+    assert_eq!(steps("[0, 0, 0, 1]", "").unwrap().layouts.len(), 1);
     assert_eq!(
-        Trace::from_jsonl(&swapped, "t.jsonl")
-            .unwrap()
-            .layouts
-            .len(),
-        1
+        steps("[0, 0, 0, 1]", "[1, 0, 0, 0]").unwrap().layouts.len(),
+        2
     );
+    let uneven = steps("[0, 0, 0, 1]", "[0, 1, 0, 1]")
+        .unwrap_err()
+        .to_string();
+    assert!(uneven.contains("swaps masters"), "{uneven}");
+    let unbalanced = steps("", "[0, 0, 0, 1]").unwrap_err().to_string();
+    assert!(unbalanced.contains("swaps masters"), "{unbalanced}");
+    assert_eq!(steps("", "[1, 0, 0, 1]").unwrap().layouts.len(), 1);
+    // A header of billions of ranks costs nothing to check.
+    let huge = r#"{"ultraep_trace": 1, "ranks": 4000000000, "experts": 4, "layers": 1}"#;
+    let text = format!("{huge}\n{{\"step\": 0, \"layer\": 0, \"homes\": [0, 1, 2, 3]}}");
+    assert!(Trace::from_jsonl(&text, "t.jsonl").is_err());
 }

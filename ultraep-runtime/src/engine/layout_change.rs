@@ -19,7 +19,7 @@ use ultraep_plan::{ExpertLayout, Planner};
 
 use super::{Engine, digest};
 use crate::slots::SlotContent;
-use crate::{Backend, RuntimeError};
+use crate::{Backend, RuntimeError, StepId};
 
 /// One master that a layout change moves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -83,6 +83,10 @@ pub(super) struct LayoutChange {
 const LAYOUT_CHANGE: u64 = 0x6c61_796f_7574_3a3e;
 /// Marks a layout switch in the digest.
 const LAYOUT_SWITCH: u64 = 0x7377_6974_6368_2121;
+/// Marks a layout round in the digest.
+const LAYOUT_ROUND: u64 = 0x726f_756e_643a_3e3e;
+/// Marks an abandoned layout change in the digest.
+const LAYOUT_ABORT: u64 = 0x6162_6f72_7421_2121;
 
 impl<B: Backend> Engine<B> {
     /// Begins moving `layer`'s masters to `target` (the slow loop's new layout, which every rank
@@ -222,6 +226,7 @@ impl<B: Backend> Engine<B> {
         budget: u64,
     ) -> Result<Result<LayoutProgress, LayoutRoundInFlight>, RuntimeError> {
         let layer = self.layer_to_carry_on()?;
+        self.check_not_switching(layer)?;
         let change = self.layout_change.as_ref().expect("checked above");
         let state_bytes = self.state.bytes();
         self.fanouts.clear();
@@ -258,7 +263,18 @@ impl<B: Backend> Engine<B> {
             .take()
             .ok_or_else(|| RuntimeError::LayoutChange("no layout round is in flight".into()))?;
         let bytes = self.finish_copy(round.layer)?;
-        Ok(self.layout_progress(round.layer, copied, bytes))
+        let progress = self.layout_progress(round.layer, copied, bytes);
+        // Ranks whose rounds ended differently would send different copies next: the digest
+        // makes the next gathered step say so.
+        self.digest = digest::mix(
+            self.digest,
+            &[
+                LAYOUT_ROUND,
+                u64::from(progress.copied),
+                u64::from(progress.staged),
+            ],
+        );
+        Ok(progress)
     }
 
     /// Where the change of `layer` stands after a round that copied `copied` masters.
@@ -279,7 +295,35 @@ impl<B: Backend> Engine<B> {
         }
     }
 
-    /// Refuses to plan `layer` while its switch is half done.
+    /// Abandons the layout change in progress before its switch: the layer keeps its layout, the
+    /// staged copies are dropped, and another change may begin. Every rank calls it at the same
+    /// point. Refused once a switch has failed part-way (some old regions hold new masters
+    /// already): only [`Engine::switch_layout`] can finish that one.
+    pub fn abort_layout_change(&mut self) -> Result<(), RuntimeError> {
+        self.check_no_pending()?;
+        let change = self
+            .layout_change
+            .as_ref()
+            .ok_or_else(|| RuntimeError::LayoutChange("no layout change has begun".into()))?;
+        self.check_not_switching(change.layer)?;
+        let change = self.layout_change.take().expect("checked above");
+        for moved in &change.moves {
+            self.slots.set_content(moved.to, moved.staging_slot, None);
+        }
+        self.digest = digest::mix(self.digest, &[LAYOUT_ABORT, u64::from(change.layer)]);
+        Ok(())
+    }
+
+    /// The layer whose switch failed part-way, if one did.
+    pub(super) fn interrupted_layer(&self) -> Option<u32> {
+        self.layout_change
+            .as_ref()
+            .filter(|change| change.interrupted)
+            .map(|change| change.layer)
+    }
+
+    /// Refuses to plan, read, write or copy the masters of `layer` while its switch is half done
+    /// (some of its old regions hold arriving masters already).
     pub(super) fn check_not_switching(&self, layer: u32) -> Result<(), RuntimeError> {
         match &self.layout_change {
             Some(change) if change.layer == layer && change.interrupted => {
@@ -374,7 +418,10 @@ impl<B: Backend> Engine<B> {
             self.slots.set_content(moved.to, moved.staging_slot, None);
         }
         for entry in self.steps.iter_mut().skip(layer as usize).step_by(layers) {
-            *entry = None;
+            // A dropped plan's forward can no longer be released: free its slots now.
+            if let Some(dropped) = entry.take() {
+                self.slots.release(StepId::new(dropped.microbatch, layer));
+            }
         }
         self.moved_layouts[layer as usize] = Some(change.planner);
         self.digest = digest::mix(self.digest, &[LAYOUT_SWITCH, u64::from(layer)]);

@@ -175,6 +175,7 @@ impl Engine {
     pub fn master_mut(&mut self, layer: u32, expert: u32) -> Result<&mut [u8], RuntimeError> {
         self.check_layer(layer)?;
         self.check_no_pending()?;
+        self.check_not_switching(layer)?;
         self.check_expert(expert)?;
         self.note_master_write(layer, expert);
         let (home, index) = self.masters.region(layer, expert);
@@ -398,6 +399,11 @@ impl<B: Backend> Engine<B> {
     /// the next gathered step says so.
     pub fn masters_updated(&mut self) -> Result<(), RuntimeError> {
         self.check_no_pending()?;
+        // New versions would make the staged copies of a half-done switch look stale, and the
+        // next round would copy them again from regions the switch has already overwritten.
+        if let Some(layer) = self.interrupted_layer() {
+            self.check_not_switching(layer)?;
+        }
         for version in &mut self.versions {
             *version += 1;
         }
@@ -521,6 +527,7 @@ impl<B: Backend> Engine<B> {
         check_size("weights", weights.len(), self.state.bytes())?;
         // The data plane may be reading masters for a transfer still in flight.
         self.check_no_pending()?;
+        self.check_not_switching(layer)?;
         let (home, index) = self.masters.region(layer, expert);
         self.weights.write_master(home, index, weights)?;
         self.note_master_write(layer, expert);
@@ -532,6 +539,7 @@ impl<B: Backend> Engine<B> {
     pub fn read_master(&self, layer: u32, expert: u32) -> Result<Cow<'_, [u8]>, RuntimeError> {
         self.check_layer(layer)?;
         self.check_expert(expert)?;
+        self.check_not_switching(layer)?;
         let (home, index) = self.masters.region(layer, expert);
         self.weights.read_master(home, index)
     }

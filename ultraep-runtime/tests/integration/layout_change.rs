@@ -3,7 +3,7 @@
 
 use proptest::prelude::*;
 use ultraep_plan::{ExpertLayout, LoadMatrix};
-use ultraep_runtime::{Engine, EngineConfig, LayoutMove, Mode, PlaneOptions, RuntimeError};
+use ultraep_runtime::{Engine, EngineConfig, LayoutMove, Mode, PlaneOptions, RuntimeError, StepId};
 
 use crate::fixture::{STATE, base_config, engine_with, finish_backward, loads, s, weights};
 
@@ -197,6 +197,55 @@ fn a_layout_round_moves_masters_while_the_caller_computes() {
     engine
         .step(s(1), LoadMatrix::new(&loads, 8, 32).unwrap())
         .unwrap();
+}
+
+#[test]
+fn an_abandoned_change_leaves_the_layout_as_it_was() {
+    let mut engine = engine_with(config(1));
+    engine.begin_layout_change(1, swapped(&[(0, 31)])).unwrap();
+    engine.advance_layout_change(STATE).unwrap();
+    engine.abort_layout_change().unwrap();
+    assert!(engine.layout_change().is_none());
+    assert_eq!(
+        engine.layout(1).unwrap(),
+        &ExpertLayout::contiguous(8, 4).unwrap()
+    );
+    assert!(engine.switch_layout().is_err());
+    assert!(engine.abort_layout_change().is_err());
+    assert_masters_intact(&engine);
+    // Another change may begin, and its copies start over.
+    engine.begin_layout_change(1, swapped(&[(2, 9)])).unwrap();
+    let progress = engine.advance_layout_change(u64::MAX).unwrap();
+    assert_eq!((progress.copied, progress.staged), (2, 2));
+    engine.switch_layout().unwrap();
+    assert_masters_intact(&engine);
+}
+
+/// Forward holds of the plans a switch drops are released with them: the next step of the layer
+/// finds its slots free.
+#[test]
+fn a_switch_releases_the_slots_of_the_plans_it_drops() {
+    let mut engine = engine_with(EngineConfig {
+        mode: Mode::Prefill,
+        hold_forward: true,
+        slots_per_rank: 1,
+        ..config(1)
+    });
+    let loads = loads(0);
+    // Every other rank's one slot takes a replica of the hot expert, held by the forward.
+    let first = engine
+        .step(s(0), LoadMatrix::new(&loads, 8, 32).unwrap())
+        .unwrap();
+    assert_eq!(first.copies, 7, "{first:?}");
+    engine.begin_layout_change(0, swapped(&[(4, 31)])).unwrap();
+    assert!(engine.advance_layout_change(u64::MAX).unwrap().ready());
+    engine.switch_layout().unwrap();
+    assert!(engine.release_forward(s(0)).is_err(), "its plan is gone");
+    let next = StepId::new(1, 0);
+    engine
+        .step(next, LoadMatrix::new(&loads, 8, 32).unwrap())
+        .unwrap();
+    assert_masters_intact(&engine);
 }
 
 #[test]

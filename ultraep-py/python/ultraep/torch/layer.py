@@ -204,15 +204,11 @@ class ExpertParallelMoE(nn.Module):
         slots. Returns the number of experts that moved.
 
         Raises:
-            ValueError: if ``homes`` changes a rank's number of experts, or a backward has not
-                finished.
-            PeerLostError: if the group fails while the experts move.
+            ValueError: if ``homes`` changes a rank's number of experts, a backward has not
+                finished, or the ranks would move different tensors (then nothing moved).
+            PeerLostError: if the group fails while the experts move (the group is then
+                unusable, as after any failure).
         """
-        moves = self.engine.begin_layout_change(0, [int(home) for home in homes])
-        # The engine's own program would copy the weights into staging slots; this layer moves
-        # the parameters (and their optimizer state) itself, so it only lets the engine count
-        # them staged.
-        self.engine.advance_layout_change(2**64 - 1)
         parameters = (self.gate_up_proj, self.down_proj)
         tensors: list[torch.Tensor] = []
         for parameter in parameters:
@@ -226,13 +222,25 @@ class ExpertParallelMoE(nn.Module):
                     for _, value in sorted(state.items())
                     if isinstance(value, torch.Tensor) and value.shape == parameter.shape
                 )
+        self._check_same_tensors_everywhere(tensors)
+        moves = self.engine.begin_layout_change(0, [int(home) for home in homes])
+        # The engine's own program would copy the weights into staging slots; this layer moves
+        # the parameters (and their optimizer state) itself, so the engine only counts them
+        # staged, and switches before any byte moves: a refused switch (a backward not
+        # finished) leaves every parameter as it was.
+        try:
+            self.engine.advance_layout_change(2**64 - 1)
+            self.engine.switch_layout()
+        except ValueError:
+            self.engine.abort_layout_change()
+            raise
         received: list[tuple[int, int, torch.Tensor]] = []
         operations = []
         for number, (expert, sender, receiver, _, index) in enumerate(moves.tolist()):
             for position, tensor in enumerate(tensors):
                 tag = number * len(tensors) + position
                 if sender == self.rank:
-                    row = tensor[int(self._row_of[expert])].contiguous()
+                    row = tensor[int(self._row_of[expert])]
                     operations.append(
                         dist.P2POp(dist.isend, row, self._exchange.peer(receiver), self.group, tag)
                     )
@@ -250,11 +258,25 @@ class ExpertParallelMoE(nn.Module):
         with torch.no_grad():
             for position, index, buffer in received:
                 tensors[position][index] = buffer
-        self.engine.switch_layout()
         for expert, _, _, _, index in moves.tolist():
             self._row_of[expert] = index
         self.masters_updated()
         return len(moves)
+
+    def _check_same_tensors_everywhere(self, tensors: list[torch.Tensor]) -> None:
+        """Every rank moves the same number of tensors per expert (so that message tags match):
+        a rank whose optimizer has no state yet, or that keeps gradients the others dropped,
+        raises on every rank instead of hanging the group."""
+        counts = torch.empty(self.ranks, dtype=torch.int64, device=self.gate_up_proj.device)
+        mine = torch.tensor([len(tensors)], dtype=torch.int64, device=counts.device)
+        with group_operation(self.rank, "comparing the tensors to move"):
+            dist.all_gather_into_tensor(counts, mine, group=self.group)
+        if len(set(counts.tolist())) > 1:
+            raise ValueError(
+                f"ranks would move {counts.tolist()} tensors per expert: call change_layout on "
+                "every rank at the same point, after the optimizer step, with gradients kept or "
+                "dropped alike"
+            )
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         clock = _PhaseClock()
