@@ -19,6 +19,9 @@
 //!   move; divide by nine. `rank/split-and-reroute/...` adds the rank's own split (its
 //!   `RankSplit` row) and the reroute of its 65 536 ids.
 //!
+//! - `engine/layout-round/32-masters`: one round of a layout change, 32 masters (48 KiB each)
+//!   copied into staging slots on 4 worker threads and verified.
+//!
 //! Before measuring, it counts heap allocations of every thread over warm steps of both kinds
 //! and fails if there is any.
 
@@ -141,6 +144,8 @@ fn step(c: &mut Criterion) {
     });
     drop(engine);
 
+    layout_round(c);
+
     let mut config = ep64::ep64_config(1, true);
     config.plan.split = ultraep_plan::SplitMode::None;
     let mut rank = Engine::host_driven(config, 63).expect("a valid engine");
@@ -182,6 +187,44 @@ fn step(c: &mut Criterion) {
     c.bench_function("rank/split-and-reroute/rotation-of-9-steps", |b| {
         b.iter(|| black_box(rank_rotation(true)))
     });
+}
+
+/// A round of a layout change: 32 masters of one layer (the first expert of each of ranks 0-15
+/// swapped with the first of ranks 32-47) copied into the staging slots of their new ranks by 4
+/// worker threads and verified. An optimiser step between rounds (`masters_updated`) makes every
+/// staged copy stale, so each round copies all 32 again.
+fn layout_round(c: &mut Criterion) {
+    let mut config = ep64::ep64_config(4, true);
+    config.staging_slots = 1;
+    let mut homes = config.layout.homes().to_vec();
+    let first_of = |homes: &[u32], rank: u32| {
+        homes
+            .iter()
+            .position(|&home| home == rank)
+            .expect("every rank holds experts")
+    };
+    for rank in 0..16 {
+        let (a, b) = (first_of(&homes, rank), first_of(&homes, rank + 32));
+        homes.swap(a, b);
+    }
+    let target = ultraep_plan::ExpertLayout::from_homes(64, homes).expect("a valid layout");
+    let state = config.model.expert_state().expect("a valid state").bytes();
+    let mut engine = Engine::new(config).expect("a valid engine");
+    let moves = engine
+        .begin_layout_change(0, target)
+        .expect("a change that swaps masters")
+        .len() as u64;
+    let mut group = c.benchmark_group("engine/layout-round");
+    group.throughput(criterion::Throughput::Bytes(moves * state));
+    group.bench_function(format!("{moves}-masters"), |b| {
+        b.iter(|| {
+            engine.masters_updated().expect("no round in flight");
+            let progress = engine.advance_layout_change(u64::MAX).expect("copies");
+            assert_eq!(u64::from(progress.copied), moves);
+            black_box(progress.bytes)
+        })
+    });
+    group.finish();
 }
 
 criterion_group!(benches, step);
