@@ -79,7 +79,7 @@ impl RankSplit {
                 *sum = sum.wrapping_add(tokens);
             }
         }
-        self.split_rank(plan, &loads, rank, loads.row(rank as usize), after)
+        self.split_rank(plan, &loads, rank, loads.row(rank as usize), after, true)
     }
 
     /// Like [`RankSplit::compute`], from what `rank` gathered ([`GatheredLoads`]) instead of the
@@ -89,6 +89,27 @@ impl RankSplit {
         &mut self,
         plan: &Plan,
         gathered: &GatheredLoads,
+    ) -> Result<(), PlanError> {
+        self.split_gathered(plan, gathered, true)
+    }
+
+    /// Like [`RankSplit::compute_gathered`], the row only (what the rank sends; the columns stay
+    /// empty): all a rank needs to reroute its tokens. It reads the rank's own row, the prefix
+    /// sums of the replicated experts and the local tokens of their instances' ranks, which
+    /// [`GatheredLoads::set_row_cells`] holds, nothing else.
+    pub fn compute_row_gathered(
+        &mut self,
+        plan: &Plan,
+        gathered: &GatheredLoads,
+    ) -> Result<(), PlanError> {
+        self.split_gathered(plan, gathered, false)
+    }
+
+    fn split_gathered(
+        &mut self,
+        plan: &Plan,
+        gathered: &GatheredLoads,
+        with_columns: bool,
     ) -> Result<(), PlanError> {
         let experts = plan.num_experts() as usize;
         if gathered.row.len() != experts || plan.rank_loads().len() != gathered.ranks as usize {
@@ -101,7 +122,8 @@ impl RankSplit {
         }
         self.prefix.clear();
         self.prefix.extend_from_slice(&gathered.prefix);
-        self.split_rank(plan, gathered, gathered.rank, &gathered.row, false)
+        let (rank, row) = (gathered.rank, &gathered.row);
+        self.split_rank(plan, gathered, rank, row, false, with_columns)
     }
 
     /// The row and columns of `rank` from its own tokens `mine`, the prefix sums in
@@ -114,6 +136,7 @@ impl RankSplit {
         rank: u32,
         mine: &[u32],
         after: bool,
+        with_columns: bool,
     ) -> Result<(), PlanError> {
         let experts = plan.num_experts() as usize;
         self.row.clear();
@@ -122,7 +145,8 @@ impl RankSplit {
             let instances = plan.instances_of(expert);
             let first = plan.master_index(expert);
             if instances.len() == 1 {
-                self.unreplicated(loads, rank, expert, first, instances[0].rank, mine)?;
+                let home = instances[0].rank;
+                self.unreplicated(loads, rank, expert, first, home, mine, with_columns)?;
                 continue;
             }
             // Each instance's local tokens, and where this rank's stretch of the stream starts.
@@ -162,7 +186,7 @@ impl RankSplit {
                         tokens: tokens as u32,
                     });
                 }
-                if own == Some(index) {
+                if own == Some(index) && with_columns {
                     self.column(
                         loads,
                         rank,
@@ -180,7 +204,9 @@ impl RankSplit {
         Ok(())
     }
 
-    /// The row and column entries of an expert whose tokens all go to its master.
+    /// The row and (with `with_columns`) column entries of an expert whose tokens all go to its
+    /// master.
+    #[allow(clippy::too_many_arguments)]
     fn unreplicated(
         &mut self,
         loads: &impl Cells,
@@ -189,6 +215,7 @@ impl RankSplit {
         master: u32,
         home: u32,
         mine: &[u32],
+        with_columns: bool,
     ) -> Result<(), PlanError> {
         let tokens = mine[expert as usize];
         if tokens > 0 {
@@ -199,7 +226,7 @@ impl RankSplit {
                 tokens,
             });
         }
-        if home == rank {
+        if home == rank && with_columns {
             let column = loads.column_of(expert);
             for source in 0..loads.ranks() {
                 let tokens = loads.cell_in(column, source, expert)?;
@@ -376,6 +403,49 @@ impl GatheredLoads {
             columns,
             cells,
         })
+    }
+
+    /// Replaces what these hold with what rank `rank` of `ranks` needs for its row alone
+    /// ([`RankSplit::compute_row_gathered`]): its own tokens to every expert (`row`), the
+    /// tokens the ranks before it routed to every expert (`prefix`; only replicated experts'
+    /// are read), and for every replicated expert the tokens each of its instances' ranks routed
+    /// to it (`cells`, as `(expert, instance rank, tokens)` in any order). Reuses the buffers,
+    /// so a warm caller allocates nothing. Refused: a rank outside the group, or a prefix not as
+    /// long as the row.
+    pub fn set_row_cells(
+        &mut self,
+        rank: u32,
+        ranks: u32,
+        row: &[u32],
+        prefix: &[u32],
+        cells: &[(u32, u32, u32)],
+    ) -> Result<(), PlanError> {
+        if rank >= ranks {
+            return Err(PlanError::RankOutOfRange {
+                rank,
+                num_ranks: ranks,
+            });
+        }
+        if prefix.len() != row.len() {
+            return Err(PlanError::LoadShape {
+                rows: ranks as usize,
+                columns: prefix.len(),
+                num_ranks: ranks,
+                num_experts: row.len() as u32,
+            });
+        }
+        self.rank = rank;
+        self.ranks = ranks;
+        self.row.clear();
+        self.row.extend_from_slice(row);
+        self.prefix.clear();
+        self.prefix.extend_from_slice(prefix);
+        self.held.clear();
+        self.columns.clear();
+        self.cells.clear();
+        self.cells.extend_from_slice(cells);
+        self.cells.sort_unstable();
+        Ok(())
     }
 
     /// The rank these are of.

@@ -202,6 +202,25 @@ proptest! {
             prop_assert_eq!(local.row(), full.row());
             prop_assert_eq!(local.columns(), full.columns());
             prop_assert!(gathered.bytes_received() <= 4 * (problem.ranks() * problem.experts() + problem.experts()) as u64);
+            // The row alone, from the rank's row, the prefix sums and the instances' local
+            // tokens of the replicated experts: the same row.
+            let experts = problem.experts();
+            let prefix: Vec<u32> = (0..experts)
+                .map(|e| (0..rank as usize).map(|r| problem.loads[r * experts + e]).sum())
+                .collect();
+            let cells: Vec<(u32, u32, u32)> = (0..experts as u32)
+                .filter(|&e| from_totals.instances_of(e).len() > 1)
+                .flat_map(|e| {
+                    from_totals.instances_of(e).iter().map(move |i| (e, i.rank))
+                })
+                .map(|(e, r)| (e, r, problem.loads[r as usize * experts + e as usize]))
+                .collect();
+            let mut row_only = GatheredLoads::default();
+            row_only.set_row_cells(rank, problem.ranks() as u32, problem.matrix().row(rank as usize), &prefix, &cells).unwrap();
+            let mut row_split = RankSplit::default();
+            row_split.compute_row_gathered(&from_totals, &row_only).unwrap();
+            prop_assert_eq!(row_split.row(), full.row());
+            prop_assert!(row_split.columns().is_empty());
         }
     }
 

@@ -30,6 +30,58 @@ pub trait Collective {
     /// Every rank contributes `local` (the same length on every rank); `gathered` receives every
     /// rank's contribution, rank after rank, on every rank.
     fn all_gather(&mut self, local: &[u32], gathered: &mut [u32]) -> Result<(), RuntimeError>;
+
+    /// Every rank contributes `local`; `sums` receives their element-wise sum (wrapping) on every
+    /// rank. The default gathers every contribution into `scratch` and adds them here: correct
+    /// on any transport, but it moves as much as the all-gather; a transport that reduces in the
+    /// network (NCCL's all-reduce) overrides it.
+    fn all_reduce_sum(
+        &mut self,
+        local: &[u32],
+        sums: &mut [u32],
+        scratch: &mut Vec<u32>,
+    ) -> Result<(), RuntimeError> {
+        self.prefix_sums(local, sums, scratch, self.ranks())
+    }
+
+    /// Every rank contributes `local`; on rank `r`, `sums` receives the element-wise sum
+    /// (wrapping) of the contributions of ranks `0..r` (zeros on rank 0). The default gathers
+    /// them, like [`Collective::all_reduce_sum`]'s.
+    fn exclusive_prefix_sum(
+        &mut self,
+        local: &[u32],
+        sums: &mut [u32],
+        scratch: &mut Vec<u32>,
+    ) -> Result<(), RuntimeError> {
+        self.prefix_sums(local, sums, scratch, self.rank())
+    }
+
+    /// The sum of the contributions of ranks `0..upto`, gathered into `scratch`.
+    #[doc(hidden)]
+    fn prefix_sums(
+        &mut self,
+        local: &[u32],
+        sums: &mut [u32],
+        scratch: &mut Vec<u32>,
+        upto: u32,
+    ) -> Result<(), RuntimeError> {
+        if sums.len() != local.len() {
+            return Err(RuntimeError::InvalidInput(format!(
+                "{} sums for contributions of {}",
+                sums.len(),
+                local.len()
+            )));
+        }
+        scratch.resize(local.len() * self.ranks() as usize, 0);
+        self.all_gather(local, scratch)?;
+        sums.fill(0);
+        for contribution in scratch.chunks_exact(local.len().max(1)).take(upto as usize) {
+            for (sum, &value) in sums.iter_mut().zip(contribution) {
+                *sum = sum.wrapping_add(value);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One rank's end of an all-gather among threads of this process.

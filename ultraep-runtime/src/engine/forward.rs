@@ -76,9 +76,7 @@ impl<B: Backend> Engine<B> {
         step: StepId,
         loads: LoadMatrix<'_>,
     ) -> Result<Result<StepReport, TransfersInFlight>, RuntimeError> {
-        self.check_layer(step.layer)?;
-        self.check_no_pending()?;
-        self.check_not_switching(step.layer)?;
+        let index = self.check_step_start(step)?;
         let ranks = self.config.layout.num_ranks() as usize;
         let experts = self.config.model.experts as usize;
         if (loads.ranks(), loads.experts()) != (ranks, experts) {
@@ -88,6 +86,34 @@ impl<B: Backend> Engine<B> {
                 loads.experts()
             )));
         }
+        let started = Instant::now();
+        let versions = &self.versions[step.layer as usize * experts..][..experts];
+        let residency = if self.config.prefer_resident_replicas {
+            self.slots
+                .residency_into(step, |e| versions[e as usize], &mut self.residency);
+            Some(&self.residency)
+        } else {
+            None
+        };
+        let planner = self.moved_layouts[step.layer as usize]
+            .as_mut()
+            .unwrap_or(&mut self.planner);
+        planner.plan_preferring(loads, residency, &mut self.candidate)?;
+        let planning = started.elapsed();
+        // The load is kept now; it becomes the step's only when the transfers succeed.
+        self.candidate_loads.clear();
+        self.candidate_loads.extend_from_slice(loads.as_slice());
+        self.candidate_split.clear();
+        self.candidate_by_domain = false;
+        self.begin_planned(step, index, planning)
+    }
+
+    /// Refuses to start `step` (a state change in progress, a plan of another microbatch still
+    /// open where it would go, its own backward in progress); else where its plan goes.
+    pub(super) fn check_step_start(&self, step: StepId) -> Result<usize, RuntimeError> {
+        self.check_layer(step.layer)?;
+        self.check_no_pending()?;
+        self.check_not_switching(step.layer)?;
         if self.masters_dirty {
             return Err(RuntimeError::MastersChanged);
         }
@@ -105,25 +131,18 @@ impl<B: Backend> Engine<B> {
                 )));
             }
         }
-        let started = Instant::now();
-        let versions = &self.versions[step.layer as usize * experts..][..experts];
-        let residency = if self.config.prefer_resident_replicas {
-            self.slots
-                .residency_into(step, |e| versions[e as usize], &mut self.residency);
-            Some(&self.residency)
-        } else {
-            None
-        };
-        let planner = self.moved_layouts[step.layer as usize]
-            .as_mut()
-            .unwrap_or(&mut self.planner);
-        planner.plan_preferring(loads, residency, &mut self.candidate)?;
-        let planning = started.elapsed();
+        Ok(index)
+    }
 
+    /// Places the candidate plan (made in `planning`) of `step` and starts its transfers: the
+    /// second half of [`Engine::begin_step`].
+    pub(super) fn begin_planned(
+        &mut self,
+        step: StepId,
+        index: usize,
+        planning: Duration,
+    ) -> Result<Result<StepReport, TransfersInFlight>, RuntimeError> {
         let started = Instant::now();
-        // The load is kept now; it becomes the step's only when the transfers succeed.
-        self.candidate_loads.clear();
-        self.candidate_loads.extend_from_slice(loads.as_slice());
         let copies = self.place(step, Planned::Candidate)?;
         let report = StepReport {
             step,
@@ -175,6 +194,8 @@ impl<B: Backend> Engine<B> {
             plan: Plan::default(),
             loads: Vec::new(),
             slots: Vec::new(),
+            own_split: Vec::new(),
+            by_domain: false,
             open: false,
             holding: false,
             token: 0,
@@ -182,6 +203,8 @@ impl<B: Backend> Engine<B> {
         std::mem::swap(&mut entry.plan, &mut self.candidate);
         std::mem::swap(&mut entry.slots, &mut self.placement.slots);
         std::mem::swap(&mut entry.loads, &mut self.candidate_loads);
+        std::mem::swap(&mut entry.own_split, &mut self.candidate_split);
+        entry.by_domain = self.candidate_by_domain;
         entry.microbatch = step.microbatch;
         entry.open = self.config.mode == Mode::Training;
         entry.holding = false;

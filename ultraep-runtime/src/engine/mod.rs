@@ -2,6 +2,7 @@
 //! slot, and, in training, bring them back for the backward. Gradients are in `gradients.rs`; the
 //! router's ids and the token reroute in `routing.rs`.
 
+mod by_domain;
 mod digest;
 mod forward;
 mod gradients;
@@ -14,7 +15,7 @@ pub use layout_change::{LayoutMove, LayoutProgress, LayoutRoundInFlight};
 use std::borrow::Cow;
 use std::ops::Range;
 
-use ultraep_plan::{ExpertLayout, LoadMatrix, Plan, Planner, RankDomains, Residency};
+use ultraep_plan::{ExpertLayout, LoadMatrix, Plan, Planner, RankDomains, Residency, SplitEntry};
 use ultraep_xfer::{
     ExpertState, Region, ScheduleBuilder, TaskListBuilder, TileTaskList, TransferSchedule,
 };
@@ -31,8 +32,13 @@ use crate::{EngineConfig, Mode, RuntimeError, StepId};
 struct LayerStep {
     microbatch: u32,
     plan: Plan,
-    /// The load it was planned for, `ranks x experts` row-major.
+    /// The load it was planned for, `ranks x experts` row-major (planned by domain: only the
+    /// local rank's row, the rest zero).
     loads: Vec<u32>,
+    /// Planned by domain ([`Engine::step_by_domain`]): the local rank's part of the split, the
+    /// only one it can compute without the whole matrix.
+    own_split: Vec<SplitEntry>,
+    by_domain: bool,
     /// The physical slot of every instance (`None` for masters).
     slots: Vec<Option<(u32, u16)>>,
     /// Training: its backward has not finished, so no other microbatch may replace it.
@@ -95,6 +101,9 @@ pub struct Engine<B = HostPlane> {
     /// Buffers reused by every step, so a warm step does not allocate.
     candidate: Plan,
     candidate_loads: Vec<u32>,
+    candidate_split: Vec<SplitEntry>,
+    candidate_by_domain: bool,
+    by_domain: by_domain::DomainScratch,
     residency: Residency,
     placement: Placement,
     fanouts: ultraep_xfer::ReplicaSetBuilder,
@@ -357,6 +366,9 @@ impl<B: Backend> Engine<B> {
             copy_started: None,
             candidate: Plan::default(),
             candidate_loads: Vec::new(),
+            candidate_split: Vec::new(),
+            candidate_by_domain: false,
+            by_domain: by_domain::DomainScratch::default(),
             residency: Residency::new(ranks, u32::from(config.slots_per_rank)),
             placement: Placement::default(),
             fanouts: ultraep_xfer::ReplicaSetBuilder::default(),
@@ -471,9 +483,10 @@ impl<B: Backend> Engine<B> {
         self.entry(step).ok().map(|entry| &entry.plan)
     }
 
-    /// The load `step` was planned for.
+    /// The load `step` was planned for; `None` for a step planned by domain, which never saw the
+    /// whole matrix.
     pub fn loads(&self, step: StepId) -> Option<LoadMatrix<'_>> {
-        let entry = self.entry(step).ok()?;
+        let entry = self.entry(step).ok().filter(|entry| !entry.by_domain)?;
         LoadMatrix::new(
             &entry.loads,
             self.config.layout.num_ranks() as usize,

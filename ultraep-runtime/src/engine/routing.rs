@@ -74,8 +74,19 @@ impl<B: Backend> Engine<B> {
             )));
         }
         let loads = LoadMatrix::new(&entry.loads, ranks as usize, experts)?;
-        // A plan without a split (a rank-local engine's) is split here, for this source only.
-        let built = if entry.plan.has_split() {
+        // A plan without a split (a rank-local engine's) is split here, for this source only;
+        // one planned by domain kept its rank's part, the only one it can compute.
+        let built = if entry.by_domain {
+            if !self.local.contains(&source) {
+                return Err(RuntimeError::InvalidInput(format!(
+                    "{step} was planned by domain: only rank {} can be rerouted",
+                    self.local.start
+                )));
+            }
+            scratch
+                .table
+                .rebuild_from_row(experts as u32, &entry.own_split)
+        } else if entry.plan.has_split() {
             scratch.table.rebuild(&entry.plan, loads, source)
         } else {
             scratch.rank_split.compute(&entry.plan, loads, source)?;

@@ -1,6 +1,7 @@
 //! Integration tests of `ultraep-runtime`.
 
 mod allocation;
+mod by_domain;
 mod engine;
 mod ep64;
 mod fixture;
