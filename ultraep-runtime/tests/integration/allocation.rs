@@ -147,3 +147,46 @@ fn a_warm_backward_does_not_allocate() {
         "allocations in 9 warm forward and backward layer steps"
     );
 }
+
+/// A warm step planned by domain allocates nothing on any rank's thread either: the totals'
+/// all-reduce, the domain's plan, the gathered replicas and cells, the assembly, the rank's split,
+/// the slot choice and the copies (one worker: the rank's own thread).
+#[test]
+fn a_warm_step_by_domain_does_not_allocate() {
+    use crate::by_domain::{RANKS, config, ids};
+    use ultraep_runtime::{Collective, Engine, InProcessCollective, PlaneOptions};
+
+    let engines = Engine::group(config(), PlaneOptions::default()).unwrap();
+    let members = InProcessCollective::group(RANKS);
+    let counted: Vec<u64> = std::thread::scope(|scope| {
+        let handles: Vec<_> = engines
+            .into_iter()
+            .zip(members)
+            .map(|(mut engine, mut member)| {
+                scope.spawn(move || {
+                    let rank = member.rank();
+                    let rounds: Vec<Vec<u32>> = (0..3).map(|m| ids(rank, m)).collect();
+                    let mut round = |engine: &mut Engine, member: &mut InProcessCollective| {
+                        for (microbatch, mine) in rounds.iter().enumerate() {
+                            for layer in 0..2 {
+                                let step = StepId::new(microbatch as u32, layer);
+                                engine.step_by_domain(step, member, mine).unwrap();
+                            }
+                        }
+                    };
+                    round(&mut engine, &mut member);
+                    round(&mut engine, &mut member);
+                    allocations_on_this_thread(|| round(&mut engine, &mut member))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| handle.join().unwrap())
+            .collect()
+    });
+    assert!(
+        counted.iter().all(|&n| n == 0),
+        "allocations per rank: {counted:?}"
+    );
+}

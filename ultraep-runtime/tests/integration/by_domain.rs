@@ -8,13 +8,13 @@ use ultraep_runtime::{
     Preset, RuntimeError, StepId,
 };
 
-const RANKS: u32 = 16;
+pub(crate) const RANKS: u32 = 16;
 const EXPERTS: u32 = 64;
 const TOP_K: u32 = 2;
 
 /// Two HGX nodes (two domains of 8 ranks), 4 experts a rank, prefill, replicas not preferred
 /// where they already are (planning by domain does not read slot residency).
-fn config() -> EngineConfig {
+pub(crate) fn config() -> EngineConfig {
     EngineConfig::builder(
         Preset::HgxH100.topology(2).unwrap(),
         ExpertLayout::contiguous(RANKS, EXPERTS / RANKS).unwrap(),
@@ -35,7 +35,7 @@ fn config() -> EngineConfig {
 
 /// Rank `rank`'s top-2 ids in `step`: every token wants a hot expert of the first domain (3 or
 /// 20) and another that depends on the rank and the step.
-fn ids(rank: u32, step: u32) -> Vec<u32> {
+pub(crate) fn ids(rank: u32, step: u32) -> Vec<u32> {
     (0..300u32)
         .flat_map(|token| {
             let hot = if (token + step).is_multiple_of(3) {
