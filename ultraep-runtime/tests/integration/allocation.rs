@@ -166,7 +166,7 @@ fn a_warm_step_by_domain_does_not_allocate() {
                 scope.spawn(move || {
                     let rank = member.rank();
                     let rounds: Vec<Vec<u32>> = (0..3).map(|m| ids(rank, m)).collect();
-                    let mut round = |engine: &mut Engine, member: &mut InProcessCollective| {
+                    let round = |engine: &mut Engine, member: &mut InProcessCollective| {
                         for (microbatch, mine) in rounds.iter().enumerate() {
                             for layer in 0..2 {
                                 let step = StepId::new(microbatch as u32, layer);
