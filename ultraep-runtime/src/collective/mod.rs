@@ -72,6 +72,10 @@ pub trait Collective {
                 local.len()
             )));
         }
+        // Every rank contributes as many values, so all of them skip an empty exchange alike.
+        if local.is_empty() {
+            return Ok(());
+        }
         scratch.resize(local.len() * self.ranks() as usize, 0);
         self.all_gather(local, scratch)?;
         sums.fill(0);
@@ -290,6 +294,17 @@ impl Collective for ultraep_kernels::nccl::NcclGather<'_> {
 
     fn all_gather(&mut self, local: &[u32], gathered: &mut [u32]) -> Result<(), RuntimeError> {
         ultraep_kernels::nccl::NcclGather::all_gather(self, local, gathered)
+            .map_err(|error| RuntimeError::Collective(error.to_string()))
+    }
+
+    /// NCCL's all-reduce: no rank receives every contribution.
+    fn all_reduce_sum(
+        &mut self,
+        local: &[u32],
+        sums: &mut [u32],
+        _scratch: &mut Vec<u32>,
+    ) -> Result<(), RuntimeError> {
+        ultraep_kernels::nccl::NcclGather::all_reduce_sum(self, local, sums)
             .map_err(|error| RuntimeError::Collective(error.to_string()))
     }
 }

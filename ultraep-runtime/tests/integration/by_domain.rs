@@ -153,3 +153,30 @@ fn planning_by_domain_is_refused_for_an_engine_of_several_ranks() {
         "{refused:?}"
     );
 }
+
+/// An even load needs no replica: no prefix sum to exchange, and every rank still plans alike.
+#[test]
+fn an_even_load_plans_by_domain_without_replicas() {
+    let engines = Engine::group(config(), PlaneOptions::default()).unwrap();
+    let members = InProcessCollective::group(RANKS);
+    std::thread::scope(|scope| {
+        for (mut engine, mut member) in engines.into_iter().zip(members) {
+            scope.spawn(move || {
+                let rank = member.rank();
+                let even: Vec<u32> = (0..64u32)
+                    .flat_map(|token| [token, (token + 1 + rank) % EXPERTS])
+                    .collect();
+                let report = engine
+                    .step_by_domain(StepId::new(0, 0), &mut member, &even)
+                    .unwrap();
+                assert_eq!(report.metrics.replicas, 0);
+                let mut routed = Vec::new();
+                engine
+                    .reroute(StepId::new(0, 0), rank, &even, &mut routed)
+                    .unwrap();
+                // Every id goes to its expert's master, which is instance number `expert`.
+                assert_eq!(routed, even);
+            });
+        }
+    });
+}
