@@ -9,7 +9,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use ultraep_runtime::{
     Dtype, Engine, EngineConfig, ExpertLayout, HostDriven, Mode, ModelShape, Preset, Region,
-    RuntimeError, StepId,
+    RuntimeError, StepId, StepReport,
 };
 use ultraep_topo::{Topology, TopologyBuilder};
 
@@ -45,6 +45,18 @@ fn labelled_topology(preset: Preset, labels: &[u32]) -> PyResult<Topology> {
         );
     }
     builder.build().map_err(value_error)
+}
+
+/// A step's figures, as `Engine.step` returns them.
+fn figures_of<'py>(py: Python<'py>, report: &StepReport) -> PyResult<Bound<'py, PyDict>> {
+    let figures = PyDict::new(py);
+    figures.set_item("initial_imbalance", report.metrics.initial_imbalance())?;
+    figures.set_item("imbalance", report.metrics.imbalance())?;
+    figures.set_item("replicas", report.metrics.replicas)?;
+    figures.set_item("copies", report.copies)?;
+    figures.set_item("copies_skipped", report.copies_skipped)?;
+    figures.set_item("bytes_moved", report.bytes_moved)?;
+    Ok(figures)
 }
 
 /// One rank's engine of an expert-parallel group, in host-driven mode.
@@ -164,14 +176,32 @@ impl PyEngine {
             .detach(|| engine.step_from_rows(StepId::new(microbatch, layer), gathered))
             .map_err(runtime_error)?;
         self.moved = report.copies > 0;
-        let figures = PyDict::new(py);
-        figures.set_item("initial_imbalance", report.metrics.initial_imbalance())?;
-        figures.set_item("imbalance", report.metrics.imbalance())?;
-        figures.set_item("replicas", report.metrics.replicas)?;
-        figures.set_item("copies", report.copies)?;
-        figures.set_item("copies_skipped", report.copies_skipped)?;
-        figures.set_item("bytes_moved", report.bytes_moved)?;
-        Ok(figures)
+        figures_of(py, &report)
+    }
+
+    /// Plans layer `layer` of microbatch `microbatch` by domain, from this rank's router `ids`:
+    /// the rank sums every rank's counts with `collective.all_reduce_sum` (or `all_gather`),
+    /// plans its own domain, and all-gathers every rank's replicas and a few cells with
+    /// `collective.all_gather`, never the whole load matrix; every rank gets the plan the whole
+    /// matrix gives. Returns the step's figures, as `step` does; `reroute` then routes `ids`.
+    fn step_by_domain<'py>(
+        &mut self,
+        py: Python<'py>,
+        microbatch: u32,
+        layer: u32,
+        ids: PyReadonlyArray1<'py, u32>,
+        collective: Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let ids = words(&ids, "ids")?;
+        let rank = self.engine.local_ranks().start;
+        let ranks = self.engine.config().layout.num_ranks();
+        let mut collective = crate::collective::PyCollective::new(collective, rank, ranks);
+        let report = self
+            .engine
+            .step_by_domain(StepId::new(microbatch, layer), &mut collective, ids)
+            .map_err(runtime_error)?;
+        self.moved = report.copies > 0;
+        figures_of(py, &report)
     }
 
     /// The instance of the step's plan each of this rank's `ids` goes to (an index into

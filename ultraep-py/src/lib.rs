@@ -7,6 +7,7 @@
 //! them. Errors of the library arrive as `ValueError` (bad values and shapes) or `TypeError` (bad
 //! dtypes) with the library's message; planning runs with the GIL released.
 
+mod collective;
 mod engine;
 mod rehome;
 mod simulate;

@@ -165,8 +165,12 @@ def _worker(rank: int, family: str, directory: str, scenario: str) -> None:
     )
     result: dict[str, object] = {}
     try:
-        layer = ExpertParallelMoE(build_block(family), slots=2, min_replica_tokens=1)
-        if scenario == "train":
+        options: dict[str, object] = {}
+        if scenario.startswith("domains"):
+            # Two domains of two ranks; "domains-by-domain" plans by domain.
+            options = {"domains": [0, 0, 1, 1], "plan_by_domain": scenario.endswith("by-domain")}
+        layer = ExpertParallelMoE(build_block(family), slots=2, min_replica_tokens=1, **options)
+        if scenario == "train" or scenario.startswith("domains"):
             result["runs"] = [_train_step(layer, rank) for _ in range(2)]
         elif scenario in ("adam", "adam-moved"):
             optimizer = torch.optim.Adam([layer.gate_up_proj, layer.down_proj], lr=1e-3)

@@ -163,3 +163,25 @@ def test_experts_moved_between_steps_keep_their_weights_and_adam_state(tmp_path)
     for expert in range(experts):
         for want, got in zip(kept_states[expert], moved_states[expert], strict=True):
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_planning_by_domain_gives_the_whole_matrixs_plan(tmp_path):
+    """Two domains of two ranks: a layer that plans by domain (an all-reduce of the counts, its
+    domain's plan, every rank's replicas and a few cells gathered) computes what the layer that
+    gathers the whole load matrix computes, bit for bit, on the first step (no replica is in a
+    slot yet, so both planners see the same problem)."""
+    (tmp_path / "whole").mkdir()
+    (tmp_path / "by-domain").mkdir()
+    whole = ep_group.run("qwen3_moe", tmp_path / "whole", "domains")
+    by_domain = ep_group.run("qwen3_moe", tmp_path / "by-domain", "domains-by-domain")
+    for rank in range(ep_group.RANKS):
+        want, got = whole[rank]["runs"][0], by_domain[rank]["runs"][0]
+        assert got["report"].replicas == want["report"].replicas > 0
+        assert got["report"].imbalance == want["report"].imbalance
+        for name in ("out", "x_grad", "gate_up_grad", "down_grad", "router_grad"):
+            assert torch.equal(got[name], want[name]), (rank, name)
+        # The second step runs too (replicas may then sit elsewhere: the whole-matrix planner
+        # prefers slots that already hold an expert).
+        torch.testing.assert_close(
+            by_domain[rank]["runs"][1]["out"], whole[rank]["runs"][1]["out"], rtol=1e-4, atol=1e-5
+        )

@@ -1,6 +1,7 @@
 """Types of the extension module; the documented API is :mod:`ultraep`."""
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -81,6 +82,11 @@ class Engine:
     def step(
         self, microbatch: int, layer: int, gathered: npt.NDArray[np.uint32]
     ) -> dict[str, float]: ...
+    def step_by_domain(
+        self, microbatch: int, layer: int, ids: npt.NDArray[np.uint32], collective: Any
+    ) -> dict[str, float]:
+        """``collective`` has ``all_gather(local) -> gathered`` and may have
+        ``all_reduce_sum(local) -> sums`` (1-D uint32 arrays)."""
     def reroute(
         self, microbatch: int, layer: int, ids: npt.NDArray[np.uint32]
     ) -> npt.NDArray[np.uint32]: ...

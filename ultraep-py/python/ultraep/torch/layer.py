@@ -14,6 +14,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .._ultraep import Engine
+from .collective import GroupCollective
 from .errors import group_operation
 from .exchange import TokenRoute
 from .replicas import ReplicaExchange, ReplicaWeights
@@ -92,6 +93,9 @@ class ExpertParallelMoE(nn.Module):
         preset: the hardware whose links the engine plans transfers for.
         domains: the scale-up domain label of every rank of the group (default: one domain).
             Replicas stay inside their master's domain.
+        plan_by_domain: plan by domain (``Engine.step_by_domain``): each rank sums the counts
+            with an all-reduce, plans its own domain and gathers every rank's replicas and a few
+            cells instead of the whole load matrix; the same plan. For groups that span domains.
 
     The router and the shared experts are replicated: reduce their gradients over the group
     like any data-parallel parameter. The backward of a forward must run before the next
@@ -113,6 +117,7 @@ class ExpertParallelMoE(nn.Module):
         min_replica_tokens: int = 1,
         preset: str = "hgx-h100",
         domains: Sequence[int] | None = None,
+        plan_by_domain: bool = False,
     ) -> None:
         super().__init__()
         experts = block.experts
@@ -174,6 +179,9 @@ class ExpertParallelMoE(nn.Module):
         ):
             raise ValueError("the block's expert weights are not a gated MLP (gate, up, down)")
         self._versions = self._master_versions()
+        self._by_domain = (
+            GroupCollective(group, self.gate_up_proj.device) if plan_by_domain else None
+        )
         self.last_report: ForwardReport | None = None
 
     def _master_versions(self) -> tuple[int, int]:
@@ -289,14 +297,19 @@ class ExpertParallelMoE(nn.Module):
 
         if self._master_versions() != self._versions:
             self.masters_updated()
-        row = self.engine.gather_row(ids)
-        gathered = torch.empty(self.ranks * len(row), dtype=torch.int32, device=x.device)
-        with group_operation(self.rank, "gathering the load (all_gather_into_tensor)"):
-            dist.all_gather_into_tensor(
-                gathered, torch.from_numpy(row.view(np.int32)).to(x.device), group=self.group
-            )
-        clock.lap("gather")
-        figures = self.engine.step(0, 0, gathered.cpu().numpy().view(np.uint32))
+        if self._by_domain is not None:
+            clock.lap("gather")
+            # The collectives run inside the plan, between its phases.
+            figures = self.engine.step_by_domain(0, 0, ids, self._by_domain)
+        else:
+            row = self.engine.gather_row(ids)
+            gathered = torch.empty(self.ranks * len(row), dtype=torch.int32, device=x.device)
+            with group_operation(self.rank, "gathering the load (all_gather_into_tensor)"):
+                dist.all_gather_into_tensor(
+                    gathered, torch.from_numpy(row.view(np.int32)).to(x.device), group=self.group
+                )
+            clock.lap("gather")
+            figures = self.engine.step(0, 0, gathered.cpu().numpy().view(np.uint32))
         clock.lap("plan")
 
         stacked_gate_up, stacked_down = ReplicaWeights.apply(
