@@ -108,31 +108,18 @@ impl<W: Write> TraceWriter<W> {
             }
         };
         if let Some(homes) = self.layouts.get_mut(layer as usize).and_then(Option::take) {
-            self.line.clear();
-            let _ = write!(
-                self.line,
-                "{{\"step\": {step}, \"layer\": {layer}, \"homes\": ["
-            );
-            for (index, home) in homes.iter().enumerate() {
-                let separator = if index == 0 { "" } else { ", " };
-                let _ = write!(self.line, "{separator}{home}");
-            }
-            self.line.push_str("]}");
-            writeln!(self.out, "{}", self.line).map_err(io_error)?;
+            self.write_list(
+                format_args!("{{\"step\": {step}, \"layer\": {layer}, \"homes\": ["),
+                &homes,
+            )?;
         }
         for rank in 0..self.ranks {
-            self.line.clear();
-            // Writing to a String cannot fail.
-            let _ = write!(
-                self.line,
-                "{{\"step\": {step}, \"layer\": {layer}, \"rank\": {rank}, \"counts\": ["
-            );
-            for (index, count) in loads.row(rank).iter().enumerate() {
-                let separator = if index == 0 { "" } else { ", " };
-                let _ = write!(self.line, "{separator}{count}");
-            }
-            self.line.push_str("]}");
-            writeln!(self.out, "{}", self.line).map_err(io_error)?;
+            self.write_list(
+                format_args!(
+                    "{{\"step\": {step}, \"layer\": {layer}, \"rank\": {rank}, \"counts\": ["
+                ),
+                loads.row(rank),
+            )?;
         }
         let metrics = &report.metrics;
         writeln!(
@@ -150,6 +137,23 @@ impl<W: Write> TraceWriter<W> {
             report.transfer.as_nanos()
         )
         .map_err(io_error)
+    }
+
+    /// Writes one line: `head` (the record up to its list's opening bracket), `values`, `]}`.
+    fn write_list(
+        &mut self,
+        head: std::fmt::Arguments<'_>,
+        values: &[u32],
+    ) -> Result<(), RuntimeError> {
+        self.line.clear();
+        // Writing to a String cannot fail.
+        let _ = self.line.write_fmt(head);
+        for (index, value) in values.iter().enumerate() {
+            let separator = if index == 0 { "" } else { ", " };
+            let _ = write!(self.line, "{separator}{value}");
+        }
+        self.line.push_str("]}");
+        writeln!(self.out, "{}", self.line).map_err(io_error)
     }
 
     /// Records that `layer`'s masters now live where `layout` says (after

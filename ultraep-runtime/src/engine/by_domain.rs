@@ -235,7 +235,13 @@ impl<B: Backend> Engine<B> {
         collective.all_gather(&s.record, &mut s.records)?;
         s.cells.clear();
         for (source, record) in s.records.chunks_exact(cell_width).enumerate() {
-            let count = (record[0] as usize).min(held_at_most);
+            let count = record[0] as usize;
+            if count > held_at_most {
+                return Err(RuntimeError::InvalidInput(format!(
+                    "rank {source} says it hosts {count} instances of replicated experts, more \
+                     than its {held_at_most} masters and slots"
+                )));
+            }
             for pair in record[1..][..2 * count].chunks_exact(2) {
                 s.cells.push((pair[0], source as u32, pair[1]));
             }

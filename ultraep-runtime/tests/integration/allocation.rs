@@ -10,7 +10,7 @@ use counting_allocator::{CountingAllocator, allocations_on_this_thread};
 use ultraep_runtime::StepId;
 
 use crate::ep64::{LAYERS, ep64_engine, ep64_loads};
-use crate::fixture::{GRADIENT, base_config, engine_with, loads};
+use crate::fixture::{GRADIENT, base_config, engine_with, loads, on_threads};
 
 #[global_allocator]
 static ALLOCATOR: CountingAllocator = CountingAllocator;
@@ -158,33 +158,24 @@ fn a_warm_step_by_domain_does_not_allocate() {
 
     let engines = Engine::group(config(), PlaneOptions::default()).unwrap();
     let members = InProcessCollective::group(RANKS);
-    let counted: Vec<u64> = std::thread::scope(|scope| {
-        let handles: Vec<_> = engines
-            .into_iter()
-            .zip(members)
-            .map(|(mut engine, mut member)| {
-                scope.spawn(move || {
-                    let rank = member.rank();
-                    let rounds: Vec<Vec<u32>> = (0..3).map(|m| ids(rank, m)).collect();
-                    let round = |engine: &mut Engine, member: &mut InProcessCollective| {
-                        for (microbatch, mine) in rounds.iter().enumerate() {
-                            for layer in 0..2 {
-                                let step = StepId::new(microbatch as u32, layer);
-                                engine.step_by_domain(step, member, mine).unwrap();
-                            }
-                        }
-                    };
-                    round(&mut engine, &mut member);
-                    round(&mut engine, &mut member);
-                    allocations_on_this_thread(|| round(&mut engine, &mut member))
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|handle| handle.join().unwrap())
-            .collect()
-    });
+    let counted = on_threads(
+        engines.into_iter().zip(members),
+        |(mut engine, mut member)| {
+            let rank = member.rank();
+            let rounds: Vec<Vec<u32>> = (0..3).map(|m| ids(rank, m)).collect();
+            let round = |engine: &mut Engine, member: &mut InProcessCollective| {
+                for (microbatch, mine) in rounds.iter().enumerate() {
+                    for layer in 0..2 {
+                        let step = StepId::new(microbatch as u32, layer);
+                        engine.step_by_domain(step, member, mine).unwrap();
+                    }
+                }
+            };
+            round(&mut engine, &mut member);
+            round(&mut engine, &mut member);
+            allocations_on_this_thread(|| round(&mut engine, &mut member))
+        },
+    );
     assert!(
         counted.iter().all(|&n| n == 0),
         "allocations per rank: {counted:?}"

@@ -8,6 +8,8 @@ use ultraep_runtime::{
     Preset, RuntimeError, StepId,
 };
 
+use crate::fixture::on_threads;
+
 pub(crate) const RANKS: u32 = 16;
 const EXPERTS: u32 = 64;
 const TOP_K: u32 = 2;
@@ -85,53 +87,40 @@ fn ranks_planning_by_domain_get_the_whole_matrixs_plan_and_reroute() {
         expected.push((whole.plan(step).unwrap().clone(), per_rank));
     }
     let full_matrix_bytes = 4 * u64::from(RANKS * EXPERTS);
-    let results: Vec<(u64, u64)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = engines
-            .into_iter()
-            .zip(members)
-            .map(|(mut engine, mut member)| {
-                let (steps, expected) = (&steps, &expected);
-                scope.spawn(move || {
-                    let rank = member.rank();
-                    for layer in 0..2 {
-                        for expert in rank * 4..rank * 4 + 4 {
-                            engine
-                                .write_master(layer, expert, &weights(layer, expert, state))
-                                .unwrap();
-                        }
+    let results = on_threads(
+        engines.into_iter().zip(members),
+        |(mut engine, mut member)| {
+            let rank = member.rank();
+            for layer in 0..2 {
+                for expert in rank * 4..rank * 4 + 4 {
+                    engine
+                        .write_master(layer, expert, &weights(layer, expert, state))
+                        .unwrap();
+                }
+            }
+            let mut routed = Vec::new();
+            let mut most = 0;
+            for (&step, (plan, reroutes)) in steps.iter().zip(&expected) {
+                let mine = ids(rank, step.microbatch);
+                engine.step_by_domain(step, &mut member, &mine).unwrap();
+                let planned = engine.plan(step).unwrap().clone();
+                assert_eq!(planned.instances(), plan.instances(), "{step}");
+                assert!(planned.metrics().replicas > 0);
+                engine.reroute(step, rank, &mine, &mut routed).unwrap();
+                assert_eq!(routed, reroutes[rank as usize], "rank {rank} {step}");
+                assert!(engine.loads(step).is_none());
+                // Replicas on this rank hold their masters' weights.
+                for (index, instance) in planned.instances().iter().enumerate() {
+                    if instance.rank == rank && instance.is_replica() {
+                        let bytes = engine.instance_weights(step, index as u32).unwrap();
+                        assert_eq!(bytes.as_ref(), weights(step.layer, instance.expert, state));
                     }
-                    let mut routed = Vec::new();
-                    let mut most = 0;
-                    for (&step, (plan, reroutes)) in steps.iter().zip(expected) {
-                        let mine = ids(rank, step.microbatch);
-                        engine.step_by_domain(step, &mut member, &mine).unwrap();
-                        let planned = engine.plan(step).unwrap().clone();
-                        assert_eq!(planned.instances(), plan.instances(), "{step}");
-                        assert!(planned.metrics().replicas > 0);
-                        engine.reroute(step, rank, &mine, &mut routed).unwrap();
-                        assert_eq!(routed, reroutes[rank as usize], "rank {rank} {step}");
-                        assert!(engine.loads(step).is_none());
-                        // Replicas on this rank hold their masters' weights.
-                        for (index, instance) in planned.instances().iter().enumerate() {
-                            if instance.rank == rank && instance.is_replica() {
-                                let bytes = engine.instance_weights(step, index as u32).unwrap();
-                                assert_eq!(
-                                    bytes.as_ref(),
-                                    weights(step.layer, instance.expert, state)
-                                );
-                            }
-                        }
-                        most = most.max(engine.domain_gather_bytes());
-                    }
-                    (engine.digest(), most)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|handle| handle.join().unwrap())
-            .collect()
-    });
+                }
+                most = most.max(engine.domain_gather_bytes());
+            }
+            (engine.digest(), most)
+        },
+    );
     assert!(
         results.windows(2).all(|pair| pair[0].0 == pair[1].0),
         "digests differ"
@@ -159,24 +148,23 @@ fn planning_by_domain_is_refused_for_an_engine_of_several_ranks() {
 fn an_even_load_plans_by_domain_without_replicas() {
     let engines = Engine::group(config(), PlaneOptions::default()).unwrap();
     let members = InProcessCollective::group(RANKS);
-    std::thread::scope(|scope| {
-        for (mut engine, mut member) in engines.into_iter().zip(members) {
-            scope.spawn(move || {
-                let rank = member.rank();
-                let even: Vec<u32> = (0..64u32)
-                    .flat_map(|token| [token, (token + 1 + rank) % EXPERTS])
-                    .collect();
-                let report = engine
-                    .step_by_domain(StepId::new(0, 0), &mut member, &even)
-                    .unwrap();
-                assert_eq!(report.metrics.replicas, 0);
-                let mut routed = Vec::new();
-                engine
-                    .reroute(StepId::new(0, 0), rank, &even, &mut routed)
-                    .unwrap();
-                // Every id goes to its expert's master, which is instance number `expert`.
-                assert_eq!(routed, even);
-            });
-        }
-    });
+    on_threads(
+        engines.into_iter().zip(members),
+        |(mut engine, mut member)| {
+            let rank = member.rank();
+            let even: Vec<u32> = (0..64u32)
+                .flat_map(|token| [token, (token + 1 + rank) % EXPERTS])
+                .collect();
+            let report = engine
+                .step_by_domain(StepId::new(0, 0), &mut member, &even)
+                .unwrap();
+            assert_eq!(report.metrics.replicas, 0);
+            let mut routed = Vec::new();
+            engine
+                .reroute(StepId::new(0, 0), rank, &even, &mut routed)
+                .unwrap();
+            // Every id goes to its expert's master, which is instance number `expert`.
+            assert_eq!(routed, even);
+        },
+    );
 }

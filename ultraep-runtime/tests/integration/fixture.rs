@@ -92,3 +92,22 @@ pub(crate) fn loads(hot: usize) -> Vec<u32> {
     }
     loads
 }
+
+/// Runs `work` on every item, each on a thread of its own (one rank of a group, as a process
+/// would be), and returns what each returned, in order; a panic on any thread fails the test.
+pub(crate) fn on_threads<T: Send, R: Send>(
+    items: impl IntoIterator<Item = T>,
+    work: impl Fn(T) -> R + Sync,
+) -> Vec<R> {
+    std::thread::scope(|scope| {
+        let work = &work;
+        let handles: Vec<_> = items
+            .into_iter()
+            .map(|item| scope.spawn(move || work(item)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| handle.join().unwrap())
+            .collect()
+    })
+}

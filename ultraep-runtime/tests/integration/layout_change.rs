@@ -5,7 +5,9 @@ use proptest::prelude::*;
 use ultraep_plan::{ExpertLayout, LoadMatrix};
 use ultraep_runtime::{Engine, EngineConfig, LayoutMove, Mode, PlaneOptions, RuntimeError, StepId};
 
-use crate::fixture::{STATE, base_config, engine_with, finish_backward, loads, s, weights};
+use crate::fixture::{
+    STATE, base_config, engine_with, finish_backward, loads, on_threads, s, weights,
+};
 
 /// The fixture's configuration with `staging` staging slots per rank.
 fn config(staging: u16) -> EngineConfig {
@@ -358,42 +360,29 @@ fn ranks_of_a_group_switch_together() {
     };
     let engines = Engine::group(config, PlaneOptions::default()).unwrap();
     let target = swapped(&[(1, 17), (6, 29)]);
-    let digests: Vec<u64> = std::thread::scope(|scope| {
-        let handles: Vec<_> = engines
-            .into_iter()
-            .enumerate()
-            .map(|(rank, mut engine)| {
-                let target = target.clone();
-                scope.spawn(move || {
-                    let rank = rank as u32;
-                    for layer in 0..3 {
-                        for expert in rank * 4..rank * 4 + 4 {
-                            engine
-                                .write_master(layer, expert, &weights(layer, expert, 0))
-                                .unwrap();
-                        }
-                    }
-                    engine.begin_layout_change(0, target.clone()).unwrap();
-                    while !engine.advance_layout_change(STATE).unwrap().ready() {}
-                    engine.switch_layout().unwrap();
-                    for expert in 0..32 {
-                        let (home, _) = engine.master_home(0, expert).unwrap();
-                        assert_eq!(home, target.home(expert));
-                        if home == rank {
-                            assert_eq!(
-                                engine.read_master(0, expert).unwrap().as_ref(),
-                                weights(0, expert, 0)
-                            );
-                        }
-                    }
-                    engine.digest()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|handle| handle.join().unwrap())
-            .collect()
+    let digests = on_threads(engines.into_iter().enumerate(), |(rank, mut engine)| {
+        let rank = rank as u32;
+        for layer in 0..3 {
+            for expert in rank * 4..rank * 4 + 4 {
+                engine
+                    .write_master(layer, expert, &weights(layer, expert, 0))
+                    .unwrap();
+            }
+        }
+        engine.begin_layout_change(0, target.clone()).unwrap();
+        while !engine.advance_layout_change(STATE).unwrap().ready() {}
+        engine.switch_layout().unwrap();
+        for expert in 0..32 {
+            let (home, _) = engine.master_home(0, expert).unwrap();
+            assert_eq!(home, target.home(expert));
+            if home == rank {
+                assert_eq!(
+                    engine.read_master(0, expert).unwrap().as_ref(),
+                    weights(0, expert, 0)
+                );
+            }
+        }
+        engine.digest()
     });
     assert!(
         digests.windows(2).all(|pair| pair[0] == pair[1]),
