@@ -13,9 +13,7 @@ use ultraep_runtime::{
 };
 use ultraep_topo::{Topology, TopologyBuilder};
 
-fn runtime_error(error: RuntimeError) -> PyErr {
-    PyValueError::new_err(error.to_string())
-}
+use crate::errors::runtime_error;
 
 fn value_error(message: impl std::fmt::Display) -> PyErr {
     PyValueError::new_err(message.to_string())
@@ -57,6 +55,31 @@ fn figures_of<'py>(py: Python<'py>, report: &StepReport) -> PyResult<Bound<'py, 
     figures.set_item("copies_skipped", report.copies_skipped)?;
     figures.set_item("bytes_moved", report.bytes_moved)?;
     Ok(figures)
+}
+
+impl PyEngine {
+    /// Runs `plan` (a step by domain) with the caller's collective; an exception the collective
+    /// raised is raised again as it was (a `PeerLostError` stays one).
+    fn by_domain<'py>(
+        &mut self,
+        py: Python<'py>,
+        collective: Bound<'py, PyAny>,
+        plan: impl FnOnce(
+            &mut Engine<HostDriven>,
+            &mut crate::collective::PyCollective<'py>,
+        ) -> Result<StepReport, RuntimeError>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let rank = self.engine.local_ranks().start;
+        let ranks = self.engine.config().layout.num_ranks();
+        let mut collective = crate::collective::PyCollective::new(collective, rank, ranks);
+        let report = plan(&mut self.engine, &mut collective).map_err(|error| {
+            collective
+                .take_failure()
+                .unwrap_or_else(|| runtime_error(error))
+        })?;
+        self.moved = report.copies > 0;
+        figures_of(py, &report)
+    }
 }
 
 /// One rank's engine of an expert-parallel group, in host-driven mode.
@@ -193,15 +216,34 @@ impl PyEngine {
         collective: Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let ids = words(&ids, "ids")?;
-        let rank = self.engine.local_ranks().start;
-        let ranks = self.engine.config().layout.num_ranks();
-        let mut collective = crate::collective::PyCollective::new(collective, rank, ranks);
-        let report = self
-            .engine
-            .step_by_domain(StepId::new(microbatch, layer), &mut collective, ids)
-            .map_err(runtime_error)?;
-        self.moved = report.copies > 0;
-        figures_of(py, &report)
+        self.by_domain(py, collective, |engine, collective| {
+            engine.step_by_domain(StepId::new(microbatch, layer), collective, ids)
+        })
+    }
+
+    /// Like `step_by_domain`, from this rank's tokens per expert (`counts`, one uint32 per
+    /// expert, a histogram made on the device) instead of its router's ids; the same plan.
+    /// `split` then gives this rank's row to route its tokens by.
+    fn step_by_domain_from_counts<'py>(
+        &mut self,
+        py: Python<'py>,
+        microbatch: u32,
+        layer: u32,
+        counts: PyReadonlyArray1<'py, u32>,
+        collective: Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let counts = words(&counts, "counts")?;
+        self.by_domain(py, collective, |engine, collective| {
+            engine.step_by_domain_from_counts(StepId::new(microbatch, layer), collective, counts)
+        })
+    }
+
+    /// The metadata digest this rank appends to its gathered row (the last two words of
+    /// `gather_row`, low word first): a caller that counts tokens on its device builds the row
+    /// itself from its counts and these words.
+    #[getter]
+    fn digest(&self) -> u64 {
+        self.engine.digest()
     }
 
     /// The instance of the step's plan each of this rank's `ids` goes to (an index into
@@ -219,6 +261,56 @@ impl PyEngine {
             .reroute(StepId::new(microbatch, layer), rank, ids, &mut self.routed)
             .map_err(runtime_error)?;
         Ok(self.routed.clone().into_pyarray(py))
+    }
+
+    /// This rank's part of the step's split: `(row, columns)`, each as rows `[source, expert,
+    /// instance, tokens]` (`instance` an index into `instances`). The row is what this rank
+    /// sends, ordered by expert then instance (the order `reroute` fills instances in, so its
+    /// cumulative tokens are the reroute table); the columns are what this rank's instances
+    /// receive, ordered by expert then source, or `None` for a step planned by domain, which
+    /// kept only this rank's row.
+    #[allow(clippy::type_complexity)]
+    fn split<'py>(
+        &mut self,
+        py: Python<'py>,
+        microbatch: u32,
+        layer: u32,
+    ) -> PyResult<(Bound<'py, PyArray2<i64>>, Option<Bound<'py, PyArray2<i64>>>)> {
+        let rank = self.engine.local_ranks().start;
+        let (mut row, mut columns) = (Vec::new(), Vec::new());
+        let known = self
+            .engine
+            .rank_split(StepId::new(microbatch, layer), rank, &mut row, &mut columns)
+            .map_err(runtime_error)?;
+        let rows_of = |entries: &[ultraep_plan::SplitEntry]| -> Vec<i64> {
+            entries
+                .iter()
+                .flat_map(|entry| {
+                    [
+                        i64::from(entry.source),
+                        i64::from(entry.expert),
+                        i64::from(entry.instance),
+                        i64::from(entry.tokens),
+                    ]
+                })
+                .collect()
+        };
+        let row = crate::table(py, rows_of(&row), 4)?;
+        let columns = if known {
+            Some(crate::table(py, rows_of(&columns), 4)?)
+        } else {
+            None
+        };
+        Ok((row, columns))
+    }
+
+    /// Ends a training step that will have no backward (its forward ran without autograd, or
+    /// its graph was freed unused): its slots are released and a later microbatch may take its
+    /// place. Refused for a step in its backward.
+    fn drop_backward(&mut self, microbatch: u32, layer: u32) -> PyResult<()> {
+        self.engine
+            .drop_backward(StepId::new(microbatch, layer))
+            .map_err(runtime_error)
     }
 
     /// The step's instances as rows `[expert, rank, slot, quota]` (`slot` -1 for a master).

@@ -4,11 +4,13 @@
 //!
 //! The `ultraep` Python package (`python/ultraep/`) wraps it: it accepts anything numpy can view
 //! without a copy (a CPU torch tensor included) and documents the calls; `_ultraep.pyi` types
-//! them. Errors of the library arrive as `ValueError` (bad values and shapes) or `TypeError` (bad
-//! dtypes) with the library's message; planning runs with the GIL released.
+//! them. Bad arguments arrive as `ValueError` (values and shapes) or `TypeError` (dtypes), what the
+//! engine refuses or reports as the `ultraep.Error` hierarchy (`errors`), each with the library's
+//! message; planning runs with the GIL released.
 
 mod collective;
 mod engine;
+mod errors;
 mod rehome;
 mod simulate;
 
@@ -318,6 +320,7 @@ impl PyPlan {
 /// The extension module.
 #[pymodule]
 fn _ultraep(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    errors::register(module)?;
     module.add_class::<PyPlanner>()?;
     module.add_class::<PyPlan>()?;
     module.add_class::<engine::PyEngine>()?;

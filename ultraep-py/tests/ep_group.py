@@ -106,8 +106,8 @@ def _train_step(layer: nn.Module, rank: int) -> dict[str, object]:
     result = {
         "out": out.detach(),
         "x_grad": x.grad,
-        "gate_up_grad": layer.gate_up_proj.grad.clone(),
-        "down_grad": layer.down_proj.grad.clone(),
+        "gate_up_grad": layer.experts.gate_up_proj.grad.clone(),
+        "down_grad": layer.experts.down_proj.grad.clone(),
         "router_grad": router_grad,
         "report": layer.last_report,
     }
@@ -138,10 +138,10 @@ def _by_expert(layer: nn.Module, optimizer: torch.optim.Optimizer) -> dict[int, 
     for expert, home in enumerate(layer.homes()):
         if home != rank:
             continue
-        row = layer.engine.master_home(0, expert)[1]
+        row = layer.engine.master_home(layer.layer_index, expert)[1]
         found[expert] = [
             tensor[row].clone()
-            for parameter in (layer.gate_up_proj, layer.down_proj)
+            for parameter in (layer.experts.gate_up_proj, layer.experts.down_proj)
             for tensor in (
                 parameter.data,
                 optimizer.state[parameter]["exp_avg"],
@@ -152,6 +152,7 @@ def _by_expert(layer: nn.Module, optimizer: torch.optim.Optimizer) -> dict[int, 
 
 
 def _worker(rank: int, family: str, directory: str, scenario: str) -> None:
+    import ultraep
     from ultraep.torch import ExpertParallelMoE
 
     torch.set_num_threads(1)
@@ -166,14 +167,18 @@ def _worker(rank: int, family: str, directory: str, scenario: str) -> None:
     result: dict[str, object] = {}
     try:
         options: dict[str, object] = {}
-        if scenario.startswith("domains"):
-            # Two domains of two ranks; "domains-by-domain" plans by domain.
-            options = {"domains": [0, 0, 1, 1], "plan_by_domain": scenario.endswith("by-domain")}
+        if scenario.startswith(("domains", "die")) and scenario.endswith("by-domain"):
+            # Two domains of two ranks, planned by domain.
+            options = {"domains": [0, 0, 1, 1], "plan_by_domain": True}
+        elif scenario.startswith("domains"):
+            options = {"domains": [0, 0, 1, 1]}
         layer = ExpertParallelMoE(build_block(family), slots=2, min_replica_tokens=1, **options)
         if scenario == "train" or scenario.startswith("domains"):
             result["runs"] = [_train_step(layer, rank) for _ in range(2)]
         elif scenario in ("adam", "adam-moved"):
-            optimizer = torch.optim.Adam([layer.gate_up_proj, layer.down_proj], lr=1e-3)
+            optimizer = torch.optim.Adam(
+                [layer.experts.gate_up_proj, layer.experts.down_proj], lr=1e-3
+            )
             outputs = [_adam_step(layer, optimizer, rank)]
             if scenario == "adam-moved":
                 # A layout that changes two ranks' numbers of experts is refused, and nothing
@@ -183,7 +188,7 @@ def _worker(rank: int, family: str, directory: str, scenario: str) -> None:
                 try:
                     layer.change_layout(uneven, optimizer)
                     result["refused"] = None
-                except ValueError as error:
+                except ultraep.RefusedError as error:
                     result["refused"] = str(error)
                 homes = moved_homes(len(layer.homes()))
                 result["moved"] = layer.change_layout(homes, optimizer)
@@ -191,17 +196,21 @@ def _worker(rank: int, family: str, directory: str, scenario: str) -> None:
             result["outputs"] = outputs
             result["homes"] = layer.homes()
             result["experts"] = _by_expert(layer, optimizer)
-        elif scenario == "die":
+        elif scenario.startswith("die"):
             _train_step(layer, rank)
             if rank == 2:
-                from ultraep.torch import replicas
 
-                # Dies in the middle of the next forward: after the load is gathered and planned,
-                # before the replica weights move.
                 def die(*args: object) -> None:
                     os._exit(3)
 
-                replicas.ReplicaExchange.receive = die  # type: ignore[method-assign]
+                if scenario == "die":
+                    # Dies in the middle of the next forward: after the load is gathered and
+                    # planned, before any token moves.
+                    ExpertParallelMoE._dispatch = die  # type: ignore[method-assign]
+                else:
+                    # Dies before planning by domain: the others fail inside the engine's step,
+                    # in the collectives it calls back.
+                    ExpertParallelMoE._plan = die  # type: ignore[method-assign]
             started = time.monotonic()
             try:
                 _train_step(layer, rank)

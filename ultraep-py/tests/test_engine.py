@@ -114,17 +114,17 @@ def test_a_rank_that_planned_another_load_is_caught_at_the_next_gather():
         engine.step(1, 0, rows)
     rows = gathered(group)
     for engine in group:
-        with pytest.raises(ValueError, match="differ"):
+        with pytest.raises(ultraep.DivergedError, match="differ"):
             engine.step(2, 0, rows)
 
 
 def test_bad_input_raises():
     engine = engines()[0]
-    with pytest.raises(ValueError, match="whole tokens"):
+    with pytest.raises(ultraep.RefusedError, match="whole tokens"):
         engine.gather_row(np.arange(3, dtype=np.uint32))
     with pytest.raises(TypeError):
         engine.gather_row(np.arange(4, dtype=np.int64))
-    with pytest.raises(ValueError, match="gathered"):
+    with pytest.raises(ultraep.RefusedError, match="gathered"):
         engine.step(0, 0, np.zeros(5, dtype=np.uint32))
     with pytest.raises(ValueError, match="dtype|preset|bf16"):
         ultraep.Engine(0, [0], layers=1, top_k=1, hidden=16, expert_width=16, dtype="f64")
@@ -144,7 +144,7 @@ def test_a_layout_change_moves_homes_only_at_the_switch():
         moves = engine.begin_layout_change(1, target)
         # Layer 1's masters are a rank's indices 4-7: each arrival takes its departure's index.
         assert moves.tolist() == [[5, 1, 7, 2, 6], [30, 7, 1, 2, 5]]
-        with pytest.raises(ValueError, match="not staged"):
+        with pytest.raises(ultraep.RefusedError, match="not staged"):
             engine.switch_layout()
         assert engine.master_home(1, 5) == (1, 5)
         assert engine.advance_layout_change(1) == (1, 1, 2)
@@ -165,5 +165,5 @@ def test_a_layout_change_that_moves_a_rank_s_count_is_refused():
     engine = engines()[0]
     uneven = [0] + [expert // PER_RANK for expert in range(1, EXPERTS)]
     uneven[4] = 0
-    with pytest.raises(ValueError, match="number of masters"):
+    with pytest.raises(ultraep.RefusedError, match="number of masters"):
         engine.begin_layout_change(0, uneven)

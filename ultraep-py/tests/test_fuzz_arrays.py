@@ -1,6 +1,6 @@
 """The binding's array inputs under random abuse: shapes, dtypes, strides, sizes and values that a
 caller may hand in by mistake. Every call must return a result or raise ``TypeError`` or
-``ValueError``; any other exception, a crash or a hang is a bug.
+``ValueError`` (or the engine's ``ultraep.RefusedError``); any other exception, a crash or a hang is a bug.
 
 The draws are seeded, so a failure names its case and reproduces. ``ULTRAEP_FUZZ_CASES`` sets
 how many cases each test draws (default 400)."""
@@ -52,7 +52,7 @@ def survives(call, *args) -> str:
     error."""
     try:
         call(*args)
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, ultraep.RefusedError) as error:
         assert str(error), "an error says what is wrong"
         return "refused"
     return "ran"

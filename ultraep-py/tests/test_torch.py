@@ -126,8 +126,11 @@ def test_imbalance_falls_from_about_3_to_at_most_1_02_with_replicas_used(family_
     assert reports[0].bytes_moved > 0
 
 
-def test_a_rank_that_dies_mid_forward_makes_the_others_raise(tmp_path):
-    results = ep_group.run("qwen3_moe", tmp_path, "die", limit=120.0)
+@pytest.mark.parametrize("scenario", ["die", "die-by-domain"])
+def test_a_rank_that_dies_mid_forward_makes_the_others_raise(tmp_path, scenario):
+    """In both planning modes: the gathered matrix, and planning by domain (whose collectives
+    run inside the engine, through the layer's callbacks)."""
+    results = ep_group.run("qwen3_moe", tmp_path, scenario, limit=120.0)
     assert results[2] is None, "rank 2 died before writing a result"
     for rank in (0, 1, 3):
         name, message = results[rank]["error"]

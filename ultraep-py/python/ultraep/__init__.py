@@ -30,15 +30,29 @@ from typing import Any
 
 import numpy as np
 
-from ._ultraep import Engine, LoadHistory, Plan, Trace, rehome
+from ._ultraep import (
+    DivergedError,
+    Engine,
+    Error,
+    LoadHistory,
+    PeerLostError,
+    Plan,
+    RefusedError,
+    Trace,
+    rehome,
+)
 from ._ultraep import Planner as _Planner
 from .simulation import Simulation, simulate
 
 __all__ = [
+    "DivergedError",
     "Engine",
+    "Error",
     "LoadHistory",
+    "PeerLostError",
     "Plan",
     "Planner",
+    "RefusedError",
     "Simulation",
     "Trace",
     "read_trace",

@@ -6,6 +6,18 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+class Error(RuntimeError):
+    """Every error of ultraep that is not a bad argument."""
+
+class RefusedError(Error):
+    """The engine refused a call in its present state; nothing changed."""
+
+class DivergedError(Error):
+    """The ranks' metadata digests differ: every rank raises it."""
+
+class PeerLostError(Error):
+    """An operation of the expert-parallel group failed (a peer died, or a timeout)."""
+
 class Planner:
     def __init__(
         self,
@@ -87,9 +99,20 @@ class Engine:
     ) -> dict[str, float]:
         """``collective`` has ``all_gather(local) -> gathered`` and may have
         ``all_reduce_sum(local) -> sums`` (1-D uint32 arrays)."""
+    def step_by_domain_from_counts(
+        self, microbatch: int, layer: int, counts: npt.NDArray[np.uint32], collective: Any
+    ) -> dict[str, float]: ...
+    @property
+    def digest(self) -> int: ...
     def reroute(
         self, microbatch: int, layer: int, ids: npt.NDArray[np.uint32]
     ) -> npt.NDArray[np.uint32]: ...
+    def split(
+        self, microbatch: int, layer: int
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64] | None]:
+        """This rank's ``(row, columns)`` of the step's split, rows ``[source, expert, instance,
+        tokens]``; ``columns`` is ``None`` for a step planned by domain."""
+    def drop_backward(self, microbatch: int, layer: int) -> None: ...
     def instances(self, microbatch: int, layer: int) -> npt.NDArray[np.int64]:
         """Rows ``[expert, rank, slot, quota]``; ``slot`` is -1 for a master."""
     def transfer_program(self) -> npt.NDArray[np.int64]:

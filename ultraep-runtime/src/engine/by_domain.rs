@@ -75,6 +75,45 @@ impl<B: Backend> Engine<B> {
         ids: &[u32],
     ) -> Result<Result<StepReport, TransfersInFlight>, RuntimeError> {
         let index = self.check_step_start(step)?;
+        self.check_by_domain_members(collective)?;
+        let mut scratch = std::mem::take(&mut self.by_domain);
+        let planned = self.plan_by_domain(step, collective, RankLoad::Ids(ids), &mut scratch);
+        self.by_domain = scratch;
+        let planning = planned?;
+        self.begin_planned(step, index, planning)
+    }
+
+    /// [`Engine::step_by_domain`] from this rank's tokens per expert (`counts`, one per expert:
+    /// a histogram the caller made on its device, say) instead of its router's ids; the same
+    /// plan. [`Engine::rank_split`] then gives the rank's row to route its tokens by.
+    pub fn step_by_domain_from_counts(
+        &mut self,
+        step: StepId,
+        collective: &mut impl Collective,
+        counts: &[u32],
+    ) -> Result<StepReport, RuntimeError> {
+        let index = self.check_step_start(step)?;
+        self.check_by_domain_members(collective)?;
+        let mut scratch = std::mem::take(&mut self.by_domain);
+        let planned = self.plan_by_domain(step, collective, RankLoad::Counts(counts), &mut scratch);
+        self.by_domain = scratch;
+        let planning = planned?;
+        match self.begin_planned(step, index, planning)? {
+            Ok(report) => Ok(report),
+            Err(in_flight) => self.finish_step(in_flight),
+        }
+    }
+
+    /// Bytes the last step by domain took from its collectives' results (the totals, every
+    /// rank's replicas and cells, the prefix sums), beside `4 x ranks x experts` for the whole
+    /// matrix. What the transport moves to deliver them depends on it: the default all-reduce
+    /// and prefix sum gather every contribution.
+    pub fn domain_gather_bytes(&self) -> u64 {
+        4 * self.by_domain.received_words
+    }
+
+    /// Refuses an engine of more than one rank, or a collective that is not every rank's.
+    fn check_by_domain_members(&self, collective: &impl Collective) -> Result<(), RuntimeError> {
         let ranks = self.config.layout.num_ranks();
         if self.local.len() != 1
             || collective.ranks() != ranks
@@ -88,19 +127,7 @@ impl<B: Backend> Engine<B> {
                 collective.ranks()
             )));
         }
-        let mut scratch = std::mem::take(&mut self.by_domain);
-        let planned = self.plan_by_domain(step, collective, ids, &mut scratch);
-        self.by_domain = scratch;
-        let planning = planned?;
-        self.begin_planned(step, index, planning)
-    }
-
-    /// Bytes the last step by domain took from its collectives' results (the totals, every
-    /// rank's replicas and cells, the prefix sums), beside `4 x ranks x experts` for the whole
-    /// matrix. What the transport moves to deliver them depends on it: the default all-reduce
-    /// and prefix sum gather every contribution.
-    pub fn domain_gather_bytes(&self) -> u64 {
-        4 * self.by_domain.received_words
+        Ok(())
     }
 
     /// Plans `step` by domain into the candidate plan and split; returns the time it took.
@@ -108,7 +135,7 @@ impl<B: Backend> Engine<B> {
         &mut self,
         step: StepId,
         collective: &mut impl Collective,
-        ids: &[u32],
+        load: RankLoad<'_>,
         s: &mut DomainScratch,
     ) -> Result<Duration, RuntimeError> {
         let started = Instant::now();
@@ -117,7 +144,20 @@ impl<B: Backend> Engine<B> {
         let experts = self.config.model.experts as usize;
         let slots = usize::from(self.config.slots_per_rank);
         s.row.resize(experts, 0);
-        count_ids(&[ids], experts as u32, self.config.model.top_k, &mut s.row)?;
+        match load {
+            RankLoad::Ids(ids) => {
+                count_ids(&[ids], experts as u32, self.config.model.top_k, &mut s.row)?;
+            }
+            RankLoad::Counts(counts) => {
+                if counts.len() != experts {
+                    return Err(RuntimeError::InvalidInput(format!(
+                        "{} counts for {experts} experts",
+                        counts.len()
+                    )));
+                }
+                s.row.copy_from_slice(counts);
+            }
+        }
         s.totals.resize(experts, 0);
         collective.all_reduce_sum(&s.row, &mut s.totals, &mut s.reduce)?;
 
@@ -260,4 +300,13 @@ impl<B: Backend> Engine<B> {
         self.candidate_by_domain = true;
         Ok(started.elapsed())
     }
+}
+
+/// What a rank planning by domain knows of its own load.
+#[derive(Clone, Copy)]
+enum RankLoad<'a> {
+    /// Its router's top-k ids, token-major.
+    Ids(&'a [u32]),
+    /// Its tokens per expert.
+    Counts(&'a [u32]),
 }

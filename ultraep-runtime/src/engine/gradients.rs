@@ -110,6 +110,29 @@ impl<B: Backend> Engine<B> {
         Ok(())
     }
 
+    /// Ends a training step that will have no backward: its forward ran without autograd (under
+    /// `no_grad`, or recomputed by activation checkpointing), or its graph was freed unused. Its
+    /// slots are released and its place may go to a later microbatch, as after
+    /// [`Engine::reduce_gradients`]; nothing moves and no gradient is summed. A step in its
+    /// backward (restored, not yet reduced) is refused: its replicas' gradients are owed to
+    /// their masters. A step already ended is left alone.
+    pub fn drop_backward(&mut self, step: StepId) -> Result<(), RuntimeError> {
+        self.check_layer(step.layer)?;
+        self.check_no_pending()?;
+        let index = self.entry_index(step);
+        let entry = entry_in(&self.steps, index, step)?;
+        if entry.holding {
+            return Err(RuntimeError::InvalidInput(format!(
+                "{step} is in its backward: reduce_gradients ends it"
+            )));
+        }
+        self.slots.release(step);
+        if let Some(entry) = self.steps[index].as_mut() {
+            entry.open = false;
+        }
+        Ok(())
+    }
+
     /// Sums every replica gradient of `step` into its master's gradient, in the documented order
     /// of `ultraep_xfer::reduce_gradients`, empties the replica gradient slots and ends the step's
     /// backward (its slots are free again, and a later microbatch may replace its plan). Every

@@ -2,7 +2,7 @@
 //! token rerouted to the instance of the plan that processes it.
 
 use ultraep_kernels::reference::reroute::{RerouteTable, reroute_into};
-use ultraep_plan::{LoadMatrix, RankSplit};
+use ultraep_plan::{LoadMatrix, RankSplit, SplitEntry};
 
 use super::{Engine, entry_in};
 use crate::router_counts::count_ids;
@@ -113,4 +113,65 @@ pub(super) struct RerouteScratch {
     rank_split: RankSplit,
     seen: Vec<u32>,
     counts: Vec<u32>,
+}
+
+impl<B: Backend> Engine<B> {
+    /// `rank`'s part of `step`'s split, into `row` (what the rank sends: [`SplitEntry`]s ordered
+    /// by expert, then instance, the order [`Engine::reroute`] fills instances in) and `columns`
+    /// (what the rank's instances receive, ordered by expert, then source). Returns whether the
+    /// columns are known: a step planned by domain kept only the local rank's row, so its columns
+    /// are left empty and its other ranks are refused.
+    ///
+    /// A framework that moves tokens itself derives everything from these: the reroute table
+    /// (the row's cumulative tokens), how many rows it sends to every rank, and how many it
+    /// receives from every source for every instance of its own, with no exchange of counts.
+    pub fn rank_split(
+        &mut self,
+        step: StepId,
+        rank: u32,
+        row: &mut Vec<SplitEntry>,
+        columns: &mut Vec<SplitEntry>,
+    ) -> Result<bool, RuntimeError> {
+        row.clear();
+        columns.clear();
+        self.check_layer(step.layer)?;
+        let entry = entry_in(&self.steps, self.entry_index(step), step)?;
+        let ranks = self.config.layout.num_ranks();
+        let experts = self.config.model.experts as usize;
+        if rank >= ranks {
+            return Err(RuntimeError::InvalidInput(format!(
+                "rank {rank} of {ranks}"
+            )));
+        }
+        if entry.by_domain {
+            if !self.local.contains(&rank) {
+                return Err(RuntimeError::InvalidInput(format!(
+                    "{step} was planned by domain: only rank {} has its split",
+                    self.local.start
+                )));
+            }
+            row.extend_from_slice(&entry.own_split);
+            return Ok(false);
+        }
+        let loads = LoadMatrix::new(&entry.loads, ranks as usize, experts)?;
+        if entry.plan.has_split() {
+            // The plan's own split, in its (expert, source, instance) order: the row keeps the
+            // source's entries, the columns those of the rank's instances.
+            let instances = entry.plan.instances();
+            for split in entry.plan.split(loads) {
+                if split.source == rank {
+                    row.push(split);
+                }
+                if instances[split.instance as usize].rank == rank {
+                    columns.push(split);
+                }
+            }
+        } else {
+            let split = &mut self.reroute_scratch.rank_split;
+            split.compute(&entry.plan, loads, rank)?;
+            row.extend_from_slice(split.row());
+            columns.extend_from_slice(split.columns());
+        }
+        Ok(true)
+    }
 }

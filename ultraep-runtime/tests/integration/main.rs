@@ -11,6 +11,7 @@ mod layout_change;
 mod processes;
 mod program;
 mod properties;
+mod rank_split;
 mod residency;
 mod routing;
 mod soak;

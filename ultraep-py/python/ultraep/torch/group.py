@@ -1,0 +1,163 @@
+"""The state every wrapped layer of one model shares on a rank: the engine (one for all layers,
+so that they share its slot table), the pool of replica slots, the microbatch count of every
+layer, and what the optimizer did to the masters."""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+from .._ultraep import Engine, RefusedError
+from .pool import ExpertState, SlotPool
+
+if TYPE_CHECKING:
+    from .step import Step
+
+_ENGINE_DTYPES = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "bf16"}
+
+# Every live group, so that one optimizer hook marks all of them.
+_GROUPS: weakref.WeakSet[ExpertParallelGroup] = weakref.WeakSet()
+_HOOKED = False
+
+
+def _after_optimizer_step(optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
+    # An optimizer may update parameters through `.data`, which no version counter sees: after
+    # any optimizer step, every group checks its masters before its next forward.
+    for group in list(_GROUPS):
+        group.optimizer_stepped = True
+
+
+class ExpertParallelGroup:
+    """One rank's engine and slot pool for ``layers`` MoE layers of one shape."""
+
+    def __init__(
+        self,
+        group: dist.ProcessGroup | None,
+        *,
+        layers: int,
+        num_experts: int,
+        top_k: int,
+        shapes: dict[str, tuple[int, ...]],
+        gated: bool,
+        dtype: torch.dtype,
+        device: torch.device,
+        slots: int,
+        microbatches: int,
+        min_replica_tokens: int,
+        preset: str,
+        domains: Sequence[int] | None,
+    ) -> None:
+        global _HOOKED
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.ranks = dist.get_world_size(group)
+        if num_experts % self.ranks != 0:
+            raise ValueError(f"{num_experts} experts do not divide among {self.ranks} ranks")
+        if dtype not in _ENGINE_DTYPES:
+            raise ValueError(f"expert weights of dtype {dtype}: use float32, bfloat16 or float16")
+        self.layers = layers
+        self.num_experts = num_experts
+        self.masters = num_experts // self.ranks
+        self.slots = slots
+        self.microbatches = microbatches
+        self.device = device
+        state = ExpertState.of(shapes, dtype)
+        if gated:
+            (width, hidden) = shapes["gate_up_proj"]
+            hidden_size, expert_width = hidden, width // 2
+        else:
+            # Any other layout: the engine counts the state as three equal matrices of one row.
+            hidden_size, expert_width = 1, state.elements // 3
+        self.engine = Engine(
+            self.rank,
+            [expert // self.masters for expert in range(num_experts)],
+            layers=layers,
+            top_k=top_k,
+            hidden=hidden_size,
+            expert_width=expert_width,
+            preset=preset,
+            domains=list(domains) if domains is not None else [0] * self.ranks,
+            dtype=_ENGINE_DTYPES[dtype],
+            training=True,
+            slots_per_rank=slots,
+            # A layout change may bring a rank as many experts as it has; host-driven staging
+            # slots cost no memory (the layer moves the parameters itself).
+            staging_slots=self.masters,
+            microbatches_in_flight=microbatches,
+            min_replica_tokens=min_replica_tokens,
+        )
+        if self.engine.state_bytes != state.bytes:
+            raise ValueError(
+                f"an expert's state is {state.bytes} bytes, the engine counts "
+                f"{self.engine.state_bytes}"
+            )
+        self.pool = SlotPool(group, slots, state, device)
+        self.forwards = [0] * layers
+        self.owed_drops: list[tuple[int, int]] = []
+        self.last_backward: list[object] = [None] * layers
+        self.optimizer_stepped = False
+        _GROUPS.add(self)
+        if not _HOOKED:
+            register_optimizer_step_post_hook(_after_optimizer_step)
+            _HOOKED = True
+
+    def refused(self, message: str) -> RefusedError:
+        """The error of a call the layer refuses."""
+        return RefusedError(f"ultraep: {message}")
+
+    def next_microbatch(self, layer: int) -> int:
+        """The microbatch number of the layer's next forward."""
+        self.settle()
+        microbatch = self.forwards[layer]
+        self.forwards[layer] = (microbatch + 1) % 2**32
+        return microbatch
+
+    def settle(self) -> None:
+        """Gives back the places of steps whose graphs were freed without a backward."""
+        while self.owed_drops:
+            microbatch, layer = self.owed_drops.pop(0)
+            try:
+                self.engine.drop_backward(microbatch, layer)
+            except RefusedError:
+                # A later microbatch has taken the place already.
+                pass
+
+    def master_rows(self, layer: int) -> np.ndarray:
+        """Every expert's index among its home rank's masters, in the layer's layout."""
+        return np.array(
+            [self.engine.master_home(layer, expert)[1] for expert in range(self.num_experts)],
+            dtype=np.int64,
+        )
+
+    def replica_slots(self, microbatch: int, layer: int) -> dict[int, int]:
+        """This rank's replicas in the step: expert -> slot."""
+        instances = self.engine.instances(microbatch, layer)
+        mine = instances[(instances[:, 1] == self.rank) & (instances[:, 2] >= 0)]
+        return {int(expert): int(slot) for expert, _, slot, _ in mine.tolist()}
+
+    def restore(self, step: Step) -> tuple[int, int]:
+        """Brings ``step``'s replicas back; returns (copies in the group, bytes received here)."""
+        self.settle()
+        copies = self.engine.restore(step.microbatch, step.layer)
+        received = 0
+        if copies > 0:
+            received = self.pool.run(self.engine.transfer_program(), step.masters, step.master_row)
+        step.current_slots = self.replica_slots(step.microbatch, step.layer)
+        return int(copies), received
+
+    def reduce(
+        self, step: Step, replica_grads: dict[int, list[torch.Tensor | None]]
+    ) -> tuple[list[torch.Tensor | None], int]:
+        """Ends ``step``'s backward: its replicas' gradients go to their masters' ranks. Returns
+        the gradient this rank's masters receive, and how many gradients it sent."""
+        self.engine.reduce_gradients(step.microbatch, step.layer)
+        sends = self.engine.gradient_sends()
+        sums = self.pool.return_gradients(sends, replica_grads, step.masters, step.master_row)
+        sent = int(np.count_nonzero(sends[:, 1] == self.rank)) if len(sends) else 0
+        return sums, sent

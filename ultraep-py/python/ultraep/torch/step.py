@@ -1,0 +1,182 @@
+"""One microbatch of one layer, from its forward to the end of its backward.
+
+Each forward is its own microbatch: its own plan (an engine step), its own routing and its own
+claim on the shared replica slots. Autograd carries the step: two functions bracket the layer.
+:class:`ReplicaWeights` hands the expert math the slots' weights (views of the pool, never
+copies) and, in backward, sends the replicas' gradients to their masters. :class:`LayerBoundary`
+sits on the layer's output; its backward runs first in the layer's backward, on every rank, and
+brings the step's replicas back into slots (the engine's ``restore``: later layers or microbatches
+may have taken them). The expert math saves slot weights through saved-tensor hooks that record
+*which replica* a tensor was, not its memory, so that backward reads the replica wherever the
+restore put it. A step whose graph is freed without a backward gives its place back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from .dispatch import Dispatch
+
+if TYPE_CHECKING:
+    from .group import ExpertParallelGroup
+
+
+@dataclasses.dataclass(frozen=True)
+class BackwardReport:
+    """What one backward did for its replicas (this rank's view of the group's figures)."""
+
+    restored: int
+    """Replica copies the group made again before the backward (slots that later steps had
+    taken); 0 when the pool kept every replica."""
+    restored_bytes: int
+    """Bytes this rank received for them."""
+    gradients_sent: int
+    """Replica gradients this rank sent to their masters' ranks."""
+
+
+class Step:
+    """One layer's microbatch between its forward and the end of its backward."""
+
+    def __init__(
+        self,
+        group: ExpertParallelGroup,
+        layer: int,
+        microbatch: int,
+        dispatch: Dispatch,
+        replica_slots: dict[int, int],
+        master_row: np.ndarray,
+        masters: list[torch.Tensor],
+    ) -> None:
+        self.group = group
+        self.layer = layer
+        self.microbatch = microbatch
+        self.dispatch = dispatch
+        # This rank's replicas: expert -> the slot the forward computed with, and the slot that
+        # holds the replica now (another after a restore that moved it).
+        self.forward_slots = dict(replica_slots)
+        self.expert_in_slot = {slot: expert for expert, slot in replica_slots.items()}
+        self.current_slots = dict(replica_slots)
+        self.master_row = master_row
+        self.masters = masters
+        self.backward_begun = False
+        self.ended = False
+        self.report: BackwardReport | None = None
+
+    def __del__(self) -> None:
+        # The graph was freed without a backward (an output dropped, an evaluation that kept
+        # gradients on): the step gives its place back at the group's next call.
+        if not self.ended and not self.backward_begun:
+            self.group.owed_drops.append((self.microbatch, self.layer))
+
+    def end_without_backward(self) -> None:
+        """For a forward that built no graph: the step ends now."""
+        self.ended = True
+        self.group.engine.drop_backward(self.microbatch, self.layer)
+
+    def begin_backward(self) -> None:
+        """Brings the replicas back into slots (every rank, at the start of the layer's backward)."""
+        if self.backward_begun:
+            raise self.group.refused(
+                f"layer {self.layer} microbatch {self.microbatch}: a second backward through "
+                "the same forward (retain_graph) is not supported"
+            )
+        self.backward_begun = True
+        restored, received = self.group.restore(self)
+        self.report = BackwardReport(restored, received, 0)
+
+    def resolve(self, forward_slot: int) -> int:
+        """The slot that holds now the replica the forward computed with in ``forward_slot``."""
+        if not self.backward_begun:
+            raise self.group.refused(
+                f"layer {self.layer} microbatch {self.microbatch}: its replicas' weights were "
+                "read before its backward began (only a full backward through the layer's "
+                "output is supported)"
+            )
+        return self.current_slots[self.expert_in_slot[forward_slot]]
+
+    def finish_backward(self, slot_grads: tuple[torch.Tensor | None, ...]) -> list[Any]:
+        """Sends the replicas' gradients to their masters; returns the masters' share."""
+        replica_grads = {
+            expert: [None if grad is None else grad[slot] for grad in slot_grads]
+            for expert, slot in self.forward_slots.items()
+        }
+        sums, sent = self.group.reduce(self, replica_grads)
+        self.ended = True
+        if self.report is not None:
+            self.report = dataclasses.replace(self.report, gradients_sent=sent)
+        self.group.last_backward[self.layer] = self.report
+        return sums
+
+
+class _SlotReference:
+    """A saved slot weight: which replica, where in its state, and its view's geometry."""
+
+    __slots__ = ("forward_slot", "offset", "size", "step", "stride")
+
+    def __init__(self, step: Step, forward_slot: int, offset: int, tensor: torch.Tensor) -> None:
+        self.step = step
+        self.forward_slot = forward_slot
+        self.offset = offset
+        self.size = tuple(tensor.shape)
+        self.stride = tuple(tensor.stride())
+
+
+def saved_slot_hooks(step: Step) -> torch.autograd.graph.saved_tensors_hooks:
+    """Saved-tensor hooks for the expert math on slot weights: a saved view of the pool is kept as
+    a :class:`_SlotReference` and read back from the slot that holds the replica at backward."""
+    pool = step.group.pool
+
+    def pack(tensor: torch.Tensor) -> Any:
+        if not pool.owns(tensor):
+            return tensor
+        slot, offset = pool.slot_of(tensor)
+        return _SlotReference(step, slot, offset, tensor)
+
+    def unpack(saved: Any) -> torch.Tensor:
+        if not isinstance(saved, _SlotReference):
+            return saved
+        slot = saved.step.resolve(saved.forward_slot)
+        return pool.view_at(slot, saved.offset, saved.size, saved.stride)
+
+    return torch.autograd.graph.saved_tensors_hooks(pack, unpack)
+
+
+class ReplicaWeights(torch.autograd.Function):
+    """The slots' weights for one step (views of the pool, after the step's transfers), and an
+    empty ``link`` that :class:`LayerBoundary` consumes so that this function's backward runs on
+    every rank, replicas or not."""
+
+    @staticmethod
+    def forward(ctx: Any, step: Step, *masters: torch.Tensor) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
+        ctx.set_materialize_grads(False)
+        ctx.step = step
+        views = step.group.pool.views()
+        return (*views, masters[0].new_empty(0))
+
+    @staticmethod
+    def backward(ctx: Any, *grads: torch.Tensor | None) -> tuple[Any, ...]:  # type: ignore[override]
+        step = ctx.step
+        ctx.step = None
+        return (None, *step.finish_backward(grads[:-1]))
+
+
+class LayerBoundary(torch.autograd.Function):
+    """The identity on the layer's routed output; its backward begins the step's backward."""
+
+    @staticmethod
+    def forward(ctx: Any, out: torch.Tensor, link: torch.Tensor, step: Step) -> torch.Tensor:  # type: ignore[override]
+        ctx.step = step
+        ctx.link = (link.dtype, link.device)
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        step = ctx.step
+        ctx.step = None
+        step.begin_backward()
+        dtype, device = ctx.link
+        return grad, torch.empty(0, dtype=dtype, device=device), None
