@@ -270,13 +270,18 @@ impl PyEngine {
     /// receive, ordered by expert then source, or `None` for a step planned by domain, which
     /// kept only this rank's row.
     #[allow(clippy::type_complexity)]
+    ///
+    /// `rank` (default: this engine's) asks for another rank's part: any rank's of a step
+    /// planned from the whole matrix, which every rank holds.
+    #[pyo3(signature = (microbatch, layer, rank = None))]
     fn split<'py>(
         &mut self,
         py: Python<'py>,
         microbatch: u32,
         layer: u32,
+        rank: Option<u32>,
     ) -> PyResult<(Bound<'py, PyArray2<i64>>, Option<Bound<'py, PyArray2<i64>>>)> {
-        let rank = self.engine.local_ranks().start;
+        let rank = rank.unwrap_or(self.engine.local_ranks().start);
         let (mut row, mut columns) = (Vec::new(), Vec::new());
         let known = self
             .engine

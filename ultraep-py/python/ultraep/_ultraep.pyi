@@ -108,10 +108,11 @@ class Engine:
         self, microbatch: int, layer: int, ids: npt.NDArray[np.uint32]
     ) -> npt.NDArray[np.uint32]: ...
     def split(
-        self, microbatch: int, layer: int
+        self, microbatch: int, layer: int, rank: int | None = None
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64] | None]:
-        """This rank's ``(row, columns)`` of the step's split, rows ``[source, expert, instance,
-        tokens]``; ``columns`` is ``None`` for a step planned by domain."""
+        """A rank's (default: this one's) ``(row, columns)`` of the step's split, rows
+        ``[source, expert, instance, tokens]``; ``columns`` is ``None`` for a step planned by
+        domain."""
     def drop_backward(self, microbatch: int, layer: int) -> None: ...
     def instances(self, microbatch: int, layer: int) -> npt.NDArray[np.int64]:
         """Rows ``[expert, rank, slot, quota]``; ``slot`` is -1 for a master."""

@@ -50,11 +50,14 @@ class Dispatch:
 
 
 def counts_by_source(
-    columns: np.ndarray, local_of: np.ndarray, ranks: int, width: int
+    rows: list[np.ndarray], instances: np.ndarray, local_of: np.ndarray, rank: int, width: int
 ) -> np.ndarray:
-    """``[ranks, width]``: rows each source sends each local instance, from the split's columns."""
-    counts = np.zeros((ranks, width), dtype=np.int64)
-    np.add.at(counts, (columns[:, SOURCE], local_of[columns[:, INSTANCE]]), columns[:, TOKENS])
+    """``[ranks, width]``: rows each source sends each of ``rank``'s instances, from every
+    source's split row (``rows[source]``): exactly what the sources route, by construction."""
+    counts = np.zeros((len(rows), width), dtype=np.int64)
+    for source, row in enumerate(rows):
+        here = row[instances[row[:, INSTANCE], 1] == rank]
+        np.add.at(counts[source], local_of[here[:, INSTANCE]], here[:, TOKENS])
     return counts
 
 
