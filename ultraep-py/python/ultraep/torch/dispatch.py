@@ -50,14 +50,12 @@ class Dispatch:
 
 
 def counts_by_source(
-    rows: list[np.ndarray], instances: np.ndarray, local_of: np.ndarray, rank: int, width: int
+    columns: np.ndarray, local_of: np.ndarray, ranks: int, width: int
 ) -> np.ndarray:
-    """``[ranks, width]``: rows each source sends each of ``rank``'s instances, from every
-    source's split row (``rows[source]``): exactly what the sources route, by construction."""
-    counts = np.zeros((len(rows), width), dtype=np.int64)
-    for source, row in enumerate(rows):
-        here = row[instances[row[:, INSTANCE], 1] == rank]
-        np.add.at(counts[source], local_of[here[:, INSTANCE]], here[:, TOKENS])
+    """``[ranks, width]``: rows each source sends each local instance, from the rank's split
+    columns (what its instances receive, every rank's plan alike)."""
+    counts = np.zeros((ranks, width), dtype=np.int64)
+    np.add.at(counts, (columns[:, SOURCE], local_of[columns[:, INSTANCE]]), columns[:, TOKENS])
     return counts
 
 

@@ -319,13 +319,7 @@ class ExpertParallelMoE(nn.Module):
         width = self.experts_per_rank + self._group.slots
         local_of = local_indices(instances, self._master_row, self.experts_per_rank)
         if columns is not None:
-            # Every source's row, which every rank can compute from the gathered matrix: the
-            # receive sizes are what the senders route, by construction.
-            rows = [
-                row if source == self.rank else engine.split(microbatch, layer, source)[0]
-                for source in range(self.ranks)
-            ]
-            by_source = counts_by_source(rows, instances, local_of, self.rank, width)
+            by_source = counts_by_source(columns, local_of, self.ranks, width)
         else:
             by_source = self._exchange_counts(instances, row, local_of, width)
         return build(
