@@ -153,7 +153,7 @@ def _by_expert(layer: nn.Module, optimizer: torch.optim.Optimizer) -> dict[int, 
 
 def _worker(rank: int, family: str, directory: str, scenario: str) -> None:
     import ultraep
-    from ultraep.torch import ExpertParallelMoE
+    from ultraep.torch import DistributedExperts, ExpertParallelMoE
 
     torch.set_num_threads(1)
     path = Path(directory)
@@ -206,11 +206,11 @@ def _worker(rank: int, family: str, directory: str, scenario: str) -> None:
                 if scenario == "die":
                     # Dies in the middle of the next forward: after the load is gathered and
                     # planned, before any token moves.
-                    ExpertParallelMoE._dispatch = die  # type: ignore[method-assign]
+                    DistributedExperts._dispatch = die  # type: ignore[method-assign]
                 else:
                     # Dies before planning by domain: the others fail inside the engine's step,
                     # in the collectives it calls back.
-                    ExpertParallelMoE._plan = die  # type: ignore[method-assign]
+                    DistributedExperts._plan = die  # type: ignore[method-assign]
             started = time.monotonic()
             try:
                 _train_step(layer, rank)

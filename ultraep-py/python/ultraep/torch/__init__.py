@@ -1,7 +1,8 @@
 """Expert-parallel MoE layers for ``torch.distributed``, balanced by ultraep in every forward.
 
-:func:`parallelize` wraps every MoE block of a transformers model; :class:`ExpertParallelMoE`
-wraps one. Each process keeps its own experts (its shard of the stacked weights) and a pool of
+:func:`parallelize` makes every MoE block of a transformers model expert-parallel;
+:class:`ExpertParallelMoE` wraps one block. Either replaces only the blocks' experts modules
+(:class:`DistributedExperts`): the blocks' own routers, shared experts and gates keep running. Each process keeps its own experts (its shard of the stacked weights) and a pool of
 replica slots that all wrapped layers share. Every forward runs the block's router, gathers the
 exact load of every rank (the one small tensor the host reads), plans it with ultraep (every rank
 computes the same plan), moves the replicas' weights with batched point-to-point operations, and
@@ -18,13 +19,18 @@ exactly.
 from __future__ import annotations
 
 from .errors import PeerLostError, UnsupportedBlockError
-from .layer import ExpertParallelMoE, ForwardReport
+from .experts import DistributedExperts, ForwardReport
+from .layer import ExpertParallelMoE, ModelReport, model_report, parallelize
 from .step import BackwardReport
 
 __all__ = [
     "BackwardReport",
+    "DistributedExperts",
     "ExpertParallelMoE",
     "ForwardReport",
+    "ModelReport",
     "PeerLostError",
     "UnsupportedBlockError",
+    "model_report",
+    "parallelize",
 ]

@@ -1,87 +1,63 @@
-"""What the layer needs to know of a MoE block: where its router, experts and shared experts are,
-how the router's output reads, and how one expert computes. One :class:`BlockAnatomy` per block,
-read at construction; a block the layer cannot run exactly is refused there, by name.
+"""What the layer needs to know of a block's experts module, read and checked at construction.
 
-The expert math has two forms. The *gated* form (``gate_up_proj`` ``[experts, 2 * width,
-hidden]`` split in two halves, ``act_fn(gate) * up``, ``down_proj`` ``[experts, hidden, width]``,
-no bias) is computed here, one matrix product pair per instance on its contiguous rows, with no
-host synchronisation; it is checked against the block's own experts on a probe at construction,
-bit for bit. Any other stacked layout runs the block's own experts module on the instance's
-weights (views, never copies): exact by construction, with whatever host synchronisation that
-module does.
+ultraep replaces a MoE block's *experts module* and nothing else: the block's own forward still
+runs its router (with its hooks, biases, groups and scaling), its shared experts and their gates,
+and whatever it does around the experts. It calls the experts as transformers 5 does,
+``experts(hidden_states, top_k_index, top_k_weights)``, and ultraep returns exactly what the
+experts module would have, computed across the group.
+
+For that, the experts' output must be, per token, the sum over its k choices of the routing
+weight times one expert's function of the token, added as transformers' implementations add them.
+Each stacked parameter must have the experts as its first dimension. The expert function has two
+forms. The *gated* form (``gate_up_proj`` ``[experts, 2 * width, hidden]`` split in two halves,
+``act_fn(gate) * up``, ``down_proj`` ``[experts, hidden, width]``, no bias) is computed here, one
+matrix product pair per instance on its contiguous rows, with no host synchronisation. Any other
+stacked layout runs the block's own experts module on the instance's weights (views, never
+copies): exact by construction, with whatever host synchronisation that module does. Both are
+checked against the experts module itself on a probe at construction: a module whose output does
+not decompose so, or whose probe differs in any bit, is refused, by name.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from .errors import UnsupportedBlockError
 
+# Where transformers' configs and routers keep the number of experts a token picks.
+_TOP_K_NAMES = (
+    "top_k",
+    "num_experts_per_tok",
+    "num_experts_per_token",
+    "moe_topk",
+    "moe_k",
+    "top_k_experts",
+    "moe_top_k",
+)
+
 
 @dataclasses.dataclass(frozen=True)
-class Routing:
-    """The router's decision for a batch of tokens."""
-
-    weights: torch.Tensor
-    """``[tokens, k]``: the weight of each chosen expert in the token's output."""
-    selected: torch.Tensor
-    """``[tokens, k]``: the chosen experts' ids."""
-    logits: torch.Tensor | None
-    """The router's logits, when the block returns them (for an auxiliary loss)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class BlockAnatomy:
-    """Where the parts of one MoE block are, and how they are called."""
+class ExpertsAnatomy:
+    """The parts of one experts module."""
 
     family: str
-    """The block's class name."""
-    router: nn.Module
-    route: Callable[[torch.Tensor], Routing]
-    """The router on ``[tokens, hidden]`` inputs."""
-    experts: nn.Module
-    stacked: tuple[str, ...]
-    """The experts' per-expert parameters (first dimension: the experts), in the order an expert's
-    state lists them."""
+    """The experts module's class name."""
     num_experts: int
-    top_k: int
+    stacked: tuple[str, ...]
+    """The per-expert parameters (first dimension: the experts), in the order an expert's state
+    lists them."""
     gated: bool
-    """Whether the experts are the gated form computed here (see the module's documentation)."""
-    shared: Callable[[torch.Tensor], torch.Tensor] | None
-    """What the block adds to every token besides the routed experts (shared experts), on the
-    ``[tokens, hidden]`` input."""
-    shared_modules: tuple[nn.Module, ...]
-    """The modules ``shared`` calls (kept on every rank, like the router)."""
-    returns_logits: bool
-    """Whether the block returns ``(hidden_states, router_logits)`` rather than hidden states."""
+    """Whether the experts are the gated form computed here."""
+    implementation: str | None
+    """transformers' ``_experts_implementation`` (``None`` or ``"eager"``: the per-expert loop)."""
 
-
-def _standard_route(router: nn.Module) -> Callable[[torch.Tensor], Routing]:
-    def route(x: torch.Tensor) -> Routing:
-        logits, weights, selected = router(x)
-        return Routing(weights, selected, logits)
-
-    return route
-
-
-def _stacked_names(experts: nn.Module, count: int) -> tuple[str, ...]:
-    return tuple(
-        name
-        for name, parameter in experts.named_parameters(recurse=False)
-        if parameter.dim() >= 1 and parameter.shape[0] == count
-    )
-
-
-def _is_gated(experts: nn.Module, stacked: tuple[str, ...]) -> bool:
-    if stacked != ("gate_up_proj", "down_proj") or not hasattr(experts, "act_fn"):
-        return False
-    count, double_width, hidden = experts.gate_up_proj.shape
-    return tuple(experts.down_proj.shape) == (count, hidden, double_width // 2)
+    def shapes(self, experts: nn.Module) -> dict[str, tuple[int, ...]]:
+        """Every stacked parameter's shape for one expert, in state order."""
+        return {name: tuple(getattr(experts, name).shape[1:]) for name in self.stacked}
 
 
 def gated_expert(
@@ -103,74 +79,182 @@ def weightless(experts: nn.Module, count: int) -> nn.Module:
     return math
 
 
-def _check_gated_matches(anatomy: BlockAnatomy) -> bool:
-    """Whether the gated form computes exactly what the block's experts module computes, on a
-    probe of a few rows through two experts (on the weights' device, at construction)."""
-    experts = anatomy.experts
-    gate_up, down = experts.gate_up_proj.detach(), experts.down_proj.detach()
-    generator = torch.Generator(device="cpu").manual_seed(0)
-    rows = torch.randn(6, gate_up.shape[2], generator=generator).to(gate_up.device, gate_up.dtype)
-    index = torch.tensor([[0], [1], [0], [1], [1], [0]], device=gate_up.device)
-    ones = torch.ones((6, 1), dtype=rows.dtype, device=rows.device)
-    with torch.no_grad():
-        theirs = experts(rows, index, ones)
-        ours = torch.empty_like(theirs)
-        for expert in (0, 1):
-            chosen = (index[:, 0] == expert).nonzero()[:, 0]
-            ours[chosen] = gated_expert(rows[chosen], gate_up[expert], down[expert], experts.act_fn)
-    return bool(torch.equal(theirs, ours))
+def on_weights(
+    math: nn.Module,
+    stacked: tuple[str, ...],
+    weights: list[torch.Tensor],
+    rows: torch.Tensor,
+    index: torch.Tensor,
+) -> torch.Tensor:
+    """The experts module's own math (``math``, from :func:`weightless`) on ``rows``, row ``i``
+    through expert ``index[i]`` of ``weights`` with routing weight 1."""
+    math.num_experts = weights[0].shape[0]
+    for name, tensor in zip(stacked, weights, strict=True):
+        math.__dict__[name] = tensor
+    try:
+        ones = torch.ones((len(rows), 1), dtype=rows.dtype, device=rows.device)
+        return math(rows, index.unsqueeze(1), ones)
+    finally:
+        for name in stacked:
+            del math.__dict__[name]
 
 
-def anatomy_of(block: nn.Module) -> BlockAnatomy:
-    """Reads ``block``'s parts.
+def combine(
+    per_pair: torch.Tensor,
+    weights: torch.Tensor,
+    selected: torch.Tensor,
+    dtype: torch.dtype,
+    implementation: str | None,
+) -> torch.Tensor:
+    """Each token's expert outputs (``[tokens, k, hidden]``, in the router's order, weight 1),
+    weighted and summed as transformers' implementation ``implementation`` sums them."""
+    weighted = per_pair * weights.unsqueeze(-1)
+    if implementation not in (None, "eager"):
+        # The batched implementations add a token's k weighted outputs in one sum.
+        return weighted.sum(dim=1).to(dtype)
+    # The eager loop adds each expert's weighted output into a zeroed output, expert by expert
+    # in ascending order.
+    weighted = weighted.to(dtype)
+    by_expert = torch.argsort(selected, dim=1, stable=True)
+    weighted = weighted.gather(1, by_expert.unsqueeze(-1).expand_as(weighted))
+    out = torch.zeros(weighted.shape[0], weighted.shape[2], dtype=dtype, device=weighted.device)
+    for position in range(weighted.shape[1]):
+        out = out + weighted[:, position]
+    return out
+
+
+def _stacked_names(experts: nn.Module, count: int) -> tuple[str, ...]:
+    return tuple(
+        name
+        for name, parameter in experts.named_parameters(recurse=False)
+        if parameter.dim() >= 1 and parameter.shape[0] == count
+    )
+
+
+def _is_gated(experts: nn.Module, stacked: tuple[str, ...]) -> bool:
+    if stacked != ("gate_up_proj", "down_proj") or not hasattr(experts, "act_fn"):
+        return False
+    count, double_width, hidden = experts.gate_up_proj.shape
+    return tuple(experts.down_proj.shape) == (count, hidden, double_width // 2)
+
+
+def top_k_of(block: nn.Module) -> int | None:
+    """The number of experts a token picks, as the block's router or config says."""
+    for owner in (
+        getattr(block, "gate", None),
+        getattr(block, "router", None),
+        block,
+        getattr(block, "config", None),
+        getattr(getattr(block, "experts", None), "config", None),
+    ):
+        for name in _TOP_K_NAMES:
+            value = getattr(owner, name, None)
+            if isinstance(value, int) and value > 0:
+                return value
+    return None
+
+
+def anatomy_of(experts: nn.Module, family: str) -> ExpertsAnatomy:
+    """Reads ``experts`` (the experts module of a block of class ``family``) and checks, on a
+    probe, that ultraep computes exactly what it does.
 
     Raises:
-        UnsupportedBlockError: if the block is not a MoE block of a supported layout; the message
-            names the family and what does not fit.
+        UnsupportedBlockError: naming the family and what does not fit.
     """
-    family = type(block).__name__
-    experts = getattr(block, "experts", None)
-    router = getattr(block, "gate", None)
-    if experts is None or router is None:
+    if isinstance(experts, (nn.ModuleList, nn.ModuleDict)):
         raise UnsupportedBlockError(
-            f"{family}: no routed experts under `experts` with a router under `gate`"
-        )
-    if isinstance(experts, nn.ModuleList):
-        raise UnsupportedBlockError(
-            f"{family}: experts kept as a list of modules; ultraep needs stacked expert weights"
+            f"{family}: experts kept as separate modules, not stacked weights"
         )
     count = getattr(experts, "num_experts", None)
-    top_k = getattr(router, "top_k", None)
-    if not isinstance(count, int) or not isinstance(top_k, int):
-        raise UnsupportedBlockError(
-            f"{family}: the experts do not say num_experts, or the router its top_k"
-        )
+    if not isinstance(count, int) or count < 1:
+        raise UnsupportedBlockError(f"{family}: the experts module does not say num_experts")
     stacked = _stacked_names(experts, count)
-    if not stacked:
-        raise UnsupportedBlockError(f"{family}: no stacked expert parameters")
-    if getattr(block, "jitter_noise", 0):
+    others = [name for name, _ in experts.named_parameters(recurse=False) if name not in stacked]
+    if not stacked or others:
         raise UnsupportedBlockError(
-            f"{family}: router jitter noise draws per token; set router_jitter_noise=0"
+            f"{family}: expert parameters not all stacked by expert (first dimension "
+            f"{count}): {others or 'none stacked'}"
         )
-    shared_module = getattr(block, "shared_experts", None)
-    shared = None
-    shared_modules: tuple[nn.Module, ...] = ()
-    if shared_module is not None:
-        shared = shared_module
-        shared_modules = (shared_module,)
-    anatomy = BlockAnatomy(
+    if any(True for _ in experts.children() if any(True for _ in _.parameters())):
+        raise UnsupportedBlockError(f"{family}: the experts module has submodules with weights")
+    implementation = getattr(getattr(experts, "config", None), "_experts_implementation", None)
+    anatomy = ExpertsAnatomy(
         family=family,
-        router=router,
-        route=_standard_route(router),
-        experts=experts,
-        stacked=stacked,
         num_experts=count,
-        top_k=top_k,
+        stacked=stacked,
         gated=_is_gated(experts, stacked),
-        shared=shared,
-        shared_modules=shared_modules,
-        returns_logits=False,
+        implementation=implementation,
     )
-    if anatomy.gated and not _check_gated_matches(anatomy):
+    if anatomy.gated and _probe(experts, anatomy) is not None:
         anatomy = dataclasses.replace(anatomy, gated=False)
+    problem = _probe(experts, anatomy)
+    if problem is not None:
+        raise UnsupportedBlockError(f"{family}: {problem}")
     return anatomy
+
+
+def _probe(experts: nn.Module, anatomy: ExpertsAnatomy) -> str | None:
+    """Runs the experts module and ultraep's decomposition of it on a few random rows, on the
+    weights' device; returns what differs, or ``None`` when every bit agrees."""
+    first = getattr(experts, anatomy.stacked[0])
+    device, dtype = first.device, first.dtype
+    hidden = _hidden_size(experts, anatomy)
+    if hidden is None:
+        return "cannot tell the hidden size from the expert parameters"
+    count = anatomy.num_experts
+    top_k = min(2, count)
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    rows = torch.randn(6, hidden, generator=generator).to(device, dtype)
+    index = torch.stack([torch.randperm(count, generator=generator)[:top_k] for _ in range(6)]).to(
+        device
+    )
+    weights = torch.rand(6, top_k, generator=generator).to(device, dtype)
+    weights_list = [getattr(experts, name).detach() for name in anatomy.stacked]
+    math = weightless(experts, count)
+    try:
+        with torch.no_grad():
+            theirs = experts(rows, index, weights)
+            per_pair = torch.empty(6, top_k, theirs.shape[-1], dtype=theirs.dtype, device=device)
+            for expert in range(count):
+                token, position = (index == expert).nonzero(as_tuple=True)
+                if len(token) == 0:
+                    continue
+                if anatomy.gated:
+                    out = gated_expert(
+                        rows[token], weights_list[0][expert], weights_list[1][expert], math.act_fn
+                    )
+                else:
+                    single = [weight[expert : expert + 1] for weight in weights_list]
+                    out = on_weights(
+                        math, anatomy.stacked, single, rows[token], torch.zeros_like(token)
+                    )
+                per_pair[token, position] = out.to(per_pair.dtype)
+            ours = combine(per_pair, weights, index, theirs.dtype, anatomy.implementation)
+    except (TypeError, ValueError, RuntimeError, IndexError) as error:
+        return (
+            "the experts module is not called as experts(hidden_states, top_k_index, "
+            f"top_k_weights) with stacked weights ({type(error).__name__}: {error})"
+        )
+    if theirs.shape != ours.shape:
+        return f"the experts return {tuple(theirs.shape)}, not one row per token"
+    if not torch.equal(theirs, ours):
+        return (
+            "its output is not the routing-weighted sum of one expert's function per choice "
+            f"(largest difference on a probe: {float((theirs - ours).abs().max()):.3g})"
+        )
+    return None
+
+
+def _hidden_size(experts: nn.Module, anatomy: ExpertsAnatomy) -> int | None:
+    """The width of the rows the experts take: from the config, else the gated shape."""
+    config = getattr(experts, "config", None)
+    for name in ("hidden_size", "d_model"):
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    value = getattr(experts, "hidden_dim", None)
+    if isinstance(value, int):
+        return value
+    if anatomy.gated:
+        return int(experts.gate_up_proj.shape[2])
+    return None

@@ -17,6 +17,7 @@ from .._ultraep import Engine, RefusedError
 from .pool import ExpertState, SlotPool
 
 if TYPE_CHECKING:
+    from .experts import DistributedExperts
     from .step import Step
 
 _ENGINE_DTYPES = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "bf16"}
@@ -99,6 +100,8 @@ class ExpertParallelGroup:
             )
         self.pool = SlotPool(group, slots, state, device)
         self.forwards = [0] * layers
+        # The layers' experts modules, in layer order (they register themselves).
+        self.members: list[DistributedExperts] = []
         self.owed_drops: list[tuple[int, int]] = []
         self.last_backward: list[object] = [None] * layers
         self.optimizer_stepped = False
