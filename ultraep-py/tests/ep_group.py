@@ -151,6 +151,161 @@ def _by_expert(layer: nn.Module, optimizer: torch.optim.Optimizer) -> dict[int, 
     return found
 
 
+def _family_runs(rank: int) -> dict[str, dict[str, float]]:
+    """Every supported family in FP32 and BF16: the wrapped block against the block itself on
+    every rank's tokens (computed here too); the largest differences, relative to the largest
+    reference value, of the output, the input gradient, the experts' gradients (this rank's
+    shard) and every other parameter's gradient (summed over the ranks)."""
+    import families
+    from ultraep.torch import ExpertParallelMoE, UnsupportedBlockError
+
+    found: dict[str, dict[str, float]] = {}
+    for family, expected in families.EXPECTED.items():
+        if expected.startswith("refused"):
+            continue
+        for dtype in (torch.float32, torch.bfloat16):
+            case = f"{family} {str(dtype).removeprefix('torch.')}"
+            reference = families.build(family).to(dtype)
+            try:
+                wrapped = ExpertParallelMoE(
+                    families.build(family).to(dtype), slots=2, min_replica_tokens=1
+                )
+            except UnsupportedBlockError as error:
+                found[case] = {"refused": str(error)}
+                continue
+            extra = {}
+            if family.endswith(".hash"):
+                ids = torch.arange(RANKS * 64).view(RANKS * 2, 32) % 64
+                extra = {"input_ids": ids}
+            everyone = torch.cat([family_tokens(r) for r in range(RANKS)]).to(dtype)
+            everyone.requires_grad_()
+            try:
+                expected_out = reference(everyone, **extra)
+            except RuntimeError as error:
+                # The block itself does not run in this dtype (a router that keeps FP32
+                # weights): nothing to compare with.
+                found[case] = {"block fails": str(error)}
+                continue
+            expected_out = expected_out[0] if isinstance(expected_out, tuple) else expected_out
+            probes = torch.cat([family_tokens(r, 1) for r in range(RANKS)]).to(dtype)
+            (expected_out.float() * probes.float()).sum().backward()
+            mine = family_tokens(rank).to(dtype).requires_grad_()
+            mine_extra = {k: v.chunk(RANKS)[rank] for k, v in extra.items()}
+            out = wrapped(mine, **mine_extra)
+            out = out[0] if isinstance(out, tuple) else out
+            (out.float() * family_tokens(rank, 1).to(dtype).float()).sum().backward()
+
+            def error(got: torch.Tensor, want: torch.Tensor) -> float:
+                scale = float(want.float().abs().max()) or 1.0
+                return float((got.float() - want.float()).abs().max()) / scale
+
+            per_rank = 2  # each rank's [2, 32, hidden] tokens
+            errors = {
+                "out": error(
+                    out.detach(), expected_out.detach()[rank * per_rank : (rank + 1) * per_rank]
+                ),
+                "x_grad": error(mine.grad, everyone.grad[rank * per_rank : (rank + 1) * per_rank]),
+            }
+            masters = wrapped.experts.experts_per_rank
+            shard = slice(rank * masters, (rank + 1) * masters)
+            reference_parameters = dict(reference.named_parameters())
+            for name, parameter in wrapped.block.named_parameters():
+                want = reference_parameters[name].grad
+                got = parameter.grad
+                if name.startswith("experts."):
+                    want = want[shard] if want is not None else None
+                elif got is not None:
+                    got = got.clone()
+                    dist.all_reduce(got)
+                if want is None and got is None:
+                    continue
+                if want is None or got is None:
+                    errors[name] = float("inf")
+                    continue
+                errors[name] = error(got, want)
+            found[case] = errors
+    return found
+
+
+# The tensor methods that read values on the host: each is a device-to-host copy and a stream
+# synchronisation on a GPU.
+_HOST_READS = ("cpu", "numpy", "tolist", "item", "__bool__", "__int__", "__float__", "__index__")
+
+
+class HostReads:
+    """Counts, while on, every read of tensor values on the host (one per tensor: ``t.cpu()``
+    then ``.numpy()`` of the result is one read), with its bytes. ``t.to("cpu")`` counts too."""
+
+    def __init__(self) -> None:
+        self.reads: list[tuple[str, int]] = []
+        self.on = False
+        self._copies: set[int] = set()
+        for name in _HOST_READS + ("to",):
+            original = getattr(torch.Tensor, name)
+            setattr(torch.Tensor, name, self._counting(name, original))
+
+    def _counting(self, name: str, original):
+        def counted(tensor: torch.Tensor, *args: object, **kwargs: object):
+            result = original(tensor, *args, **kwargs)
+            if self.on and id(tensor) not in self._copies:
+                to_host = name != "to" or (
+                    isinstance(result, torch.Tensor)
+                    and result.device.type == "cpu"
+                    and any(str(arg).startswith("cpu") for arg in (*args, *kwargs.values()))
+                )
+                if to_host:
+                    self.reads.append((name, tensor.numel() * tensor.element_size()))
+                    if isinstance(result, torch.Tensor):
+                        self._copies.add(id(result))
+            return result
+
+        return counted
+
+
+def _budget(rank: int) -> dict[str, object]:
+    """One forward and backward of a balanced layer at 1,024 and 8,192 tokens per rank: the host
+    reads it makes, and what its forward keeps for the backward besides the weights."""
+    from ultraep.torch import ExpertParallelMoE
+
+    counter = HostReads()
+    found: dict[str, object] = {}
+    for tokens_per_rank in (16, 1024, 8192):
+        layer = ExpertParallelMoE(build_block("qwen3_moe"), slots=2, min_replica_tokens=1)
+        generator = torch.Generator().manual_seed(100 + rank)
+        x = torch.randn(1, tokens_per_rank, HIDDEN, generator=generator)
+        x[..., 0] = 1.0
+        x.requires_grad_()
+        weights = {p.untyped_storage().data_ptr() for p in layer.parameters()}
+        weights.add(layer.experts._group.pool.state.untyped_storage().data_ptr())
+        kept: dict[int, int] = {}
+
+        def pack(
+            tensor: torch.Tensor, weights: set[int] = weights, kept: dict[int, int] = kept
+        ) -> torch.Tensor:
+            storage = tensor.untyped_storage()
+            if storage.data_ptr() not in weights:
+                kept[storage.data_ptr()] = storage.nbytes()
+            return tensor
+
+        counter.reads.clear()
+        counter.on = True
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            out = layer(x)
+        out.sum().backward()
+        counter.on = False
+        found[f"reads {tokens_per_rank}"] = list(counter.reads)
+        found[f"kept {tokens_per_rank}"] = sum(kept.values())
+        found[f"pairs {tokens_per_rank}"] = layer.last_report.tokens
+        found[f"report {tokens_per_rank}"] = layer.last_report
+    return found
+
+
+def family_tokens(rank: int, salt: int = 0) -> torch.Tensor:
+    """Rank `rank`'s hidden states for the family tests (or, with `salt`, a loss direction)."""
+    generator = torch.Generator().manual_seed(3000 + 100 * salt + rank)
+    return torch.randn(2, 32, HIDDEN, generator=generator)
+
+
 def _worker(rank: int, family: str, directory: str, scenario: str) -> None:
     import ultraep
     from ultraep.torch import DistributedExperts, ExpertParallelMoE
@@ -172,6 +327,20 @@ def _worker(rank: int, family: str, directory: str, scenario: str) -> None:
             options = {"domains": [0, 0, 1, 1], "plan_by_domain": True}
         elif scenario.startswith("domains"):
             options = {"domains": [0, 0, 1, 1]}
+        if scenario == "budget":
+            result["budget"] = _budget(rank)
+            torch.save(result, path / f"result-{rank}.pt")
+            return
+        if scenario == "models":
+            import model_runs
+
+            result["models"] = model_runs.run_models(rank)
+            torch.save(result, path / f"result-{rank}.pt")
+            return
+        if scenario == "families":
+            result["families"] = _family_runs(rank)
+            torch.save(result, path / f"result-{rank}.pt")
+            return
         layer = ExpertParallelMoE(build_block(family), slots=2, min_replica_tokens=1, **options)
         if scenario == "train" or scenario.startswith("domains"):
             result["runs"] = [_train_step(layer, rank) for _ in range(2)]

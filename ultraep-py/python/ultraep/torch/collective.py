@@ -23,14 +23,14 @@ class GroupCollective:
     def all_gather(self, local: np.ndarray) -> np.ndarray:
         """Every rank's ``local``, rank after rank."""
         gathered = torch.empty(self.ranks * len(local), dtype=torch.int32, device=self.device)
-        mine = torch.from_numpy(local.view(np.int32)).to(self.device)
+        mine = torch.as_tensor(local.view(np.int32), device=self.device)
         with group_operation(self.rank, "gathering replicas (all_gather_into_tensor)"):
             dist.all_gather_into_tensor(gathered, mine, group=self.group)
         return gathered.cpu().numpy().view(np.uint32)
 
     def all_reduce_sum(self, local: np.ndarray) -> np.ndarray:
         """The element-wise sum of every rank's ``local`` (counts, whose sums fit 32 bits)."""
-        sums = torch.from_numpy(local.astype(np.int64)).to(self.device)
+        sums = torch.as_tensor(local.astype(np.int64), device=self.device)
         with group_operation(self.rank, "summing the counts (all_reduce)"):
             dist.all_reduce(sums, group=self.group)
         return (sums.cpu().numpy() & 0xFFFF_FFFF).astype(np.uint32)

@@ -90,7 +90,7 @@ def build(
     total = int(order.sum())
 
     def upload(values: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(values, dtype=np.int64)).to(device)
+        return torch.as_tensor(np.ascontiguousarray(values, dtype=np.int64), device=device)
 
     count_tensor = upload(order)
     gather = torch.repeat_interleave(upload(starts), count_tensor, output_size=total) + (

@@ -150,6 +150,8 @@ class DistributedExperts(nn.Module):
                 f"the router chose expert ids beyond the block's {self.num_experts} experts"
             )
         group = self._group
+        if torch.is_grad_enabled() and torch._C._current_graph_task_id() != -1:
+            return self._recompute(x, ids, counts, top_k_index, top_k_weights)
         if group.optimizer_stepped or any(
             experts._master_versions() != experts._versions for experts in group.members
         ):
@@ -166,6 +168,7 @@ class DistributedExperts(nn.Module):
             group.replica_slots(microbatch, self.layer_index),
             self._master_row,
             masters,
+            counts,
         )
         training = torch.is_grad_enabled() and any(m.requires_grad for m in masters)
         received = 0
@@ -220,6 +223,50 @@ class DistributedExperts(nn.Module):
         )
         return out
 
+    def _recompute(
+        self,
+        x: torch.Tensor,
+        ids: torch.Tensor,
+        counts: torch.Tensor,
+        top_k_index: torch.Tensor,
+        top_k_weights: torch.Tensor,
+    ) -> torch.Tensor:
+        """The forward again, inside this layer's backward (activation checkpointing recomputes
+        the forward to get back the tensors it did not keep): the same plan, routing and slots as
+        the forward being differentiated, so that every recomputed tensor is the one it replaces.
+        No plan, no weight moves, no gathered load; the rows travel again."""
+        step = self._group.step_to_recompute(self.layer_index, counts)
+        # The router's choices are recomputed too, and must be the ones planned for: checked
+        # on the host for CPU tensors, asynchronously on a GPU (no synchronisation).
+        if counts.device.type == "cpu":
+            if not torch.equal(counts, step.counts):
+                raise self._group.refused(
+                    f"layer {self.layer_index}: the recomputed router chose other experts than "
+                    "the forward did (a router that draws random numbers cannot be recomputed)"
+                )
+        else:
+            torch._assert_async((counts == step.counts).all())
+        dispatch = step.dispatch
+        masters = self._masters()
+        tokens, top_k = top_k_index.shape
+        order = send_order(reroute(ids, dispatch), dispatch)
+        route = TokenRoute(dispatch.sends, dispatch.receives, self.group, self.rank)
+        grouped = route.exchange(x.index_select(0, order // top_k)).index_select(0, dispatch.gather)
+        with saved_slot_hooks(step):
+            computed = self._expert_math(
+                grouped, dispatch, masters, self._group.pool.views(), step.physical_slots()
+            )
+        back = torch.empty_like(computed).index_copy(0, dispatch.gather, computed)
+        returned = route.reversed().exchange(back)
+        per_pair = torch.empty_like(returned).index_copy(0, order, returned)
+        return combine(
+            per_pair.view(tokens, top_k, -1),
+            top_k_weights,
+            top_k_index,
+            x.dtype,
+            self._anatomy.implementation,
+        )
+
     def _plan(self, microbatch: int, counts: torch.Tensor, clock: _PhaseClock) -> dict:
         """Gathers the load and plans it: the one read of device values on the host."""
         engine, layer = self.engine, self.layer_index
@@ -233,10 +280,12 @@ class DistributedExperts(nn.Module):
                 )
             else:
                 digest = engine.digest
-                words = torch.tensor([digest & 0xFFFF_FFFF, digest >> 32], dtype=torch.int64).to(
-                    torch.int32
+                # The digest's two 32-bit words, uploaded (the row is the counts, then them).
+                words = torch.as_tensor(
+                    np.array([digest & 0xFFFF_FFFF, digest >> 32], dtype=np.uint32).view(np.int32),
+                    device=counts.device,
                 )
-                row = torch.cat([counts.to(torch.int32), words.to(counts.device)])
+                row = torch.cat([counts.to(torch.int32), words])
                 gathered = torch.empty(self.ranks * len(row), dtype=torch.int32, device=row.device)
                 with group_operation(self.rank, "gathering the load (all_gather_into_tensor)"):
                     dist.all_gather_into_tensor(gathered, row, group=self.group)
@@ -244,7 +293,7 @@ class DistributedExperts(nn.Module):
                 clock.lap("gather")
                 figures = engine.step(microbatch, layer, host)
         except RefusedError as error:
-            if "in flight" in str(error).lower() or "busy" in str(error).lower():
+            if "in_flight" in str(error) or "in flight" in str(error).lower():
                 raise RefusedError(
                     f"ultraep: layer {layer}: more microbatches in flight than the "
                     f"{self._group.microbatches} this layer was built for (microbatches=): "
@@ -285,7 +334,7 @@ class DistributedExperts(nn.Module):
         device = self._masters()[0].device
         theirs = torch.empty((self.ranks, width), dtype=torch.int64, device=device)
         with group_operation(self.rank, "exchanging token counts (all_to_all_single)"):
-            dist.all_to_all_single(theirs, torch.from_numpy(mine).to(device), group=self.group)
+            dist.all_to_all_single(theirs, torch.as_tensor(mine, device=device), group=self.group)
         return theirs.cpu().numpy()
 
     def _expert_math(
@@ -294,9 +343,13 @@ class DistributedExperts(nn.Module):
         dispatch: Dispatch,
         masters: list[torch.Tensor],
         slot_weights: list[torch.Tensor],
+        physical: list[int] | None = None,
     ) -> torch.Tensor:
-        """The experts' forward on ``rows`` (grouped by local instance, routing weight 1)."""
+        """The experts' forward on ``rows`` (grouped by local instance, routing weight 1). A
+        replica the plan numbered slot ``s`` is read from slot ``physical[s]`` (a recompute after
+        a restore that moved replicas), else from slot ``s``."""
         count = self.experts_per_rank
+        physical = physical or list(range(self._group.slots))
         if self._anatomy.gated:
             outputs, start = [], 0
             for index, size in enumerate(dispatch.segments):
@@ -305,7 +358,8 @@ class DistributedExperts(nn.Module):
                 if index < count:
                     gate_up, down = masters[0][index], masters[1][index]
                 else:
-                    gate_up, down = slot_weights[0][index - count], slot_weights[1][index - count]
+                    slot = physical[index - count]
+                    gate_up, down = slot_weights[0][slot], slot_weights[1][slot]
                 outputs.append(
                     gated_expert(rows[start : start + size], gate_up, down, self._act_fn)
                 )
@@ -323,6 +377,9 @@ class DistributedExperts(nn.Module):
         ):
             if last > first:
                 index = dispatch.local_index[first:last] - offset
+                if offset and physical != list(range(len(physical))):
+                    # Replicas a restore moved: the slot each now sits in.
+                    index = torch.tensor(physical, device=index.device)[index]
                 parts.append(
                     on_weights(self._math, self._anatomy.stacked, weights, rows[first:last], index)
                 )
@@ -410,7 +467,7 @@ class DistributedExperts(nn.Module):
         raises on every rank instead of hanging the group."""
         device = self._masters()[0].device
         counts = torch.empty(self.ranks, dtype=torch.int64, device=device)
-        mine = torch.tensor([len(tensors)], dtype=torch.int64).to(device)
+        mine = torch.tensor([len(tensors)], dtype=torch.int64, device=device)
         with group_operation(self.rank, "comparing the tensors to move"):
             dist.all_gather_into_tensor(counts, mine, group=self.group)
         if len(set(counts.tolist())) > 1:

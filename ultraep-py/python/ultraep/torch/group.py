@@ -103,6 +103,10 @@ class ExpertParallelGroup:
         # The layers' experts modules, in layer order (they register themselves).
         self.members: list[DistributedExperts] = []
         self.owed_drops: list[tuple[int, int]] = []
+        # The step whose backward runs now, per layer (a recomputed forward reuses its plan).
+        self.in_backward: dict[int, Step] = {}
+        # Every layer's steps in forward order (weakly: a freed graph frees its step).
+        self.open_steps: dict[int, list[weakref.ref[Step]]] = {}
         self.last_backward: list[object] = [None] * layers
         self.optimizer_stepped = False
         _GROUPS.add(self)
@@ -131,10 +135,42 @@ class ExpertParallelGroup:
                 # A later microbatch has taken the place already.
                 pass
 
+    def step_to_recompute(self, layer: int, counts: torch.Tensor) -> Step:
+        """The step a checkpointed recompute of ``layer`` reproduces: the one in its backward, or
+        else (the recompute came before the layer's boundary, from a branch beside it such as
+        the shared experts) the pending one the recomputed router's counts identify, whose
+        backward then begins here. On a GPU the counts are compared on the host: one small read,
+        only under activation checkpointing."""
+        step = self.in_backward.get(layer)
+        if step is not None:
+            return step
+        pending = [
+            step
+            for reference in self.open_steps.get(layer, [])
+            if (step := reference()) is not None and not step.backward_begun and not step.ended
+        ]
+        self.open_steps[layer] = [weakref.ref(step) for step in pending]
+        matching = [step for step in pending if torch.equal(step.counts, counts)]
+        plans = {self.engine.instances(s.microbatch, layer).tobytes() for s in matching}
+        if not matching or len(plans) > 1:
+            raise self.refused(
+                f"layer {layer}: a forward inside a backward matches "
+                f"{'no' if not matching else 'several differently planned'} pending forwards "
+                "(only activation checkpointing's recompute runs a forward there)"
+            )
+        step = matching[-1]
+        step.begin_backward(from_boundary=False)
+        return step
+
     def master_rows(self, layer: int) -> np.ndarray:
-        """Every expert's index among its home rank's masters, in the layer's layout."""
+        """Every expert's index among its home rank's masters of the layer, in the layer's
+        layout. (The engine numbers a rank's masters across all layers, layer after layer.)"""
+        first = layer * self.masters
         return np.array(
-            [self.engine.master_home(layer, expert)[1] for expert in range(self.num_experts)],
+            [
+                self.engine.master_home(layer, expert)[1] - first
+                for expert in range(self.num_experts)
+            ],
             dtype=np.int64,
         )
 

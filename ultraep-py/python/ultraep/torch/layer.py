@@ -225,7 +225,8 @@ def _anatomy_of_block(block: nn.Module) -> ExpertsAnatomy:
     family = type(block).__name__
     if not isinstance(experts, nn.Module):
         raise UnsupportedBlockError(f"{family}: no experts module under `experts`")
-    return anatomy_of(experts, family)
+    hidden = getattr(getattr(block, "config", None), "hidden_size", None)
+    return anatomy_of(experts, family, hidden if isinstance(hidden, int) else None)
 
 
 def _group_for(

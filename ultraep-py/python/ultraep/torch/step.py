@@ -14,6 +14,7 @@ restore put it. A step whose graph is freed without a backward gives its place b
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -50,6 +51,7 @@ class Step:
         replica_slots: dict[int, int],
         master_row: np.ndarray,
         masters: list[torch.Tensor],
+        counts: torch.Tensor,
     ) -> None:
         self.group = group
         self.layer = layer
@@ -62,8 +64,12 @@ class Step:
         self.current_slots = dict(replica_slots)
         self.master_row = master_row
         self.masters = masters
+        # The router's token count per expert (on the device), to check a recomputed forward.
+        self.counts = counts
         self.backward_begun = False
+        self.boundary_passed = False
         self.ended = False
+        group.open_steps.setdefault(layer, []).append(weakref.ref(self))
         self.report: BackwardReport | None = None
 
     def __del__(self) -> None:
@@ -77,26 +83,51 @@ class Step:
         self.ended = True
         self.group.engine.drop_backward(self.microbatch, self.layer)
 
-    def begin_backward(self) -> None:
-        """Brings the replicas back into slots (every rank, at the start of the layer's backward)."""
+    def begin_backward(self, from_boundary: bool = True) -> None:
+        """Brings the replicas back into slots (every rank, at the start of the layer's backward:
+        its boundary's backward, or a checkpointed recompute that came first)."""
         if self.backward_begun:
-            raise self.group.refused(
-                f"layer {self.layer} microbatch {self.microbatch}: a second backward through "
-                "the same forward (retain_graph) is not supported"
-            )
+            if from_boundary and self.boundary_passed:
+                raise self.group.refused(
+                    f"layer {self.layer} microbatch {self.microbatch}: a second backward through "
+                    "the same forward (retain_graph) is not supported"
+                )
+            self.boundary_passed = self.boundary_passed or from_boundary
+            return
+        self.boundary_passed = from_boundary
         self.backward_begun = True
         restored, received = self.group.restore(self)
+        self.group.in_backward[self.layer] = self
         self.report = BackwardReport(restored, received, 0)
 
-    def resolve(self, forward_slot: int) -> int:
-        """The slot that holds now the replica the forward computed with in ``forward_slot``."""
+    def slot_of(self, expert: int) -> int:
+        """The slot that holds this rank's replica of ``expert`` now (another than in the forward
+        after a restore that moved it)."""
         if not self.backward_begun:
             raise self.group.refused(
                 f"layer {self.layer} microbatch {self.microbatch}: its replicas' weights were "
                 "read before its backward began (only a full backward through the layer's "
                 "output is supported)"
             )
-        return self.current_slots[self.expert_in_slot[forward_slot]]
+        return self.current_slots[expert]
+
+    def expert_in(self, slot: int) -> int:
+        """The expert whose replica ``slot`` holds now for this step."""
+        for expert, current in self.current_slots.items():
+            if current == slot:
+                return expert
+        raise self.group.refused(
+            f"layer {self.layer} microbatch {self.microbatch}: slot {slot} holds none of its "
+            "replicas"
+        )
+
+    def physical_slots(self) -> list[int]:
+        """For every slot as the forward numbered them, the slot that holds its replica now (the
+        same slot where none moved or none was used)."""
+        return [
+            self.current_slots[self.expert_in_slot[slot]] if slot in self.expert_in_slot else slot
+            for slot in range(self.group.slots)
+        ]
 
     def finish_backward(self, slot_grads: tuple[torch.Tensor | None, ...]) -> list[Any]:
         """Sends the replicas' gradients to their masters; returns the masters' share."""
@@ -104,7 +135,15 @@ class Step:
             expert: [None if grad is None else grad[slot] for grad in slot_grads]
             for expert, slot in self.forward_slots.items()
         }
+        self.group.in_backward.pop(self.layer, None)
         sums, sent = self.group.reduce(self, replica_grads)
+        if all(grad is None for grad in sums) and not any(
+            self.dispatch.segments[: self.group.masters]
+        ):
+            # No token reached this rank's masters and no replica gradient came back: their
+            # gradient is zero, as the block's own experts would have it (an optimizer then
+            # steps them as it would without ultraep, instead of skipping them).
+            sums = [torch.zeros_like(master) for master in self.masters]
         self.ended = True
         if self.report is not None:
             self.report = dataclasses.replace(self.report, gradients_sent=sent)
@@ -113,13 +152,14 @@ class Step:
 
 
 class _SlotReference:
-    """A saved slot weight: which replica, where in its state, and its view's geometry."""
+    """A saved slot weight: which replica (its expert), where in its state, and its view's
+    geometry."""
 
-    __slots__ = ("forward_slot", "offset", "size", "step", "stride")
+    __slots__ = ("expert", "offset", "size", "step", "stride")
 
-    def __init__(self, step: Step, forward_slot: int, offset: int, tensor: torch.Tensor) -> None:
+    def __init__(self, step: Step, expert: int, offset: int, tensor: torch.Tensor) -> None:
         self.step = step
-        self.forward_slot = forward_slot
+        self.expert = expert
         self.offset = offset
         self.size = tuple(tensor.shape)
         self.stride = tuple(tensor.stride())
@@ -134,12 +174,12 @@ def saved_slot_hooks(step: Step) -> torch.autograd.graph.saved_tensors_hooks:
         if not pool.owns(tensor):
             return tensor
         slot, offset = pool.slot_of(tensor)
-        return _SlotReference(step, slot, offset, tensor)
+        return _SlotReference(step, step.expert_in(slot), offset, tensor)
 
     def unpack(saved: Any) -> torch.Tensor:
         if not isinstance(saved, _SlotReference):
             return saved
-        slot = saved.step.resolve(saved.forward_slot)
+        slot = saved.step.slot_of(saved.expert)
         return pool.view_at(slot, saved.offset, saved.size, saved.stride)
 
     return torch.autograd.graph.saved_tensors_hooks(pack, unpack)
@@ -177,6 +217,6 @@ class LayerBoundary(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
         step = ctx.step
         ctx.step = None
-        step.begin_backward()
+        step.begin_backward(from_boundary=True)
         dtype, device = ctx.link
         return grad, torch.empty(0, dtype=dtype, device=device), None
