@@ -89,27 +89,50 @@ def build(
     grouped_start = np.concatenate(([0], np.cumsum(order)[:-1]))
     total = int(order.sum())
 
-    def upload(values: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(np.ascontiguousarray(values, dtype=np.int64), device=device)
-
-    count_tensor = upload(order)
-    gather = torch.repeat_interleave(upload(starts), count_tensor, output_size=total) + (
+    tables = upload(
+        [
+            order,
+            starts,
+            grouped_start,
+            np.repeat(np.arange(width), ranks),
+            np.cumsum(row[:, TOKENS]),
+            row[:, INSTANCE],
+            instance_rank * width + local_of,
+        ],
+        device,
+    )
+    count_tensor = tables[0]
+    gather = torch.repeat_interleave(tables[1], count_tensor, output_size=total) + (
         torch.arange(total, device=device)
-        - torch.repeat_interleave(upload(grouped_start), count_tensor, output_size=total)
+        - torch.repeat_interleave(tables[2], count_tensor, output_size=total)
     )
-    local_index = torch.repeat_interleave(
-        upload(np.repeat(np.arange(width), ranks)), count_tensor, output_size=total
-    )
+    local_index = torch.repeat_interleave(tables[3], count_tensor, output_size=total)
     return Dispatch(
         sends=sends.tolist(),
         receives=receives.tolist(),
         segments=segments.tolist(),
-        bounds=upload(np.cumsum(row[:, TOKENS])),
-        entry_instance=upload(row[:, INSTANCE]),
-        instance_key=upload(instance_rank * width + local_of),
+        bounds=tables[4],
+        entry_instance=tables[5],
+        instance_key=tables[6],
         gather=gather,
         local_index=local_index,
     )
+
+
+def upload(arrays: list[np.ndarray], device: torch.device) -> list[torch.Tensor]:
+    """The arrays as int64 tensors on ``device``, in one copy: from pinned host memory without
+    waiting on a GPU (PyTorch's caching host allocator keeps a pinned block until its copy is
+    done), so that no upload synchronises the host with the device."""
+    sizes = [len(array) for array in arrays]
+    host = torch.from_numpy(
+        np.concatenate([np.asarray(array, dtype=np.int64).ravel() for array in arrays])
+        if arrays
+        else np.zeros(0, dtype=np.int64)
+    )
+    if device.type == "cuda":
+        host = host.pin_memory()
+    on_device = host.to(device, non_blocking=True) if device.type != "cpu" else host
+    return list(torch.split(on_device, sizes))
 
 
 def local_indices(instances: np.ndarray, master_row: np.ndarray, masters: int) -> np.ndarray:

@@ -22,7 +22,15 @@ from torch import nn
 
 from .anatomy import ExpertsAnatomy, combine, gated_expert, on_weights, weightless
 from .collective import GroupCollective
-from .dispatch import Dispatch, build, counts_by_source, local_indices, reroute, send_order
+from .dispatch import (
+    Dispatch,
+    build,
+    counts_by_source,
+    local_indices,
+    reroute,
+    send_order,
+    upload,
+)
 from .errors import RefusedError, group_operation
 from .exchange import TokenRoute
 from .group import ExpertParallelGroup
@@ -144,11 +152,13 @@ class DistributedExperts(nn.Module):
         x = hidden_states
         tokens, top_k = top_k_index.shape
         ids = top_k_index.reshape(-1).to(torch.int64)
-        counts = torch.bincount(ids, minlength=self.num_experts)
-        if counts.shape[0] != self.num_experts:
-            raise ValueError(
-                f"the router chose expert ids beyond the block's {self.num_experts} experts"
-            )
+        # Counted by a scatter of fixed size: bincount would read the largest id on the host.
+        torch._assert_async(
+            ((ids >= 0) & (ids < self.num_experts)).all(),
+            f"ultraep: the router chose expert ids beyond the block's {self.num_experts} experts",
+        )
+        counts = torch.zeros(self.num_experts, dtype=torch.int64, device=ids.device)
+        counts.index_add_(0, ids, torch.ones_like(ids))
         group = self._group
         if torch.is_grad_enabled() and torch._C._current_graph_task_id() != -1:
             return self._recompute(x, ids, counts, top_k_index, top_k_weights)
@@ -281,11 +291,8 @@ class DistributedExperts(nn.Module):
             else:
                 digest = engine.digest
                 # The digest's two 32-bit words, uploaded (the row is the counts, then them).
-                words = torch.as_tensor(
-                    np.array([digest & 0xFFFF_FFFF, digest >> 32], dtype=np.uint32).view(np.int32),
-                    device=counts.device,
-                )
-                row = torch.cat([counts.to(torch.int32), words])
+                (words,) = upload([np.array([digest & 0xFFFF_FFFF, digest >> 32])], counts.device)
+                row = torch.cat([counts, words]).to(torch.int32)
                 gathered = torch.empty(self.ranks * len(row), dtype=torch.int32, device=row.device)
                 with group_operation(self.rank, "gathering the load (all_gather_into_tensor)"):
                     dist.all_gather_into_tensor(gathered, row, group=self.group)
@@ -334,7 +341,9 @@ class DistributedExperts(nn.Module):
         device = self._masters()[0].device
         theirs = torch.empty((self.ranks, width), dtype=torch.int64, device=device)
         with group_operation(self.rank, "exchanging token counts (all_to_all_single)"):
-            dist.all_to_all_single(theirs, torch.as_tensor(mine, device=device), group=self.group)
+            dist.all_to_all_single(
+                theirs, upload([mine.ravel()], device)[0].view(mine.shape), group=self.group
+            )
         return theirs.cpu().numpy()
 
     def _expert_math(
