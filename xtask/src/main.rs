@@ -10,7 +10,7 @@
 //! - `cargo xtask ci`: exactly what CI runs (`bash .ci/run`).
 //! - `cargo xtask gpu-bundle`: builds the GPU and NVRTC test binaries and the GPU benchmark in
 //!   release into `gpu-bundle/` with `run.sh`, which runs them on a GPU machine that has the driver
-//!   and NVRTC but no Rust.
+//!   and NVRTC but no Rust; with the package's abi3 wheel and the PyTorch layer's GPU trial.
 //! - `cargo xtask check-architecture`: checks the dependency arrows and purity rules written down in
 //!   ARCHITECTURE.md; `cargo test` runs the same check.
 //! - `cargo xtask fuzz --seconds N [--target T]`: the libFuzzer targets of `fuzz/` (every reader of
@@ -266,6 +266,24 @@ fn gpu_bundle() -> Result<(), String> {
             BUNDLE.map(|entry| entry.4)
         ));
     }
+    // The PyTorch layer's GPU trial: the package as an abi3 wheel (the GPU machines' Python 3.12
+    // installs it offline) and the trial, which needs PyTorch and nothing else.
+    let bin = python_package(Profile::Release)?;
+    let wheels = bundle.join("wheels");
+    let _ = std::fs::remove_dir_all(&wheels);
+    run(Command::new(bin.join("maturin"))
+        .args(["build", "--release", "--quiet", "--manifest-path"])
+        .arg(workspace_root().join("ultraep-py").join("Cargo.toml"))
+        .arg("--out")
+        .arg(&wheels))?;
+    std::fs::copy(
+        workspace_root()
+            .join("ultraep-py")
+            .join("tests")
+            .join("test_gpu.py"),
+        bundle.join("test_gpu.py"),
+    )
+    .map_err(|error| format!("cannot copy test_gpu.py: {error}"))?;
     let script = r#"#!/usr/bin/env bash
 # Runs ultraep's NVRTC and GPU tests on a machine with the CUDA driver (580+) and NVRTC 13.0;
 # no Rust toolchain needed. Every kernel is compared bit for bit with its CPU reference.
@@ -279,6 +297,9 @@ export ULTRAEP_REQUIRE_GPU=1 ULTRAEP_REQUIRE_NVRTC=1
 ./gpu
 ./runtime-gpu
 ./gpu-bench --bench
+# The PyTorch layer on the GPU (NCCL, one process), with the host synchronisations counted.
+python3 -m pip install --quiet --no-deps --no-index --target pydeps wheels/*.whl
+PYTHONPATH=pydeps timeout 300 python3 test_gpu.py
 "#;
     let script_path = bundle.join("run.sh");
     std::fs::write(&script_path, script)
