@@ -300,6 +300,57 @@ def _budget(rank: int) -> dict[str, object]:
     return found
 
 
+class DataSGD(torch.optim.Optimizer):
+    """Plain SGD that writes through ``.data``, as some optimizers do: no version counter of the
+    parameter moves."""
+
+    def __init__(self, parameters, lr: float) -> None:
+        super().__init__(parameters, {"lr": lr})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for parameter in group["params"]:
+                if parameter.grad is not None:
+                    parameter.data.add_(parameter.grad, alpha=-group["lr"])
+
+
+def _stale(rank: int) -> dict[str, object]:
+    """Masters updated through ``.data``, by an optimizer and by hand: is any replica stale in the
+    next forward? Each case returns the next forward's copies and its largest difference from the
+    block with the updated weights (gathered from every rank)."""
+    from ultraep.torch import ExpertParallelMoE
+
+    found: dict[str, object] = {}
+    for case in ("optimizer", "by hand, told", "by hand, not told"):
+        layer = ExpertParallelMoE(build_block("qwen3_moe"), slots=2, min_replica_tokens=1)
+        x = tokens(rank)
+        layer(x).sum().backward()
+        masters = [layer.experts.gate_up_proj, layer.experts.down_proj]
+        if case == "optimizer":
+            DataSGD(masters, lr=0.5).step()
+        else:
+            with torch.no_grad():
+                for master in masters:
+                    master.data.add_(master.grad, alpha=-0.5)
+            if case == "by hand, told":
+                layer.masters_updated()
+        with torch.no_grad():
+            out = layer(x)
+            reference = build_block("qwen3_moe")
+            for name, master in zip(("gate_up_proj", "down_proj"), masters, strict=True):
+                gathered = [torch.empty_like(master) for _ in range(RANKS)]
+                dist.all_gather(gathered, master.detach().contiguous())
+                getattr(reference.experts, name).copy_(torch.cat(gathered))
+            expected = reference(x)
+        found[case] = (
+            layer.last_report.copies,
+            layer.last_report.replicas,
+            float((out - expected).abs().max() / expected.abs().max()),
+        )
+    return found
+
+
 def family_tokens(rank: int, salt: int = 0) -> torch.Tensor:
     """Rank `rank`'s hidden states for the family tests (or, with `salt`, a loss direction)."""
     generator = torch.Generator().manual_seed(3000 + 100 * salt + rank)
@@ -327,6 +378,10 @@ def _worker(rank: int, family: str, directory: str, scenario: str) -> None:
             options = {"domains": [0, 0, 1, 1], "plan_by_domain": True}
         elif scenario.startswith("domains"):
             options = {"domains": [0, 0, 1, 1]}
+        if scenario == "stale":
+            result["stale"] = _stale(rank)
+            torch.save(result, path / f"result-{rank}.pt")
+            return
         if scenario == "budget":
             result["budget"] = _budget(rank)
             torch.save(result, path / f"result-{rank}.pt")

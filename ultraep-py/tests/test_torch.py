@@ -188,3 +188,20 @@ def test_planning_by_domain_gives_the_whole_matrixs_plan(tmp_path):
         torch.testing.assert_close(
             by_domain[rank]["runs"][1]["out"], whole[rank]["runs"][1]["out"], rtol=1e-4, atol=1e-5
         )
+
+
+def test_masters_changed_through_data_never_leave_a_stale_replica(tmp_path):
+    """An optimizer step is noticed even when it writes through ``.data`` (no version counter
+    moves): the next forward copies every replica again and computes with the new weights. A
+    write by hand through ``.data`` outside any optimizer step needs ``masters_updated()``, as the
+    guide says; without it the replicas are stale, which this test shows too."""
+    results = [result["stale"] for result in ep_group.run("qwen3_moe", tmp_path, "stale")]
+    for found in results:
+        for case in ("optimizer", "by hand, told"):
+            copies, replicas, error = found[case]
+            assert replicas > 0 and copies == replicas, (case, found)
+            assert error < 1e-5, (case, found)
+        copies, replicas, error = found["by hand, not told"]
+        assert copies == 0 and replicas > 0
+    # Somewhere a stale replica computed: the documented limit.
+    assert max(found["by hand, not told"][2] for found in results) > 1e-3
