@@ -6,7 +6,6 @@
 use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1, PyReadwriteArray1};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
 use ultraep_runtime::{
     Dtype, Engine, EngineConfig, ExpertLayout, HostDriven, Mode, ModelShape, Preset, Region,
     RuntimeError, StepId, StepReport,
@@ -45,16 +44,51 @@ fn labelled_topology(preset: Preset, labels: &[u32]) -> PyResult<Topology> {
     builder.build().map_err(value_error)
 }
 
+/// What one step planned and moved, as `Engine.step` returns it: the group's figures (every
+/// rank has the same).
+#[pyclass(module = "ultraep._ultraep", name = "StepFigures", frozen, eq, get_all)]
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct StepFigures {
+    /// max/mean of the ranks' tokens with every token at its expert's master.
+    initial_imbalance: f64,
+    /// max/mean of the ranks' tokens under the plan.
+    imbalance: f64,
+    /// Replicas in the plan.
+    replicas: u32,
+    /// Replica slots filled for the step (a copy each; some may come from relays).
+    copies: u32,
+    /// Replicas whose slot already held the expert's current weights: no copy.
+    copies_skipped: u32,
+    /// Bytes of expert weights the group moves for the step.
+    bytes_moved: u64,
+}
+
+#[pymethods]
+impl StepFigures {
+    fn __repr__(&self) -> String {
+        format!(
+            "StepFigures(initial_imbalance={}, imbalance={}, replicas={}, copies={}, \
+             copies_skipped={}, bytes_moved={})",
+            self.initial_imbalance,
+            self.imbalance,
+            self.replicas,
+            self.copies,
+            self.copies_skipped,
+            self.bytes_moved
+        )
+    }
+}
+
 /// A step's figures, as `Engine.step` returns them.
-fn figures_of<'py>(py: Python<'py>, report: &StepReport) -> PyResult<Bound<'py, PyDict>> {
-    let figures = PyDict::new(py);
-    figures.set_item("initial_imbalance", report.metrics.initial_imbalance())?;
-    figures.set_item("imbalance", report.metrics.imbalance())?;
-    figures.set_item("replicas", report.metrics.replicas)?;
-    figures.set_item("copies", report.copies)?;
-    figures.set_item("copies_skipped", report.copies_skipped)?;
-    figures.set_item("bytes_moved", report.bytes_moved)?;
-    Ok(figures)
+fn figures_of(report: &StepReport) -> StepFigures {
+    StepFigures {
+        initial_imbalance: report.metrics.initial_imbalance(),
+        imbalance: report.metrics.imbalance(),
+        replicas: report.metrics.replicas,
+        copies: report.copies,
+        copies_skipped: report.copies_skipped,
+        bytes_moved: report.bytes_moved,
+    }
 }
 
 impl PyEngine {
@@ -62,13 +96,12 @@ impl PyEngine {
     /// raised is raised again as it was (a `PeerLostError` stays one).
     fn by_domain<'py>(
         &mut self,
-        py: Python<'py>,
         collective: Bound<'py, PyAny>,
         plan: impl FnOnce(
             &mut Engine<HostDriven>,
             &mut crate::collective::PyCollective<'py>,
         ) -> Result<StepReport, RuntimeError>,
-    ) -> PyResult<Bound<'py, PyDict>> {
+    ) -> PyResult<StepFigures> {
         let rank = self.engine.local_ranks().start;
         let ranks = self.engine.config().layout.num_ranks();
         let mut collective = crate::collective::PyCollective::new(collective, rank, ranks);
@@ -78,7 +111,7 @@ impl PyEngine {
                 .unwrap_or_else(|| runtime_error(error))
         })?;
         self.moved = report.copies > 0;
-        figures_of(py, &report)
+        Ok(figures_of(&report))
     }
 }
 
@@ -192,14 +225,14 @@ impl PyEngine {
         microbatch: u32,
         layer: u32,
         gathered: PyReadonlyArray1<'py, u32>,
-    ) -> PyResult<Bound<'py, PyDict>> {
+    ) -> PyResult<StepFigures> {
         let gathered = words(&gathered, "gathered")?;
         let engine = &mut self.engine;
         let report = py
             .detach(|| engine.step_from_rows(StepId::new(microbatch, layer), gathered))
             .map_err(runtime_error)?;
         self.moved = report.copies > 0;
-        figures_of(py, &report)
+        Ok(figures_of(&report))
     }
 
     /// Plans layer `layer` of microbatch `microbatch` by domain, from this rank's router `ids`:
@@ -209,14 +242,13 @@ impl PyEngine {
     /// matrix gives. Returns the step's figures, as `step` does; `reroute` then routes `ids`.
     fn step_by_domain<'py>(
         &mut self,
-        py: Python<'py>,
         microbatch: u32,
         layer: u32,
         ids: PyReadonlyArray1<'py, u32>,
         collective: Bound<'py, PyAny>,
-    ) -> PyResult<Bound<'py, PyDict>> {
+    ) -> PyResult<StepFigures> {
         let ids = words(&ids, "ids")?;
-        self.by_domain(py, collective, |engine, collective| {
+        self.by_domain(collective, |engine, collective| {
             engine.step_by_domain(StepId::new(microbatch, layer), collective, ids)
         })
     }
@@ -226,14 +258,13 @@ impl PyEngine {
     /// `split` then gives this rank's row to route its tokens by.
     fn step_by_domain_from_counts<'py>(
         &mut self,
-        py: Python<'py>,
         microbatch: u32,
         layer: u32,
         counts: PyReadonlyArray1<'py, u32>,
         collective: Bound<'py, PyAny>,
-    ) -> PyResult<Bound<'py, PyDict>> {
+    ) -> PyResult<StepFigures> {
         let counts = words(&counts, "counts")?;
-        self.by_domain(py, collective, |engine, collective| {
+        self.by_domain(collective, |engine, collective| {
             engine.step_by_domain_from_counts(StepId::new(microbatch, layer), collective, counts)
         })
     }

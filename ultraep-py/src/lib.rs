@@ -324,6 +324,7 @@ fn _ultraep(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<PyPlanner>()?;
     module.add_class::<PyPlan>()?;
     module.add_class::<engine::PyEngine>()?;
+    module.add_class::<engine::StepFigures>()?;
     module.add_class::<simulate::PyTrace>()?;
     module.add_class::<rehome::PyLoadHistory>()?;
     module.add_function(wrap_pyfunction!(rehome::rehome, module)?)?;

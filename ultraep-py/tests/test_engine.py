@@ -55,8 +55,8 @@ def test_replicas_receive_their_masters_bytes_and_tokens_their_quotas():
     rows = gathered(group)
     reports = [engine.step(0, 1, rows) for engine in group]
     assert all(report == reports[0] for report in reports), "every rank made the same plan"
-    assert reports[0]["initial_imbalance"] > 2.0
-    assert reports[0]["imbalance"] < 1.1
+    assert reports[0].initial_imbalance > 2.0
+    assert reports[0].imbalance < 1.1
     program = group[0].transfer_program()
     for engine in group[1:]:
         assert (engine.transfer_program() == program).all()

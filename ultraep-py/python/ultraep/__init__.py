@@ -38,6 +38,7 @@ from ._ultraep import (
     PeerLostError,
     Plan,
     RefusedError,
+    StepFigures,
     Trace,
     rehome,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "Planner",
     "RefusedError",
     "Simulation",
+    "StepFigures",
     "Trace",
     "read_trace",
     "rehome",

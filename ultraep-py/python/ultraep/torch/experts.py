@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .._ultraep import StepFigures
 from .anatomy import ExpertsAnatomy, combine, gated_expert, on_weights, weightless
 from .collective import GroupCollective
 from .dispatch import (
@@ -182,7 +183,7 @@ class DistributedExperts(nn.Module):
         )
         training = torch.is_grad_enabled() and any(m.requires_grad for m in masters)
         received = 0
-        if figures["copies"] > 0:
+        if figures.copies > 0:
             received = group.pool.run(self.engine.transfer_program(), masters, self._master_row)
         if training:
             *slot_weights, link = ReplicaWeights.apply(step, *masters)
@@ -221,11 +222,11 @@ class DistributedExperts(nn.Module):
 
         self.last_report = ForwardReport(
             microbatch=microbatch,
-            initial_imbalance=figures["initial_imbalance"],
-            imbalance=figures["imbalance"],
-            replicas=int(figures["replicas"]),
-            copies=int(figures["copies"]),
-            bytes_moved=int(figures["bytes_moved"]),
+            initial_imbalance=figures.initial_imbalance,
+            imbalance=figures.imbalance,
+            replicas=figures.replicas,
+            copies=figures.copies,
+            bytes_moved=figures.bytes_moved,
             bytes_received=received,
             tokens=dispatch.tokens,
             replica_tokens=sum(dispatch.segments[self.experts_per_rank :]),
@@ -277,7 +278,7 @@ class DistributedExperts(nn.Module):
             self._anatomy.implementation,
         )
 
-    def _plan(self, microbatch: int, counts: torch.Tensor, clock: _PhaseClock) -> dict:
+    def _plan(self, microbatch: int, counts: torch.Tensor, clock: _PhaseClock) -> StepFigures:
         """Gathers the load and plans it: the one read of device values on the host."""
         engine, layer = self.engine, self.layer_index
         try:
