@@ -14,6 +14,7 @@ import torch.distributed as dist
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from .._ultraep import Engine, RefusedError
+from .errors import group_operation
 from .pool import ExpertState, SlotPool
 
 if TYPE_CHECKING:
@@ -99,6 +100,7 @@ class ExpertParallelGroup:
                 f"{self.engine.state_bytes}"
             )
         self.pool = SlotPool(group, slots, state, device)
+        self._open_point_to_point()
         self.forwards = [0] * layers
         # The layers' experts modules, in layer order (they register themselves).
         self.members: list[DistributedExperts] = []
@@ -113,6 +115,23 @@ class ExpertParallelGroup:
         if not _HOOKED:
             register_optimizer_step_post_hook(_after_optimizer_step)
             _HOOKED = True
+
+    def _open_point_to_point(self) -> None:
+        """NCCL wants every rank in the first ``batch_isend_irecv`` of a group, and later ones
+        involve only the ranks that move weights: every rank passes a word round a ring once."""
+        if self.ranks == 1 or dist.get_backend(self.group) != "nccl":
+            return
+        word = torch.zeros(1, dtype=torch.int32, device=self.device)
+        arriving = torch.empty_like(word)
+        operations = [
+            dist.P2POp(dist.isend, word, self.pool.peer((self.rank + 1) % self.ranks), self.group),
+            dist.P2POp(
+                dist.irecv, arriving, self.pool.peer((self.rank - 1) % self.ranks), self.group
+            ),
+        ]
+        with group_operation(self.rank, "opening point-to-point operations"):
+            for request in dist.batch_isend_irecv(operations):
+                request.wait()
 
     def refused(self, message: str) -> RefusedError:
         """The error of a call the layer refuses."""
