@@ -267,6 +267,10 @@ ultraep_tile_stream(const TileTask* tasks, unsigned int task_count,
                 }
             }
         }
+        /* Every thread is done with the shared task (copy_task's last read of its
+           destination_count included, and with no destination copy_task has no barrier) before
+           thread 0 claims the next one into it. */
+        __syncthreads();
     }
 }
 "#
@@ -528,14 +532,18 @@ ultraep_tile_stream_peer(const TileTask* tasks, unsigned int task_count,
     __shared__ TileTask task;
     __shared__ unsigned int claimed;
     __shared__ unsigned int ok;
+    __shared__ unsigned int stop;
     __shared__ unsigned char* targets[ULTRAEP_STAGED_TARGETS];
     while (true) {
         if (threadIdx.x == 0) {
             claimed = atomicAdd(next_task, 1u);
             if (claimed < task_count) task = tasks[claimed];
+            /* The status is read once, for the whole block: a block must leave together, or
+               the threads that stay wait at a barrier the others never reach. */
+            stop = claimed >= task_count || *(volatile unsigned int*)status != 0u;
         }
         __syncthreads();
-        if (claimed >= task_count || *(volatile unsigned int*)status != 0u) return;
+        if (stop) return;
         unsigned int tile = (unsigned int)(task.offset / tile_bytes);
         bool relayed = task.wait_flag != 0xffffffffu;
         if (threadIdx.x == 0) {
@@ -571,6 +579,8 @@ ultraep_tile_stream_peer(const TileTask* tasks, unsigned int task_count,
             }
             __threadfence_system();
         }
+        /* Every thread is done with the shared task before thread 0 claims the next one. */
+        __syncthreads();
     }
 }
 "#
