@@ -21,6 +21,12 @@ use crate::{Arch, KernelError, KernelSource, compile_for, launch_checks, sources
 /// Threads per block for every kernel.
 pub(crate) const BLOCK: u32 = 256;
 
+/// Above this many ids [`Gpu::reroute`] takes the chunked kernel. The single block does
+/// `ids / BLOCK` serial rounds on one multiprocessor (about 0.4 ms for 65,536 ids, estimated);
+/// the chunked form's three launches cost a few microseconds each, so it wins once the ids fill
+/// a few of its chunks. An estimate until a GPU measures the crossing (`gpu-bench` times both).
+pub const CHUNKED_ABOVE: usize = 4 * crate::chunked_reroute::CHUNK as usize;
+
 /// Tile streamer blocks per multiprocessor: 32 warps, each thread with four 16-byte loads in
 /// flight, about 64 KiB in flight per multiprocessor (8.4 MB on an H100's 132), several times
 /// what the device's bandwidth-latency product asks for.
@@ -199,8 +205,23 @@ impl Gpu {
     }
 
     /// The instance of every id of one source (the [`crate::reference::reroute`] semantics), and
-    /// how many could not be placed.
+    /// how many could not be placed: by the single-block kernel up to [`CHUNKED_ABOVE`] ids, by
+    /// the chunked one above (equal results; the chunked form spreads the ids over many
+    /// multiprocessors where one block would walk them serially).
     pub fn reroute(
+        &self,
+        ids: &[u32],
+        table: &RerouteTable,
+    ) -> Result<(Vec<u32>, u32), KernelError> {
+        if ids.len() > CHUNKED_ABOVE {
+            self.reroute_chunked(ids, table)
+        } else {
+            self.reroute_single_block(ids, table)
+        }
+    }
+
+    /// [`Gpu::reroute`] by the single-block kernel, whatever the number of ids.
+    pub fn reroute_single_block(
         &self,
         ids: &[u32],
         table: &RerouteTable,

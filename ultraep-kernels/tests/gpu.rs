@@ -94,6 +94,8 @@ fn matches_on_small_plans(
 
 fn reroute_matches() -> Result<(), Failed> {
     let gpu = gpu()?;
+    matches_on_small_plans(|ids, table| gpu.reroute_single_block(ids, table).map_err(fail))?;
+    // Small and large inputs through the size-picking entry point (single block, then chunked).
     matches_on_small_plans(|ids, table| gpu.reroute(ids, table).map_err(fail))
 }
 
@@ -114,6 +116,12 @@ fn chunked_reroute_matches() -> Result<(), Failed> {
     check(
         got == reroute(&ids, &table),
         "the chunked reroute of 65 613 ids differs from the CPU reference",
+    )?;
+    // Past CHUNKED_ABOVE the size-picking entry point takes the chunked kernel: the same result.
+    check(
+        ids.len() > ultraep_kernels::gpu::CHUNKED_ABOVE
+            && gpu.reroute(&ids, &table).map_err(fail)? == got,
+        "Gpu::reroute of 65 613 ids differs from the chunked kernel's",
     )
 }
 

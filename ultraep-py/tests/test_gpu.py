@@ -30,7 +30,7 @@ def gpu_or_skip() -> None:
     if torch.cuda.is_available():
         return
     if REQUIRED or pytest is None:
-        raise SystemExit("ULTRAEP_REQUIRE_GPU=1 (or run as a script) but torch sees no GPU")
+        raise SystemExit("ULTRAEP_REQUIRE_GPU=1 but torch sees no GPU")
     pytest.skip("no GPU here")
 
 
@@ -132,8 +132,13 @@ def test_one_process_over_nccl_matches_the_block_and_counts_its_syncs():
 
 
 if __name__ == "__main__":
-    # The GPU bundle runs this file with python3 alone (its machine may have no pytest); a
-    # missing GPU is then a failure.
-    REQUIRED = True
-    test_one_process_over_nccl_matches_the_block_and_counts_its_syncs()
-    print("test_gpu.py: passed")
+    # The GPU bundle runs this file with python3 alone (its machine may have no pytest); its dry
+    # run, on a machine without a GPU, only checks that the package imports.
+    import ultraep.torch  # noqa: F401
+
+    if not torch.cuda.is_available() and not REQUIRED:
+        print("no GPU: the PyTorch layer's GPU trial not run (the package imports)")
+    else:
+        REQUIRED = True
+        test_one_process_over_nccl_matches_the_block_and_counts_its_syncs()
+        print("test_gpu.py: passed")

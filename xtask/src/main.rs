@@ -21,6 +21,7 @@
 
 mod architecture;
 mod fuzz;
+mod gpu_bundle;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -33,7 +34,7 @@ fn main() -> ExitCode {
         Some("bench") => bench(&rest),
         Some("ci") => run(Command::new("bash").arg(".ci/run")),
         Some("test") => test(),
-        Some("gpu-bundle") => gpu_bundle(),
+        Some("gpu-bundle") => gpu_bundle::build(),
         Some("check-architecture") => check_architecture(),
         Some("fuzz") => fuzz::fuzz(&rest),
         Some("help" | "--help" | "-h") | None => {
@@ -110,7 +111,7 @@ fn test() -> Result<(), String> {
 
 /// How `maturin develop` builds the extension.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Profile {
+pub(crate) enum Profile {
     /// Quick to build: for the tests.
     Debug,
     /// Optimised: for benchmarks.
@@ -119,7 +120,7 @@ enum Profile {
 
 /// Makes the virtual environment under `.cache/pyenv` with the pinned tools (once), builds the
 /// `ultraep` package into it, and returns its `bin` folder.
-fn python_package(profile: Profile) -> Result<PathBuf, String> {
+pub(crate) fn python_package(profile: Profile) -> Result<PathBuf, String> {
     let root = workspace_root();
     let venv = root.join(".cache").join("pyenv");
     let bin = venv.join("bin");
@@ -195,120 +196,6 @@ fn bench(args: &[String]) -> Result<(), String> {
         }
     }
     run(&mut command)
-}
-
-/// What the bundle carries: (package, cargo command, target, kind, file name in the bundle).
-const BUNDLE: [(&str, &str, &str, &str, &str); 4] = [
-    ("ultraep-kernels", "test", "nvrtc", "test", "nvrtc"),
-    ("ultraep-kernels", "test", "gpu", "test", "gpu"),
-    ("ultraep-runtime", "test", "gpu", "test", "runtime-gpu"),
-    ("ultraep-kernels", "bench", "gpu", "bench", "gpu-bench"),
-];
-
-fn gpu_bundle() -> Result<(), String> {
-    let bundle = workspace_root().join("gpu-bundle");
-    std::fs::create_dir_all(&bundle)
-        .map_err(|error| format!("cannot create gpu-bundle/: {error}"))?;
-    let mut copied = Vec::new();
-    for (package, command, target, kind, file) in BUNDLE {
-        let mut build = cargo();
-        build.arg(command);
-        // Benchmarks are always built optimised; `cargo bench` refuses --release.
-        if command == "test" {
-            build.arg("--release");
-        }
-        let target_flag = if kind == "bench" { "--bench" } else { "--test" };
-        // The runtime's GPU tests include the NCCL all-gather (ignored where NCCL is missing).
-        if package == "ultraep-runtime" {
-            build.args(["--features", "nccl"]);
-        }
-        let output = build
-            .args([
-                "--package",
-                package,
-                target_flag,
-                target,
-                "--no-run",
-                "--message-format=json",
-            ])
-            .output()
-            .map_err(|error| format!("could not start cargo: {error}"))?;
-        if !output.status.success() {
-            return Err(format!(
-                "building {package}'s {kind} {target} failed:\n{}",
-                String::from_utf8_lossy(&output.stderr)
-            ));
-        }
-        for line in String::from_utf8_lossy(&output.stdout).lines() {
-            let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
-                continue;
-            };
-            let name = message["target"]["name"].as_str().unwrap_or_default();
-            let is_kind = message["target"]["kind"]
-                .as_array()
-                .is_some_and(|kinds| kinds.iter().any(|k| k.as_str() == Some(kind)));
-            let ours = message["package_id"]
-                .as_str()
-                .is_some_and(|id| id.contains(package));
-            if let (Some(executable), true) = (
-                message["executable"].as_str(),
-                is_kind && ours && name == target,
-            ) {
-                std::fs::copy(executable, bundle.join(file))
-                    .map_err(|error| format!("cannot copy {executable}: {error}"))?;
-                copied.push(file);
-            }
-        }
-    }
-    if copied.len() != BUNDLE.len() {
-        return Err(format!(
-            "expected {:?}, built {copied:?}",
-            BUNDLE.map(|entry| entry.4)
-        ));
-    }
-    // The PyTorch layer's GPU trial: the package as an abi3 wheel (the GPU machines' Python 3.12
-    // installs it offline) and the trial, which needs PyTorch and nothing else.
-    let bin = python_package(Profile::Release)?;
-    let wheels = bundle.join("wheels");
-    let _ = std::fs::remove_dir_all(&wheels);
-    run(Command::new(bin.join("maturin"))
-        .args(["build", "--release", "--quiet", "--manifest-path"])
-        .arg(workspace_root().join("ultraep-py").join("Cargo.toml"))
-        .arg("--out")
-        .arg(&wheels))?;
-    std::fs::copy(
-        workspace_root()
-            .join("ultraep-py")
-            .join("tests")
-            .join("test_gpu.py"),
-        bundle.join("test_gpu.py"),
-    )
-    .map_err(|error| format!("cannot copy test_gpu.py: {error}"))?;
-    let script = r#"#!/usr/bin/env bash
-# Runs ultraep's NVRTC and GPU tests on a machine with the CUDA driver (580+) and NVRTC 13.0;
-# no Rust toolchain needed. Every kernel is compared bit for bit with its CPU reference.
-set -euo pipefail
-cd "$(dirname "$0")"
-for dir in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib            "$(python3 -c 'import os, nvidia.cu13 as m; print(os.path.join(list(m.__path__)[0], "lib"))' 2>/dev/null || true)"; do
-  if [ -n "$dir" ] && [ -d "$dir" ]; then export LD_LIBRARY_PATH="$dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; fi
-done
-export ULTRAEP_REQUIRE_GPU=1 ULTRAEP_REQUIRE_NVRTC=1
-./nvrtc
-./gpu
-./runtime-gpu
-./gpu-bench --bench
-# The PyTorch layer on the GPU (NCCL, one process), with the host synchronisations counted.
-python3 -m pip install --quiet --no-deps --no-index --target pydeps wheels/*.whl
-PYTHONPATH=pydeps timeout 300 python3 test_gpu.py
-"#;
-    let script_path = bundle.join("run.sh");
-    std::fs::write(&script_path, script)
-        .map_err(|error| format!("cannot write run.sh: {error}"))?;
-    println!(
-        "gpu-bundle/: {} and run.sh (run: bash gpu-bundle/run.sh)",
-        copied.join(", ")
-    );
-    Ok(())
 }
 
 fn check_architecture() -> Result<(), String> {
