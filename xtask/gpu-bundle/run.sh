@@ -14,7 +14,9 @@ dry_run=0
 [ "${1:-}" = "--dry-run" ] && dry_run=1
 python=${PYTHON:-python3}
 
-# CUDA's libraries: the toolkit's folders, and the NVIDIA wheels of the machine's Python.
+# CUDA's libraries: the toolkit's folders, and the NVIDIA wheels of the machine's Python, after
+# any the caller put on LD_LIBRARY_PATH (a pinned NVRTC comes first: a newer one, such as a
+# PyTorch wheel's, writes PTX the driver and ptxas of CUDA 13.0 cannot read).
 for dir in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
     $("$python" - <<'PY' 2>/dev/null
 import glob, os, site
@@ -23,7 +25,7 @@ for root in site.getsitepackages():
         print(lib)
 PY
     ); do
-  if [ -n "$dir" ] && [ -d "$dir" ]; then export LD_LIBRARY_PATH="$dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; fi
+  if [ -n "$dir" ] && [ -d "$dir" ]; then export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$dir"; fi
 done
 # cudarc looks for NCCL as libnccl.so (and .so.13 ... .so.1), NCCL installs libnccl.so.2.
 mkdir -p lib
