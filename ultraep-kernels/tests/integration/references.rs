@@ -145,20 +145,50 @@ fn streaming_reference_delivers_every_replica() {
     }
 }
 
-/// The GPU trial's wide fan-out (more destinations than the streamer stages at once), here on
-/// the reference: the task list builds, relays appear, and every copy arrives.
+/// The GPU trial's wide fan-outs, here on the reference, relayed and direct: the task lists
+/// build, every task has a destination (the streamers' loop may also meet none), the direct one
+/// has tasks with more destinations than the streamers stage at once (32: the path that
+/// re-stages targets), and every copy arrives.
 #[test]
-fn a_forty_way_fanout_with_relays_arrives_whole() {
+fn a_forty_way_fanout_arrives_whole_relayed_or_direct() {
+    for allow_relays in [true, false] {
+        forty_way_fanout(allow_relays);
+    }
+}
+
+fn forty_way_fanout(allow_relays: bool) {
     let topology = Preset::Gb200Nvl72.topology(1).unwrap();
     let replicas = Fanout::new(0, 0, 0, (1..=40).map(|rank| (rank, 0)).collect())
         .and_then(|fanout| ReplicaSet::new(vec![fanout]))
         .unwrap();
     let state_bytes = 3 * 1024 * 1024 + 16;
     let state = ExpertState::opaque(state_bytes).unwrap();
-    let schedule =
-        TransferSchedule::build(&replicas, &state, &topology, TransferConfig::default()).unwrap();
-    assert!(schedule.relayed_count() > 0, "a 40-way fan-out relays");
+    let config = TransferConfig {
+        allow_relays,
+        ..TransferConfig::default()
+    };
+    let schedule = TransferSchedule::build(&replicas, &state, &topology, config).unwrap();
+    assert_eq!(
+        schedule.relayed_count() > 0,
+        allow_relays,
+        "relays only where allowed"
+    );
     let tasks = TileTaskList::build(&schedule);
+    let widest = tasks
+        .tasks()
+        .iter()
+        .map(|task| tasks.destinations_of(task).len())
+        .collect::<Vec<_>>();
+    assert!(
+        widest.iter().all(|&count| count >= 1),
+        "a task with no destination"
+    );
+    if !allow_relays {
+        assert!(
+            widest.iter().any(|&count| count > 32),
+            "a direct 40-way fan-out stores a tile to all 40 at once"
+        );
+    }
     let master: Vec<u8> = (0..state_bytes).map(|i| (i * 31 % 251) as u8).collect();
     let mut memory: Vec<RankMemory> = (0..41)
         .map(|rank| RankMemory {
