@@ -351,6 +351,75 @@ def _stale(rank: int) -> dict[str, object]:
     return found
 
 
+def _frozen(rank: int) -> dict[str, float]:
+    """Two blocks in a row, their experts frozen, one slot per rank: the second block's replica
+    takes the slot the first block's replica computed with, before the backward needs it again
+    for the input gradient. The largest difference of the input gradient from the unwrapped
+    blocks', relative."""
+    from ultraep.torch import parallelize
+
+    class TwoBlocks(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.first = build_block("qwen3_moe")
+            self.second = build_block("qwen3_moe")
+            with torch.no_grad():
+                # Other experts than the first block's: a replica of them overwrites a slot.
+                self.second.experts.gate_up_proj.mul_(-1.5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.first(x)
+            # The constant feature again, so that the second block is as skewed as the first.
+            y = torch.cat([torch.ones_like(y[..., :1]), y[..., 1:]], dim=-1)
+            return self.second(y)
+
+    model, reference = TwoBlocks(), TwoBlocks()
+    for parameter in [*model.parameters(), *reference.parameters()]:
+        parameter.requires_grad_(False)
+    layers = parallelize(model, slots=1, min_replica_tokens=1)
+    x = tokens(rank).requires_grad_()
+    (model(x) * probe(rank)).sum().backward()
+    everyone = torch.cat([tokens(r) for r in range(RANKS)]).requires_grad_()
+    (reference(everyone) * torch.cat([probe(r) for r in range(RANKS)])).sum().backward()
+    want = everyone.grad.chunk(RANKS)[rank]
+    return {
+        "replicas": float(sum(layer.last_report.replicas for layer in layers)),
+        "x_grad": float((x.grad - want).abs().max() / want.abs().max()),
+        "trainable experts": float(any(p.requires_grad for p in model.parameters())),
+    }
+
+
+def _cold(rank: int) -> dict[str, float]:
+    """Every token to experts 0 and 1 (both on rank 0) and no replica allowed: ranks 1 to 3
+    compute no row, and still run every collective of the backward. The largest differences from
+    the block on every rank's tokens, relative."""
+    from ultraep.torch import ExpertParallelMoE
+
+    def block() -> nn.Module:
+        moe = build_block("qwen3_moe")
+        with torch.no_grad():
+            moe.gate.weight[0, 0] = moe.gate.weight[1, 0] = 50.0
+        return moe
+
+    layer = ExpertParallelMoE(block(), slots=2, min_replica_tokens=10**6)
+    x = tokens(rank).requires_grad_()
+    out = layer(x)
+    (out * probe(rank)).sum().backward()
+    reference = block()
+    everyone = torch.cat([tokens(r) for r in range(RANKS)]).requires_grad_()
+    expected = reference(everyone)
+    (expected * torch.cat([probe(r) for r in range(RANKS)])).sum().backward()
+
+    def error(got: torch.Tensor, want: torch.Tensor) -> float:
+        return float((got - want).abs().max() / want.abs().max())
+
+    return {
+        "rows": float(layer.last_report.tokens),
+        "out": error(out.detach(), expected.detach().chunk(RANKS)[rank]),
+        "x_grad": error(x.grad, everyone.grad.chunk(RANKS)[rank]),
+    }
+
+
 def family_tokens(rank: int, salt: int = 0) -> torch.Tensor:
     """Rank `rank`'s hidden states for the family tests (or, with `salt`, a loss direction)."""
     generator = torch.Generator().manual_seed(3000 + 100 * salt + rank)
@@ -378,6 +447,14 @@ def _worker(rank: int, family: str, directory: str, scenario: str) -> None:
             options = {"domains": [0, 0, 1, 1], "plan_by_domain": True}
         elif scenario.startswith("domains"):
             options = {"domains": [0, 0, 1, 1]}
+        if scenario == "frozen":
+            result["frozen"] = _frozen(rank)
+            torch.save(result, path / f"result-{rank}.pt")
+            return
+        if scenario == "cold":
+            result["cold"] = _cold(rank)
+            torch.save(result, path / f"result-{rank}.pt")
+            return
         if scenario == "stale":
             result["stale"] = _stale(rank)
             torch.save(result, path / f"result-{rank}.pt")

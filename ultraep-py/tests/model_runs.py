@@ -185,6 +185,33 @@ def run_models(rank: int) -> dict[str, object]:
         )
         model.gradient_checkpointing_disable()
         reference.gradient_checkpointing_disable()
+        # Reentrant checkpointing: the forward runs under no_grad, then again in the backward as
+        # a forward of its own.
+        kwargs = {"use_reentrant": True}
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        reference.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        results[f"{family} reentrant checkpointing"] = _microbatches(
+            model, reference, rank, ["F0", "B0"]
+        )
+        model.gradient_checkpointing_disable()
+        reference.gradient_checkpointing_disable()
+
+        # Frozen experts: no expert gradient, and every other gradient (through the experts'
+        # input gradients) as the reference's, with one slot, which every layer's replicas take
+        # in turn before the backwards read theirs back.
+        frozen, frozen_reference = build_model(family), build_model(family)
+        for name, parameter in [*frozen.named_parameters(), *frozen_reference.named_parameters()]:
+            if _is_expert(name):
+                parameter.requires_grad_(False)
+        parallelize(frozen, slots=1, microbatches=4)
+        results[f"{family} frozen experts"] = _microbatches(
+            frozen, frozen_reference, rank, ["F0", "F1", "B1", "B0"]
+        )
+        results[f"{family} frozen experts still frozen"] = not any(
+            parameter.requires_grad
+            for name, parameter in frozen.named_parameters()
+            if _is_expert(name)
+        )
 
     # One microbatch more than the pool was built for is refused, naming the limit.
     small = build_model("qwen3_moe")

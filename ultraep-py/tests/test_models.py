@@ -69,8 +69,17 @@ def test_microbatches_in_flight_in_any_order_give_the_right_gradients(model_resu
 def test_gradient_checkpointing_gives_the_right_gradients(model_results, family):
     # Two microbatches in flight, the second's backward first: its recompute finds its replicas
     # moved by the other's restore (DeepSeek-V3's shared expert recomputes before the boundary).
+    # And reentrant checkpointing, whose first forward runs under no_grad.
     for results in model_results:
         assert results[f"{family} checkpointing"] <= TOLERANCE
+        assert results[f"{family} reentrant checkpointing"] <= TOLERANCE
+
+
+@pytest.mark.parametrize("family", model_runs.MODELS)
+def test_frozen_experts_stay_frozen_and_pass_the_right_input_gradients(model_results, family):
+    for results in model_results:
+        assert results[f"{family} frozen experts still frozen"]
+        assert results[f"{family} frozen experts"] <= TOLERANCE
 
 
 def test_one_microbatch_more_than_the_pool_serves_is_refused_naming_the_limit(model_results):

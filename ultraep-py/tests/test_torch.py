@@ -205,3 +205,25 @@ def test_masters_changed_through_data_never_leave_a_stale_replica(tmp_path):
         assert copies == 0 and replicas > 0
     # Somewhere a stale replica computed: the documented limit.
     assert max(found["by hand, not told"][2] for found in results) > 1e-3
+
+
+def test_ranks_that_compute_no_row_still_run_the_backward(tmp_path):
+    """All tokens on rank 0's experts and no replica: the three other ranks receive no row, and
+    their backward still joins every all-to-all (else the group hangs); every gradient is the
+    block's."""
+    results = [result["cold"] for result in ep_group.run("qwen3_moe", tmp_path, "cold", 120.0)]
+    assert results[0]["rows"] > 0
+    assert all(result["rows"] == 0 for result in results[1:])
+    for result in results:
+        assert result["out"] < 1e-6 and result["x_grad"] < 1e-5, results
+
+
+def test_frozen_experts_give_the_right_input_gradients(tmp_path):
+    """Experts frozen, tokens not: the layer still keeps its replicas for the backward (one slot,
+    taken by the next block's replica in between), so the input gradient is the blocks' own; and
+    a frozen expert stays frozen."""
+    results = [result["frozen"] for result in ep_group.run("-", tmp_path, "frozen", 120.0)]
+    assert results[0]["replicas"] >= 2
+    for result in results:
+        assert result["trainable experts"] == 0.0
+        assert result["x_grad"] < 1e-5, results

@@ -68,14 +68,20 @@ def gated_expert(
     return nn.functional.linear(act_fn(gate) * up, down)
 
 
-def weightless(experts: nn.Module, count: int) -> nn.Module:
+def weightless(experts: nn.Module, count: int, *, eager: bool = False) -> nn.Module:
     """A copy of ``experts`` that holds no parameters and counts ``count`` experts: the block's own
-    expert math, to be called with weights set as plain attributes."""
+    expert math, to be called with weights set as plain attributes; with ``eager``, in
+    transformers' per-expert loop whatever implementation the block's config picks (the copy
+    gets its own config)."""
     math = copy.copy(experts)
     math.__dict__["_parameters"] = {}
     math.__dict__["_buffers"] = dict(experts._buffers)
     math.__dict__["_modules"] = dict(experts._modules)
     math.num_experts = count
+    config = getattr(experts, "config", None)
+    if eager and config is not None:
+        math.config = copy.copy(config)
+        math.config._experts_implementation = "eager"
     return math
 
 

@@ -107,10 +107,15 @@ class DistributedExperts(nn.Module):
         self.num_experts = anatomy.num_experts
         local = slice(self.rank * self.experts_per_rank, (self.rank + 1) * self.experts_per_rank)
         for name in anatomy.stacked:
-            shard = getattr(experts, name).detach()[local].clone()
-            self.register_parameter(name, nn.Parameter(shard))
+            original = getattr(experts, name)
+            shard = original.detach()[local].clone()
+            # A frozen expert stays frozen.
+            self.register_parameter(name, nn.Parameter(shard, requires_grad=original.requires_grad))
         # The experts' own math, holding no weights: the non-gated form calls it on views.
-        self._math = weightless(experts, 0)
+        # transformers' batched implementations (grouped_mm) take all of a module's weights at
+        # once; the math here runs on one instance's weights at a time, in the eager loop, so
+        # that every weight it saves lies in one slot.
+        self._math = weightless(experts, 0, eager=True)
         self._act_fn = getattr(experts, "act_fn", None)
         self._master_row = shared.master_rows(layer)
         self._versions = self._master_versions()
@@ -162,7 +167,9 @@ class DistributedExperts(nn.Module):
         counts.index_add_(0, ids, torch.ones_like(ids))
         group = self._group
         if torch.is_grad_enabled() and torch._C._current_graph_task_id() != -1:
-            return self._recompute(x, ids, counts, top_k_index, top_k_weights)
+            recomputed = self._group.step_to_recompute(self.layer_index, counts)
+            if recomputed is not None:
+                return self._recompute(recomputed, x, ids, counts, top_k_index, top_k_weights)
         if group.optimizer_stepped or any(
             experts._master_versions() != experts._versions for experts in group.members
         ):
@@ -181,12 +188,20 @@ class DistributedExperts(nn.Module):
             masters,
             counts,
         )
-        training = torch.is_grad_enabled() and any(m.requires_grad for m in masters)
+        # A graph is built whenever anything the experts compute from needs a gradient: the
+        # masters, or only the tokens and routing weights (frozen experts). Every rank decides
+        # alike, so that every rank's backward runs the same collectives.
+        training = torch.is_grad_enabled() and (
+            any(m.requires_grad for m in masters) or x.requires_grad or top_k_weights.requires_grad
+        )
         received = 0
         if figures.copies > 0:
             received = group.pool.run(self.engine.transfer_program(), masters, self._master_row)
         if training:
-            *slot_weights, link = ReplicaWeights.apply(step, *masters)
+            # The anchor requires a gradient, so that the function's backward (which ends the
+            # step on every rank) runs even where the masters are frozen.
+            anchor = torch.empty(0, device=x.device, requires_grad=True)
+            *slot_weights, link = ReplicaWeights.apply(step, anchor, *masters)
         else:
             slot_weights = group.pool.views()
         clock.lap("weights")
@@ -236,6 +251,7 @@ class DistributedExperts(nn.Module):
 
     def _recompute(
         self,
+        step: Step,
         x: torch.Tensor,
         ids: torch.Tensor,
         counts: torch.Tensor,
@@ -246,7 +262,6 @@ class DistributedExperts(nn.Module):
         the forward to get back the tensors it did not keep): the same plan, routing and slots as
         the forward being differentiated, so that every recomputed tensor is the one it replaces.
         No plan, no weight moves, no gathered load; the rows travel again."""
-        step = self._group.step_to_recompute(self.layer_index, counts)
         # The router's choices are recomputed too, and must be the ones planned for: checked
         # on the host for CPU tensors, asynchronously on a GPU (no synchronisation).
         if counts.device.type == "cpu":
@@ -375,7 +390,7 @@ class DistributedExperts(nn.Module):
                 )
                 start += size
             if not outputs:
-                return rows.new_empty((0, masters[1].shape[1]))
+                return _no_rows(rows)
             return torch.cat(outputs)
         # Any other layout: the experts' own module, once on the masters' rows and once on the
         # slots' rows, with the weights as views.
@@ -389,12 +404,13 @@ class DistributedExperts(nn.Module):
                 index = dispatch.local_index[first:last] - offset
                 if offset and physical != list(range(len(physical))):
                     # Replicas a restore moved: the slot each now sits in.
-                    index = torch.tensor(physical, device=index.device)[index]
+                    (moved,) = upload([np.array(physical)], index.device)
+                    index = moved[index]
                 parts.append(
                     on_weights(self._math, self._anatomy.stacked, weights, rows[first:last], index)
                 )
         if not parts:
-            return rows.new_empty((0, rows.shape[1]))
+            return _no_rows(rows)
         return torch.cat(parts)
 
     def change_layout(
@@ -486,3 +502,9 @@ class DistributedExperts(nn.Module):
                 "every rank at the same point, after the optimizer step, with gradients kept or "
                 "dropped alike"
             )
+
+
+def _no_rows(rows: torch.Tensor) -> torch.Tensor:
+    """No output row, still part of the graph when ``rows`` is: a rank whose instances receive
+    no row must run the backward's all-to-alls like every other rank."""
+    return rows[:0] * 0

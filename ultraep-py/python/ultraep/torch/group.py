@@ -145,7 +145,14 @@ class ExpertParallelGroup:
         return microbatch
 
     def settle(self) -> None:
-        """Gives back the places of steps whose graphs were freed without a backward."""
+        """Gives back the places of steps whose graphs were freed without a backward, and forgets
+        the steps that ended."""
+        for layer, references in self.open_steps.items():
+            self.open_steps[layer] = [
+                reference
+                for reference in references
+                if (step := reference()) is not None and not step.ended
+            ]
         while self.owed_drops:
             microbatch, layer = self.owed_drops.pop(0)
             try:
@@ -154,12 +161,14 @@ class ExpertParallelGroup:
                 # A later microbatch has taken the place already.
                 pass
 
-    def step_to_recompute(self, layer: int, counts: torch.Tensor) -> Step:
+    def step_to_recompute(self, layer: int, counts: torch.Tensor) -> Step | None:
         """The step a checkpointed recompute of ``layer`` reproduces: the one in its backward, or
         else (the recompute came before the layer's boundary, from a branch beside it such as
         the shared experts) the pending one the recomputed router's counts identify, whose
-        backward then begins here. On a GPU the counts are compared on the host: one small read,
-        only under activation checkpointing."""
+        backward then begins here. ``None`` when no forward of the layer awaits its backward:
+        reentrant checkpointing ran the forward under ``no_grad`` and now runs it again as a
+        forward of its own, with its own backward. On a GPU the counts are compared on the host:
+        one small read, only under activation checkpointing."""
         step = self.in_backward.get(layer)
         if step is not None:
             return step
@@ -169,6 +178,8 @@ class ExpertParallelGroup:
             if (step := reference()) is not None and not step.backward_begun and not step.ended
         ]
         self.open_steps[layer] = [weakref.ref(step) for step in pending]
+        if not pending:
+            return None
         matching = [step for step in pending if torch.equal(step.counts, counts)]
         plans = {self.engine.instances(s.microbatch, layer).tobytes() for s in matching}
         if not matching or len(plans) > 1:

@@ -187,13 +187,19 @@ def parallelize(
                 raise UnsupportedBlockError(f"{name}: {error}") from error
     if not blocks:
         raise UnsupportedBlockError(f"{type(model).__name__}: no module with experts found")
-    shapes = {
-        (anatomy.num_experts, tuple(anatomy.shapes(block.experts).items()))
+    kinds = {
+        (
+            anatomy.num_experts,
+            tuple(anatomy.shapes(block.experts).items()),
+            getattr(block.experts, anatomy.stacked[0]).dtype,
+            getattr(block.experts, anatomy.stacked[0]).device,
+        )
         for block, anatomy in blocks
     }
-    if len(shapes) > 1:
+    if len(kinds) > 1:
         raise UnsupportedBlockError(
-            f"{type(model).__name__}: MoE layers of different expert shapes share no slot pool"
+            f"{type(model).__name__}: MoE layers of different expert counts, shapes, dtypes or "
+            "devices share no slot pool"
         )
     shared = _group_for(
         group,

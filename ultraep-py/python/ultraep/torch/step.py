@@ -95,8 +95,8 @@ class Step:
             self.boundary_passed = self.boundary_passed or from_boundary
             return
         self.boundary_passed = from_boundary
-        self.backward_begun = True
         restored, received = self.group.restore(self)
+        self.backward_begun = True
         self.group.in_backward[self.layer] = self
         self.report = BackwardReport(restored, received, 0)
 
@@ -135,7 +135,8 @@ class Step:
             expert: [None if grad is None else grad[slot] for grad in slot_grads]
             for expert, slot in self.forward_slots.items()
         }
-        self.group.in_backward.pop(self.layer, None)
+        if self.group.in_backward.get(self.layer) is self:
+            del self.group.in_backward[self.layer]
         sums, sent = self.group.reduce(self, replica_grads)
         if all(grad is None for grad in sums) and not any(
             self.dispatch.segments[: self.group.masters]
@@ -172,7 +173,9 @@ def saved_slot_hooks(step: Step) -> torch.autograd.graph.saved_tensors_hooks:
 
     def pack(tensor: torch.Tensor) -> Any:
         if not pool.owns(tensor):
-            return tensor
+            # Detached: a hook that returns its own input ties the graph into a cycle that
+            # keeps it (and the step) alive after it is freed.
+            return tensor.detach()
         slot, offset = pool.slot_of(tensor)
         return _SlotReference(step, step.expert_in(slot), offset, tensor)
 
@@ -191,17 +194,20 @@ class ReplicaWeights(torch.autograd.Function):
     every rank, replicas or not."""
 
     @staticmethod
-    def forward(ctx: Any, step: Step, *masters: torch.Tensor) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx: Any, step: Step, anchor: torch.Tensor, *masters: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
         ctx.set_materialize_grads(False)
         ctx.step = step
+        ctx.frozen = [not master.requires_grad for master in masters]
         views = step.group.pool.views()
         return (*views, masters[0].new_empty(0))
 
     @staticmethod
     def backward(ctx: Any, *grads: torch.Tensor | None) -> tuple[Any, ...]:  # type: ignore[override]
-        step = ctx.step
-        ctx.step = None
-        return (None, *step.finish_backward(grads[:-1]))
+        step = _take_step(ctx)
+        sums = step.finish_backward(grads[:-1])
+        return (None, None, *(None if frozen else grad for frozen, grad in zip(ctx.frozen, sums)))
 
 
 class LayerBoundary(torch.autograd.Function):
@@ -215,8 +221,21 @@ class LayerBoundary(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
-        step = ctx.step
-        ctx.step = None
+        step = _take_step(ctx)
         step.begin_backward(from_boundary=True)
         dtype, device = ctx.link
         return grad, torch.empty(0, dtype=dtype, device=device), None
+
+
+def _take_step(ctx: Any) -> Step:
+    """The step a function's backward serves, once: a second backward through the same graph
+    (``retain_graph``) is refused."""
+    step = ctx.step
+    if step is None:
+        from .._ultraep import RefusedError
+
+        raise RefusedError(
+            "ultraep: a second backward through the same forward (retain_graph) is not supported"
+        )
+    ctx.step = None
+    return step
