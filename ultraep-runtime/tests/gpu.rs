@@ -23,21 +23,27 @@ use model::{
     train_threads, train_unbalanced,
 };
 
-/// Set in the processes the IPC trial starts: `rank:group:file`.
+/// Set in the processes the IPC trial starts: `rank:ranks:group:file`.
 const IPC_ROLE: &str = "ULTRAEP_GPU_IPC_ROLE";
 
 /// One rank of the IPC trial: trains on its engine and writes its record to the file.
 fn ipc_rank(role: &str) -> Result<(), String> {
-    let mut parts = role.splitn(3, ':');
-    let (rank, group, file) = (
+    let mut parts = role.splitn(4, ':');
+    let mut number = |what: &str| {
         parts
             .next()
             .and_then(|r| r.parse::<u32>().ok())
-            .ok_or("bad rank")?,
+            .ok_or(format!("bad {what}"))
+    };
+    let (rank, ranks) = (number("rank")?, number("ranks")?);
+    let (group, file) = (
         parts.next().ok_or("no group")?,
         parts.next().ok_or("no file")?,
     );
-    let tiny = TinyMoe::DEFAULT;
+    let tiny = TinyMoe {
+        ranks,
+        ..TinyMoe::DEFAULT
+    };
     let options = ultraep_runtime::PlaneOptions {
         timeout: std::time::Duration::from_secs(30),
         workers: 1,
@@ -55,9 +61,21 @@ fn ipc_rank(role: &str) -> Result<(), String> {
 }
 
 /// Tiny-MoE training with one process per rank on the CUDA IPC plane equals the same ranks on
-/// the host plane's threads, record for record, bit for bit.
-fn ipc_training_matches_threads() -> Result<(), Failed> {
-    let tiny = TinyMoe::DEFAULT;
+/// the host plane's threads, record for record, bit for bit: on 2 processes (seconds: the GPU
+/// bundle runs it first) and on 8.
+fn ipc_training_on_2_matches_threads() -> Result<(), Failed> {
+    ipc_training_matches_threads(2)
+}
+
+fn ipc_training_on_8_matches_threads() -> Result<(), Failed> {
+    ipc_training_matches_threads(8)
+}
+
+fn ipc_training_matches_threads(ranks: u32) -> Result<(), Failed> {
+    let tiny = TinyMoe {
+        ranks,
+        ..TinyMoe::DEFAULT
+    };
     let program = std::env::current_exe().map_err(fail)?;
     let group = format!("gpu-ipc-{}", std::process::id());
     let folder = std::env::temp_dir().join(&group);
@@ -66,7 +84,10 @@ fn ipc_training_matches_threads() -> Result<(), Failed> {
         .map(|rank| {
             let file = folder.join(format!("rank-{rank}.bin"));
             std::process::Command::new(&program)
-                .env(IPC_ROLE, format!("{rank}:{group}:{}", file.display()))
+                .env(
+                    IPC_ROLE,
+                    format!("{rank}:{ranks}:{group}:{}", file.display()),
+                )
                 .spawn()
                 .map(|child| (child, file))
         })
@@ -234,7 +255,7 @@ fn nccl_gathers_a_load() -> Result<(), Failed> {
 }
 
 /// Every trial but NCCL's: a name and its body.
-const TRIALS: [(&str, isolated_trials::Body); 3] = [
+const TRIALS: [(&str, isolated_trials::Body); 4] = [
     (
         "cuda_backend_training_matches_the_cpu_backend",
         training_matches_the_cpu_backend,
@@ -244,8 +265,12 @@ const TRIALS: [(&str, isolated_trials::Body); 3] = [
         a_failed_transfer_recovers,
     ),
     (
+        "cuda_ipc_training_on_2_processes_matches_threads",
+        ipc_training_on_2_matches_threads,
+    ),
+    (
         "cuda_ipc_training_on_8_processes_matches_threads",
-        ipc_training_matches_threads,
+        ipc_training_on_8_matches_threads,
     ),
 ];
 

@@ -150,7 +150,8 @@ mod tests {
                 "benchmarks",
                 "runtime",
                 "torch",
-                "ipc"
+                "ipc2",
+                "ipc8"
             ],
             "the most information first, the multi-process trial last"
         );

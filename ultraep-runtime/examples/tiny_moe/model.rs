@@ -289,9 +289,23 @@ fn floats_of(bytes: &[u8]) -> Vec<f32> {
 
 /// The engine configuration for `model`: HGX H100 nodes of 8 ranks, 2 slots per rank, every
 /// microbatch of a step in flight at once.
+/// HGX H100 nodes of 8 ranks, or for a group that fills no whole node (2 processes on one GPU,
+/// say), one domain of `ranks` ranks with the same links.
+fn topology(ranks: u32) -> Result<ultraep_topo::Topology, RuntimeError> {
+    if ranks.is_multiple_of(8) {
+        return Ok(Preset::HgxH100.topology(ranks / 8)?);
+    }
+    Ok(
+        ultraep_topo::TopologyBuilder::new(format!("{ranks} HGX H100 ranks"))
+            .accelerator(Preset::HgxH100.accelerator())
+            .domain("node", 0..ranks, Preset::HgxH100.links())
+            .build()?,
+    )
+}
+
 pub fn engine_config(model: &TinyMoe) -> Result<EngineConfig, RuntimeError> {
     Ok(EngineConfig {
-        topology: Preset::HgxH100.topology(model.ranks.div_ceil(8))?,
+        topology: topology(model.ranks)?,
         layout: ExpertLayout::contiguous(model.ranks, model.experts_per_rank)?,
         model: ModelShape {
             layers: model.layers,
