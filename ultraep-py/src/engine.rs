@@ -349,6 +349,15 @@ impl PyEngine {
             .map_err(runtime_error)
     }
 
+    /// Abandons a step's backward that `restore` began and `reduce_gradients` did not end (the
+    /// framework's backward failed): its slots are released and a later microbatch may take its
+    /// place. Refused for a step not in its backward.
+    fn abandon_backward(&mut self, microbatch: u32, layer: u32) -> PyResult<()> {
+        self.engine
+            .abandon_backward(StepId::new(microbatch, layer))
+            .map_err(runtime_error)
+    }
+
     /// The step's instances as rows `[expert, rank, slot, quota]` (`slot` -1 for a master).
     fn instances<'py>(
         &self,

@@ -351,6 +351,24 @@ def _stale(rank: int) -> dict[str, object]:
     return found
 
 
+def _partial(rank: int) -> dict[str, object]:
+    """Backwards that begin and never reach the experts (``torch.autograd.grad`` of the router's
+    weight only), more of them than the layer has microbatches: each is abandoned when its graph
+    is freed, its slots go back, and a full training step afterwards still gives the block's
+    gradients."""
+    from ultraep.torch import ExpertParallelMoE
+
+    layer = ExpertParallelMoE(
+        build_block("qwen3_moe"), slots=2, microbatches=2, min_replica_tokens=1
+    )
+    for _ in range(3):
+        out = layer(tokens(rank))
+        torch.autograd.grad((out * probe(rank)).sum(), [layer.gate.weight])
+        del out
+    found: dict[str, object] = {"after": _train_step(layer, rank)}
+    return found
+
+
 def _frozen(rank: int) -> dict[str, float]:
     """Two blocks in a row, their experts frozen, one slot per rank: the second block's replica
     takes the slot the first block's replica computed with, before the backward needs it again
@@ -447,6 +465,10 @@ def _worker(rank: int, family: str, directory: str, scenario: str) -> None:
             options = {"domains": [0, 0, 1, 1], "plan_by_domain": True}
         elif scenario.startswith("domains"):
             options = {"domains": [0, 0, 1, 1]}
+        if scenario == "partial":
+            result["partial"] = _partial(rank)
+            torch.save(result, path / f"result-{rank}.pt")
+            return
         if scenario == "frozen":
             result["frozen"] = _frozen(rank)
             torch.save(result, path / f"result-{rank}.pt")

@@ -227,3 +227,20 @@ def test_frozen_experts_give_the_right_input_gradients(tmp_path):
     for result in results:
         assert result["trainable experts"] == 0.0
         assert result["x_grad"] < 1e-5, results
+
+
+def test_backwards_that_never_reach_the_experts_give_their_slots_back(tmp_path):
+    """Three backwards through the router only (the experts' part never runs), with room for two
+    microbatches: each is abandoned when its graph is freed, and the next training step runs and
+    gives the block's gradients."""
+    results = [result["partial"] for result in ep_group.run("qwen3_moe", tmp_path, "partial")]
+    expected = reference("qwen3_moe")
+    per_rank = ep_group.EXPERTS // ep_group.RANKS
+    gathered = torch.cat([result["after"]["gate_up_grad"] for result in results])
+    assert gathered.shape[0] == per_rank * ep_group.RANKS
+    torch.testing.assert_close(
+        gathered,
+        expected["gate_up_grad"],
+        rtol=1e-5,
+        atol=1e-6 * float(expected["gate_up_grad"].abs().max()),
+    )

@@ -129,6 +129,7 @@ class Engine:
         ``[source, expert, instance, tokens]``; ``columns`` is ``None`` for a step planned by
         domain."""
     def drop_backward(self, microbatch: int, layer: int) -> None: ...
+    def abandon_backward(self, microbatch: int, layer: int) -> None: ...
     def instances(self, microbatch: int, layer: int) -> npt.NDArray[np.int64]:
         """Rows ``[expert, rank, slot, quota]``; ``slot`` is -1 for a master."""
     def transfer_program(self) -> npt.NDArray[np.int64]:

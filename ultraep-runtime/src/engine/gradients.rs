@@ -133,6 +133,30 @@ impl<B: Backend> Engine<B> {
         Ok(())
     }
 
+    /// Abandons `step`'s backward after [`Engine::restore`] began it and before
+    /// [`Engine::reduce_gradients`] ended it (the framework's backward failed, or skipped the
+    /// experts): its slots are released and its place may go to a later microbatch. Its
+    /// replicas' gradients are lost; its masters' are whatever the framework kept. Every rank
+    /// abandons the same step. A step not in its backward is refused (see
+    /// [`Engine::drop_backward`]).
+    pub fn abandon_backward(&mut self, step: StepId) -> Result<(), RuntimeError> {
+        self.check_layer(step.layer)?;
+        self.check_no_pending()?;
+        let index = self.entry_index(step);
+        let entry = entry_in(&self.steps, index, step)?;
+        if !entry.holding {
+            return Err(RuntimeError::InvalidInput(format!(
+                "{step} is not in its backward: drop_backward ends it"
+            )));
+        }
+        self.slots.release(step);
+        if let Some(entry) = self.steps[index].as_mut() {
+            entry.open = false;
+            entry.holding = false;
+        }
+        Ok(())
+    }
+
     /// Sums every replica gradient of `step` into its master's gradient, in the documented order
     /// of `ultraep_xfer::reduce_gradients`, empties the replica gradient slots and ends the step's
     /// backward (its slots are free again, and a later microbatch may replace its plan). Every

@@ -135,3 +135,27 @@ fn a_step_dropped_before_its_backward_gives_its_place_to_the_next_microbatch() {
     // Ended, it is left alone.
     engine.drop_backward(second).unwrap();
 }
+
+#[test]
+fn a_backward_abandoned_after_its_restore_gives_its_place_back() {
+    let config = base_config();
+    let first = StepId::new(0, 0);
+    let mut engines = planned(&config, first, 3);
+    let engine = &mut engines[0];
+    // Not in its backward yet: nothing to abandon.
+    assert!(matches!(
+        engine.abandon_backward(first),
+        Err(RuntimeError::InvalidInput(_))
+    ));
+    engine.restore(first).unwrap();
+    engine.abandon_backward(first).unwrap();
+    // Ended: no reduction, no second abandon, and the next microbatch takes its place.
+    assert!(engine.reduce_gradients(first).is_err());
+    assert!(engine.abandon_backward(first).is_err());
+    let (mut gathered, mut row) = (Vec::new(), Vec::new());
+    for rank in 0..RANKS {
+        engine.gather_row(&[&ids(rank, 7)], &mut row).unwrap();
+        gathered.extend_from_slice(&row);
+    }
+    engine.step_from_rows(StepId::new(1, 0), &gathered).unwrap();
+}

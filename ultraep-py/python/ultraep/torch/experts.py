@@ -12,8 +12,9 @@ summed as the block's experts sum them. The host reads the gathered count matrix
 from __future__ import annotations
 
 import dataclasses
+import gc
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -301,8 +302,10 @@ class DistributedExperts(nn.Module):
                 host_counts = counts.to("cpu", torch.int64).numpy().astype(np.uint32)
                 clock.lap("gather")
                 # The collectives run inside the plan, between its phases.
-                figures = engine.step_by_domain_from_counts(
-                    microbatch, layer, host_counts, self._by_domain
+                figures = self._retry_after_collecting(
+                    lambda: engine.step_by_domain_from_counts(
+                        microbatch, layer, host_counts, self._by_domain
+                    )
                 )
             else:
                 digest = engine.digest
@@ -314,7 +317,7 @@ class DistributedExperts(nn.Module):
                     dist.all_gather_into_tensor(gathered, row, group=self.group)
                 host = gathered.cpu().numpy().view(np.uint32)
                 clock.lap("gather")
-                figures = engine.step(microbatch, layer, host)
+                figures = self._retry_after_collecting(lambda: engine.step(microbatch, layer, host))
         except RefusedError as error:
             if "in_flight" in str(error) or "in flight" in str(error).lower():
                 raise RefusedError(
@@ -325,6 +328,21 @@ class DistributedExperts(nn.Module):
             raise
         clock.lap("plan")
         return figures
+
+    def _retry_after_collecting(self, plan: Callable[[], StepFigures]) -> StepFigures:
+        """Runs ``plan``; if the engine refuses it because earlier steps still hold their place
+        or their slots, collects garbage (a graph freed in a reference cycle frees its steps only
+        then), gives back what the freed steps held, and runs it once more. The engine's state is
+        every rank's, so every rank retries alike."""
+        try:
+            return plan()
+        except RefusedError as error:
+            message = str(error)
+            if "in_flight" not in message and "hold all of them" not in message:
+                raise
+        gc.collect()
+        self._group.settle()
+        return plan()
 
     def _dispatch(self, microbatch: int) -> Dispatch:
         """This rank's routing under the step's plan."""

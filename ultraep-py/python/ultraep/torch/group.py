@@ -106,7 +106,10 @@ class ExpertParallelGroup:
         self.members: list[DistributedExperts] = []
         self.owed_drops: list[tuple[int, int]] = []
         # The step whose backward runs now, per layer (a recomputed forward reuses its plan).
-        self.in_backward: dict[int, Step] = {}
+        # (Weakly: a step whose backward began and never finished is freed with its graph, and
+        # then abandoned.)
+        self.in_backward: dict[int, weakref.ref[Step]] = {}
+        self.owed_abandons: list[tuple[int, int]] = []
         # Every layer's steps in forward order (weakly: a freed graph frees its step).
         self.open_steps: dict[int, list[weakref.ref[Step]]] = {}
         self.last_backward: list[object] = [None] * layers
@@ -160,6 +163,14 @@ class ExpertParallelGroup:
             except RefusedError:
                 # A later microbatch has taken the place already.
                 pass
+        # Backwards that began and never finished (an error inside them, or a backward that
+        # skipped the experts): their slots go back, their replicas' gradients are lost.
+        while self.owed_abandons:
+            microbatch, layer = self.owed_abandons.pop(0)
+            try:
+                self.engine.abandon_backward(microbatch, layer)
+            except RefusedError:
+                pass
 
     def step_to_recompute(self, layer: int, counts: torch.Tensor) -> Step | None:
         """The step a checkpointed recompute of ``layer`` reproduces: the one in its backward, or
@@ -169,7 +180,8 @@ class ExpertParallelGroup:
         reentrant checkpointing ran the forward under ``no_grad`` and now runs it again as a
         forward of its own, with its own backward. On a GPU the counts are compared on the host:
         one small read, only under activation checkpointing."""
-        step = self.in_backward.get(layer)
+        reference = self.in_backward.get(layer)
+        step = reference() if reference is not None else None
         if step is not None:
             return step
         pending = [

@@ -74,9 +74,12 @@ class Step:
 
     def __del__(self) -> None:
         # The graph was freed without a backward (an output dropped, an evaluation that kept
-        # gradients on): the step gives its place back at the group's next call.
-        if not self.ended and not self.backward_begun:
-            self.group.owed_drops.append((self.microbatch, self.layer))
+        # gradients on), or with a backward that began and never finished: the step gives its
+        # place back at the group's next call.
+        if self.ended:
+            return
+        owed = self.group.owed_abandons if self.backward_begun else self.group.owed_drops
+        owed.append((self.microbatch, self.layer))
 
     def end_without_backward(self) -> None:
         """For a forward that built no graph: the step ends now."""
@@ -97,7 +100,7 @@ class Step:
         self.boundary_passed = from_boundary
         restored, received = self.group.restore(self)
         self.backward_begun = True
-        self.group.in_backward[self.layer] = self
+        self.group.in_backward[self.layer] = weakref.ref(self)
         self.report = BackwardReport(restored, received, 0)
 
     def slot_of(self, expert: int) -> int:
@@ -135,7 +138,8 @@ class Step:
             expert: [None if grad is None else grad[slot] for grad in slot_grads]
             for expert, slot in self.forward_slots.items()
         }
-        if self.group.in_backward.get(self.layer) is self:
+        reference = self.group.in_backward.get(self.layer)
+        if reference is not None and reference() is self:
             del self.group.in_backward[self.layer]
         sums, sent = self.group.reduce(self, replica_grads)
         if all(grad is None for grad in sums) and not any(
