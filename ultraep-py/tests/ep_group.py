@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import time
 import traceback
+import weakref
 from datetime import timedelta
 from pathlib import Path
 
@@ -239,7 +240,9 @@ class HostReads:
     def __init__(self) -> None:
         self.reads: list[tuple[str, int]] = []
         self.on = False
-        self._copies: set[int] = set()
+        # The host copies already counted, by identity (weakly: a dead copy's id may come back
+        # as another tensor's).
+        self._copies: dict[int, weakref.ref] = {}
         for name in _HOST_READS + ("to",):
             original = getattr(torch.Tensor, name)
             setattr(torch.Tensor, name, self._counting(name, original))
@@ -247,7 +250,8 @@ class HostReads:
     def _counting(self, name: str, original):
         def counted(tensor: torch.Tensor, *args: object, **kwargs: object):
             result = original(tensor, *args, **kwargs)
-            if self.on and id(tensor) not in self._copies:
+            copy = self._copies.get(id(tensor))
+            if self.on and (copy is None or copy() is not tensor):
                 to_host = name != "to" or (
                     isinstance(result, torch.Tensor)
                     and result.device.type == "cpu"
@@ -256,7 +260,7 @@ class HostReads:
                 if to_host:
                     self.reads.append((name, tensor.numel() * tensor.element_size()))
                     if isinstance(result, torch.Tensor):
-                        self._copies.add(id(result))
+                        self._copies[id(result)] = weakref.ref(result)
             return result
 
         return counted
