@@ -117,20 +117,7 @@ impl<B: Backend> Engine<B> {
     /// backward (restored, not yet reduced) is refused: its replicas' gradients are owed to
     /// their masters. A step already ended is left alone.
     pub fn drop_backward(&mut self, step: StepId) -> Result<(), RuntimeError> {
-        self.check_layer(step.layer)?;
-        self.check_no_pending()?;
-        let index = self.entry_index(step);
-        let entry = entry_in(&self.steps, index, step)?;
-        if entry.holding {
-            return Err(RuntimeError::InvalidInput(format!(
-                "{step} is in its backward: reduce_gradients ends it"
-            )));
-        }
-        self.slots.release(step);
-        if let Some(entry) = self.steps[index].as_mut() {
-            entry.open = false;
-        }
-        Ok(())
+        self.end_unreduced(step, false)
     }
 
     /// Abandons `step`'s backward after [`Engine::restore`] began it and before
@@ -140,14 +127,22 @@ impl<B: Backend> Engine<B> {
     /// abandons the same step. A step not in its backward is refused (see
     /// [`Engine::drop_backward`]).
     pub fn abandon_backward(&mut self, step: StepId) -> Result<(), RuntimeError> {
+        self.end_unreduced(step, true)
+    }
+
+    /// Ends `step` without a reduction: [`Engine::drop_backward`] (`in_backward` false) and
+    /// [`Engine::abandon_backward`] (true), each refusing the other's case.
+    fn end_unreduced(&mut self, step: StepId, in_backward: bool) -> Result<(), RuntimeError> {
         self.check_layer(step.layer)?;
         self.check_no_pending()?;
         let index = self.entry_index(step);
         let entry = entry_in(&self.steps, index, step)?;
-        if !entry.holding {
-            return Err(RuntimeError::InvalidInput(format!(
-                "{step} is not in its backward: drop_backward ends it"
-            )));
+        if entry.holding != in_backward {
+            return Err(RuntimeError::InvalidInput(if in_backward {
+                format!("{step} is not in its backward: drop_backward ends it")
+            } else {
+                format!("{step} is in its backward: reduce_gradients ends it")
+            }));
         }
         self.slots.release(step);
         if let Some(entry) = self.steps[index].as_mut() {

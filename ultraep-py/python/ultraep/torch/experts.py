@@ -11,6 +11,7 @@ summed as the block's experts sum them. The host reads the gathered count matrix
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import time
@@ -157,7 +158,6 @@ class DistributedExperts(nn.Module):
     ) -> torch.Tensor:
         clock = _PhaseClock()
         x = hidden_states
-        tokens, top_k = top_k_index.shape
         ids = top_k_index.reshape(-1).to(torch.int64)
         # Counted by a scatter of fixed size: bincount would read the largest id on the host.
         torch._assert_async(
@@ -177,14 +177,14 @@ class DistributedExperts(nn.Module):
             self.masters_updated()
         microbatch = group.next_microbatch(self.layer_index)
         figures = self._plan(microbatch, counts, clock)
-        dispatch = self._dispatch(microbatch)
+        dispatch, instances = self._dispatch(microbatch)
         masters = self._masters()
         step = Step(
             group,
             self.layer_index,
             microbatch,
             dispatch,
-            group.replica_slots(microbatch, self.layer_index),
+            group.replica_slots_in(instances),
             self._master_row,
             masters,
             counts,
@@ -207,28 +207,9 @@ class DistributedExperts(nn.Module):
             slot_weights = group.pool.views()
         clock.lap("weights")
 
-        instance = reroute(ids, dispatch)
-        order = send_order(instance, dispatch)
-        clock.lap("reroute")
-        route = TokenRoute(dispatch.sends, dispatch.receives, self.group, self.rank)
-        received_rows = route.exchange(x.index_select(0, order // top_k))
-        grouped = received_rows.index_select(0, dispatch.gather)
-        clock.lap("dispatch")
-        if training:
-            with saved_slot_hooks(step):
-                computed = self._expert_math(grouped, dispatch, masters, slot_weights)
-        else:
-            computed = self._expert_math(grouped, dispatch, masters, slot_weights)
-        clock.lap("experts")
-        back = torch.empty_like(computed).index_copy(0, dispatch.gather, computed)
-        returned = route.reversed().exchange(back)
-        per_pair = torch.empty_like(returned).index_copy(0, order, returned)
-        out = combine(
-            per_pair.view(tokens, top_k, -1),
-            top_k_weights,
-            top_k_index,
-            x.dtype,
-            self._anatomy.implementation,
+        hooks = saved_slot_hooks(step) if training else contextlib.nullcontext()
+        out = self._through_instances(
+            x, ids, top_k_index, top_k_weights, dispatch, slot_weights, None, hooks, clock
         )
         if training:
             out = LayerBoundary.apply(out, link, step)
@@ -273,16 +254,42 @@ class DistributedExperts(nn.Module):
                 )
         else:
             torch._assert_async((counts == step.counts).all())
-        dispatch = step.dispatch
-        masters = self._masters()
+        return self._through_instances(
+            x,
+            ids,
+            top_k_index,
+            top_k_weights,
+            step.dispatch,
+            self._group.pool.views(),
+            step.physical_slots(),
+            saved_slot_hooks(step),
+            _PhaseClock(),
+        )
+
+    def _through_instances(
+        self,
+        x: torch.Tensor,
+        ids: torch.Tensor,
+        top_k_index: torch.Tensor,
+        top_k_weights: torch.Tensor,
+        dispatch: Dispatch,
+        slot_weights: list[torch.Tensor],
+        physical: list[int] | None,
+        hooks: contextlib.AbstractContextManager,
+        clock: _PhaseClock,
+    ) -> torch.Tensor:
+        """Every token-expert pair to its instance and back, under ``dispatch``: the reroute,
+        the all-to-all there, the instances' math (under ``hooks``), the all-to-all back, and
+        the weighted sum the block's experts make."""
         tokens, top_k = top_k_index.shape
         order = send_order(reroute(ids, dispatch), dispatch)
+        clock.lap("reroute")
         route = TokenRoute(dispatch.sends, dispatch.receives, self.group, self.rank)
         grouped = route.exchange(x.index_select(0, order // top_k)).index_select(0, dispatch.gather)
-        with saved_slot_hooks(step):
-            computed = self._expert_math(
-                grouped, dispatch, masters, self._group.pool.views(), step.physical_slots()
-            )
+        clock.lap("dispatch")
+        with hooks:
+            computed = self._expert_math(grouped, dispatch, self._masters(), slot_weights, physical)
+        clock.lap("experts")
         back = torch.empty_like(computed).index_copy(0, dispatch.gather, computed)
         returned = route.reversed().exchange(back)
         per_pair = torch.empty_like(returned).index_copy(0, order, returned)
@@ -344,8 +351,8 @@ class DistributedExperts(nn.Module):
         self._group.settle()
         return plan()
 
-    def _dispatch(self, microbatch: int) -> Dispatch:
-        """This rank's routing under the step's plan."""
+    def _dispatch(self, microbatch: int) -> tuple[Dispatch, np.ndarray]:
+        """This rank's routing under the step's plan, and the plan's instances."""
         engine, layer = self.engine, self.layer_index
         instances = engine.instances(microbatch, layer)
         row, columns = engine.split(microbatch, layer)
@@ -355,7 +362,7 @@ class DistributedExperts(nn.Module):
             by_source = counts_by_source(columns, local_of, self.ranks, width)
         else:
             by_source = self._exchange_counts(instances, row, local_of, width)
-        return build(
+        dispatch = build(
             instances,
             row,
             by_source,
@@ -364,6 +371,7 @@ class DistributedExperts(nn.Module):
             self.ranks,
             self._masters()[0].device,
         )
+        return dispatch, instances
 
     def _exchange_counts(
         self, instances: np.ndarray, row: np.ndarray, local_of: np.ndarray, width: int

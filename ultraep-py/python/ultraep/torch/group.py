@@ -218,7 +218,10 @@ class ExpertParallelGroup:
 
     def replica_slots(self, microbatch: int, layer: int) -> dict[int, int]:
         """This rank's replicas in the step: expert -> slot."""
-        instances = self.engine.instances(microbatch, layer)
+        return self.replica_slots_in(self.engine.instances(microbatch, layer))
+
+    def replica_slots_in(self, instances: np.ndarray) -> dict[int, int]:
+        """This rank's replicas among a step's ``instances``: expert -> slot."""
         mine = instances[(instances[:, 1] == self.rank) & (instances[:, 2] >= 0)]
         return {int(expert): int(slot) for expert, _, slot, _ in mine.tolist()}
 
