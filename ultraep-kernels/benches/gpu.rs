@@ -1,12 +1,13 @@
-//! GPU benchmarks: tile streaming and device checksums against a device-to-device copy of the
-//! same bytes, and the histogram and reroute kernels, all measured in one run. Prints markdown
+//! GPU benchmarks: tile streaming (in-process and peer), and device checksums, against a
+//! device-to-device copy of the same bytes, and the histogram and reroute kernels, all measured in one run. Prints markdown
 //! rows for `docs/gpu-results.md`. Without a GPU it says so and exits (with `ULTRAEP_REQUIRE_GPU=1`, it
 //! fails instead).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ultraep_kernels::KernelError;
 use ultraep_kernels::gpu::Gpu;
+use ultraep_kernels::ipc::IpcLayout;
 use ultraep_kernels::reference::reroute::RerouteTable;
 use ultraep_kernels::reference::stream::RankMemory;
 use ultraep_plan::{Balancer, ExpertLayout, LoadMatrix, PlanConfig, Planner, RankDomains};
@@ -38,6 +39,49 @@ fn median_seconds(
     Ok(samples[samples.len() / 2])
 }
 
+/// The tile tasks of one master (rank 0's master 0) to slot 0 of ranks `1..=destinations`,
+/// direct or relayed; `None` for a relayed route the schedule does not take.
+fn fanout_tasks(
+    destinations: u32,
+    relays: bool,
+    state: &ExpertState,
+    topology: &ultraep_topo::Topology,
+) -> Result<Option<TileTaskList>, KernelError> {
+    let replicas = Fanout::new(0, 0, 0, (1..=destinations).map(|r| (r, 0)).collect())
+        .and_then(|fanout| ReplicaSet::new(vec![fanout]))
+        .map_err(|e| KernelError::InvalidInput(e.to_string()))?;
+    let config = TransferConfig {
+        allow_relays: relays,
+        ..TransferConfig::default()
+    };
+    let schedule = TransferSchedule::build(&replicas, state, topology, config)
+        .map_err(|e| KernelError::InvalidInput(e.to_string()))?;
+    Ok((!relays || schedule.relayed_count() > 0).then(|| TileTaskList::build(&schedule)))
+}
+
+/// One row of a streamer's table: the copy's and the streamer's time and rate for the same bytes,
+/// and the streamer's speed as a share of the copy's.
+fn print_against_copy(
+    destinations: u32,
+    relays: bool,
+    tasks: &TileTaskList,
+    bytes: u64,
+    copy_seconds: f64,
+    streamer_seconds: f64,
+) {
+    let moved = (bytes * u64::from(destinations)) as f64;
+    println!(
+        "| {destinations} | {} | {} | {:.1} | {:.0} | {:.1} | {:.0} | {:.2} |",
+        if relays { "relayed" } else { "direct" },
+        tasks.tasks().len(),
+        copy_seconds * 1e6,
+        moved / copy_seconds / 1e9,
+        streamer_seconds * 1e6,
+        moved / streamer_seconds / 1e9,
+        copy_seconds / streamer_seconds
+    );
+}
+
 fn tile_streaming(gpu: &Gpu) -> Result<(), KernelError> {
     let state = ExpertState::swiglu_fp8(7168, 2048); // 44.05 MB, a multiple of 16
     let bytes = state.bytes();
@@ -50,19 +94,9 @@ fn tile_streaming(gpu: &Gpu) -> Result<(), KernelError> {
     println!("|---|---|---|---|---|---|---|---|");
     for destinations in 1..=8u32 {
         for relays in [false, true] {
-            let replicas = Fanout::new(0, 0, 0, (1..=destinations).map(|r| (r, 0)).collect())
-                .and_then(|fanout| ReplicaSet::new(vec![fanout]))
-                .map_err(|e| KernelError::InvalidInput(e.to_string()))?;
-            let config = TransferConfig {
-                allow_relays: relays,
-                ..TransferConfig::default()
-            };
-            let schedule = TransferSchedule::build(&replicas, &state, &topology, config)
-                .map_err(|e| KernelError::InvalidInput(e.to_string()))?;
-            if relays && schedule.relayed_count() == 0 {
+            let Some(tasks) = fanout_tasks(destinations, relays, &state, &topology)? else {
                 continue;
-            }
-            let tasks = TileTaskList::build(&schedule);
+            };
             let memory: Vec<RankMemory> = (0..=destinations)
                 .map(|rank| RankMemory {
                     masters: if rank == 0 {
@@ -93,16 +127,103 @@ fn tile_streaming(gpu: &Gpu) -> Result<(), KernelError> {
                 }
                 Ok(())
             })?;
-            let moved = (bytes * u64::from(destinations)) as f64;
-            println!(
-                "| {destinations} | {} | {} | {:.1} | {:.0} | {:.1} | {:.0} | {:.2} |",
-                if relays { "relayed" } else { "direct" },
-                tasks.tasks().len(),
-                copy_seconds * 1e6,
-                moved / copy_seconds / 1e9,
-                stream_seconds * 1e6,
-                moved / stream_seconds / 1e9,
-                copy_seconds / stream_seconds
+            print_against_copy(
+                destinations,
+                relays,
+                &tasks,
+                bytes,
+                copy_seconds,
+                stream_seconds,
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The peer streamer (the CUDA IPC plane's kernel) against the driver's copy of the same bytes,
+/// one master to 1-8 destinations, each rank's memory a shareable allocation reached through
+/// pointer tables as a peer process's would be. Timed as the plane calls it: the tables'
+/// upload, the launch, the synchronisation and the status read, then the device's wait for every
+/// destination's arrivals (one read per transfer). On one GPU, every "peer" is memory of that
+/// GPU: no NVLink is crossed, so this measures the kernel's copy rate and the per-transfer host
+/// cost, not a link.
+fn peer_streaming(gpu: &Gpu) -> Result<(), KernelError> {
+    let state = ExpertState::swiglu_fp8(7168, 2048);
+    let bytes = state.bytes();
+    let config = TransferConfig::default();
+    let topology = Preset::HgxH100
+        .topology(2)
+        .map_err(|e| KernelError::InvalidInput(e.to_string()))?;
+    println!();
+    println!(
+        "| destinations | route | tiles | copy (us) | copy GB/s | peer stream + arrivals (us) | peer GB/s | peer / copy speed |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let layout = IpcLayout {
+        masters: 1,
+        slots: 1,
+        state_bytes: bytes,
+        tile_bytes: config.tile_bytes,
+    };
+    let owned = (0..=8)
+        .map(|_| gpu.alloc_ipc_rank(layout))
+        .collect::<Result<Vec<_>, _>>()?;
+    let ranks: Vec<_> = owned.iter().map(|rank| gpu.own_pointers(rank)).collect();
+    gpu.write_device(ranks[0].masters, &vec![7u8; bytes as usize])?;
+    let mut round = 0u64;
+    for destinations in [1u32, 2, 4, 8] {
+        for relays in [false, true] {
+            let Some(tasks) = fanout_tasks(destinations, relays, &state, &topology)? else {
+                continue;
+            };
+            let mut samples = Vec::new();
+            for _ in 0..11 {
+                round += 1;
+                for rank in &ranks[1..=destinations as usize] {
+                    gpu.write_word(rank.words, layout.open_word(0), round)?;
+                }
+                gpu.stream()
+                    .synchronize()
+                    .map_err(|e| KernelError::Device(format!("{e:?}")))?;
+                let start = Instant::now();
+                gpu.stream_peer_tiles(&tasks, &ranks, layout, round, Duration::from_secs(10))?;
+                for rank in &ranks[1..=destinations as usize] {
+                    if let Some(pair) =
+                        gpu.await_arrivals(rank.words, &[0], layout, round, Duration::from_secs(1))?
+                    {
+                        return Err(KernelError::Device(format!("tile {pair} never arrived")));
+                    }
+                }
+                samples.push(start.elapsed().as_secs_f64());
+            }
+            // The first run pays for loading the kernels.
+            samples.remove(0);
+            samples.sort_by(f64::total_cmp);
+            let peer_seconds = samples[samples.len() / 2];
+            let mut copy_to = gpu
+                .stream()
+                .alloc_zeros::<u8>(bytes as usize)
+                .map_err(|e| KernelError::Device(format!("{e:?}")))?;
+            let source = gpu
+                .stream()
+                .clone_htod(&vec![7u8; bytes as usize])
+                .map_err(|e| KernelError::Device(format!("{e:?}")))?;
+            let stream = gpu.stream().clone();
+            let copy_seconds = median_seconds(gpu, 10, || {
+                for _ in 0..destinations {
+                    stream
+                        .memcpy_dtod(&source, &mut copy_to)
+                        .map_err(|e| KernelError::Device(format!("{e:?}")))?;
+                }
+                Ok(())
+            })?;
+            print_against_copy(
+                destinations,
+                relays,
+                &tasks,
+                bytes,
+                copy_seconds,
+                peer_seconds,
             );
         }
     }
@@ -251,6 +372,7 @@ fn main() {
         }
     };
     if let Err(error) = tile_streaming(&gpu)
+        .and_then(|()| peer_streaming(&gpu))
         .and_then(|()| checksums(&gpu))
         .and_then(|()| histogram_and_reroute(&gpu))
     {

@@ -386,6 +386,59 @@ impl Gpu {
         Ok(())
     }
 
+    /// Waits on the device until every tile of this rank's slots `slots` has arrived in transfer
+    /// round `round` (its arrival word in the signal words at `words` holds the round), for at
+    /// most `wait` on the GPU's global timer; then one read brings the outcome back. `None` when
+    /// every tile arrived, else the index of a missing `(slot, tile)` pair in the order of
+    /// [`crate::reference::arrivals::first_missing`] (the smallest missing one, when nothing
+    /// arrives while the kernel reports). Waits for the work queued before, this rank's own
+    /// streaming included.
+    pub fn await_arrivals(
+        &self,
+        words: u64,
+        slots: &[u16],
+        layout: IpcLayout,
+        round: u64,
+        wait: std::time::Duration,
+    ) -> Result<Option<u32>, KernelError> {
+        let pairs = crate::launch_checks::arrival_pairs(slots, layout.tiles(), layout.slots)?;
+        if pairs == 0 {
+            return Ok(None);
+        }
+        let stream = self.stream();
+        let function = self.function(&sources::ARRIVALS_AWAIT)?;
+        let wide: Vec<u32> = slots.iter().map(|&slot| u32::from(slot)).collect();
+        let device_slots = stream.clone_htod(&wide).map_err(driver)?;
+        let mut first_missing = stream.clone_htod(&[u32::MAX]).map_err(driver)?;
+        let slot_count = slots.len() as u32;
+        let tiles = layout.tiles() as u32;
+        let wait_ns = u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX);
+        // One thread per pair up to a full device: a waiting thread costs a warp slot, not work.
+        let blocks = pairs
+            .div_ceil(BLOCK)
+            .clamp(1, self.multiprocessors()?.saturating_mul(4).max(1));
+        let config = LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut launch = stream.launch_builder(&function);
+        launch
+            .arg(&words)
+            .arg(&device_slots)
+            .arg(&slot_count)
+            .arg(&tiles)
+            .arg(&round)
+            .arg(&wait_ns)
+            .arg(&mut first_missing);
+        // SAFETY: arguments match the kernel's signature; `words` is a rank's signal words (the
+        // caller's contract, as for `read_word`), which hold `slots x tiles` arrival words first,
+        // and every slot is one of the layout's (checked); every wait ends by its deadline.
+        unsafe { launch.launch(config) }.map_err(driver)?;
+        let back = stream.clone_dtoh(&first_missing).map_err(driver)?;
+        Ok(back.first().copied().filter(|&pair| pair != u32::MAX))
+    }
+
     /// Runs the gradient reduction kernel on `jobs` whose master and replica addresses are
     /// device pointers of this process (its own memory, or peers' opened through IPC).
     pub fn reduce_peer(

@@ -101,6 +101,28 @@ pub fn checksum_regions(regions: usize, bytes: u64) -> Result<u32, KernelError> 
     count32("regions to checksum", regions)
 }
 
+/// Refuses an arrival wait over slots the layout does not have, or over more `(slot, tile)` pairs
+/// than the kernel's 32-bit pair index (with `u32::MAX` meaning "none missing") can name; returns
+/// the number of pairs.
+pub fn arrival_pairs(
+    slots: &[u16],
+    tiles_per_state: u64,
+    layout_slots: u16,
+) -> Result<u32, KernelError> {
+    if let Some(&slot) = slots.iter().find(|&&slot| slot >= layout_slots) {
+        return Err(KernelError::InvalidInput(format!(
+            "an arrival wait on slot {slot}, but the rank has {layout_slots} slots"
+        )));
+    }
+    let pairs = (slots.len() as u64).saturating_mul(tiles_per_state);
+    match u32::try_from(pairs) {
+        Ok(pairs) if pairs < u32::MAX && u32::try_from(tiles_per_state).is_ok() => Ok(pairs),
+        _ => Err(KernelError::InvalidInput(format!(
+            "an arrival wait on {pairs} tiles, more than the kernel's 32-bit pair index names"
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,6 +188,16 @@ mod tests {
             assert!(error.contains("multiple of 16 bytes"), "{error}");
         }
         assert!(checksum_regions(1 << 33, 16).is_err());
+    }
+
+    #[test]
+    fn arrival_waits_on_missing_slots_or_too_many_tiles_are_refused() {
+        assert_eq!(arrival_pairs(&[0, 3], 5, 4).unwrap(), 10);
+        assert_eq!(arrival_pairs(&[], 5, 4).unwrap(), 0);
+        assert!(arrival_pairs(&[4], 5, 4).is_err());
+        assert!(arrival_pairs(&[0, 1], 1 << 31, 4).is_err());
+        assert!(arrival_pairs(&[0], u64::from(u32::MAX), 4).is_err());
+        assert!(arrival_pairs(&[0], 1 << 32, 4).is_err());
     }
 
     #[test]

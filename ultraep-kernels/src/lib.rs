@@ -1,5 +1,6 @@
 //! The CUDA kernels of ultraep and a CPU reference for each one: load histogram, token reroute,
-//! persistent tile streaming, checksums of expert states, and gradient reduction.
+//! persistent tile streaming (in one process, and into peers' memory), the wait for a peer
+//! transfer's arrivals, checksums of expert states, and gradient reduction.
 //!
 //! Kernel sources ([`sources`]) are CUDA C++ compiled at run time by NVRTC for Hopper
 //! ([`compile`]); they consume the `#[repr(C)]` descriptors of `ultraep-xfer` (tile tasks) and of

@@ -587,8 +587,50 @@ ultraep_tile_stream_peer(const TileTask* tasks, unsigned int task_count,
     ),
 };
 
+/// The receiving side of a peer transfer, reported by the device once: thread `i` (grid-strided)
+/// watches arrival word `slots[i / tiles_per_state] * tiles_per_state + i % tiles_per_state` of
+/// this rank's signal words until it holds `round`. A thread that finds its word still short
+/// after `wait_ns` (on the global timer, from the kernel's start), or once another thread has
+/// reported, records its pair's index with `atomicMin` into `first_missing` (set to `0xffffffff`
+/// before the launch) and stops waiting; the rest of its pairs it reads once each. So the host
+/// makes one launch and one read per transfer, not one round trip per tile, and when nothing
+/// arrives during the reports the recorded index is the smallest missing one: that of the CPU
+/// reference ([`crate::reference::arrivals::first_missing`]). No thread waits at a barrier, so a
+/// thread that stops early cannot strand another.
+pub const ARRIVALS_AWAIT: KernelSource = KernelSource {
+    name: "arrivals_await",
+    entry_points: &["ultraep_arrivals_await"],
+    source: r#"
+extern "C" __global__ void __launch_bounds__(256)
+ultraep_arrivals_await(const unsigned long long* words, const unsigned int* slots,
+                       unsigned int slot_count, unsigned int tiles_per_state,
+                       unsigned long long round, unsigned long long wait_ns,
+                       unsigned int* first_missing) {
+    unsigned long long started, now;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(started));
+    volatile const unsigned int* reported = first_missing;
+    unsigned long long pairs = (unsigned long long)slot_count * tiles_per_state;
+    unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
+    for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+         i < pairs; i += stride) {
+        volatile const unsigned long long* word =
+            words + (unsigned long long)slots[i / tiles_per_state] * tiles_per_state
+                  + i % tiles_per_state;
+        while (*word != round) {
+            asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+            if (*reported != 0xffffffffu || now - started > wait_ns) {
+                if (*word != round) atomicMin(first_missing, (unsigned int)i);
+                break;
+            }
+            __nanosleep(256);
+        }
+    }
+}
+"#,
+};
+
 /// Every kernel.
-pub const ALL: [KernelSource; 7] = [
+pub const ALL: [KernelSource; 8] = [
     HISTOGRAM,
     REROUTE,
     REROUTE_CHUNKED,
@@ -596,4 +638,5 @@ pub const ALL: [KernelSource; 7] = [
     GRADIENT_REDUCE,
     TILE_STREAM_PEER,
     REGION_CHECKSUM,
+    ARRIVALS_AWAIT,
 ];

@@ -350,18 +350,32 @@ impl Backend for CudaPeerPlane {
                 self.timeout,
             )
             .map_err(kernel)?;
-        let mut received = Vec::with_capacity(receives.len());
-        for &(slot, expert, _, _) in &receives {
-            for tile in 0..self.layout.tiles() {
-                self.wait_word(
-                    self.rank,
-                    self.layout.arrival_word(slot, tile),
-                    round,
-                    || format!("tile {tile} of expert {expert} for slot {slot}"),
-                )?;
-            }
-            received.push(self.pointer(self.rank, Region::Slot { slot })?);
+        // Every tile of every received slot waited for on the device, in one launch: the host
+        // reads one word per transfer, not one per tile.
+        let slots: Vec<u16> = receives.iter().map(|&(slot, ..)| slot).collect();
+        let words = self.ranks[self.rank as usize].words;
+        let missing = self
+            .gpu
+            .await_arrivals(words, &slots, self.layout, round, self.timeout)
+            .map_err(kernel)?;
+        if let Some(pair) = missing {
+            let tiles = self.layout.tiles();
+            let tile = u64::from(pair) % tiles;
+            let what = match receives.get((u64::from(pair) / tiles) as usize) {
+                Some(&(slot, expert, ..)) => {
+                    format!("tile {tile} of expert {expert} for slot {slot}")
+                }
+                None => format!("arrival {pair}, beyond this transfer's tiles"),
+            };
+            return Err(RuntimeError::Timeout {
+                waited: self.timeout,
+                what,
+            });
         }
+        let received = slots
+            .iter()
+            .map(|&slot| self.pointer(self.rank, Region::Slot { slot }))
+            .collect::<Result<Vec<_>, _>>()?;
         // Every received copy summed on the device in one launch; only the sums come back.
         let found = self.device_checksums(&received)?;
         for (&(slot, expert, master, master_index), found) in receives.iter().zip(found) {

@@ -147,6 +147,7 @@ mod tests {
                 "nvrtc",
                 "kernels",
                 "racecheck",
+                "synccheck",
                 "benchmarks",
                 "runtime",
                 "torch",

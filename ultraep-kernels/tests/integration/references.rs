@@ -1,6 +1,7 @@
 //! The CPU references: what every kernel must compute.
 
 use proptest::prelude::*;
+use ultraep_kernels::reference::arrivals::first_missing;
 use ultraep_kernels::reference::histogram::histogram;
 use ultraep_kernels::reference::reduce::{reduce, reduce_jobs};
 use ultraep_kernels::reference::reroute::{
@@ -19,6 +20,31 @@ use crate::common::{
 };
 
 proptest! {
+    /// The first missing arrival is missing, and every pair before it has arrived; none missing
+    /// means every pair arrived.
+    #[test]
+    fn the_first_missing_arrival_is_the_first_pair_not_at_the_round(
+        words in prop::collection::vec(0u64..3, 1..64),
+        slots in prop::collection::vec(0u32..10, 0..6),
+        tiles in 1u32..5,
+    ) {
+        let round = 2;
+        let arrived = |pair: u32| {
+            let slot = slots[(pair / tiles) as usize];
+            let index = (u64::from(slot) * u64::from(tiles) + u64::from(pair % tiles)) as usize;
+            words.get(index) == Some(&round)
+        };
+        let pairs = slots.len() as u32 * tiles;
+        match first_missing(&words, &slots, tiles, round) {
+            Some(pair) => {
+                prop_assert!(pair < pairs);
+                prop_assert!(!arrived(pair));
+                prop_assert!((0..pair).all(arrived));
+            }
+            None => prop_assert!((0..pairs).all(arrived)),
+        }
+    }
+
     #[test]
     fn reroute_gives_every_instance_exactly_its_share(
         loads in prop::collection::vec(0u32..400, 8 * 32),
