@@ -160,6 +160,84 @@ mod tests {
         assert!(total <= BUNDLE_SECONDS, "{total} s of steps: {steps:?}");
     }
 
+    /// Runs `run.sh --dry-run` in a fresh folder whose step programs are the given shell bodies,
+    /// with a budget of `budget` seconds; returns `steps.tsv` as (step, outcome) pairs.
+    fn dry_run_with(programs: &[(&str, &str)], budget: u64) -> Vec<(String, String)> {
+        let folder = std::env::temp_dir().join(format!(
+            "ultraep-bundle-test-{}-{budget}-{}",
+            std::process::id(),
+            programs.len()
+        ));
+        let _ = std::fs::remove_dir_all(&folder);
+        std::fs::create_dir_all(&folder).unwrap();
+        std::fs::write(folder.join("run.sh"), RUN_SH).unwrap();
+        for (name, body) in programs {
+            let path = folder.join(name);
+            std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+            let mut permissions = std::fs::metadata(&path).unwrap().permissions();
+            std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
+            std::fs::set_permissions(&path, permissions).unwrap();
+        }
+        // `true` stands in for Python: the PyTorch step installs and runs nothing.
+        let status = Command::new("bash")
+            .arg("run.sh")
+            .arg("--dry-run")
+            .current_dir(&folder)
+            .env("PYTHON", "true")
+            .env("ULTRAEP_BUNDLE_SECONDS", budget.to_string())
+            .env_remove("ULTRAEP_PTXAS")
+            .output()
+            .unwrap();
+        let steps =
+            std::fs::read_to_string(folder.join("results/steps.tsv")).unwrap_or_else(|_| {
+                panic!("no steps.tsv: {}", String::from_utf8_lossy(&status.stderr))
+            });
+        let _ = std::fs::remove_dir_all(&folder);
+        steps
+            .lines()
+            .map(|line| {
+                let mut fields = line.split('\t');
+                let name = fields.next().unwrap_or_default().to_string();
+                (name, fields.next().unwrap_or_default().to_string())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn steps_that_fail_or_would_pass_the_budget_are_reported_and_the_rest_still_run() {
+        let passing = "echo 'test result: ok. 3 passed; 0 failed; 0 ignored'";
+        let programs = [
+            ("nvrtc", passing),
+            ("gpu", "exit 1"),
+            ("gpu-bench", passing),
+            ("runtime-gpu", passing),
+        ];
+        let outcomes = dry_run_with(&programs, 60);
+        let outcome = |step: &str| {
+            outcomes
+                .iter()
+                .find(|(name, _)| name == step)
+                .map(|(_, outcome)| outcome.as_str())
+        };
+        assert_eq!(outcome("nvrtc"), Some("pass"), "{outcomes:?}");
+        // 70 s of limit do not fit a 60 s budget; the 8-process trial's 80 s neither.
+        assert_eq!(outcome("kernels"), Some("skipped"), "{outcomes:?}");
+        assert_eq!(outcome("ipc8"), Some("skipped"), "{outcomes:?}");
+        assert_eq!(outcome("ipc2"), Some("pass"), "{outcomes:?}");
+        assert_eq!(outcome("torch"), Some("pass"), "{outcomes:?}");
+        let outcomes = dry_run_with(&programs, 480);
+        let outcome = |step: &str| {
+            outcomes
+                .iter()
+                .find(|(name, _)| name == step)
+                .map(|(_, outcome)| outcome.as_str())
+        };
+        // With the whole budget a failed step is a failure, and the steps after it still run.
+        assert_eq!(outcome("kernels"), Some("fail"), "{outcomes:?}");
+        assert_eq!(outcome("ipc8"), Some("pass"), "{outcomes:?}");
+        assert_eq!(outcomes.len(), 9, "{outcomes:?}");
+    }
+
     #[test]
     fn the_script_goes_on_after_a_failed_step() {
         assert!(
