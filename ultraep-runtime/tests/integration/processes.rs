@@ -257,7 +257,7 @@ fn a_rank_that_dies_mid_transfer_ends_every_other_ranks_call_with_peer_lost() {
     survivors_fail_in_time(
         "die",
         "processes::a_rank_that_dies_mid_transfer_ends_every_other_ranks_call_with_peer_lost",
-        &["lost-2", "timeout"],
+        &["lost-2"],
     );
 }
 

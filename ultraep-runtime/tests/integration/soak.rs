@@ -5,7 +5,10 @@
 //! After every step every rank checks that each replica it holds computes with its master's
 //! weights (no slot is read half-written) and that its plan's digest equals every other rank's;
 //! after a fault, every rank whose step failed checks that the slots the transfer was writing
-//! refuse to be read and that its masters are intact, and the group is rebuilt (a recovery).
+//! refuse to be read and that its masters are intact. Ranks map each other's named segments, as
+//! processes do: a victim dropped mid-transfer must be named lost (`PeerLost`) by every peer whose
+//! step failed, and a victim that stays by none. The group is then rebuilt, and a recovery counts
+//! only once the rebuilt group has run its whole next episode correctly.
 //! Resident memory is read after the first episode and at the end: it must stay flat.
 //!
 //! `ULTRAEP_SOAK_STEPS` sets the number of steps (default 1,000; the figures in
@@ -99,6 +102,7 @@ struct Tally {
     steps: u64,
     copies: u64,
     faults: u64,
+    lost_peers: u64,
     failed_calls: u64,
     unreadable_slots: u64,
     recoveries: u64,
@@ -117,18 +121,30 @@ fn episode(
         timeout: Duration::from_millis(300),
         workers: 1,
     };
-    let engines = Engine::group(config(), options).map_err(|e| e.to_string())?;
+    // Named segments, as processes would have: a rank whose engine is dropped lets go of its
+    // segment's lock, and its peers see it gone (an anonymous segment would look alive).
+    let group = format!("soak-{}-{first}", std::process::id());
     let members = InProcessCollective::group(RANKS);
     let digests = Arc::new(Mutex::new(Vec::<(u64, u32, u64)>::new()));
+    let outcomes = Mutex::new(Vec::<(u32, Outcome)>::new());
+    // Every rank that stays keeps its engine until every such rank has ended its faulty step: a
+    // rank that returned early would drop its segment, and its peers would rightly call it lost.
+    let staying = match fault {
+        Some((Fault::PeerLost, _)) => RANKS - 1,
+        _ => RANKS,
+    };
+    let stay = Gate::new(staying);
     std::thread::scope(|scope| {
-        let handles: Vec<_> = engines
+        let handles: Vec<_> = members
             .into_iter()
-            .zip(members)
             .enumerate()
-            .map(|(rank, (mut engine, mut member))| {
+            .map(|(rank, mut member)| {
                 let digests = Arc::clone(&digests);
+                let (group, outcomes, stay) = (&group, &outcomes, &stay);
                 scope.spawn(move || -> Result<(), String> {
                     let rank = rank as u32;
+                    let mut engine = Engine::shared_memory(config(), group, rank, options)
+                        .map_err(|e| format!("rank {rank}: {e}"))?;
                     for layer in 0..LAYERS {
                         for expert in rank * 4..rank * 4 + 4 {
                             engine
@@ -184,17 +200,27 @@ fn episode(
                         engine.inject_transfer_failure(1);
                     }
                     let result = engine.step_gathered(step, &mut member, &[&distinct]);
+                    outcomes
+                        .lock()
+                        .map_err(|e| e.to_string())?
+                        .push((rank, Outcome::of(&result)));
                     if rank == victim && fault == Fault::PeerLost {
                         drop(engine);
                         return Ok(());
                     }
-                    if let Err(error) = &result {
-                        let unreadable = check_failed_step(&engine, rank, error)?;
-                        let mut tally = tally.lock().map_err(|e| e.to_string())?;
-                        tally.failed_calls += 1;
-                        tally.unreadable_slots += unreadable;
-                    }
-                    Ok(())
+                    let checked = match &result {
+                        Err(error) => {
+                            check_failed_step(&engine, rank, error).and_then(|unreadable| {
+                                let mut tally = tally.lock().map_err(|e| e.to_string())?;
+                                tally.failed_calls += 1;
+                                tally.unreadable_slots += unreadable;
+                                Ok(())
+                            })
+                        }
+                        Ok(_) => Ok(()),
+                    };
+                    stay.arrive_and_wait(Duration::from_secs(10))?;
+                    checked
                 })
             })
             .collect();
@@ -203,6 +229,10 @@ fn episode(
         }
         Ok::<(), String>(())
     })?;
+    if let Some((fault, victim)) = fault {
+        let outcomes = outcomes.into_inner().map_err(|e| e.to_string())?;
+        check_fault_outcomes(fault, victim, &outcomes)?;
+    }
     // Every rank planned every step alike.
     let digests = digests.lock().map_err(|e| e.to_string())?;
     let mut by_step: std::collections::BTreeMap<u64, Vec<u64>> = Default::default();
@@ -214,6 +244,100 @@ fn episode(
             return Err(format!(
                 "step {index}: the ranks' plans differ: {digests:?}"
             ));
+        }
+    }
+    Ok(())
+}
+
+/// A barrier whose wait ends after a time limit: a rank that failed before reaching it makes
+/// the others' waits fail, never hang.
+struct Gate {
+    arrived: Mutex<u32>,
+    all: std::sync::Condvar,
+    expected: u32,
+}
+
+impl Gate {
+    fn new(expected: u32) -> Self {
+        Self {
+            arrived: Mutex::new(0),
+            all: std::sync::Condvar::new(),
+            expected,
+        }
+    }
+
+    fn arrive_and_wait(&self, limit: Duration) -> Result<(), String> {
+        let mut arrived = self.arrived.lock().map_err(|e| e.to_string())?;
+        *arrived += 1;
+        self.all.notify_all();
+        let (arrived, waited) = self
+            .all
+            .wait_timeout_while(arrived, limit, |arrived| *arrived < self.expected)
+            .map_err(|e| e.to_string())?;
+        if waited.timed_out() {
+            return Err(format!(
+                "{} of {} ranks reached the gate",
+                *arrived, self.expected
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// How one rank's faulty step ended.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Outcome {
+    Done,
+    PeerLost(u32),
+    Timeout,
+    TransferFailed,
+    Other,
+}
+
+impl Outcome {
+    fn of<T>(result: &Result<T, RuntimeError>) -> Self {
+        match result {
+            Ok(_) => Self::Done,
+            Err(RuntimeError::PeerLost { rank }) => Self::PeerLost(*rank),
+            Err(RuntimeError::Timeout { .. }) => Self::Timeout,
+            Err(RuntimeError::Transfer(_)) => Self::TransferFailed,
+            Err(_) => Self::Other,
+        }
+    }
+}
+
+/// What every rank's faulty step must have ended with. The victim's own transfer fails. When the
+/// victim is dropped, every peer whose step failed names it as lost (no timeout: its segment's
+/// owner is gone, and every wait sees that), and at least one peer failed; when it stays, no
+/// peer calls anyone lost.
+fn check_fault_outcomes(
+    fault: Fault,
+    victim: u32,
+    outcomes: &[(u32, Outcome)],
+) -> Result<(), String> {
+    let wrong = |what: &str| Err(format!("{fault:?} on rank {victim}: {what}: {outcomes:?}"));
+    if outcomes.len() != RANKS as usize {
+        return wrong("not every rank reported");
+    }
+    if !outcomes.contains(&(victim, Outcome::TransferFailed)) {
+        return wrong("the victim's transfer did not fail");
+    }
+    let peers = || outcomes.iter().filter(|(rank, _)| *rank != victim);
+    match fault {
+        Fault::PeerLost => {
+            if let Some(other) = peers().find(|(_, outcome)| {
+                !matches!(outcome, Outcome::Done) && *outcome != Outcome::PeerLost(victim)
+            }) {
+                return wrong(&format!("rank {} ended otherwise", other.0));
+            }
+            if !peers().any(|(_, outcome)| *outcome == Outcome::PeerLost(victim)) {
+                return wrong("no peer saw the victim lost");
+            }
+        }
+        Fault::TransferFails => {
+            if peers().any(|(_, outcome)| matches!(outcome, Outcome::PeerLost(_))) {
+                return wrong("a peer was called lost, but every rank stayed");
+            }
         }
     }
     Ok(())
@@ -321,6 +445,7 @@ fn thousands_of_steps_with_faults_keep_every_promise_and_memory_flat() {
     let tally = Mutex::new(Tally::default());
     let mut draws = Draws(seed);
     let (mut first, mut episodes, mut start_kib) = (0, 0, (0, 0));
+    let mut fault_before = false;
     while first < steps {
         let length = STEPS_PER_EPISODE.min(steps - first);
         let fault = (first + length < steps).then(|| {
@@ -331,12 +456,20 @@ fn thousands_of_steps_with_faults_keep_every_promise_and_memory_flat() {
             };
             (kind, draws.below(u64::from(RANKS)) as u32)
         });
+        let steps_before = tally.lock().unwrap().steps;
         episode(seed, first, length, fault, &tally).unwrap();
-        if fault.is_some() {
-            let mut tally = tally.lock().unwrap();
-            tally.faults += 1;
+        let mut tally = tally.lock().unwrap();
+        // A recovery is a rebuilt group that works: the episode after a fault ran all its steps,
+        // every replica its master's and every rank's plan alike (`episode` checks both).
+        if fault_before && tally.steps == steps_before + length {
             tally.recoveries += 1;
         }
+        if let Some((kind, _)) = fault {
+            tally.faults += 1;
+            tally.lost_peers += u64::from(kind == Fault::PeerLost);
+        }
+        fault_before = fault.is_some();
+        drop(tally);
         first += length;
         episodes += 1;
         if episodes == 1 {
@@ -351,6 +484,10 @@ fn thousands_of_steps_with_faults_keep_every_promise_and_memory_flat() {
         "the loads moved replicas: {tally:?}"
     );
     assert!(tally.faults >= steps / STEPS_PER_EPISODE - 1, "{tally:?}");
+    assert_eq!(
+        tally.recoveries, tally.faults,
+        "every fault recovered from: {tally:?}"
+    );
     assert!(
         tally.failed_calls >= tally.faults,
         "every fault failed a call: {tally:?}"
@@ -363,10 +500,11 @@ fn thousands_of_steps_with_faults_keep_every_promise_and_memory_flat() {
     );
     if std::env::var_os("ULTRAEP_SOAK_REPORT").is_some() {
         println!(
-            "soak: {} steps, {} copies, {} faults injected, {} calls failed, {} slots checked unreadable, {} recoveries; resident memory (now, peak) {} and {} KiB after the first episode, {} and {} KiB at the end",
+            "soak: {} steps, {} copies, {} faults injected ({} peers lost), {} calls failed, {} slots checked unreadable, {} recoveries; resident memory (now, peak) {} and {} KiB after the first episode, {} and {} KiB at the end",
             tally.steps,
             tally.copies,
             tally.faults,
+            tally.lost_peers,
             tally.failed_calls,
             tally.unreadable_slots,
             tally.recoveries,
