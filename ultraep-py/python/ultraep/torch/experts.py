@@ -64,6 +64,9 @@ class ForwardReport:
     """Token-expert pairs this rank computed."""
     replica_tokens: int
     """Of those, the pairs computed on this rank's replicas."""
+    instance_rows: list[int]
+    """The rows each of this rank's instances computed: its masters by local index, then its
+    slots. Each instance's rows go through one matrix product."""
     seconds: dict[str, float]
     """Host wall-clock seconds of each phase of this rank's forward: ``gather`` (the load's
     all-gather), ``plan`` (the engine's step), ``weights`` (the transfer program),
@@ -227,6 +230,7 @@ class DistributedExperts(nn.Module):
             bytes_received=received,
             tokens=dispatch.tokens,
             replica_tokens=sum(dispatch.segments[self.experts_per_rank :]),
+            instance_rows=list(dispatch.segments),
             seconds=clock.seconds,
         )
         return out
