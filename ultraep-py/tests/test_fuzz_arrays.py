@@ -1,6 +1,6 @@
 """The binding's array inputs under random abuse: shapes, dtypes, strides, sizes and values that a
 caller may hand in by mistake. Every call must return a result or raise ``TypeError`` or
-``ValueError`` (or the engine's ``ultraep.RefusedError``); any other exception, a crash or a hang is a bug.
+``ValueError`` (or the engine's ``ultraep.RefusedError`` and ``ultraep.DivergedError``); any other exception, a crash or a hang is a bug.
 
 The draws are seeded, so a failure names its case and reproduces. ``ULTRAEP_FUZZ_CASES`` sets
 how many cases each test draws (default 400)."""
@@ -52,7 +52,7 @@ def survives(call, *args) -> str:
     error."""
     try:
         call(*args)
-    except (TypeError, ValueError, ultraep.RefusedError) as error:
+    except (TypeError, ValueError, ultraep.RefusedError, ultraep.DivergedError) as error:
         assert str(error), "an error says what is wrong"
         return "refused"
     return "ran"
@@ -95,20 +95,82 @@ def test_traces_take_any_array_or_refuse_it(seed: int):
     assert ends.get("ran", 0) > 0 and ends.get("refused", 0) > 0, ends
 
 
-@pytest.mark.parametrize("seed", [5])
+def router_ids(rng: np.random.Generator, experts: int, top_k: int) -> np.ndarray:
+    """A rank's router output: a random number of tokens, each naming ``top_k`` distinct
+    experts."""
+    tokens = int(rng.choice([0, 1, 2, 5, 33]))
+    if tokens == 0:
+        return np.zeros(0, dtype=np.uint32)
+    return np.concatenate(
+        [rng.choice(experts, size=top_k, replace=False) for _ in range(tokens)]
+    ).astype(np.uint32)
+
+
+def mutated(rng: np.random.Generator, array: np.ndarray) -> tuple[np.ndarray, str]:
+    """``array`` as it is (in two cases of five), or with one of the mistakes a caller or a torn
+    message makes: a word changed, words cut off or added, another dtype, a reversed stride, or
+    any array at all."""
+    kind = int(rng.integers(0, 10))
+    if kind < 4 or array.size == 0 and kind < 8:
+        return array, "valid"
+    array = array.copy()
+    if kind == 4:
+        at = int(rng.integers(0, array.size))
+        array[at] = int(rng.choice([0, 1, array[at] + 1, 2**32 - 1]))
+        return array, "word changed"
+    if kind == 5:
+        return array[: int(rng.integers(0, array.size))], "cut off"
+    if kind == 6:
+        return np.concatenate([array, array[:3]]), "words added"
+    if kind == 7:
+        return array.astype(DTYPES[int(rng.integers(0, len(DTYPES)))]), "dtype"
+    if kind == 8:
+        return array[::-1], "reversed"
+    return random_array(rng, int(rng.choice([0, 1, 1, 2]))), "random"
+
+
+@pytest.mark.parametrize("seed", [5, 6])
 def test_the_engine_takes_any_router_output_or_refuses_it(seed: int):
+    """Every rank's gathered row is built by its own engine from real router output, so that
+    valid calls run the planner, the digest check and the reroute, and the mutations of them are
+    one mistake away from valid. Most calls must reach the valid path, and every mutation that
+    breaks the message must be refused."""
     rng = np.random.default_rng(seed)
+    experts, top_k = 32, 4
     homes = [r for r in range(8) for _ in range(4)]
-    engine = ultraep.Engine(0, homes, layers=2, top_k=4, hidden=16, expert_width=16, training=False)
+    engines = [
+        ultraep.Engine(
+            rank, homes, layers=2, top_k=top_k, hidden=16, expert_width=16, training=False
+        )
+        for rank in range(8)
+    ]
+    engine = engines[0]
     ends: dict[str, int] = {}
-    for _ in range(CASES):
-        ids = random_array(rng, int(rng.choice([1, 1, 2, 0])))
-        gathered = random_array(rng, int(rng.choice([1, 1, 2])))
-        end = survives(engine.gather_row, ids)
-        ends[end] = ends.get(end, 0) + 1
-        microbatch, layer = int(rng.integers(0, 3)), int(rng.integers(0, 3))
-        end = survives(engine.step, microbatch, layer, gathered)
-        ends[end] = ends.get(end, 0) + 1
-        end = survives(engine.reroute, microbatch, layer, ids)
-        ends[end] = ends.get(end, 0) + 1
-    assert ends.get("refused", 0) > 0, ends
+
+    def count(call: str, end: str) -> None:
+        ends[f"{call} {end}"] = ends.get(f"{call} {end}", 0) + 1
+
+    for case in range(CASES):
+        ids = [router_ids(rng, experts, top_k) for _ in engines]
+        rows = [member.gather_row(mine) for member, mine in zip(engines, ids)]
+        gathered, how = mutated(rng, np.concatenate(rows))
+        # A new microbatch each case: no step is planned twice.
+        microbatch, layer = case, int(rng.integers(0, 2))
+        # Every rank steps on the same message and must end alike: the ranks stay in step.
+        every = {survives(member.step, microbatch, layer, gathered) for member in engines}
+        assert len(every) == 1, f"case {case}: the ranks ended differently on one message"
+        (end,) = every
+        count("step", end)
+        if how in ("cut off", "words added", "random") and end == "ran":
+            pytest.fail(f"case {case}: a gathered message {how} was planned")
+        mine, ids_how = mutated(rng, ids[0])
+        end = survives(engine.reroute, microbatch, layer, mine)
+        count("reroute", end)
+        count("gather_row", survives(engine.gather_row, mine))
+        if ids_how == "valid" and how == "valid":
+            assert end == "ran", f"case {case}: a valid reroute was refused"
+    print("engine fuzz ends:", dict(sorted(ends.items())))
+    # The valid path is reached: about two calls in five plan and reroute for real.
+    assert ends.get("step ran", 0) >= CASES // 4, ends
+    assert ends.get("reroute ran", 0) >= CASES // 8, ends
+    assert ends.get("step refused", 0) > 0 and ends.get("reroute refused", 0) > 0, ends
