@@ -11,7 +11,10 @@
 //! moves them in the background ([`ultraep_xfer::LayoutTransition`]): each step hands out at most
 //! half of what the scale-out port leaves idle during the previous step, the new layout is
 //! switched in at the step boundary after every byte landed (the simulator's copies do not fail),
-//! and the per-microbatch planner then works on the new layout.
+//! and the per-microbatch planner then works on the new layout. The migration shares each rank's
+//! scale-out port with the step's all-to-all: it uses the time the busiest port it crosses leaves
+//! idle in its own step, and whatever it needs beyond that is added to the step's time (a budget
+//! set from the step before can be too much for a step whose all-to-all grew).
 //!
 //! Every time is simulated by the MoE step simulator ([`crate::step`]) with the published
 //! per-layer costs; the planner's host time is not used.
@@ -89,10 +92,15 @@ pub struct CrossDomainResult {
     pub bytes_per_hour: f64,
     /// Layouts switched in (every layer counted).
     pub switches: u32,
-    /// Steps whose migration chunks exceeded their budget (a step that would wait): one chunk is
-    /// always handed out, so a budget below a chunk shows here.
+    /// Steps that waited on a migration: the chunks handed to the step took longer on their
+    /// busiest scale-out port than the step left that port idle (the budget is set from the
+    /// step before, so a step whose own all-to-all grew can be over it).
     pub steps_over_budget: u32,
-    /// The largest share of a step's budget the migration used.
+    /// Seconds those steps waited in all: the migration's time on its busiest port beyond the
+    /// step's idle port time, added to the slow loop's step time.
+    pub migration_wait_seconds: f64,
+    /// The largest share of a step's idle scale-out port time the migration used (above 1 where
+    /// the step waited).
     pub peak_budget_share: f64,
     /// Steps run.
     pub steps: u32,
@@ -209,7 +217,9 @@ pub fn run_cross_domain(
     let mut domain = [0.0f64; 3];
     let mut eplb_moved = 0u32;
     let (mut experts_moved, mut bytes_moved, mut switches) = (0u32, 0u64, 0u32);
-    let (mut over_budget, mut peak_share) = (0u32, 0.0f64);
+    let (mut over_budget, mut peak_share, mut waited) = (0u32, 0.0f64, 0.0f64);
+    // Migration bytes through each rank's scale-out port in this step, out and in.
+    let mut port_bytes = vec![0u64; ranks as usize];
     // The first step's budget: none until a step has shown how idle the scale-out port is.
     let mut budget = 0u64;
     let mut chunks: Vec<MigrationChunk> = Vec::new();
@@ -244,6 +254,7 @@ pub fn run_cross_domain(
         // This step's migration chunks, within its budget; they land during the step. Nothing
         // moves on a step without a budget (the first: no step has shown the idle port yet).
         let mut handed = 0u64;
+        port_bytes.fill(0);
         for transition in transitions.iter_mut().flatten() {
             let left = budget.saturating_sub(handed);
             if left < slow.chunk_bytes.min(transition.bytes_to_move()) {
@@ -253,6 +264,8 @@ pub fn run_cross_domain(
             for chunk in &chunks {
                 transition.landed(*chunk)?;
                 handed += chunk.bytes;
+                port_bytes[chunk.from as usize] += chunk.bytes;
+                port_bytes[chunk.to as usize] += chunk.bytes;
             }
             for expert in 0..model.routed_experts {
                 if transition.awaiting_verification(expert) {
@@ -261,12 +274,6 @@ pub fn run_cross_domain(
             }
         }
         bytes_moved += handed;
-        if handed > 0 {
-            if handed > budget {
-                over_budget += 1;
-            }
-            peak_share = peak_share.max(handed as f64 / budget.max(1) as f64);
-        }
 
         let replan = step > 0 && step % run.eplb_interval.max(1) == 0;
         let mut eplb_charges = vec![0.0f64; layers];
@@ -362,8 +369,22 @@ pub fn run_cross_domain(
                 switches += 1;
             }
         }
-        // The next step may use half of what this one left idle on the scale-out port.
+        // The migration shares the scale-out ports with the step's all-to-all: it takes the
+        // time its busiest port leaves idle, and what it needs beyond that, the step waits for.
         let idle = (step_seconds[3] - all_to_all).max(0.0);
+        let busiest = port_bytes.iter().copied().max().unwrap_or(0);
+        if busiest > 0 {
+            let migration =
+                hardware.scale_out_latency + busiest as f64 / hardware.scale_out_bandwidth;
+            let wait = (migration - idle).max(0.0);
+            if wait > 0.0 {
+                over_budget += 1;
+                waited += wait;
+                seconds[3] += wait;
+            }
+            peak_share = peak_share.max(migration / idle.max(f64::MIN_POSITIVE));
+        }
+        // The next step may use `idle_share` of what this one left idle on the scale-out port.
         budget = (idle * slow.idle_share * hardware.scale_out_bandwidth) as u64;
         progress();
     }
@@ -381,6 +402,7 @@ pub fn run_cross_domain(
         eplb_experts_moved: eplb_moved,
         switches,
         steps_over_budget: over_budget,
+        migration_wait_seconds: waited,
         peak_budget_share: peak_share,
         steps: run.steps,
     })
@@ -426,13 +448,13 @@ fn eplb_moves_seconds(
 pub fn cross_domain_table(results: &[CrossDomainResult]) -> String {
     use std::fmt::Write as _;
     let mut out = String::from(
-        "| scenario | domain imbalance: none / EPLB hierarchical / slow loop | rank imbalance: none / EPLB hierarchical / within domains / slow loop | step (s): none / EPLB hierarchical / within domains / slow loop | slow loop vs within domains | experts moved: slow loop / EPLB | slow loop GB moved | TB per hour | switches | steps over budget | peak budget share |\n\
+        "| scenario | domain imbalance: none / EPLB hierarchical / slow loop | rank imbalance: none / EPLB hierarchical / within domains / slow loop | step (s): none / EPLB hierarchical / within domains / slow loop | slow loop vs within domains | experts moved: slow loop / EPLB | slow loop GB moved | TB per hour | switches | steps that waited on a migration (ms in all) | peak share of the idle port |\n\
          |---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for result in results {
         let _ = writeln!(
             out,
-            "| {} | {:.3} / {:.3} / {:.3} | {:.3} / {:.3} / {:.3} / {:.3} | {:.3} / {:.3} / {:.3} / {:.3} | {:.3}x | {} / {} | {:.1} | {:.2} | {} | {} of {} | {:.2} |",
+            "| {} | {:.3} / {:.3} / {:.3} | {:.3} / {:.3} / {:.3} / {:.3} | {:.3} / {:.3} / {:.3} / {:.3} | {:.3}x | {} / {} | {:.1} | {:.2} | {} | {} of {} ({:.2}) | {:.2} |",
             result.scenario,
             result.domain_imbalance[0],
             result.domain_imbalance[1],
@@ -453,6 +475,7 @@ pub fn cross_domain_table(results: &[CrossDomainResult]) -> String {
             result.switches,
             result.steps_over_budget,
             result.steps,
+            result.migration_wait_seconds * 1e3,
             result.peak_budget_share,
         );
     }

@@ -592,4 +592,55 @@ fn the_slow_loop_evens_domains_without_a_step_waiting() {
         "{result:?}"
     );
     assert!(result.eplb_experts_moved > 0, "{result:?}");
+    assert_eq!(result.migration_wait_seconds, 0.0, "{result:?}");
+    assert!(result.peak_budget_share <= 1.0, "{result:?}");
+}
+
+/// Decode steps of about 80 ms on four HGX nodes (all 94 layers simulated, each migrating),
+/// with a slow loop that hands each step 40 times what the step before left idle on the
+/// scale-out port (spread over the ranks' ports): the migration no longer fits its busiest
+/// port's idle time, and the steps wait for it, charged.
+#[test]
+fn a_migration_beyond_the_idle_port_makes_its_steps_wait() {
+    let training = Scenario::spanning_domains()
+        .into_iter()
+        .find(|s| s.name.contains("HGX"))
+        .unwrap();
+    let scenario = Scenario {
+        mode: ultraep_bench::step::Mode::Decode,
+        tokens_per_rank: 64,
+        sequence: 4096,
+        uneven_tokens: 0.0,
+        ..training
+    };
+    let run = RunConfig {
+        steps: 4,
+        warmup_steps: 2,
+        layers: 94,
+        eplb_interval: 3,
+        ..SMALL
+    };
+    let slow = |idle_share| ultraep_bench::cross_domain::SlowLoop {
+        idle_share,
+        ..ultraep_bench::cross_domain::SlowLoop::RUNS
+    };
+    let run_with = |idle_share| {
+        ultraep_bench::cross_domain::run_cross_domain(
+            &scenario,
+            &run,
+            &slow(idle_share),
+            &mut || {},
+        )
+        .unwrap()
+    };
+    let greedy = run_with(40.0);
+    assert!(greedy.steps_over_budget > 0, "{greedy:?}");
+    assert!(greedy.migration_wait_seconds > 0.0, "{greedy:?}");
+    assert!(greedy.peak_budget_share > 1.0, "{greedy:?}");
+    // The wait is in the slow loop's step time.
+    let steps = f64::from(run.steps);
+    assert!(
+        greedy.step_seconds[3] * steps > greedy.migration_wait_seconds,
+        "{greedy:?}"
+    );
 }
