@@ -15,6 +15,9 @@
 //!   ARCHITECTURE.md; `cargo test` runs the same check.
 //! - `cargo xtask fuzz --seconds N [--target T]`: the libFuzzer targets of `fuzz/` (every reader of
 //!   the command and the planner's input), N seconds in all, on the stable toolchain.
+//! - `cargo xtask mutants [--scope planner|schedule] [--shard K/N]`: mutation testing of the
+//!   planner and the transfer schedule with cargo-mutants (installed on first use): caught,
+//!   missed, timed out and unviable mutants, and the missed ones listed.
 //!
 //! xtask depends on no ultraep crate: it drives them through cargo, so it never needs rebuilding when
 //! they change and can check them from the outside.
@@ -22,6 +25,7 @@
 mod architecture;
 mod fuzz;
 mod gpu_bundle;
+mod mutants;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -37,6 +41,7 @@ fn main() -> ExitCode {
         Some("gpu-bundle") => gpu_bundle::build(),
         Some("check-architecture") => check_architecture(),
         Some("fuzz") => fuzz::fuzz(&rest),
+        Some("mutants") => mutants::mutants(&rest),
         Some("help" | "--help" | "-h") | None => {
             print_help();
             Ok(())
@@ -63,7 +68,8 @@ fn print_help() {
          ci                    run what CI runs (bash .ci/run)\n  \
          gpu-bundle            build the GPU test binaries and their run script into gpu-bundle/\n  \
          check-architecture    check the dependency arrows and purity rules of ARCHITECTURE.md\n  \
-         fuzz --seconds N [--target T]  run the libFuzzer targets of fuzz/ for N seconds in all"
+         fuzz --seconds N [--target T]  run the libFuzzer targets of fuzz/ for N seconds in all\n  \
+         mutants [--scope S] [--shard K/N]  cargo-mutants on the planner and the transfer schedule"
     );
 }
 
