@@ -180,6 +180,8 @@ fn run_scope(
     shard: Option<&str>,
     folder: &PathBuf,
 ) -> Result<Outcomes, String> {
+    std::fs::create_dir_all(folder)
+        .map_err(|error| format!("cannot make {}: {error}", folder.display()))?;
     let mut command = Command::new("cargo");
     command
         .current_dir(root)

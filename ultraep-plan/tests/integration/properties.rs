@@ -2,9 +2,9 @@
 
 use proptest::prelude::*;
 use ultraep_plan::{
-    Balancer, Eplb, EplbMode, EplbReplace, ExpertLayout, ForceBalanced, GatheredLoads,
-    InstanceCost, LoadMatrix, Lplb, NoBalance, Plan, PlanConfig, PlanKind, Planner, RankDomains,
-    RankSplit, Residency, SplitEntry, SplitMode,
+    Balancer, Eplb, EplbMode, EplbReplace, ExpertLayout, FixedReplicas, ForceBalanced,
+    GatheredLoads, InstanceCost, LoadMatrix, Lplb, NoBalance, Plan, PlanConfig, PlanKind, Planner,
+    RankDomains, RankSplit, Residency, SplitEntry, SplitMode,
 };
 
 use crate::invariants::{Promises, check_plan};
@@ -322,6 +322,73 @@ proptest! {
         prop_assert_eq!(&again, &preferring);
         problem.planner().plan_preferring(problem.matrix(), None, &mut again).unwrap();
         prop_assert_eq!(&again, &plain);
+    }
+
+    /// Resident replicas (the replicas of an ultraep plan of another load, kept in place) and a
+    /// per-batch re-split under an instance cost: every plan meets the constraints with exactly
+    /// those replicas, its busiest rank costs no more than with masters only, and it is
+    /// deterministic. A placement no plan could hold is refused and the old one kept.
+    #[test]
+    fn resident_replicas_resplit_under_a_cost_never_above_masters_only(
+        problem in problem(),
+        estimate_seed in any::<u64>(),
+        per_token in 1u32..1_000,
+        per_instance in 0u64..50_000,
+    ) {
+        let (layout, domains) = (problem.layout(), problem.domains());
+        let cost = InstanceCost { per_token, per_instance };
+        let estimate: Vec<u32> = problem
+            .loads
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| l ^ ((estimate_seed >> (i % 64)) as u32 & 0x3ff))
+            .collect();
+        let chosen = problem
+            .planner()
+            .plan(LoadMatrix::new(&estimate, problem.ranks(), problem.experts()).unwrap())
+            .unwrap();
+        let placement: Vec<(u32, u32)> = chosen
+            .instances()
+            .iter()
+            .filter(|instance| instance.is_replica())
+            .map(|instance| (instance.expert, instance.rank))
+            .collect();
+        let mut resident =
+            FixedReplicas::new(layout.clone(), domains.clone(), problem.slots, cost).unwrap();
+        resident.set_placement(&placement).unwrap();
+        let plan = resident.plan(problem.matrix()).unwrap();
+        check_plan(&plan, problem.matrix(), &layout, &domains, problem.slots, None);
+        let mut held: Vec<(u32, u32)> = plan
+            .instances()
+            .iter()
+            .filter(|instance| instance.is_replica() && instance.quota > 0)
+            .map(|instance| (instance.expert, instance.rank))
+            .collect();
+        held.sort_unstable();
+        let mut placed = placement.clone();
+        placed.sort_unstable();
+        prop_assert!(held.iter().all(|pair| placed.binary_search(pair).is_ok()),
+            "a replica outside the placement took tokens");
+        let busiest = |plan: &Plan| {
+            let mut per_rank = vec![0u64; problem.ranks()];
+            for instance in plan.instances() {
+                per_rank[instance.rank as usize] += cost.of(u64::from(instance.quota));
+            }
+            per_rank.into_iter().max().unwrap_or(0)
+        };
+        let none = NoBalance::new(layout.clone(), domains.clone()).unwrap().plan(problem.matrix()).unwrap();
+        prop_assert!(busiest(&plan) <= busiest(&none),
+            "resident {} above masters only {}", busiest(&plan), busiest(&none));
+        let mut again = FixedReplicas::new(layout.clone(), domains.clone(), problem.slots, cost).unwrap();
+        again.set_placement(&placement).unwrap();
+        prop_assert_eq!(&again.plan(problem.matrix()).unwrap(), &plan, "deterministic");
+        // A copy on its own expert's home is refused, and the replicas stay as they were.
+        if let Some(&(expert, _)) = placement.first() {
+            let mut bad = placement.clone();
+            bad.push((expert, layout.homes()[expert as usize]));
+            prop_assert!(resident.set_placement(&bad).is_err());
+            prop_assert_eq!(resident.placement(), &placement[..]);
+        }
     }
 
     #[test]
