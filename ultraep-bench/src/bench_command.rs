@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::BenchError;
 use crate::cross_domain::{CrossDomainResult, SlowLoop, cross_domain_table, run_cross_domain};
-use crate::decode_objective::{DecodePoint, decode_table, run_decode_objective};
+use crate::decode_objective::{DecodeReport, decode_table, run_decode_objective};
 use crate::experiment::{RunConfig, Scenario, run_scenario, run_sweeps};
 use crate::report::{
     PUBLISHED, calibration_table, overhead_table, spanning_table, summary_table, sweep_tables,
@@ -135,8 +135,8 @@ pub fn run(args: &BenchArgs) -> Result<String, BenchError> {
     let mut decode = Vec::new();
     for scenario in spanning.iter().filter(|s| s.mode == Mode::Decode) {
         bar.set_message("decode objectives");
-        let points = run_decode_objective(scenario, &config, &mut || {})?;
-        decode.push((*scenario, points));
+        let report = run_decode_objective(scenario, &config, &mut || {})?;
+        decode.push((*scenario, report));
     }
     let sweeps = if args.no_sweeps {
         None
@@ -154,7 +154,7 @@ pub fn run(args: &BenchArgs) -> Result<String, BenchError> {
     )?;
     let decode_tables: String = decode
         .iter()
-        .map(|(scenario, points)| decode_table(scenario, points))
+        .map(|(scenario, report)| decode_table(scenario, report))
         .collect();
     if !decode.is_empty() {
         append_decode(&args.out, &decode_tables, &decode)?;
@@ -231,17 +231,17 @@ fn append_section(
 fn append_decode(
     directory: &std::path::Path,
     tables: &str,
-    decode: &[(Scenario, Vec<DecodePoint>)],
+    decode: &[(Scenario, DecodeReport)],
 ) -> Result<(), BenchError> {
     append_section(
         directory,
-        "Decode: the token objective against the cost-aware one",
+        "Decode: no balancing, the two objectives, LPLB and resident replicas",
         tables,
         "decode.json",
         &serde_json::to_string_pretty(
             &decode
                 .iter()
-                .map(|(scenario, points)| (scenario.name, points))
+                .map(|(scenario, report)| (scenario.name, report))
                 .collect::<Vec<_>>(),
         ),
     )

@@ -48,6 +48,9 @@ pub enum BenchError {
     /// The runtime's engine refused or failed.
     #[error(transparent)]
     Engine(#[from] RuntimeError),
+    /// A worker thread of a parallel run ended without its result (it panicked).
+    #[error("a worker of the parallel run ended without a result")]
+    Worker,
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {

@@ -13,6 +13,7 @@
 
 pub mod bench_command;
 pub mod cross_domain;
+pub mod decode_gate;
 pub mod decode_objective;
 pub mod engine_command;
 mod error;

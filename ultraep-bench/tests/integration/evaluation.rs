@@ -519,44 +519,49 @@ fn xfer_tells_a_log_it_is_working() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("| EP64 plan at 3.0 |"));
 }
 
-/// Decode at every batch size: what the cost-aware objective decides (its replicas, the
-/// transfers and reroute they need, their compute) is never slower than masters only on any
-/// step, and it never makes more replicas than counting tokens does. Behind the slow loop's
-/// layer gate (warmed up long enough to open) no whole step is slower either.
+/// Decode at 16 and 1,024 tokens per rank: what the cost-aware objective decides (its replicas,
+/// the transfers and reroute they need, their compute) is never slower than masters only on any
+/// step. At 16 no layer pays for its planning: both gates keep every layer as it is, exactly no
+/// balancing, where planning every layer is slower, and the cost-aware objective makes no more
+/// replicas than counting tokens. At 1,024 balancing pays: the resident replicas' gate opens,
+/// and they beat no balancing. Two runs give the same report.
 #[test]
-fn the_cost_aware_objective_never_decides_a_slower_decode_step() {
+fn decode_gates_open_where_balancing_pays_and_never_elsewhere() {
     let scenario = Scenario::decode()[0];
     let run = RunConfig {
-        steps: 3,
-        warmup_steps: 4,
+        steps: 6,
+        warmup_steps: 10,
         layers: 2,
         ..SMALL
     };
-    let points =
-        ultraep_bench::decode_objective::run_decode_objective(&scenario, &run, &mut || {}).unwrap();
-    assert_eq!(
-        points.len(),
-        ultraep_bench::decode_objective::BATCH_SIZES.len()
-    );
-    for point in &points {
+    let report =
+        ultraep_bench::decode_objective::run_decode_at(&scenario, &run, &[16, 1024], &mut || {})
+            .unwrap();
+    let (small, large) = (&report.points[0], &report.points[1]);
+    for point in [small, large] {
         assert_eq!(point.cost_slower_steps_decided, 0, "{point:?}");
         assert!(point.cost_worst_ratio_decided <= 1.0, "{point:?}");
-        assert!(point.cost_replicas <= point.tokens_replicas, "{point:?}");
-        assert_eq!(point.gated_slower_steps, 0, "{point:?}");
-        assert!(point.gated_worst_ratio <= 1.0, "{point:?}");
-        assert!(point.gated_seconds <= point.none_seconds, "{point:?}");
     }
-    // Where no layer pays for its planning, the gate keeps every layer as it is: exactly no
-    // balancing, where planning every layer is slower.
-    assert_eq!(points[0].gated_balanced_layers, 0.0, "{:?}", points[0]);
-    assert_eq!(points[0].gated_seconds, points[0].none_seconds);
-    assert!(points[0].cost_seconds > points[0].none_seconds);
+    assert!(small.replicas[1] <= small.replicas[0], "{small:?}");
+    assert_eq!(small.balanced_layers, [0.0, 0.0], "{small:?}");
+    assert_eq!(small.gated_seconds, small.none_seconds);
+    assert_eq!(small.resident_seconds, small.none_seconds);
+    assert!(small.cost_seconds > small.none_seconds);
     // The token objective replicates at small batches and pays for it.
+    assert!(small.tokens_seconds > small.none_seconds, "{small:?}");
+    assert!(large.balanced_layers[1] > 0.0, "{large:?}");
+    assert!(large.resident_seconds < large.none_seconds, "{large:?}");
+    // The tuning seeds are not the reported ones.
     assert!(
-        points[0].tokens_seconds > points[0].none_seconds,
-        "{:?}",
-        points[0]
+        report
+            .tuning_seeds
+            .iter()
+            .all(|seed| !report.held_out_seeds.contains(seed))
     );
+    let again =
+        ultraep_bench::decode_objective::run_decode_at(&scenario, &run, &[16, 1024], &mut || {})
+            .unwrap();
+    assert_eq!(again, report, "the same seed gives the same figures");
 }
 
 /// Four HGX nodes, whose domains start 1.2x apart: the slow loop evens the domains out, switches
