@@ -1,6 +1,7 @@
 //! Integration tests of `ultraep-plan`: one binary, a module per concern.
 
 mod allocation;
+mod baselines;
 mod cost;
 mod eplb;
 mod errors;

@@ -1,0 +1,135 @@
+//! Every balancer on one small skewed problem over two domains, as snapshots: the plans a
+//! baseline's replica counts, placement, packing and split produce, so that a change in any of
+//! them shows in review (constraint checks alone accept a worse plan), and the names the reports
+//! print.
+
+use ultraep_plan::{
+    Balancer, Eplb, EplbHierarchical, EplbMode, EplbReplace, ExpertLayout, FixedReplicas,
+    InstanceCost, LoadMatrix, Lplb, NoBalance, PlanConfig, Planner, RankDomains,
+};
+
+const RANKS: u32 = 8;
+const EXPERTS: u32 = 16;
+
+/// 8 ranks in two domains of 4, two experts per rank, two slots per rank. Every source sends
+/// each expert a share of a load skewed towards low experts, the first domain's experts hotter,
+/// with a source-dependent wobble so that no two rows are equal.
+fn loads() -> Vec<u32> {
+    (0..RANKS)
+        .flat_map(|source| {
+            (0..EXPERTS).map(move |expert| {
+                let base = 960 / (expert + 1) + if expert < 8 { 40 } else { 0 };
+                base + (source * 7 + expert * 3) % 11
+            })
+        })
+        .collect()
+}
+
+fn layout() -> ExpertLayout {
+    ExpertLayout::contiguous(RANKS, EXPERTS / RANKS).unwrap()
+}
+
+fn domains() -> RankDomains {
+    RankDomains::uniform(RANKS, 4).unwrap()
+}
+
+fn matrix(loads: &[u32]) -> LoadMatrix<'_> {
+    LoadMatrix::new(loads, RANKS as usize, EXPERTS as usize).unwrap()
+}
+
+#[test]
+fn ultraep_over_two_domains() {
+    let loads = loads();
+    let plan = Planner::new(layout(), domains(), 2, PlanConfig::default())
+        .unwrap()
+        .plan(matrix(&loads))
+        .unwrap();
+    insta::assert_snapshot!(plan.to_string());
+}
+
+#[test]
+fn eplb_with_two_slots_per_rank() {
+    let loads = loads();
+    let mut eplb = Eplb::new(layout(), domains(), 2, EplbMode::Periodic).unwrap();
+    eplb.rebalance(matrix(&loads)).unwrap();
+    let plan = eplb.plan(matrix(&loads)).unwrap();
+    insta::assert_snapshot!(format!("placement {:?}\n{plan}", eplb.placement()));
+}
+
+#[test]
+fn eplb_re_placing_every_copy() {
+    let loads = loads();
+    let mut replace = EplbReplace::new(layout(), domains(), 2).unwrap();
+    replace.rebalance(matrix(&loads)).unwrap();
+    let plan = replace.plan(matrix(&loads)).unwrap();
+    insta::assert_snapshot!(format!("homes {:?}\n{plan}", replace.homes()));
+}
+
+#[test]
+fn eplb_hierarchical_packs_the_domains() {
+    let loads = loads();
+    let mut hierarchical = EplbHierarchical::new(layout(), domains(), 2).unwrap();
+    hierarchical.rebalance(matrix(&loads)).unwrap();
+    let plan = hierarchical.plan(matrix(&loads)).unwrap();
+    insta::assert_snapshot!(format!(
+        "homes {:?}\nmoved {:?}\n{plan}",
+        hierarchical.layout().homes(),
+        hierarchical.moved_masters()
+    ));
+}
+
+#[test]
+fn lplb_on_its_hypercube() {
+    let loads = loads();
+    let mut lplb = Lplb::new(layout(), domains(), 2).unwrap();
+    lplb.place(matrix(&loads)).unwrap();
+    let plan = lplb.plan(matrix(&loads)).unwrap();
+    insta::assert_snapshot!(format!("placement {:?}\n{plan}", lplb.placement()));
+}
+
+#[test]
+fn resident_replicas_under_a_weight_read_cost() {
+    // A weight read worth 30 tokens: the re-split leaves a replica out where a handful of tokens
+    // would not pay for its read.
+    let loads = loads();
+    let cost = InstanceCost {
+        per_token: 10,
+        per_instance: 300,
+    };
+    let chosen = Planner::new(layout(), domains(), 2, PlanConfig::default())
+        .unwrap()
+        .plan(matrix(&loads))
+        .unwrap();
+    let placement: Vec<(u32, u32)> = chosen
+        .instances()
+        .iter()
+        .filter(|instance| instance.is_replica())
+        .map(|instance| (instance.expert, instance.rank))
+        .collect();
+    let mut resident = FixedReplicas::new(layout(), domains(), 2, cost).unwrap();
+    resident.set_placement(&placement).unwrap();
+    let shifted: Vec<u32> = loads.iter().map(|&load| load * 3 / 4).collect();
+    insta::assert_snapshot!(resident.plan(matrix(&shifted)).unwrap().to_string());
+}
+
+#[test]
+fn every_balancer_is_named_as_reports_print_it() {
+    let names = [
+        Planner::new(layout(), domains(), 2, PlanConfig::default())
+            .unwrap()
+            .name(),
+        NoBalance::new(layout(), domains()).unwrap().name(),
+        Eplb::new(layout(), domains(), 2, EplbMode::Periodic)
+            .unwrap()
+            .name(),
+        EplbReplace::new(layout(), domains(), 2).unwrap().name(),
+        EplbHierarchical::new(layout(), domains(), 2)
+            .unwrap()
+            .name(),
+        Lplb::new(layout(), domains(), 2).unwrap().name(),
+        FixedReplicas::new(layout(), domains(), 2, InstanceCost::TOKENS)
+            .unwrap()
+            .name(),
+    ];
+    insta::assert_snapshot!(names.join(", "));
+}
