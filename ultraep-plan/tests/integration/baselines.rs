@@ -133,3 +133,46 @@ fn every_balancer_is_named_as_reports_print_it() {
     ];
     insta::assert_snapshot!(names.join(", "));
 }
+
+#[test]
+fn ultraep_reuses_a_resident_copy_where_it_costs_no_balance() {
+    // The plain plan's first replica, and the same expert resident in a slot of another rank of
+    // its domain that the plain plan leaves without a copy of it: planned again with that
+    // residency, the copy goes to the resident slot, and no rank is busier.
+    // One domain; expert 0 hot, every other expert alike, so that ranks 1-7 are equally cold.
+    let loads: Vec<u32> = (0..RANKS * EXPERTS)
+        .map(|cell| if cell % EXPERTS == 0 { 400 } else { 10 })
+        .collect();
+    let domains = || RankDomains::single(RANKS).unwrap();
+    let mut planner = Planner::new(layout(), domains(), 2, PlanConfig::default()).unwrap();
+    let plain = planner.plan(matrix(&loads)).unwrap();
+    let first = plain
+        .instances()
+        .iter()
+        .find(|instance| instance.is_replica())
+        .copied()
+        .unwrap();
+    let holds = |plan: &ultraep_plan::Plan, rank: u32| {
+        plan.instances()
+            .iter()
+            .any(|instance| instance.expert == first.expert && instance.rank == rank)
+    };
+    let domain = domains().domain_of(first.rank);
+    let other = *domains()
+        .ranks_of(domain)
+        .iter()
+        .find(|&&rank| !holds(&plain, rank))
+        .unwrap();
+    let mut residency = ultraep_plan::Residency::new(RANKS, 2);
+    residency.set(other, 0, Some(first.expert));
+    let mut preferring = ultraep_plan::Plan::default();
+    planner
+        .plan_preferring(matrix(&loads), Some(&residency), &mut preferring)
+        .unwrap();
+    assert!(
+        holds(&preferring, other),
+        "expert {} is resident on rank {other}, but the plan copies it elsewhere:\n{preferring}",
+        first.expert
+    );
+    assert!(preferring.metrics().max_rank_load <= plain.metrics().max_rank_load);
+}
