@@ -45,6 +45,16 @@ fn ultraep_over_two_domains() {
         .plan(matrix(&loads))
         .unwrap();
     insta::assert_snapshot!(plan.to_string());
+    // Tokens crossing domains: every token whose source lies in another domain than its
+    // expert's master (replicas never leave that domain), counted here from the loads alone.
+    let crossing: u64 = (0..RANKS)
+        .flat_map(|source| (0..EXPERTS).map(move |expert| (source, expert)))
+        .filter(|&(source, expert)| {
+            domains().domain_of(source) != domains().domain_of(layout().home(expert))
+        })
+        .map(|(source, expert)| u64::from(loads[(source * EXPERTS + expert) as usize]))
+        .sum();
+    assert_eq!(plan.metrics().tokens_crossing_domains, crossing);
 }
 
 #[test]
