@@ -1,5 +1,6 @@
 //! Integration tests of `ultraep-xfer`: one binary, a module per concern.
 
+mod chosen;
 mod cpu;
 mod migration;
 mod properties;

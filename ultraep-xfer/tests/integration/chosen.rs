@@ -1,0 +1,77 @@
+//! The schedules the chooser picks, as a snapshot: for single fan-outs of 1 to 32 destinations
+//! and for a layer of several experts that share ports, each expert's route (direct, or its
+//! relays), its piece size, and the layer's chunk count and simulated makespan, on the calibrated
+//! transfer costs. The flow checker accepts any valid schedule; this shows which one is chosen,
+//! so that a change to the cost model or the chooser is seen in review.
+
+use std::fmt::Write as _;
+
+use ultraep_topo::Preset;
+use ultraep_xfer::{
+    ExpertState, Fanout, ReplicaSet, Route, TransferConfig, TransferSchedule, simulate,
+};
+
+fn describe(replicas: &ReplicaSet, config: TransferConfig) -> String {
+    let topology = Preset::Gb200Nvl72.topology(1).unwrap();
+    let state = ExpertState::swiglu_fp8(7168, 2048);
+    let schedule = TransferSchedule::build(replicas, &state, &topology, config).unwrap();
+    let mut out = format!(
+        "chunks {} of {} bytes (last {}), {} relayed, makespan {} ps\n",
+        schedule.chunk_count(),
+        schedule.chunk_len(0),
+        schedule.chunk_len(schedule.chunk_count() - 1),
+        schedule.relayed_count(),
+        simulate(&schedule, &topology).unwrap().makespan_ps
+    );
+    for fanout in schedule.fanouts() {
+        let route = match &fanout.route {
+            Route::Direct => "direct".to_string(),
+            Route::Relayed { relays } => format!("relays {relays:?}"),
+        };
+        let _ = writeln!(
+            out,
+            "  expert {} from rank {} to {} ranks: {route}, pieces of {} bytes",
+            fanout.expert,
+            fanout.master,
+            fanout.destinations.len(),
+            fanout.piece_bytes
+        );
+    }
+    out
+}
+
+#[test]
+fn single_fan_outs_take_the_routes_the_costs_choose() {
+    let mut out = String::new();
+    for destinations in [1u32, 2, 4, 8, 16, 32] {
+        let replicas = Fanout::new(0, 0, 0, (1..=destinations).map(|rank| (rank, 0)).collect())
+            .and_then(|fanout| ReplicaSet::new(vec![fanout]))
+            .unwrap();
+        for allow_relays in [false, true] {
+            let config = TransferConfig {
+                allow_relays,
+                ..TransferConfig::default()
+            };
+            let _ = write!(
+                out,
+                "x{destinations}, relays {}: {}",
+                if allow_relays { "allowed" } else { "off" },
+                describe(&replicas, config)
+            );
+        }
+    }
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn a_layer_of_experts_sharing_ports_is_chosen_expert_by_expert() {
+    // Three hot experts whose fan-outs overlap: later experts see the ports the earlier ones
+    // loaded, so relays land on destinations that send least so far.
+    let fanouts = vec![
+        Fanout::new(0, 0, 0, (1..=12).map(|rank| (rank, 0)).collect()).unwrap(),
+        Fanout::new(1, 1, 0, (8..=16).map(|rank| (rank, 1)).collect()).unwrap(),
+        Fanout::new(2, 2, 0, vec![(3, 1), (4, 1), (20, 0)]).unwrap(),
+    ];
+    let replicas = ReplicaSet::new(fanouts).unwrap();
+    insta::assert_snapshot!(describe(&replicas, TransferConfig::default()));
+}
