@@ -11,10 +11,9 @@ use ultraep_xfer::{
     ExpertState, Fanout, ReplicaSet, Route, TransferConfig, TransferSchedule, simulate,
 };
 
-fn describe(replicas: &ReplicaSet, config: TransferConfig) -> String {
+fn describe(replicas: &ReplicaSet, state: &ExpertState, config: TransferConfig) -> String {
     let topology = Preset::Gb200Nvl72.topology(1).unwrap();
-    let state = ExpertState::swiglu_fp8(7168, 2048);
-    let schedule = TransferSchedule::build(replicas, &state, &topology, config).unwrap();
+    let schedule = TransferSchedule::build(replicas, state, &topology, config).unwrap();
     let mut out = format!(
         "chunks {} of {} bytes (last {}), {} relayed, makespan {} ps\n",
         schedule.chunk_count(),
@@ -43,7 +42,15 @@ fn describe(replicas: &ReplicaSet, config: TransferConfig) -> String {
 #[test]
 fn single_fan_outs_take_the_routes_the_costs_choose() {
     let mut out = String::new();
-    for destinations in [1u32, 2, 4, 8, 16, 32] {
+    // A 44 MB expert (DeepSeek-V3's, FP8), where relays pay from two destinations, and a 96 KiB
+    // state, where a relay's extra hop and per-piece costs outweigh what it saves.
+    let large = ExpertState::swiglu_fp8(7168, 2048);
+    let small = ExpertState::opaque(96 << 10).unwrap();
+    for (destinations, state) in [1u32, 2, 4, 8, 16, 32]
+        .into_iter()
+        .map(|count| (count, &large))
+        .chain([2u32, 4, 8].into_iter().map(|count| (count, &small)))
+    {
         let replicas = Fanout::new(0, 0, 0, (1..=destinations).map(|rank| (rank, 0)).collect())
             .and_then(|fanout| ReplicaSet::new(vec![fanout]))
             .unwrap();
@@ -54,9 +61,10 @@ fn single_fan_outs_take_the_routes_the_costs_choose() {
             };
             let _ = write!(
                 out,
-                "x{destinations}, relays {}: {}",
+                "x{destinations} of {} bytes, relays {}: {}",
+                state.bytes(),
                 if allow_relays { "allowed" } else { "off" },
-                describe(&replicas, config)
+                describe(&replicas, state, config)
             );
         }
     }
@@ -73,5 +81,6 @@ fn a_layer_of_experts_sharing_ports_is_chosen_expert_by_expert() {
         Fanout::new(2, 2, 0, vec![(3, 1), (4, 1), (20, 0)]).unwrap(),
     ];
     let replicas = ReplicaSet::new(fanouts).unwrap();
-    insta::assert_snapshot!(describe(&replicas, TransferConfig::default()));
+    let state = ExpertState::swiglu_fp8(7168, 2048);
+    insta::assert_snapshot!(describe(&replicas, &state, TransferConfig::default()));
 }
