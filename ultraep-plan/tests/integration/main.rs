@@ -1,5 +1,6 @@
 //! Integration tests of `ultraep-plan`: one binary, a module per concern.
 
+mod accessors;
 mod allocation;
 mod baselines;
 mod cost;
