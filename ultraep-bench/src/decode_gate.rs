@@ -181,21 +181,12 @@ pub fn tune(runs: &[(Vec<GatedStep>, f64, f64)]) -> GateSettings {
             (settings, seconds, worst)
         })
         .collect();
-    let within = scored.iter().filter(|(_, _, worst)| *worst <= 1.01);
-    let best = within
-        .fold(
-            None::<&(GateSettings, f64, f64)>,
-            |best, candidate| match best {
-                Some(best) if best.1 <= candidate.1 => Some(best),
-                _ => Some(candidate),
-            },
-        )
-        .or_else(|| {
-            scored.iter().fold(None, |best, candidate| match best {
-                Some(best) if best.2 <= candidate.2 => Some(best),
-                _ => Some(candidate),
-            })
-        });
+    // `min_by` keeps the first of equal candidates: the earlier, more eager, setting.
+    let best = scored
+        .iter()
+        .filter(|(_, _, worst)| *worst <= 1.01)
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .or_else(|| scored.iter().min_by(|a, b| a.2.total_cmp(&b.2)));
     best.map_or(GateSettings::GRID[0], |(settings, _, _)| *settings)
 }
 

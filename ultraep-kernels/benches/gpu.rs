@@ -169,7 +169,13 @@ fn peer_streaming(gpu: &Gpu) -> Result<(), KernelError> {
         .map(|_| gpu.alloc_ipc_rank(layout))
         .collect::<Result<Vec<_>, _>>()?;
     let ranks: Vec<_> = owned.iter().map(|rank| gpu.own_pointers(rank)).collect();
-    gpu.write_device(ranks[0].masters, &vec![7u8; bytes as usize])?;
+    let pattern = vec![7u8; bytes as usize];
+    gpu.write_device(ranks[0].masters, &pattern)?;
+    // The baseline's buffers, made once for every case.
+    let stream = gpu.stream().clone();
+    let device = |e| KernelError::Device(format!("{e:?}"));
+    let source = stream.clone_htod(&pattern).map_err(device)?;
+    let mut copy_to = stream.alloc_zeros::<u8>(bytes as usize).map_err(device)?;
     let mut round = 0u64;
     for destinations in [1u32, 2, 4, 8] {
         for relays in [false, true] {
@@ -200,20 +206,9 @@ fn peer_streaming(gpu: &Gpu) -> Result<(), KernelError> {
             samples.remove(0);
             samples.sort_by(f64::total_cmp);
             let peer_seconds = samples[samples.len() / 2];
-            let mut copy_to = gpu
-                .stream()
-                .alloc_zeros::<u8>(bytes as usize)
-                .map_err(|e| KernelError::Device(format!("{e:?}")))?;
-            let source = gpu
-                .stream()
-                .clone_htod(&vec![7u8; bytes as usize])
-                .map_err(|e| KernelError::Device(format!("{e:?}")))?;
-            let stream = gpu.stream().clone();
             let copy_seconds = median_seconds(gpu, 10, || {
                 for _ in 0..destinations {
-                    stream
-                        .memcpy_dtod(&source, &mut copy_to)
-                        .map_err(|e| KernelError::Device(format!("{e:?}")))?;
+                    stream.memcpy_dtod(&source, &mut copy_to).map_err(device)?;
                 }
                 Ok(())
             })?;

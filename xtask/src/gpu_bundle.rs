@@ -161,8 +161,11 @@ mod tests {
     }
 
     /// Runs `run.sh --dry-run` in a fresh folder whose step programs are the given shell bodies,
-    /// with a budget of `budget` seconds; returns `steps.tsv` as (step, outcome) pairs.
-    fn dry_run_with(programs: &[(&str, &str)], budget: u64) -> Vec<(String, String)> {
+    /// with a budget of `budget` seconds; returns `steps.tsv` as each step's outcome.
+    fn dry_run_with(
+        programs: &[(&str, &str)],
+        budget: u64,
+    ) -> std::collections::BTreeMap<String, String> {
         let folder = std::env::temp_dir().join(format!(
             "ultraep-bundle-test-{}-{budget}-{}",
             std::process::id(),
@@ -213,12 +216,7 @@ mod tests {
             ("runtime-gpu", passing),
         ];
         let outcomes = dry_run_with(&programs, 60);
-        let outcome = |step: &str| {
-            outcomes
-                .iter()
-                .find(|(name, _)| name == step)
-                .map(|(_, outcome)| outcome.as_str())
-        };
+        let outcome = |step: &str| outcomes.get(step).map(String::as_str);
         assert_eq!(outcome("nvrtc"), Some("pass"), "{outcomes:?}");
         // 70 s of limit do not fit a 60 s budget; the 8-process trial's 80 s neither.
         assert_eq!(outcome("kernels"), Some("skipped"), "{outcomes:?}");
@@ -226,12 +224,7 @@ mod tests {
         assert_eq!(outcome("ipc2"), Some("pass"), "{outcomes:?}");
         assert_eq!(outcome("torch"), Some("pass"), "{outcomes:?}");
         let outcomes = dry_run_with(&programs, 480);
-        let outcome = |step: &str| {
-            outcomes
-                .iter()
-                .find(|(name, _)| name == step)
-                .map(|(_, outcome)| outcome.as_str())
-        };
+        let outcome = |step: &str| outcomes.get(step).map(String::as_str);
         // With the whole budget a failed step is a failure, and the steps after it still run.
         assert_eq!(outcome("kernels"), Some("fail"), "{outcomes:?}");
         assert_eq!(outcome("ipc8"), Some("pass"), "{outcomes:?}");

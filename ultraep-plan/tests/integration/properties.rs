@@ -38,6 +38,15 @@ impl Problem {
     fn planner(&self) -> Planner {
         Planner::new(self.layout(), self.domains(), self.slots, self.config).unwrap()
     }
+    /// Another load like this one (each cell's low bits flipped by `seed`): what a balancer
+    /// that plans from the past sees.
+    fn estimate(&self, seed: u64) -> Vec<u32> {
+        self.loads
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| l ^ ((seed >> (i % 64)) as u32 & 0x3ff))
+            .collect()
+    }
 }
 
 /// Loads of several shapes: dense, sparse, all zero, one hot expert, skewed towards low experts.
@@ -337,12 +346,7 @@ proptest! {
     ) {
         let (layout, domains) = (problem.layout(), problem.domains());
         let cost = InstanceCost { per_token, per_instance };
-        let estimate: Vec<u32> = problem
-            .loads
-            .iter()
-            .enumerate()
-            .map(|(i, &l)| l ^ ((estimate_seed >> (i % 64)) as u32 & 0x3ff))
-            .collect();
+        let estimate = problem.estimate(estimate_seed);
         let chosen = problem
             .planner()
             .plan(LoadMatrix::new(&estimate, problem.ranks(), problem.experts()).unwrap())
@@ -369,16 +373,9 @@ proptest! {
         placed.sort_unstable();
         prop_assert!(held.iter().all(|pair| placed.binary_search(pair).is_ok()),
             "a replica outside the placement took tokens");
-        let busiest = |plan: &Plan| {
-            let mut per_rank = vec![0u64; problem.ranks()];
-            for instance in plan.instances() {
-                per_rank[instance.rank as usize] += cost.of(u64::from(instance.quota));
-            }
-            per_rank.into_iter().max().unwrap_or(0)
-        };
-        let none = NoBalance::new(layout.clone(), domains.clone()).unwrap().plan(problem.matrix()).unwrap();
-        prop_assert!(busiest(&plan) <= busiest(&none),
-            "resident {} above masters only {}", busiest(&plan), busiest(&none));
+        let (resplit, masters_only) = busiest_costs(&problem, &plan, cost);
+        prop_assert!(resplit <= masters_only,
+            "resident {} above masters only {}", resplit, masters_only);
         let mut again = FixedReplicas::new(layout.clone(), domains.clone(), problem.slots, cost).unwrap();
         again.set_placement(&placement).unwrap();
         prop_assert_eq!(&again.plan(problem.matrix()).unwrap(), &plan, "deterministic");
@@ -418,12 +415,7 @@ proptest! {
         check_plan(&oracle, problem.matrix(), &layout, &domains, problem.slots, None);
 
         // EPLB as deployed: planned from one load, applied to another.
-        let estimate: Vec<u32> = problem
-            .loads
-            .iter()
-            .enumerate()
-            .map(|(i, &l)| l ^ ((estimate_seed >> (i % 64)) as u32 & 0x3ff))
-            .collect();
+        let estimate = problem.estimate(estimate_seed);
         let mut periodic = Eplb::new(layout.clone(), domains.clone(), problem.slots, EplbMode::Periodic).unwrap();
         periodic.rebalance(LoadMatrix::new(&estimate, problem.ranks(), problem.experts()).unwrap()).unwrap();
         let applied = periodic.plan(problem.matrix()).unwrap();
