@@ -254,13 +254,17 @@ fn a_topology_syntax_error_is_one_line() {
 #[test]
 fn a_closed_output_ends_the_command_quietly() {
     // Every command panicked when its standard output was closed (`ultraep topo ... | true`).
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ultraep"))
+    // The pipe's read end is closed before the command starts, so its first write meets a
+    // closed output whatever the timing (closing it after the start raced the command's writes
+    // into the pipe's buffer).
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let child = Command::new(env!("CARGO_BIN_EXE_ultraep"))
         .args(["topo", "--preset", "gb200-nvl72", "--count", "8"])
-        .stdout(Stdio::piped())
+        .stdout(writer)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    drop(child.stdout.take());
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(141), "{out:?}");
     assert!(
