@@ -22,8 +22,8 @@ use ultraep_plan::{
 };
 use ultraep_topo::Topology;
 use ultraep_xfer::{
-    ExpertState, RelayPieces, ReplicaSet, ReplicaSetBuilder, TransferConfig, TransferSchedule,
-    simulate, simulate_reduction,
+    ExpertState, RelayPieces, ReplicaSet, ReplicaSetBuilder, RouteChooser, TransferConfig,
+    TransferSchedule, simulate, simulate_reduction,
 };
 
 use crate::BenchError;
@@ -403,12 +403,28 @@ pub struct BalancerResult {
     pub planning_host_us: f64,
     /// Mean microseconds of weight transfer per layer on the critical path.
     pub transfer_us: f64,
+    /// ultraep only: the same plans with their transfers scheduled by the first, per-expert
+    /// chooser ([`RouteChooser::PerExpert`]), simulated in the same run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_chooser: Option<FirstChooser>,
     /// Mean microseconds per layer of everything the balancer puts on the critical path, by part.
     pub overhead: OverheadBreakdown,
     /// Mean replicas per layer.
     pub replicas: f64,
     /// Mean imbalance of every simulated layer (averaged over steps), for plots.
     pub per_layer_imbalance: Vec<f64>,
+}
+
+/// ultraep's figures had the first, per-expert route chooser scheduled its weight transfers: the
+/// same plans, every other charge the same (simulated, in the same run).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct FirstChooser {
+    /// Mean microseconds of weight transfer per layer on the critical path.
+    pub transfer_us: f64,
+    /// Mean step seconds.
+    pub step_seconds: f64,
+    /// Throughput as a fraction of the ideal's.
+    pub fraction_of_ideal: f64,
 }
 
 /// What a balancer puts on one layer's critical path, in microseconds, averaged over layers.
@@ -498,6 +514,10 @@ impl ScenarioResult {
 #[derive(Debug, Clone, Default)]
 struct Tally {
     seconds: f64,
+    /// ultraep's step seconds and weight-transfer microseconds had its transfers been scheduled by
+    /// the first, per-expert chooser (the same plans; ultraep only).
+    first_chooser_seconds: f64,
+    first_chooser_transfer_us: f64,
     planning_host: f64,
     overhead: OverheadBreakdown,
     imbalance: f64,
@@ -835,6 +855,7 @@ pub fn run_steps(
             };
             for (index, name) in BALANCERS.iter().enumerate() {
                 let mut charged = OverheadBreakdown::default();
+                let mut first_chooser = None;
                 let mut planning_host = 0.0;
                 match *name {
                     "none" => none.plan_into(matrix, &mut plan)?,
@@ -880,7 +901,7 @@ pub fn run_steps(
                         }
                         times.sort_by(f64::total_cmp);
                         planning_host = times[1];
-                        charged = ultraep_overheads(&UltraepLayer {
+                        let layer = UltraepLayer {
                             plan: &plan,
                             layout: masters,
                             topology,
@@ -893,21 +914,37 @@ pub fn run_steps(
                             all_gather,
                             tokens,
                             ranks,
-                        })?;
+                        };
+                        charged = ultraep_overheads(&layer)?;
+                        first_chooser = Some(ultraep_overheads(&UltraepLayer {
+                            transfer_config: TransferConfig {
+                                chooser: RouteChooser::PerExpert,
+                                ..transfer_config
+                            },
+                            ..layer
+                        })?);
                     }
                 }
-                let outcome = layer_outcome(
-                    &model,
-                    scenario.mode,
-                    &hardware,
-                    &plan,
-                    matrix,
-                    scenario.sequence,
-                    &labels,
-                    charged.total_us() * 1e-6,
-                );
+                // The layer's time with `overhead_us` on its critical path.
+                let outcome_with = |overhead_us: f64| {
+                    layer_outcome(
+                        &model,
+                        scenario.mode,
+                        &hardware,
+                        &plan,
+                        matrix,
+                        scenario.sequence,
+                        &labels,
+                        overhead_us * 1e-6,
+                    )
+                };
+                let outcome = outcome_with(charged.total_us());
                 let tally = &mut tallies[index];
                 tally.seconds += outcome.time.total();
+                if let Some(first) = first_chooser {
+                    tally.first_chooser_seconds += outcome_with(first.total_us()).time.total();
+                    tally.first_chooser_transfer_us += first.transfer_us;
+                }
                 tally.overhead.add(&charged);
                 tally.planning_host += planning_host;
                 tally.imbalance += plan.metrics().imbalance();
@@ -951,6 +988,15 @@ pub fn run_steps(
                 planning_us: overhead.planning_us,
                 planning_host_us: tally.planning_host / simulated_layers * 1e6,
                 transfer_us: overhead.transfer_us,
+                first_chooser: (tally.first_chooser_seconds > 0.0).then(|| {
+                    let seconds = tally.first_chooser_seconds / f64::from(run.steps) * layer_scale
+                        + outside_per_step;
+                    FirstChooser {
+                        transfer_us: tally.first_chooser_transfer_us / simulated_layers,
+                        step_seconds: seconds,
+                        fraction_of_ideal: ideal_seconds / seconds,
+                    }
+                }),
                 overhead,
                 replicas: tally.replicas / simulated_layers,
                 per_layer_imbalance: tally.per_layer.clone(),

@@ -8,7 +8,7 @@ use clap::{Args, ValueEnum};
 use serde::Serialize;
 use ultraep_plan::{
     Balancer, Eplb, EplbMode, InstanceCost, LoadMatrix, NoBalance, Plan, PlanConfig, Planner,
-    SplitMode,
+    SplitMode, TransferEstimate,
 };
 
 use crate::BenchError;
@@ -43,6 +43,11 @@ pub struct PlanArgs {
     /// default, counts tokens only). ultraep only.
     #[arg(long, default_value_t = 0)]
     pub instance_cost_tokens: u64,
+    /// What copying an expert's weights into a slot costs, in units of one token's cost: among
+    /// plans as balanced, the planner then prefers cheap transfers (no replica worth less than
+    /// its copy, copies spread over the receiving ports). ultraep only.
+    #[arg(long)]
+    pub copy_cost_tokens: Option<u64>,
     /// Also time the planner: the median of nine warm plans of this problem, printed as
     /// `plan_micros` (otherwise it plans once).
     #[arg(long)]
@@ -137,6 +142,9 @@ pub fn run(args: &PlanArgs) -> Result<String, BenchError> {
                     per_token: 1,
                     per_instance: args.instance_cost_tokens,
                 },
+                transfer: args
+                    .copy_cost_tokens
+                    .map(|copy_cost| TransferEstimate { copy_cost }),
             };
             Box::new(
                 Planner::new(

@@ -272,6 +272,41 @@ pub fn overhead_table(results: &[ScenarioResult]) -> String {
     out
 }
 
+/// ultraep's weight transfer per layer on the critical path, scheduled by the first, per-expert
+/// route chooser and by the layer chooser (the same plans, in the same run), and what the
+/// difference does to the whole step (markdown; all simulated).
+pub fn transfer_table(results: &[ScenarioResult]) -> String {
+    let mut out = String::from(
+        "| scenario | weight transfer per layer: per-expert chooser -> layer chooser (us) | ratio | % of ideal: per-expert -> layer | step: per-expert -> layer (ms) |\n\
+         |---|---|---|---|---|\n",
+    );
+    for result in results {
+        let Some(ultraep) = result.balancer("ultraep") else {
+            continue;
+        };
+        let Some(first) = ultraep.first_chooser else {
+            continue;
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {:.1} -> {:.1} | {:.2} | {:.1} -> {:.1} | {:.2} -> {:.2} |",
+            result.scenario.name,
+            first.transfer_us,
+            ultraep.transfer_us,
+            if first.transfer_us > 0.0 {
+                ultraep.transfer_us / first.transfer_us
+            } else {
+                1.0
+            },
+            first.fraction_of_ideal * 100.0,
+            ultraep.fraction_of_ideal * 100.0,
+            first.step_seconds * 1e3,
+            ultraep.step_seconds * 1e3,
+        );
+    }
+    out
+}
+
 /// The summary table (markdown): imbalance and fraction of ideal per balancer, speedup, memory.
 pub fn summary_table(results: &[ScenarioResult]) -> String {
     let mut out = String::from(
@@ -549,6 +584,14 @@ fn markdown(run: &RunConfig, results: &[ScenarioResult]) -> String {
          reported beside the simulation and not part of it.\n\n",
     );
     out.push_str(&overhead_table(results));
+    out.push_str(
+        "\n### Weight transfer: the layer route chooser against the first one\n\nSimulated (the \
+         calibrated transfer model, relays forwarding 256 KiB chunks): the same plans with their \
+         weight transfers scheduled by the first, per-expert route chooser and by the layer chooser \
+         (the default), in the same run; a training layer moves its weights twice. The step and \
+         fraction of ideal change only through the transfer's place on the critical path.\n\n",
+    );
+    out.push_str(&transfer_table(results));
     out.push_str(
         "\nPlots: `throughput.svg` (fraction of ideal per scenario), `critical-path.svg` (ultraep's planning and weight \
          transfer per layer), `imbalance-<scenario>.svg` (imbalance per simulated layer, averaged over steps, one line per balancer). Method: \

@@ -7,11 +7,11 @@ use std::io::IsTerminal;
 
 use clap::Args;
 use ultraep_plan::reference::ReferenceScenario;
-use ultraep_plan::{Balancer, PlanConfig, Planner};
+use ultraep_plan::{Balancer, PlanConfig, Planner, TransferEstimate};
 use ultraep_topo::Topology;
 use ultraep_xfer::{
-    ExpertState, Fanout, RelayPieces, ReplicaSet, Simulation, TransferConfig, TransferCosts,
-    TransferSchedule, simulate,
+    ExpertState, Fanout, RelayPieces, ReplicaSet, RouteChooser, Simulation, TransferConfig,
+    TransferCosts, TransferSchedule, simulate,
 };
 
 use crate::BenchError;
@@ -26,9 +26,13 @@ pub struct XferArgs {
     /// Skip the rows of the reference scenario's plans (which draw loads for a few seconds).
     #[arg(long)]
     pub no_reference: bool,
-    /// Relays wait for whole 256 KiB chunks (as published) instead of single tiles.
-    #[arg(long)]
+    /// Relays wait for whole 256 KiB chunks (as published); by default the chooser picks tiles
+    /// or chunks expert by expert.
+    #[arg(long, conflicts_with = "tile_relays")]
     pub chunk_relays: bool,
+    /// Relays forward single 32 KiB tiles.
+    #[arg(long)]
+    pub tile_relays: bool,
     /// The transfer model: "calibrated" (per-transfer cost and backpressure, calibrated against
     /// the published timings) or "ideal" (bytes at port speed only).
     #[arg(long, default_value = "calibrated")]
@@ -88,11 +92,16 @@ pub struct XferRow {
     pub case: String,
     /// Replicas in the case.
     pub replicas: usize,
+    /// The plan's max/mean rank imbalance, for the rows of plans.
+    pub imbalance: Option<f64>,
     /// Relayed experts in the chosen schedule.
     pub relayed: usize,
     /// Direct fan-out of every expert.
     pub direct: Simulation,
-    /// The schedule the cost model chose.
+    /// The schedule the first, per-expert chooser picks ([`RouteChooser::PerExpert`]): the
+    /// baseline the layer chooser is measured against.
+    pub per_expert: Simulation,
+    /// The schedule the configured chooser picked.
     pub chosen: Simulation,
 }
 
@@ -110,13 +119,38 @@ pub fn compare(
     config: TransferConfig,
 ) -> Result<XferRow, BenchError> {
     let schedule = TransferSchedule::build(replicas, state, topology, config)?;
+    let per_expert = TransferConfig {
+        chooser: RouteChooser::PerExpert,
+        ..config
+    };
+    let per_expert = TransferSchedule::build(replicas, state, topology, per_expert)?;
     Ok(XferRow {
         case,
+        imbalance: None,
         replicas: replicas.replica_count(),
         relayed: schedule.relayed_count(),
         direct: simulate(&schedule.all_direct(), topology)?,
+        per_expert: simulate(&per_expert, topology)?,
         chosen: simulate(&schedule, topology)?,
     })
+}
+
+/// The relay pieces `args` name.
+fn relay_pieces(args: &XferArgs) -> RelayPieces {
+    if args.chunk_relays {
+        RelayPieces::Chunks
+    } else if args.tile_relays {
+        RelayPieces::Tiles
+    } else {
+        RelayPieces::Chosen
+    }
+}
+
+/// What a copy costs the planner of the transfer-aware rows: one 44.05 MB expert over a 900 GB/s
+/// port (48.9 us) against one token's expert GEMMs (2 x 3 x 7168 x 2048 FLOPs at an effective
+/// 1 PFLOP/s, 88 ns): 556 tokens' worth.
+pub fn copy_estimate() -> Result<TransferEstimate, BenchError> {
+    Ok(TransferEstimate::from_times(48_945_494, 88_080)?)
 }
 
 /// Every row of the comparison.
@@ -124,11 +158,7 @@ pub fn rows(args: &XferArgs) -> Result<Vec<XferRow>, BenchError> {
     let topology = nvl72_gpus(64)?;
     let state = deepseek_v3_expert();
     let config = TransferConfig {
-        relay_pieces: if args.chunk_relays {
-            RelayPieces::Chunks
-        } else {
-            RelayPieces::Tiles
-        },
+        relay_pieces: relay_pieces(args),
         costs: costs(args)?,
         ..TransferConfig::default()
     };
@@ -154,21 +184,31 @@ pub fn rows(args: &XferArgs) -> Result<Vec<XferRow>, BenchError> {
             let scenario = ReferenceScenario::published(target);
             let load = scenario.generate();
             let layout = scenario.layout()?;
-            let mut planner = Planner::new(
-                layout.clone(),
-                scenario.domains()?,
-                scenario.slots_per_rank,
-                PlanConfig::default(),
-            )?;
-            let plan = planner.plan(load.matrix())?;
-            let replicas = ReplicaSet::from_plan(&plan, &layout, &topology)?;
-            rows.push(compare(
-                format!("EP64 plan at {target:.1}"),
-                &replicas,
-                &state,
-                &topology,
-                config,
-            )?);
+            for (suffix, transfer) in [
+                ("", None),
+                (", transfer-aware plan", Some(copy_estimate()?)),
+            ] {
+                let mut planner = Planner::new(
+                    layout.clone(),
+                    scenario.domains()?,
+                    scenario.slots_per_rank,
+                    PlanConfig {
+                        transfer,
+                        ..PlanConfig::default()
+                    },
+                )?;
+                let plan = planner.plan(load.matrix())?;
+                let replicas = ReplicaSet::from_plan(&plan, &layout, &topology)?;
+                let mut row = compare(
+                    format!("EP64 plan at {target:.1}{suffix}"),
+                    &replicas,
+                    &state,
+                    &topology,
+                    config,
+                )?;
+                row.imbalance = Some(plan.metrics().imbalance());
+                rows.push(row);
+            }
             // The reference rows take seconds each: without a terminal to show that the command
             // works, a log gets a line per row.
             if !std::io::stderr().is_terminal() {
@@ -191,11 +231,15 @@ pub fn run(args: &XferArgs) -> Result<String, BenchError> {
                 serde_json::json!({
                     "case": row.case,
                     "replicas": row.replicas,
+                    "imbalance": row.imbalance,
                     "relayed_experts": row.relayed,
                     "lower_bound_us": row.chosen.lower_bound_ps as f64 / 1e6,
                     "direct_us": row.direct.makespan_ps as f64 / 1e6,
                     "direct_efficiency": row.direct.efficiency(),
+                    "per_expert_us": row.per_expert.makespan_ps as f64 / 1e6,
+                    "per_expert_busiest_port_us": row.per_expert.busiest_port_ps as f64 / 1e6,
                     "chosen_us": row.chosen.makespan_ps as f64 / 1e6,
+                    "chosen_busiest_port_us": row.chosen.busiest_port_ps as f64 / 1e6,
                     "chosen_efficiency": row.chosen.efficiency(),
                     "published_direct_us": published.map(|p| p.1),
                     "published_relays_us": published.map(|p| p.2),
@@ -208,41 +252,50 @@ pub fn run(args: &XferArgs) -> Result<String, BenchError> {
             "bandwidth_ppm": costs.bandwidth_ppm,
             "relay_forward_ppm": costs.relay_forward_ppm,
             "backpressure": costs.backpressure,
-            "chunk_relays": args.chunk_relays,
+            "relay_pieces": format!("{:?}", relay_pieces(args)),
             "rows": rows,
         }));
     }
-    let pieces = if args.chunk_relays {
-        "256 KiB chunks"
-    } else {
-        "32 KiB tiles"
+    let pieces = match relay_pieces(args) {
+        RelayPieces::Chunks => "relays forward 256 KiB chunks",
+        RelayPieces::Tiles => "relays forward 32 KiB tiles",
+        RelayPieces::Chosen => "relays forward tiles or chunks, as the chooser weighs them",
     };
     let mut out = format!(
-        "DeepSeek-V3 experts (44.05 MB, FP8) on 64 GPUs of a GB200 NVL72 (900 GB/s per direction); relays forward {pieces}; \
-         simulated with the {} transfer model ({:?})\n\n\
-         | case | replicas | relayed experts | lower bound (us) | direct (us) | direct eff. | chosen (us) | chosen eff. | published direct / relays (us) |\n\
-         |---|---|---|---|---|---|---|---|---|\n",
+        "DeepSeek-V3 experts (44.05 MB, FP8) on 64 GPUs of a GB200 NVL72 (900 GB/s per direction); {pieces}; \
+         simulated with the {} transfer model ({:?}). Every time is in us; the port bound (in \
+         brackets) is the schedule's busiest port's bytes at link speed; `per expert` is the \
+         first chooser, `layer` the default.\n\n\
+         | case | imbalance | replicas | relayed experts | lower bound | direct [port] | per expert [port] | layer [port] | layer eff. | layer / per expert | published direct / relays |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n",
         args.model,
         costs(args)?,
     );
+    let us = |ps: u64| ps as f64 / 1e6;
+    let with_port = |simulation: &Simulation| {
+        format!(
+            "{:.1} [{:.1}]",
+            us(simulation.makespan_ps),
+            us(simulation.busiest_port_ps)
+        )
+    };
     for row in &rows {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {:.1} | {:.1} | {:.2} | {:.1} | {:.2} | {} |",
+            "| {} | {} | {} | {} | {:.1} | {} | {} | {} | {:.2} | {:.2} | {} |",
             row.case,
+            row.imbalance.map_or("-".into(), |i| format!("{i:.3}")),
             row.replicas,
             row.relayed,
-            row.chosen.lower_bound_ps as f64 / 1e6,
-            row.direct.makespan_ps as f64 / 1e6,
-            row.direct.efficiency(),
-            row.chosen.makespan_ps as f64 / 1e6,
+            us(row.chosen.lower_bound_ps),
+            with_port(&row.direct),
+            with_port(&row.per_expert),
+            with_port(&row.chosen),
             row.chosen.efficiency(),
-            PUBLISHED_EP64_US
-                .iter()
-                .find(|(target, _, _)| row.case == format!("EP64 plan at {target:.1}"))
-                .map_or("-".into(), |(_, direct, relays)| format!(
-                    "{direct:.0} / {relays:.0}"
-                )),
+            row.chosen.makespan_ps as f64 / row.per_expert.makespan_ps.max(1) as f64,
+            published_for(&row.case).map_or("-".into(), |(_, direct, relays)| format!(
+                "{direct:.0} / {relays:.0}"
+            )),
         );
     }
     Ok(out)

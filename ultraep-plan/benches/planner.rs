@@ -11,7 +11,10 @@
 //! that takes longest); `ultraep/rank-split-alone` is that last part by itself.
 //! `ultraep/cost-aware` and `ultraep/cost-aware-no-split` are `full` and `no-split` under the
 //! decode objective (a fixed cost per instance: a 44 MB FP8 expert read at 4.8 TB/s, worth about
-//! 104 tokens at 1 PFLOP/s), on the same shapes. `eplb-oracle` and `none` are the baselines.
+//! 104 tokens at 1 PFLOP/s), on the same shapes. `ultraep/transfer-aware` is `full` with a
+//! transfer estimate (a 44 MB copy over a 900 GB/s port against a token's expert GEMMs at
+//! 1 PFLOP/s: 556 tokens), which probes the threshold found once more preferring cheap
+//! transfers. `eplb-oracle` and `none` are the baselines.
 //!
 //! `scale/*` is one rank's work per layer as the group grows to EP576 (see [`scaling`]).
 
@@ -21,7 +24,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use ultraep_plan::reference::{ReferenceLoad, ReferenceScenario};
 use ultraep_plan::{
     Balancer, Eplb, EplbMode, ExpertLayout, GatheredLoads, InstanceCost, LoadMatrix, NoBalance,
-    Plan, PlanConfig, Planner, RankDomains, RankSplit, SplitMode,
+    Plan, PlanConfig, Planner, RankDomains, RankSplit, SplitMode, TransferEstimate,
 };
 
 fn scenarios() -> Vec<(f64, ReferenceScenario, ReferenceLoad)> {
@@ -77,6 +80,25 @@ fn reference_scenario(c: &mut Criterion) {
     for (target, scenario, load) in scenarios() {
         let mut full = planner(&scenario, SplitMode::LocalityAware);
         bench_balancer(c, "ultraep/full", target, &mut full, &load);
+        let mut transfer_aware = Planner::new(
+            scenario.layout().expect("valid layout"),
+            scenario.domains().expect("valid domains"),
+            scenario.slots_per_rank,
+            PlanConfig {
+                transfer: Some(
+                    TransferEstimate::from_times(48_945_494, 88_080).expect("valid times"),
+                ),
+                ..PlanConfig::default()
+            },
+        )
+        .expect("valid planner");
+        bench_balancer(
+            c,
+            "ultraep/transfer-aware",
+            target,
+            &mut transfer_aware,
+            &load,
+        );
         let mut contiguous = planner(&scenario, SplitMode::Contiguous);
         bench_balancer(
             c,

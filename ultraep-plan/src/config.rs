@@ -23,6 +23,51 @@ pub struct PlanConfig {
     /// What an instance costs its rank: the planner minimises the largest rank cost under it.
     /// Tokens alone by default ([`InstanceCost::TOKENS`]), as for training and prefill.
     pub cost: InstanceCost,
+    /// What copying an expert's weights into a slot costs, for plans that tie on balance to be
+    /// told apart by their transfers; `None` (the default) weighs balance alone.
+    pub transfer: Option<TransferEstimate>,
+}
+
+/// What moving an expert's weights into a replica slot costs, as the planner weighs it: the
+/// planner stays pure and knows no topology, so the caller turns its transfer model into one
+/// figure.
+///
+/// With an estimate the planner, once it has found the lowest threshold it can reach, probes that
+/// threshold once more preferring cheap transfers: a replica must take at least
+/// `copy_cost / per_token` tokens (one that buys less than its copy costs is left out), and a
+/// piece that several ranks can take whole goes to the one that receives the fewest copies so far
+/// (its port is the freest), before best fit. That probe replaces the first only if it succeeds
+/// and its busiest rank is no busier: the estimate never costs balance.
+///
+/// ```
+/// use ultraep_plan::{PlanConfig, TransferEstimate};
+/// // A 44 MB expert over a 900 GB/s port takes 49 us; a token's expert GEMMs take about 60 ns.
+/// let estimate = TransferEstimate::from_times(48_945_000, 60_000)?;
+/// assert_eq!(estimate.copy_cost, 816); // tokens' worth of compute
+/// let config = PlanConfig { transfer: Some(estimate), ..PlanConfig::default() };
+/// # let _ = config;
+/// # Ok::<(), ultraep_plan::PlanError>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TransferEstimate {
+    /// The cost of one copy in the units of [`PlanConfig::cost`] (tokens' worth of compute under
+    /// [`InstanceCost::TOKENS`]).
+    pub copy_cost: u64,
+}
+
+impl TransferEstimate {
+    /// The estimate under the token objective from the picoseconds one copy takes on a receiving
+    /// port and the picoseconds one token's expert compute takes (rounded up).
+    pub fn from_times(copy_ps: u64, token_ps: u64) -> Result<Self, crate::PlanError> {
+        if token_ps == 0 {
+            return Err(crate::PlanError::InvalidSetting(
+                "a token that costs no time makes every copy infinitely expensive",
+            ));
+        }
+        Ok(Self {
+            copy_cost: copy_ps.div_ceil(token_ps),
+        })
+    }
 }
 
 /// The time an expert instance takes on its rank, in integer units: a fixed part for every
@@ -154,6 +199,7 @@ impl Default for PlanConfig {
             master_keeps_token: true,
             split: SplitMode::LocalityAware,
             cost: InstanceCost::TOKENS,
+            transfer: None,
         }
     }
 }

@@ -147,7 +147,7 @@ mod threshold;
 
 pub use assembler::{MAX_CELLS, MAX_REPLICAS, MAX_SLOTS_PER_RANK, Replica};
 pub use balancer::{Balancer, ForceBalanced, NoBalance};
-pub use config::{InstanceCost, PlanConfig, SplitMode};
+pub use config::{InstanceCost, PlanConfig, SplitMode, TransferEstimate};
 pub use eplb::{Eplb, EplbMode};
 pub use eplb_hierarchical::EplbHierarchical;
 pub use eplb_replace::EplbReplace;

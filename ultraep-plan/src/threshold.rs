@@ -21,7 +21,9 @@
 //! With a [`Residency`], the search then probes its threshold once more, sending each piece that a
 //! rank holding the expert's weights can take whole to that rank (the lowest such rank). That probe
 //! replaces the first only if it succeeds and its busiest rank is no busier: the preference never
-//! costs balance.
+//! costs balance. With a [`crate::TransferEstimate`] it probes once more again, preferring cheap
+//! transfers (pieces of at least the copy's worth of tokens; among the ranks that take a piece
+//! whole, the one that has received the fewest copies), on the same terms.
 
 use crate::assembler::Replica;
 use crate::{InstanceCost, PlanConfig, Residency};
@@ -72,10 +74,30 @@ impl DomainProblem<'_> {
         u64::from(self.cost().per_token.max(1))
     }
 
+    /// The least a replica may take when transfers are weighed: enough tokens to pay for its copy.
+    fn min_piece_for(&self, preference: Preference) -> u64 {
+        match self.config.transfer.filter(|_| preference.cheap_transfers) {
+            Some(estimate) => self
+                .min_piece()
+                .max(estimate.copy_cost.div_ceil(self.per_token())),
+            None => self.min_piece(),
+        }
+    }
+
     /// Tokens of `expert` its master must keep.
     fn kept_by_master(&self, expert_load: u64) -> u64 {
         u64::from(self.config.master_keeps_token && expert_load > 0)
     }
+}
+
+/// What a probe prefers beyond balance.
+#[derive(Debug, Clone, Copy, Default)]
+struct Preference {
+    /// Pieces go to ranks holding the expert's weights when one takes them whole.
+    resident: bool,
+    /// Pieces pay for their copy, and go to the rank with the fewest copies among those that take
+    /// them whole.
+    cheap_transfers: bool,
 }
 
 /// Buffers reused from call to call so that a search allocates nothing once warm.
@@ -146,13 +168,23 @@ impl ExportSearch {
             .sort_unstable_by_key(|&r| (std::cmp::Reverse(domain.rank_load[r as usize]), r));
 
         let threshold = self.search(domain, target, max, lower, ppm);
-        if let Some(residency) = domain.residency
-            && !residency.is_empty()
-            && !self.best.is_empty()
-        {
-            let peak = self.best_peak;
-            if self.probe(domain, threshold, true) && self.peak <= peak {
-                std::mem::swap(&mut self.best, &mut self.trial);
+        let resident = domain.residency.is_some_and(|r| !r.is_empty());
+        if resident && !self.best.is_empty() {
+            let preference = Preference {
+                resident,
+                cheap_transfers: false,
+            };
+            if self.probe(domain, threshold, preference) && self.peak <= self.best_peak {
+                self.keep_trial();
+            }
+        }
+        if domain.config.transfer.is_some() && !self.best.is_empty() {
+            let preference = Preference {
+                resident,
+                cheap_transfers: true,
+            };
+            if self.probe(domain, threshold, preference) && self.peak <= self.best_peak {
+                self.keep_trial();
             }
         }
         threshold
@@ -168,7 +200,7 @@ impl ExportSearch {
         lower: u64,
         ppm: u64,
     ) -> u64 {
-        if self.probe(domain, target, false) {
+        if self.probe(domain, target, Preference::default()) {
             self.keep_trial();
             return target;
         }
@@ -179,7 +211,7 @@ impl ExportSearch {
             .max(1);
         while feasible - infeasible > precision {
             let middle = infeasible + (feasible - infeasible) / 2;
-            if self.probe(domain, middle, false) {
+            if self.probe(domain, middle, Preference::default()) {
                 feasible = middle;
                 self.keep_trial();
             } else {
@@ -195,13 +227,18 @@ impl ExportSearch {
     }
 
     /// Whether greedy export brings every rank of the domain to at most `threshold`; the replicas
-    /// it made are left in `self.trial` and the busiest rank's load in `self.peak`. With `prefer`,
-    /// pieces go to ranks holding the expert's weights when such a rank takes them whole.
-    fn probe(&mut self, domain: &DomainProblem<'_>, threshold: u64, prefer: bool) -> bool {
+    /// it made are left in `self.trial` and the busiest rank's load in `self.peak`, preferring
+    /// what `preference` says among the targets that keep the threshold.
+    fn probe(
+        &mut self,
+        domain: &DomainProblem<'_>,
+        threshold: u64,
+        preference: Preference,
+    ) -> bool {
         self.trial.clear();
         self.candidates.clear();
         self.peak = 0;
-        let min_piece = domain.min_piece();
+        let min_piece = domain.min_piece_for(preference);
         let per_token = domain.per_token();
         // The least slack a rank needs to take a piece: the smallest piece's cost.
         let min_room = domain.piece_cost(min_piece);
@@ -220,14 +257,17 @@ impl ExportSearch {
             }
             let mut excess = load - threshold;
             let mut exported = 0;
+            // Fixed costs of master instances left without a token, which their rank no longer
+            // pays: its final cost, and so the peak, is that much lower.
+            let mut freed = 0;
             for &expert in domain.experts_of(source) {
                 let expert_load = domain.expert_load[expert as usize];
                 let mut available = expert_load - domain.kept_by_master(expert_load);
                 while excess > 0 && available >= min_piece {
                     // The tokens that would clear the excess, if the expert has them.
                     let whole = excess.div_ceil(per_token).min(available);
-                    let resident = domain.residency.filter(|_| prefer);
-                    let Some(position) = self.choose_target(domain, whole, expert, resident) else {
+                    let Some(position) = self.choose_target(domain, whole, expert, preference)
+                    else {
                         break;
                     };
                     let target = self.candidates[position] as usize;
@@ -249,6 +289,9 @@ impl ExportSearch {
                     exported += piece * per_token;
                     available -= piece;
                 }
+                if expert_load > 0 && available == 0 && domain.kept_by_master(expert_load) == 0 {
+                    freed += domain.cost().per_instance;
+                }
                 if excess == 0 {
                     break;
                 }
@@ -257,7 +300,7 @@ impl ExportSearch {
                 return false;
             }
             // The source ends at the threshold, or below it when the last piece was raised.
-            self.peak = self.peak.max(load - exported);
+            self.peak = self.peak.max((load - exported).saturating_sub(freed));
         }
         for &rank in domain.ranks {
             if domain.rank_load[rank as usize] <= threshold {
@@ -268,18 +311,19 @@ impl ExportSearch {
     }
 
     /// The candidate (as a position in `self.candidates`) to take a piece of up to `whole` tokens:
-    /// best fit among ranks that take it whole, else the rank with the most slack; ties go to the
-    /// lower rank. Pieces of one expert never meet on a rank: after a piece that did not finish the
-    /// export, the target's slack is spent (or the expert is).
+    /// best fit among ranks that take it whole (with cheap transfers preferred, the one with the
+    /// most free slots first), else the rank with the most slack; ties go to the lower rank.
+    /// Pieces of one expert never meet on a rank: after a piece that did not finish the export,
+    /// the target's slack is spent (or the expert is).
     fn choose_target(
         &self,
         domain: &DomainProblem<'_>,
         whole: u64,
         expert: u32,
-        residency: Option<&Residency>,
+        preference: Preference,
     ) -> Option<usize> {
         let whole = domain.piece_cost(whole);
-        if let Some(residency) = residency {
+        if let Some(residency) = domain.residency.filter(|_| preference.resident) {
             let holder = self
                 .candidates
                 .iter()
@@ -292,17 +336,29 @@ impl ExportSearch {
                 return Some(position);
             }
         }
-        let mut best_fit: Option<(u64, u32, usize)> = None;
+        // Under the transfer preference a rank with more free slots (fewer copies coming in)
+        // fits better; otherwise every rank counts as equally free.
+        let copies = |rank: u32| {
+            if preference.cheap_transfers {
+                domain.slots_per_rank - self.slots_free[rank as usize]
+            } else {
+                0
+            }
+        };
+        let mut best_fit: Option<(u32, u64, u32, usize)> = None;
         let mut most_slack: Option<(u64, u32, usize)> = None;
         for (position, &rank) in self.candidates.iter().enumerate() {
             let slack = self.slack[rank as usize];
-            if slack >= whole && best_fit.is_none_or(|(s, r, _)| (slack, rank) < (s, r)) {
-                best_fit = Some((slack, rank, position));
+            let fit = (copies(rank), slack, rank);
+            if slack >= whole && best_fit.is_none_or(|(c, s, r, _)| fit < (c, s, r)) {
+                best_fit = Some((fit.0, slack, rank, position));
             }
             if most_slack.is_none_or(|(s, r, _)| slack > s || (slack == s && rank < r)) {
                 most_slack = Some((slack, rank, position));
             }
         }
-        best_fit.or(most_slack).map(|(_, _, position)| position)
+        best_fit
+            .map(|(_, _, _, position)| position)
+            .or(most_slack.map(|(_, _, position)| position))
     }
 }

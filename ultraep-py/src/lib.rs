@@ -77,6 +77,7 @@ impl PyPlanner {
                 per_token: token_cost.max(1),
                 per_instance: instance_cost,
             },
+            transfer: None,
         };
         let planner = Planner::new(layout, domains, slots_per_rank, config).map_err(value_error)?;
         Ok(Self {

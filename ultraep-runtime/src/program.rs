@@ -8,7 +8,7 @@
 
 use std::ops::Range;
 
-use ultraep_xfer::{Piece, Region, Route, TransferSchedule};
+use ultraep_xfer::{Hop, Piece, Region, TransferSchedule};
 
 /// One message: `bytes` bytes at `offset` of one expert state, from a region of `from_rank` to a
 /// slot of `to_rank`.
@@ -59,12 +59,13 @@ pub struct TransferProgram {
     transfers: Vec<PieceTransfer>,
     pieces: Vec<Piece>,
     owned: Vec<u64>,
+    hops: Vec<Hop>,
 }
 
 impl TransferProgram {
     /// Builds the program of `schedule` in this program's buffers: fan-out by fan-out, piece by
-    /// piece; a relayed piece first goes to its relay, which then forwards it to every other
-    /// destination.
+    /// piece, each piece's hops as [`TransferSchedule::hops_into`] lists them (a relayed piece
+    /// first goes to its relay, which then forwards it).
     pub fn build_from(&mut self, schedule: &TransferSchedule) {
         self.transfers.clear();
         for fanout in schedule.fanouts() {
@@ -73,53 +74,29 @@ impl TransferProgram {
             let master = Region::Master {
                 index: fanout.master_index,
             };
-            for piece in &self.pieces {
-                let message =
-                    |tag: usize, from_rank, from, (to_rank, to_slot), after| PieceTransfer {
-                        tag: tag as u32,
+            for (step, piece) in self.pieces.iter().enumerate() {
+                self.hops.clear();
+                schedule.hops_into(fanout, step, piece, &mut self.hops);
+                let first = self.transfers.len() as u32;
+                for hop in &self.hops {
+                    let tag = self.transfers.len() as u32;
+                    self.transfers.push(PieceTransfer {
+                        tag,
                         expert: fanout.expert,
-                        from_rank,
-                        from,
+                        from_rank: hop.from,
+                        from: if hop.forwarded {
+                            Region::Slot {
+                                slot: fanout.slot_of(hop.from),
+                            }
+                        } else {
+                            master
+                        },
                         offset: piece.offset,
                         bytes: piece.bytes,
-                        to_rank,
-                        to_slot,
-                        after,
-                    };
-                match (piece.owner, &fanout.route) {
-                    (Some(relay), Route::Relayed { .. }) => {
-                        let relay_slot = fanout.slot_of(relay);
-                        let first = self.transfers.len();
-                        self.transfers.push(message(
-                            first,
-                            fanout.master,
-                            master,
-                            (relay, relay_slot),
-                            None,
-                        ));
-                        for &destination in fanout.destinations.iter().filter(|d| d.0 != relay) {
-                            let tag = self.transfers.len();
-                            self.transfers.push(message(
-                                tag,
-                                relay,
-                                Region::Slot { slot: relay_slot },
-                                destination,
-                                Some(first as u32),
-                            ));
-                        }
-                    }
-                    _ => {
-                        for &destination in &fanout.destinations {
-                            let tag = self.transfers.len();
-                            self.transfers.push(message(
-                                tag,
-                                fanout.master,
-                                master,
-                                destination,
-                                None,
-                            ));
-                        }
-                    }
+                        to_rank: hop.to,
+                        to_slot: fanout.slot_of(hop.to),
+                        after: hop.feed.map(|feed| first + feed),
+                    });
                 }
             }
         }

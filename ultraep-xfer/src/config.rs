@@ -21,6 +21,8 @@ pub struct TransferConfig {
     pub allow_relays: bool,
     /// The unit a relay waits for and forwards.
     pub relay_pieces: RelayPieces,
+    /// How routes are chosen.
+    pub chooser: RouteChooser,
     /// What moving a piece costs beyond its bytes at the port's bandwidth: what the simulator
     /// plays and the relay chooser weighs.
     pub costs: TransferCosts,
@@ -69,12 +71,33 @@ impl TransferCosts {
 /// What a relay waits for before it forwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RelayPieces {
-    /// Every tile on its own: the relay pipeline fills and drains in `n` tile times. The default:
-    /// in the simulator it keeps relays above 0.94 of the bound for 4 to 32 replicas.
+    /// Whichever of tiles and chunks the chooser costs cheaper, expert by expert. The default:
+    /// tiles drain the relay pipeline sooner, chunks pay the per-transfer cost eight times less
+    /// often, and which wins depends on the costs and the fan-out.
+    Chosen,
+    /// Every tile on its own: the relay pipeline fills and drains in `n` tile times. Under the
+    /// ideal costs it keeps relays above 0.94 of the bound for 4 to 32 replicas.
     Tiles,
     /// Whole chunks, as published: fewer flags to signal and poll, but the pipeline fills and
-    /// drains in `n` chunk times (0.82-0.94 of the bound for 4 to 32 replicas).
+    /// drains in `n` chunk times (0.82-0.94 of the bound for 4 to 32 replicas under the ideal
+    /// costs).
     Chunks,
+}
+
+/// How the schedule chooses every expert's route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RouteChooser {
+    /// A cost model of the whole layer (the default): every expert weighs direct fan-out against
+    /// relays by tile or chunk, every relay count, a share of pieces sent directly and trees two
+    /// relays deep, against the egress and ingress every port carries for the other experts; a
+    /// second pass chooses every expert again against the final loads of all the others.
+    Layer,
+    /// The first chooser, kept as the baseline the bench compares against: expert by expert,
+    /// direct or flat relays with the configured piece (tiles if [`RelayPieces::Chosen`]), against
+    /// the egress of the experts before it only. Its relays also keep their first order of
+    /// forwards (starting at twice the piece number), so that its schedules are the first ones
+    /// exactly.
+    PerExpert,
 }
 
 impl Default for TransferConfig {
@@ -83,7 +106,8 @@ impl Default for TransferConfig {
             tile_bytes: 32 * 1024,
             chunk_bytes: 256 * 1024,
             allow_relays: true,
-            relay_pieces: RelayPieces::Tiles,
+            relay_pieces: RelayPieces::Chosen,
+            chooser: RouteChooser::Layer,
             costs: TransferCosts::CALIBRATED,
         }
     }

@@ -12,6 +12,14 @@ pub enum XferError {
         /// What is wrong.
         reason: &'static str,
     },
+    /// A route given by hand that cannot be carried out.
+    #[error("expert {expert}: {reason}")]
+    InvalidRoute {
+        /// The expert.
+        expert: u32,
+        /// What is wrong.
+        reason: &'static str,
+    },
     /// An expert state with no bytes.
     #[error("the expert state is empty")]
     EmptyState,

@@ -1,7 +1,8 @@
 //! A schedule as a list of chunk transfers with their dependencies: what the simulator plays and
 //! what the tile task list is cut from.
 
-use crate::{Route, TransferSchedule};
+use crate::TransferSchedule;
+use crate::schedule::rotated;
 
 /// One piece moving from one rank to another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,8 +33,8 @@ impl Flow {
 }
 
 /// Every piece transfer of a weight distribution, piece-major (piece 0 of every expert, then piece
-/// 1, ...), each relay's forwards right after the transfer that feeds it. A transfer only ever waits
-/// for one listed earlier.
+/// 1, ...), each piece's hops as [`TransferSchedule::hops_into`] lists them. A transfer only ever
+/// waits for one listed earlier.
 pub(crate) fn distribution(schedule: &TransferSchedule) -> Flow {
     let pieces: Vec<_> = schedule
         .fanouts()
@@ -45,53 +46,28 @@ pub(crate) fn distribution(schedule: &TransferSchedule) -> Flow {
         transfers: Vec::new(),
         predecessors: Vec::new(),
     };
+    let mut hops = Vec::new();
     for step in 0..steps {
         for (index, fanout) in schedule.fanouts().iter().enumerate() {
             let Some(piece) = pieces[index].get(step) else {
                 continue;
             };
-            let (fanout_index, piece_index) = (index as u32, step as u32);
-            match &fanout.route {
-                Route::Direct => {
-                    for to in rotated(&fanout.destinations, step) {
-                        let transfer = ChunkTransfer {
-                            fanout: fanout_index,
-                            piece: piece_index,
-                            from: fanout.master,
-                            to,
-                            bytes: piece.bytes,
-                            forwarded: false,
-                        };
-                        flow.push(transfer, Vec::new());
-                    }
-                }
-                Route::Relayed { .. } => {
-                    let owner = piece.owner.unwrap_or(fanout.master);
-                    let feed = flow.push(
-                        ChunkTransfer {
-                            fanout: fanout_index,
-                            piece: piece_index,
-                            from: fanout.master,
-                            to: owner,
-                            bytes: piece.bytes,
-                            forwarded: false,
-                        },
-                        Vec::new(),
-                    );
-                    // The owner of piece p starts forwarding about p piece times in; starting its
-                    // round at 2p puts concurrent owners on different receivers.
-                    for to in rotated(&fanout.destinations, 2 * step).filter(|&to| to != owner) {
-                        let transfer = ChunkTransfer {
-                            fanout: fanout_index,
-                            piece: piece_index,
-                            from: owner,
-                            to,
-                            bytes: piece.bytes,
-                            forwarded: true,
-                        };
-                        flow.push(transfer, vec![feed]);
-                    }
-                }
+            hops.clear();
+            schedule.hops_into(fanout, step, piece, &mut hops);
+            let first = flow.transfers.len() as u32;
+            for hop in &hops {
+                let transfer = ChunkTransfer {
+                    fanout: index as u32,
+                    piece: step as u32,
+                    from: hop.from,
+                    to: hop.to,
+                    bytes: piece.bytes,
+                    forwarded: hop.forwarded,
+                };
+                flow.push(
+                    transfer,
+                    hop.feed.map(|feed| first + feed).into_iter().collect(),
+                );
             }
         }
     }
@@ -140,15 +116,4 @@ pub(crate) fn reduction(schedule: &TransferSchedule) -> Flow {
         }
     }
     flow
-}
-
-/// The destination ranks starting at position `start` (modulo their count) and wrapping around.
-///
-/// A multicast stores a tile to all its destinations at once; played as a sequence of transfers,
-/// every sender starting at the same destination would flood one receiver after another. Starting
-/// each sender at a different place (after itself for a relay, at the piece number for a master)
-/// spreads the receivers' load as the concurrent stores do.
-fn rotated(destinations: &[(u32, u16)], start: usize) -> impl Iterator<Item = u32> + '_ {
-    let count = destinations.len().max(1);
-    (0..destinations.len()).map(move |i| destinations[(start + i) % count].0)
 }

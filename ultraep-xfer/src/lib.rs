@@ -13,6 +13,8 @@
 //! arithmetic only, so every rank builds the same one.
 
 mod checksum;
+mod chooser_layer;
+mod chooser_per_expert;
 mod config;
 mod cpu;
 mod error;
@@ -28,14 +30,14 @@ mod tasks;
 mod transport;
 
 pub use checksum::{Checksum, checksum};
-pub use config::{RelayPieces, TransferConfig, TransferCosts};
+pub use config::{RelayPieces, RouteChooser, TransferConfig, TransferCosts};
 pub use cpu::{CpuTransport, SlotState};
 pub use error::XferError;
 pub use migration::{LayoutTransition, MigrationChunk, TransitionPhase};
 pub use pool::WorkerPool;
 pub use reduction::{ReductionScratch, reduce_gradients};
 pub use replicas::{Fanout, Region, ReplicaSet, ReplicaSetBuilder};
-pub use schedule::{Piece, Route, ScheduleBuilder, ScheduledFanout, TransferSchedule};
+pub use schedule::{Hop, Piece, Route, ScheduleBuilder, ScheduledFanout, TransferSchedule};
 pub use simulate::{
     PlayedTransfer, ReplicaReady, Simulation, lower_bound, played_transfers, simulate,
     simulate_reduction,

@@ -1,35 +1,42 @@
 //! The transfer schedule: for every replicated expert, how its state reaches its replicas.
 //!
-//! Two routes exist. **Direct**: the master sends every chunk to every destination, loading each
-//! tile once and storing it to all of them. **Relayed**: every piece crosses a two-stage tree; the
-//! master sends each piece to one relay (a destination), which forwards it to every other
-//! destination as soon as it has landed. The master then sends each byte once instead of once per
-//! destination, forwarding is spread evenly over the relays, and there is no barrier, only a wait
-//! per piece. Relays forward per tile by default ([`crate::RelayPieces`]): the pipeline then fills
-//! and drains in a few tile times instead of a few chunk times.
+//! An expert's state travels in pieces, and every piece crosses a small tree whose root is the
+//! master ([`TransferSchedule::hops_into`] lists its hops):
+//! - **Direct**: the master stores the piece to every destination (it loads each tile once).
+//! - **Relayed**: the master sends the piece to one destination, its owner, which forwards it to
+//!   the others as soon as it has landed (a wait per piece, no barrier). Owners take the pieces
+//!   in turn by bytes owned, so relays forward equal shares.
+//! - **Deep**: as relayed, but the owner hands half of the others to a second relay (the next
+//!   relay of the route), which forwards to them: a relay that relays. It halves how long the last
+//!   piece takes to reach everyone.
 //!
-//! The route of every expert comes from a cost model of the layer: experts with the most
-//! destinations go first; for each, direct fan-out and every relay count `r` are costed as the time
-//! the busiest affected egress port (the master or a relay) would need for everything it sends so
-//! far, plus, for relays, one piece time and one hop of latency for the second stage; relays are the
-//! destinations that send least so far (ties: lower rank). The cheapest wins (ties: direct, then
-//! fewer relays), and its bytes are added to the port loads the next expert sees. Ingress needs no
-//! choice: every destination receives one copy whatever the route.
+//! Relays forward per 32 KiB tile or per 256 KiB chunk; the chooser picks either per expert unless
+//! [`crate::RelayPieces`] fixes one.
+//!
+//! Which route every expert takes comes from [`crate::RouteChooser`]: by default a cost model of
+//! the whole layer (`chooser.rs`), which weighs every option against every port's egress and
+//! ingress.
 
-use ultraep_topo::{RankId, Topology};
+use ultraep_topo::Topology;
 
-use crate::{ExpertState, RelayPieces, ReplicaSet, TransferConfig, XferError};
+use crate::chooser_layer::LayerChooser;
+use crate::chooser_per_expert::PerExpertChooser;
+use crate::{ExpertState, ReplicaSet, RouteChooser, TransferConfig, TransferCosts, XferError};
 
 /// How one expert's state travels.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Route {
     /// The master sends every chunk to every destination.
     Direct,
-    /// Chunk `c` goes from the master to `relays[c % relays.len()]`, which forwards it to every
-    /// other destination. Relays are destination ranks.
+    /// Pieces go from the master to a relay, their owner, which forwards them to every other
+    /// destination ([`TransferSchedule::pieces`] says which piece each relay owns). Relays are
+    /// destination ranks.
     Relayed {
-        /// The relay ranks, in chunk-ownership order.
+        /// The relay ranks, in piece-ownership order.
         relays: Vec<u32>,
+        /// Whether the owner of a piece hands half of the other destinations to a second relay
+        /// (the relay after it in `relays`), which forwards to them: a tree two relays deep.
+        deep: bool,
     },
 }
 
@@ -61,6 +68,22 @@ pub struct Piece {
     pub bytes: u64,
     /// The relay that receives it from the master and forwards it; `None` for direct fan-out.
     pub owner: Option<u32>,
+    /// In a deep tree, the relay the owner feeds first and that forwards to half of the others.
+    pub second: Option<u32>,
+}
+
+/// One hop of a piece's tree: `from` stores the piece to `to`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Hop {
+    /// The sender: the master or a relay.
+    pub from: u32,
+    /// The receiver, a destination.
+    pub to: u32,
+    /// Whether `from` forwards a piece it received (a relay) rather than its own state.
+    pub forwarded: bool,
+    /// For a forwarded hop, the index (among the piece's hops) of the hop that brings the piece
+    /// to `from`; it is always an earlier hop.
+    pub feed: Option<u32>,
 }
 
 impl ScheduledFanout {
@@ -102,6 +125,77 @@ impl TransferSchedule {
     ) -> Result<Self, XferError> {
         let mut schedule = Self::default();
         ScheduleBuilder::default().build_into(replicas, state, topology, config, &mut schedule)?;
+        Ok(schedule)
+    }
+
+    /// Builds `replicas`' schedule with the routes given, one per fan-out in order, each with the
+    /// size of the pieces it travels in: for experiments, tests and callers that choose their own.
+    /// Every shape [`Route`] can describe is accepted if it can be carried out: relays must be
+    /// distinct destinations of their expert, a deep tree needs two relays, and pieces must be a whole
+    /// number of tiles that divides the chunk (direct fan-out travels in chunks).
+    ///
+    /// ```
+    /// use ultraep_topo::Preset;
+    /// use ultraep_xfer::*;
+    /// let topo = Preset::HgxH100.topology(1)?;
+    /// let replicas = ReplicaSet::new(vec![Fanout::new(0, 0, 0, vec![(1, 0), (2, 0), (3, 0)])?])?;
+    /// let state = ExpertState::opaque(1 << 20)?;
+    /// let deep = Route::Relayed { relays: vec![1, 2], deep: true };
+    /// let config = TransferConfig::default();
+    /// let schedule = TransferSchedule::with_routes(&replicas, &state, &topo, config, vec![(deep, config.chunk_bytes)])?;
+    /// assert_eq!(schedule.relayed_count(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with_routes(
+        replicas: &ReplicaSet,
+        state: &ExpertState,
+        topology: &Topology,
+        config: TransferConfig,
+        routes: Vec<(Route, u32)>,
+    ) -> Result<Self, XferError> {
+        let direct = TransferConfig {
+            allow_relays: false,
+            ..config
+        };
+        let mut schedule = Self::build(replicas, state, topology, direct)?;
+        schedule.config = config;
+        if routes.len() != schedule.fanouts.len() {
+            return Err(XferError::InvalidConfig {
+                reason: "one route per fan-out is needed",
+            });
+        }
+        for (fanout, (route, piece_bytes)) in schedule.fanouts.iter_mut().zip(routes) {
+            let invalid = |reason| XferError::InvalidRoute {
+                expert: fanout.expert,
+                reason,
+            };
+            if piece_bytes == 0
+                || !piece_bytes.is_multiple_of(config.tile_bytes)
+                || !config.chunk_bytes.is_multiple_of(piece_bytes)
+            {
+                return Err(invalid("pieces must be whole tiles that divide the chunk"));
+            }
+            if let Route::Relayed { relays, deep } = &route {
+                if relays.is_empty() {
+                    return Err(invalid("a relayed route needs a relay"));
+                }
+                if *deep && relays.len() < 2 {
+                    return Err(invalid("a deep tree needs two relays"));
+                }
+                for (index, relay) in relays.iter().enumerate() {
+                    if !fanout.destinations.iter().any(|d| d.0 == *relay) {
+                        return Err(invalid("a relay must be a destination"));
+                    }
+                    if relays[..index].contains(relay) {
+                        return Err(invalid("a relay listed twice"));
+                    }
+                }
+            } else if piece_bytes != config.chunk_bytes {
+                return Err(invalid("direct fan-out travels in chunks"));
+            }
+            fanout.route = route;
+            fanout.piece_bytes = piece_bytes;
+        }
         Ok(schedule)
     }
 
@@ -147,21 +241,110 @@ impl TransferSchedule {
             offset: index * size,
             bytes: size.min(self.state_bytes - index * size),
             owner: None,
+            second: None,
         }));
-        if let Route::Relayed { relays } = &fanout.route {
+        if let Route::Relayed { relays, deep } = &fanout.route {
+            if relays.is_empty() {
+                return;
+            }
             owned.clear();
             owned.resize(relays.len(), 0);
             for piece in &mut pieces[first..] {
                 let mut least = 0;
-                for index in 1..owned.len() {
-                    if owned[index] < owned[least] {
-                        least = index;
+                for candidate in 1..owned.len() {
+                    if owned[candidate] < owned[least] {
+                        least = candidate;
                     }
                 }
                 owned[least] += piece.bytes;
                 piece.owner = Some(relays[least]);
+                if *deep && relays.len() > 1 {
+                    piece.second = Some(relays[(least + 1) % relays.len()]);
+                }
             }
         }
+    }
+
+    /// Appends the hops of `piece` (the `step`-th piece of `fanout`) to `hops`: the master's sends
+    /// first, then the owner's forwards, then the second relay's. Every piece's tree is defined
+    /// here, and only here: the flow the simulator plays, the tile task list and the runtime's
+    /// messages are all cut from these hops.
+    ///
+    /// Senders start their round at different destinations (a master at the piece number, a relay
+    /// just after itself): played as a sequence of stores, every sender starting at the same
+    /// destination would flood one receiver after another, where a GPU's concurrent stores spread
+    /// over them.
+    pub fn hops_into(
+        &self,
+        fanout: &ScheduledFanout,
+        step: usize,
+        piece: &Piece,
+        hops: &mut Vec<Hop>,
+    ) {
+        let first = hops.len();
+        let Some(owner) = piece.owner else {
+            hops.extend(rotated(&fanout.destinations, step).map(|to| Hop {
+                from: fanout.master,
+                to,
+                forwarded: false,
+                feed: None,
+            }));
+            return;
+        };
+        hops.push(Hop {
+            from: fanout.master,
+            to: owner,
+            forwarded: false,
+            feed: None,
+        });
+        let second = piece.second.filter(|&second| second != owner);
+        let forward = |from: u32, to: u32, feed: usize| Hop {
+            from,
+            to,
+            forwarded: true,
+            feed: Some((feed - first) as u32),
+        };
+        let others = || {
+            rotated(&fanout.destinations, self.rotation(fanout, owner, step))
+                .filter(move |&to| to != owner && Some(to) != second)
+        };
+        match second {
+            None => hops.extend(others().map(|to| forward(owner, to, first))),
+            Some(second) => {
+                // The owner sends to the second relay first, then to half of the rest; the second
+                // relay forwards to the other half, so both send about as many copies.
+                let rest = others().count();
+                let owner_share = rest.saturating_sub(1) / 2;
+                let feed_second = hops.len();
+                hops.push(forward(owner, second, first));
+                hops.extend(
+                    others()
+                        .take(owner_share)
+                        .map(|to| forward(owner, to, first)),
+                );
+                hops.extend(
+                    others()
+                        .skip(owner_share)
+                        .map(|to| forward(second, to, feed_second)),
+                );
+            }
+        }
+    }
+
+    /// Where a relay starts its round of forwards: just after its own place among the
+    /// destinations. Relays that forward at the same time then store to different receivers
+    /// (relay `i` sends its `k`-th copy to destination `i + k`), where starting every relay at the
+    /// same place would have them queue for one receiver after another. The per-expert baseline
+    /// keeps its own order (twice the piece number), so that it is the first schedule exactly.
+    fn rotation(&self, fanout: &ScheduledFanout, owner: u32, step: usize) -> usize {
+        if self.config.chooser == RouteChooser::PerExpert {
+            return 2 * step;
+        }
+        fanout
+            .destinations
+            .iter()
+            .position(|d| d.0 == owner)
+            .map_or(0, |position| position + 1)
     }
 
     /// Bytes of chunk `chunk` (the last one may be short).
@@ -207,9 +390,9 @@ impl TransferSchedule {
 /// ```
 #[derive(Debug, Default)]
 pub struct ScheduleBuilder {
-    egress_ps: Vec<u64>,
-    candidates: Vec<(u64, u32)>,
     order: Vec<usize>,
+    layer: LayerChooser,
+    per_expert: PerExpertChooser,
     /// Fan-outs and relay lists of earlier schedules, kept for their buffers.
     spare_fanouts: Vec<ScheduledFanout>,
     spare_relays: Vec<Vec<u32>>,
@@ -227,7 +410,9 @@ impl ScheduleBuilder {
         schedule: &mut TransferSchedule,
     ) -> Result<(), XferError> {
         while let Some(mut fanout) = schedule.fanouts.pop() {
-            if let Route::Relayed { relays } = std::mem::replace(&mut fanout.route, Route::Direct) {
+            if let Route::Relayed { relays, .. } =
+                std::mem::replace(&mut fanout.route, Route::Direct)
+            {
                 self.spare_relays.push(relays);
             }
             self.spare_fanouts.push(fanout);
@@ -279,134 +464,70 @@ impl ScheduleBuilder {
                 i,
             )
         });
-        self.egress_ps.clear();
-        self.egress_ps.resize(topology.rank_count(), 0);
-        let mut model = CostModel {
-            egress_ps: &mut self.egress_ps,
+        let mut routes = RouteChoice {
+            fanouts: &mut schedule.fanouts,
+            order: &self.order,
+            spare_relays: &mut self.spare_relays,
             state_bytes,
+            topology,
             config,
-            candidates: &mut self.candidates,
         };
-        for &index in &self.order {
-            let fanout = &mut schedule.fanouts[index];
-            let mut relays = self.spare_relays.pop().unwrap_or_default();
-            if model.choose(&replicas.fanouts[index], topology, &mut relays) {
-                fanout.route = Route::Relayed { relays };
-                if config.relay_pieces == RelayPieces::Tiles {
-                    fanout.piece_bytes = config.tile_bytes;
-                }
-            } else {
-                self.spare_relays.push(relays);
-            }
+        if !config.allow_relays {
+            return Ok(());
+        }
+        match config.chooser {
+            RouteChooser::Layer => self.layer.choose(&mut routes),
+            RouteChooser::PerExpert => self.per_expert.choose(&mut routes),
         }
         Ok(())
     }
 }
 
-/// Port loads of the layer so far, in picoseconds of egress per rank.
-struct CostModel<'a> {
-    egress_ps: &'a mut Vec<u64>,
-    state_bytes: u64,
-    config: TransferConfig,
-    candidates: &'a mut Vec<(u64, u32)>,
+/// What a chooser works on: the schedule's fan-outs (all direct, in chunks, when it starts), the
+/// order to choose them in, spare relay lists to reuse, and the layer's sizes and costs.
+pub(crate) struct RouteChoice<'a> {
+    pub fanouts: &'a mut [ScheduledFanout],
+    pub order: &'a [usize],
+    pub spare_relays: &'a mut Vec<Vec<u32>>,
+    pub state_bytes: u64,
+    pub topology: &'a Topology,
+    pub config: TransferConfig,
 }
 
-impl CostModel<'_> {
-    /// Picoseconds `rank`'s scale-up egress port needs to send `bytes` in pieces of `piece`
-    /// bytes under the configured costs (forwarded pieces pay the relay's extra read).
-    fn egress_time(
-        &self,
-        topology: &Topology,
-        rank: u32,
-        bytes: u64,
-        piece: u64,
-        forwarded: bool,
-    ) -> u64 {
-        let costs = self.config.costs;
-        let bandwidth = topology
-            .links(RankId(rank))
-            .map_or(1, |links| links.scale_up_egress.get());
-        let bandwidth =
-            (u128::from(bandwidth) * u128::from(costs.bandwidth_ppm) / 1_000_000).max(1) as u64;
-        let mut time = picoseconds(bytes, bandwidth);
-        if forwarded {
-            time += (u128::from(time) * u128::from(costs.relay_forward_ppm) / 1_000_000) as u64;
-        }
-        time + bytes.div_ceil(piece.max(1)) * u64::from(costs.per_transfer_ns) * 1000
+impl RouteChoice<'_> {
+    /// A cleared relay list, reused from an earlier schedule when there is one.
+    pub fn relay_list(&mut self) -> Vec<u32> {
+        let mut relays = self.spare_relays.pop().unwrap_or_default();
+        relays.clear();
+        relays
     }
 
-    /// Chooses the route of `fanout`: `true` for relays, whose ranks are then in `relays`
-    /// (cleared first), `false` for direct fan-out.
-    fn choose(
-        &mut self,
-        fanout: &crate::Fanout,
-        topology: &Topology,
-        relays: &mut Vec<u32>,
-    ) -> bool {
-        let n = fanout.destinations.len() as u64;
-        let master = fanout.master;
-        let chunk = u64::from(self.config.chunk_bytes);
-        let one_copy = self.egress_time(topology, master, self.state_bytes, chunk, false);
-        let direct_cost = self.egress_ps[master as usize] + one_copy * n;
-        if !self.config.allow_relays || n < 2 {
-            self.egress_ps[master as usize] += one_copy * n;
-            return false;
+    /// Sets fan-out `index` to direct fan-out in chunks, keeping its old relay list for reuse.
+    pub fn set_direct(&mut self, index: usize) {
+        let fanout = &mut self.fanouts[index];
+        if let Route::Relayed { relays, .. } = std::mem::replace(&mut fanout.route, Route::Direct) {
+            self.spare_relays.push(relays);
         }
-        // Relay candidates: destinations that send least so far, ties to the lower rank.
-        self.candidates.clear();
-        self.candidates.extend(
-            fanout
-                .destinations
-                .iter()
-                .map(|&(rank, _)| (self.egress_ps[rank as usize], rank)),
-        );
-        self.candidates.sort_unstable();
-        let first = fanout.destinations[0].0;
-        // The second stage starts a piece later than the first and crosses one more hop.
-        let piece = u64::from(match self.config.relay_pieces {
-            RelayPieces::Tiles => self.config.tile_bytes,
-            RelayPieces::Chunks => self.config.chunk_bytes,
-        });
-        let hop = self.egress_time(topology, master, piece.min(self.state_bytes), piece, false)
-            + topology
-                .path(RankId(master), RankId(first))
-                .map_or(0, |path| path.latency.get() * 1000);
-        let master_once = self.egress_ps[master as usize]
-            + self.egress_time(topology, master, self.state_bytes, piece, false);
-        let state_bytes = self.state_bytes;
-        // Pieces go to relays by least bytes owned, so each forwards about 1/r of the state to
-        // every other destination.
-        let forwarded = |relays: usize| state_bytes.div_ceil(relays as u64) * (n - 1);
-        let mut best: Option<(u64, usize)> = None;
-        for count in 1..=fanout.destinations.len() {
-            let mut worst = master_once;
-            for &(load, rank) in &self.candidates[..count] {
-                worst = worst
-                    .max(load + self.egress_time(topology, rank, forwarded(count), piece, true));
-            }
-            let cost = worst + hop;
-            if best.is_none_or(|(b, _)| cost < b) {
-                best = Some((cost, count));
-            }
-        }
-        match best {
-            Some((cost, count)) if cost < direct_cost => {
-                self.egress_ps[master as usize] = master_once;
-                relays.clear();
-                for index in 0..count {
-                    let rank = self.candidates[index].1;
-                    let time = self.egress_time(topology, rank, forwarded(count), piece, true);
-                    self.egress_ps[rank as usize] += time;
-                    relays.push(rank);
-                }
-                true
-            }
-            _ => {
-                self.egress_ps[master as usize] += one_copy * n;
-                false
-            }
-        }
+        fanout.piece_bytes = self.config.chunk_bytes;
     }
+}
+
+/// Picoseconds a port of `bytes_per_second` (scaled by the costs' bandwidth) is busy with `bytes`
+/// sent in `transfers` transfers, a relay's forwarded bytes paying its extra read.
+pub(crate) fn port_time(
+    costs: TransferCosts,
+    bytes_per_second: u64,
+    bytes: u64,
+    transfers: u64,
+    forwarded: bool,
+) -> u64 {
+    let bandwidth =
+        (u128::from(bytes_per_second) * u128::from(costs.bandwidth_ppm) / 1_000_000).max(1) as u64;
+    let mut time = picoseconds(bytes, bandwidth);
+    if forwarded {
+        time += (u128::from(time) * u128::from(costs.relay_forward_ppm) / 1_000_000) as u64;
+    }
+    time + transfers * u64::from(costs.per_transfer_ns) * 1000
 }
 
 fn chunk_count(state_bytes: u64, config: TransferConfig) -> u32 {
@@ -417,4 +538,10 @@ fn chunk_count(state_bytes: u64, config: TransferConfig) -> u32 {
 pub(crate) fn picoseconds(bytes: u64, bytes_per_second: u64) -> u64 {
     let numerator = u128::from(bytes) * 1_000_000_000_000;
     u64::try_from(numerator.div_ceil(u128::from(bytes_per_second.max(1)))).unwrap_or(u64::MAX)
+}
+
+/// The destination ranks starting at position `start` (modulo their count) and wrapping around.
+pub(crate) fn rotated(destinations: &[(u32, u16)], start: usize) -> impl Iterator<Item = u32> + '_ {
+    let count = destinations.len().max(1);
+    (0..destinations.len()).map(move |i| destinations[(start + i) % count].0)
 }

@@ -11,7 +11,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::replicas::Region;
-use crate::{Piece, Route, ScheduledFanout, TransferSchedule};
+use crate::{Hop, Piece, ScheduledFanout, TransferSchedule};
 
 /// Where a multicast reads from.
 #[derive(Debug, Clone, Copy)]
@@ -104,7 +104,9 @@ pub struct TaskListBuilder {
     pieces: Vec<Piece>,
     starts: Vec<usize>,
     owned: Vec<u64>,
-    others: Vec<(u32, u16)>,
+    hops: Vec<Hop>,
+    /// One sender's stores: (rank, slot, the flag each store bumps).
+    targets: Vec<(u32, u16, u32)>,
 }
 
 impl TaskListBuilder {
@@ -134,61 +136,66 @@ impl TaskListBuilder {
                     continue;
                 }
                 let piece = self.pieces[start + step];
-                let piece_index = step as u32;
-                let master = Source {
-                    rank: fanout.master,
-                    region: region_code(Region::Master {
-                        index: fanout.master_index,
-                    }),
+                self.hops.clear();
+                schedule.hops_into(fanout, step, &piece, &mut self.hops);
+                // Every sender of the piece stores it as one multicast: the master first, then
+                // each relay, which waits for its own arrival flag. A store into a relay bumps
+                // that relay's flag; other stores bump nothing.
+                let first_flag = list.flag_count;
+                let mut sender_flags: [(u32, u32); 2] = [(u32::MAX, NO_FLAG); 2];
+                let mut relays = 0;
+                for hop in &self.hops {
+                    if hop.forwarded && !sender_flags[..relays].iter().any(|f| f.0 == hop.from) {
+                        sender_flags[relays] = (hop.from, first_flag + relays as u32);
+                        relays += 1;
+                    }
+                }
+                list.flag_count += relays as u32;
+                let flag_of = |rank: u32| {
+                    sender_flags[..relays]
+                        .iter()
+                        .find(|f| f.0 == rank)
+                        .map_or(NO_FLAG, |f| f.1)
                 };
-                match &fanout.route {
-                    Route::Direct => {
-                        list.push_multicast(
-                            tile,
-                            fanout,
-                            piece_index,
-                            piece,
-                            master,
-                            &fanout.destinations,
-                            None,
-                            NO_FLAG,
-                        );
+                let senders = std::iter::once((fanout.master, None)).chain(
+                    sender_flags[..relays]
+                        .iter()
+                        .map(|&(rank, flag)| (rank, Some(flag))),
+                );
+                for (sender, wait) in senders {
+                    self.targets.clear();
+                    self.targets.extend(
+                        self.hops
+                            .iter()
+                            .filter(|hop| hop.from == sender)
+                            .map(|hop| (hop.to, fanout.slot_of(hop.to), flag_of(hop.to))),
+                    );
+                    if self.targets.is_empty() {
+                        continue;
                     }
-                    Route::Relayed { .. } => {
-                        let owner = piece.owner.unwrap_or(fanout.master);
-                        let owner_slot = fanout.slot_of(owner);
-                        let flag = list.flag_count;
-                        list.flag_count += 1;
-                        list.push_multicast(
-                            tile,
-                            fanout,
-                            piece_index,
-                            piece,
-                            master,
-                            &[(owner, owner_slot)],
-                            None,
-                            flag,
-                        );
-                        let relay = Source {
-                            rank: owner,
-                            region: region_code(Region::Slot { slot: owner_slot }),
-                        };
-                        self.others.clear();
-                        self.others
-                            .extend(fanout.destinations.iter().copied().filter(|d| d.0 != owner));
-                        if !self.others.is_empty() {
-                            list.push_multicast(
-                                tile,
-                                fanout,
-                                piece_index,
-                                piece,
-                                relay,
-                                &self.others,
-                                Some(flag),
-                                NO_FLAG,
-                            );
-                        }
-                    }
+                    let source = match wait {
+                        None => Source {
+                            rank: fanout.master,
+                            region: region_code(Region::Master {
+                                index: fanout.master_index,
+                            }),
+                        },
+                        Some(_) => Source {
+                            rank: sender,
+                            region: region_code(Region::Slot {
+                                slot: fanout.slot_of(sender),
+                            }),
+                        },
+                    };
+                    list.push_multicast(
+                        tile,
+                        fanout,
+                        step as u32,
+                        piece,
+                        source,
+                        &self.targets,
+                        wait,
+                    );
                 }
             }
         }
@@ -217,8 +224,8 @@ impl TileTaskList {
         list
     }
 
-    /// Appends the tiles of one piece sent from `source` to every destination in `to`, waiting for
-    /// `wait` (the piece's arrival at a relay) and bumping `signal` at every store.
+    /// Appends the tiles of one piece sent from `source` to every destination in `to` (rank, slot,
+    /// and the flag the store bumps), waiting for `wait` (the piece's arrival at a relay).
     #[allow(clippy::too_many_arguments)]
     fn push_multicast(
         &mut self,
@@ -227,9 +234,8 @@ impl TileTaskList {
         piece_index: u32,
         piece: Piece,
         source: Source,
-        to: &[(u32, u16)],
+        to: &[(u32, u16, u32)],
         wait: Option<u32>,
-        signal: u32,
     ) {
         let end = piece.offset + piece.bytes;
         let tiles_in_piece = piece.bytes.div_ceil(tile) as u32;
@@ -238,7 +244,7 @@ impl TileTaskList {
             let bytes = tile.min(end - offset) as u32;
             let first_destination = self.destinations.len() as u32;
             self.destinations
-                .extend(to.iter().map(|&(rank, slot)| TileDestination {
+                .extend(to.iter().map(|&(rank, slot, signal)| TileDestination {
                     rank,
                     region: region_code(Region::Slot { slot }),
                     signal_flag: signal,

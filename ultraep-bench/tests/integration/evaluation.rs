@@ -131,6 +131,7 @@ fn fixed_result(
             planning_us: 9.0,
             planning_host_us: 11.0,
             transfer_us: 120.0,
+            first_chooser: None,
             overhead: OverheadBreakdown::default(),
             replicas: 40.0,
             per_layer_imbalance: vec![imbalance],

@@ -8,7 +8,8 @@ use std::fmt::Write as _;
 
 use ultraep_topo::Preset;
 use ultraep_xfer::{
-    ExpertState, Fanout, ReplicaSet, Route, TransferConfig, TransferSchedule, simulate,
+    ExpertState, Fanout, RelayPieces, ReplicaSet, Route, RouteChooser, TransferConfig,
+    TransferSchedule, simulate,
 };
 
 fn describe(replicas: &ReplicaSet, state: &ExpertState, config: TransferConfig) -> String {
@@ -25,7 +26,10 @@ fn describe(replicas: &ReplicaSet, state: &ExpertState, config: TransferConfig) 
     for fanout in schedule.fanouts() {
         let route = match &fanout.route {
             Route::Direct => "direct".to_string(),
-            Route::Relayed { relays } => format!("relays {relays:?}"),
+            Route::Relayed { relays, deep } => format!(
+                "relays {relays:?}{}",
+                if *deep { ", two relays deep" } else { "" }
+            ),
         };
         let _ = writeln!(
             out,
@@ -71,16 +75,37 @@ fn single_fan_outs_take_the_routes_the_costs_choose() {
     insta::assert_snapshot!(out);
 }
 
-#[test]
-fn a_layer_of_experts_sharing_ports_is_chosen_expert_by_expert() {
-    // Three hot experts whose fan-outs overlap: later experts see the ports the earlier ones
-    // loaded, so relays land on destinations that send least so far.
-    let fanouts = vec![
+/// Three hot experts whose fan-outs overlap, so that their routes compete for ports.
+fn overlapping_layer() -> ReplicaSet {
+    ReplicaSet::new(vec![
         Fanout::new(0, 0, 0, (1..=12).map(|rank| (rank, 0)).collect()).unwrap(),
         Fanout::new(1, 1, 0, (8..=16).map(|rank| (rank, 1)).collect()).unwrap(),
         Fanout::new(2, 2, 0, vec![(3, 1), (4, 1), (20, 0)]).unwrap(),
-    ];
-    let replicas = ReplicaSet::new(fanouts).unwrap();
+    ])
+    .unwrap()
+}
+
+#[test]
+fn a_layer_of_experts_sharing_ports_is_chosen_against_the_whole_layer() {
+    // The layer chooser weighs every expert against the egress and ingress the others put on
+    // each port, and chooses every expert again once all have chosen.
     let state = ExpertState::swiglu_fp8(7168, 2048);
-    insta::assert_snapshot!(describe(&replicas, &state, TransferConfig::default()));
+    insta::assert_snapshot!(describe(
+        &overlapping_layer(),
+        &state,
+        TransferConfig::default()
+    ));
+}
+
+#[test]
+fn the_per_expert_baseline_chooses_expert_by_expert() {
+    // Later experts see the egress the earlier ones loaded, so relays land on destinations that
+    // send least so far; nobody chooses again.
+    let state = ExpertState::swiglu_fp8(7168, 2048);
+    let config = TransferConfig {
+        chooser: RouteChooser::PerExpert,
+        relay_pieces: RelayPieces::Tiles,
+        ..TransferConfig::default()
+    };
+    insta::assert_snapshot!(describe(&overlapping_layer(), &state, config));
 }

@@ -1,15 +1,18 @@
 //! Property tests: every destination gets every byte once, relays forward only what they hold,
 //! gradient reduction follows its documented order bit for bit, schedules are deterministic, and
-//! builders reused from one layer to the next build what fresh ones do.
+//! builders reused from one layer to the next build what fresh ones do. The flow and task-list
+//! checks run both on the schedules the choosers pick and on hand-shaped ones: every route shape,
+//! trees two relays deep included, in tiles and chunks.
 
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 use ultraep_topo::{Bandwidth, Nanos, RankLinks, Topology, TopologyBuilder};
 use ultraep_xfer::{
-    Checksum, ExpertState, Fanout, NO_FLAG, Region, RelayPieces, ReplicaSet, ScheduleBuilder,
-    TaskListBuilder, TileTaskList, TransferConfig, TransferCosts, TransferSchedule, checksum,
-    played_transfers, reduce_gradients, region_of, simulate, simulate_reduction,
+    Checksum, ExpertState, Fanout, NO_FLAG, Region, RelayPieces, ReplicaSet, Route, RouteChooser,
+    ScheduleBuilder, TaskListBuilder, TileTaskList, TransferConfig, TransferCosts,
+    TransferSchedule, checksum, played_transfers, reduce_gradients, region_of, simulate,
+    simulate_reduction,
 };
 
 /// A tile stored into a slot: (offset, bytes, expert).
@@ -73,7 +76,7 @@ fn case() -> impl Strategy<Value = Case> {
         1u64..=40_000,
         any::<bool>(),
         0u32..3,
-        any::<bool>(),
+        0u8..3,
         costs(),
     )
         .prop_flat_map(
@@ -85,10 +88,10 @@ fn case() -> impl Strategy<Value = Case> {
                     ),
                     experts,
                 );
-                let relay_pieces = if tiles {
-                    RelayPieces::Tiles
-                } else {
-                    RelayPieces::Chunks
+                let relay_pieces = match tiles {
+                    0 => RelayPieces::Tiles,
+                    1 => RelayPieces::Chunks,
+                    _ => RelayPieces::Chosen,
                 };
                 (
                     Just(ranks),
@@ -113,6 +116,11 @@ fn case() -> impl Strategy<Value = Case> {
                         chunk_bytes: tile * 4,
                         allow_relays,
                         relay_pieces,
+                        chooser: if state_bytes % 2 == 0 {
+                            RouteChooser::Layer
+                        } else {
+                            RouteChooser::PerExpert
+                        },
                         costs,
                     },
                 }
@@ -181,9 +189,84 @@ fn relay_case() -> impl Strategy<Value = Case> {
                 } else {
                     RelayPieces::Chunks
                 },
+                chooser: if state_bytes % 2048 == 0 {
+                    RouteChooser::PerExpert
+                } else {
+                    RouteChooser::Layer
+                },
                 costs,
             },
         })
+}
+
+/// How one fan-out of a hand-shaped case travels: direct, flat relays or a tree two relays deep,
+/// with a relay count and choice drawn from `seed`, in tiles or chunks.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    kind: u8,
+    seed: u32,
+    tiles: bool,
+}
+
+/// A case whose routes are drawn instead of chosen: every shape a route can take, deep trees
+/// included, whatever the chooser would pick.
+fn shaped(cases: impl Strategy<Value = Case>) -> impl Strategy<Value = (Case, Vec<(Route, u32)>)> {
+    cases.prop_flat_map(|case| {
+        let fanouts = case.replicas.fanouts().len();
+        let shapes = prop::collection::vec(
+            (0u8..3, any::<u32>(), any::<bool>()).prop_map(|(kind, seed, tiles)| Shape {
+                kind,
+                seed,
+                tiles,
+            }),
+            fanouts,
+        );
+        (Just(case), shapes).prop_map(|(case, shapes)| {
+            let routes = case
+                .replicas
+                .fanouts()
+                .iter()
+                .zip(shapes)
+                .map(|(fanout, shape)| route(&case.config, fanout.destinations(), shape))
+                .collect();
+            (case, routes)
+        })
+    })
+}
+
+fn route(config: &TransferConfig, destinations: &[(u32, u16)], shape: Shape) -> (Route, u32) {
+    let n = destinations.len();
+    let piece = if shape.tiles {
+        config.tile_bytes
+    } else {
+        config.chunk_bytes
+    };
+    let deep = shape.kind == 2 && n >= 2;
+    if shape.kind == 0 || n < 2 && !deep && shape.seed.is_multiple_of(2) {
+        return (Route::Direct, config.chunk_bytes);
+    }
+    let count = if deep {
+        2 + shape.seed as usize % (n - 1)
+    } else {
+        1 + shape.seed as usize % n
+    };
+    let start = (shape.seed / 7) as usize;
+    let relays = (0..count)
+        .map(|i| destinations[(start + i) % n].0)
+        .collect();
+    (Route::Relayed { relays, deep }, piece)
+}
+
+fn shaped_schedule(case: &Case, routes: &[(Route, u32)]) -> TransferSchedule {
+    let state = ExpertState::opaque(case.state_bytes).unwrap();
+    TransferSchedule::with_routes(
+        &case.replicas,
+        &state,
+        &topology(case.ranks),
+        case.config,
+        routes.to_vec(),
+    )
+    .unwrap()
 }
 
 /// Checks the flow the simulator plays: every destination receives every byte of its expert
@@ -286,6 +369,171 @@ fn check_flow(case: &Case, schedule: &TransferSchedule) -> Result<(), TestCaseEr
     Ok(())
 }
 
+/// Checks the tile task list: every destination slot receives every byte of its expert once, and
+/// nothing is stored anywhere else.
+fn check_task_list(case: &Case, schedule: &TransferSchedule) -> Result<(), TestCaseError> {
+    let list = TileTaskList::build(schedule);
+    // (rank, slot) -> stored (offset, bytes, expert).
+    let mut stored: BTreeMap<(u32, u16), Vec<Stored>> = BTreeMap::new();
+    for task in list.tasks() {
+        for destination in list.destinations_of(task) {
+            let Region::Slot { slot } = region_of(destination.region) else {
+                panic!("a store into a master region");
+            };
+            stored.entry((destination.rank, slot)).or_default().push((
+                task.offset,
+                u64::from(task.bytes),
+                destination.expert,
+            ));
+        }
+    }
+    let mut expected = 0;
+    for fanout in schedule.fanouts() {
+        for &(rank, slot) in &fanout.destinations {
+            expected += 1;
+            let mut ranges = stored.remove(&(rank, slot)).unwrap_or_default();
+            ranges.sort_unstable();
+            let mut covered = 0;
+            for (offset, bytes, expert) in ranges {
+                prop_assert_eq!(expert, fanout.expert);
+                prop_assert_eq!(
+                    offset,
+                    covered,
+                    "a gap or an overlap in rank {} slot {}",
+                    rank,
+                    slot
+                );
+                covered += bytes;
+            }
+            prop_assert_eq!(covered, case.state_bytes);
+        }
+    }
+    prop_assert!(
+        stored.is_empty(),
+        "stores to slots that are not destinations: {:?}",
+        stored.keys()
+    );
+    prop_assert!(expected > 0 || schedule.fanouts().is_empty());
+    Ok(())
+}
+
+/// Checks that, executed in list order, every forwarding task's source range was stored into the
+/// relay by tasks that signal the flag it waits for, and that the wait is satisfiable then.
+fn check_relays_hold(schedule: &TransferSchedule) -> Result<(), TestCaseError> {
+    let list = TileTaskList::build(schedule);
+    // Executed in list order (what an atomic counter hands out), a forwarding task's source
+    // range must have been stored into the relay by tasks that signal the flag it waits for.
+    let mut flag_count = vec![0u32; list.flag_count() as usize];
+    let mut held: BTreeMap<(u32, u32), Vec<(u64, u64)>> = BTreeMap::new();
+    for task in list.tasks() {
+        match region_of(task.source_region) {
+            Region::Master { .. } => {
+                prop_assert_eq!(task.wait_flag, NO_FLAG, "a master waits for nothing")
+            }
+            Region::Slot { .. } => {
+                prop_assert!(
+                    task.wait_flag != NO_FLAG,
+                    "a relay forwards only after a wait"
+                );
+                prop_assert_eq!(
+                    flag_count[task.wait_flag as usize],
+                    task.wait_count,
+                    "the wait is satisfiable when reached"
+                );
+                let ranges = held
+                    .get(&(task.source_rank, task.source_region))
+                    .cloned()
+                    .unwrap_or_default();
+                let end = task.offset + u64::from(task.bytes);
+                prop_assert!(
+                    ranges
+                        .iter()
+                        .any(|&(start, stop)| start <= task.offset && end <= stop),
+                    "rank {} forwards bytes {}..{} it does not hold",
+                    task.source_rank,
+                    task.offset,
+                    end
+                );
+            }
+        }
+        for destination in list.destinations_of(task) {
+            if destination.signal_flag != NO_FLAG {
+                flag_count[destination.signal_flag as usize] += 1;
+                held.entry((destination.rank, destination.region))
+                    .or_default()
+                    .push((task.offset, task.offset + u64::from(task.bytes)));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks that `reduce_gradients` sums every piece in the documented order, bit for bit: direct
+/// pieces replica by replica into the master, relayed ones at their owner first (a deep tree's
+/// reduction gathers at the owner, one level).
+fn check_reduction(
+    case: &Case,
+    schedule: &TransferSchedule,
+    seed: u32,
+) -> Result<(), TestCaseError> {
+    let floats = (case.state_bytes / 4) as usize;
+    // Values of very different magnitudes, so that the order of additions shows in the bits.
+    let value = |rank: u32, i: usize| {
+        let x = (seed as usize ^ (rank as usize * 7919)).wrapping_mul(i + 1) % 1000;
+        (x as f32 - 500.0) * 10f32.powi((x % 7) as i32 - 3)
+    };
+    for fanout in schedule.fanouts() {
+        let gradients: Vec<(u32, Vec<f32>)> = fanout
+            .destinations
+            .iter()
+            .map(|&(rank, _)| (rank, (0..floats).map(|i| value(rank, i)).collect()))
+            .collect();
+        let replica = |rank: u32| {
+            gradients
+                .iter()
+                .find(|(r, _)| *r == rank)
+                .unwrap()
+                .1
+                .as_slice()
+        };
+        let mut reduced: Vec<f32> = (0..floats).map(|i| value(fanout.master, i)).collect();
+        reduce_gradients(schedule, fanout, &mut reduced, replica)
+            .map_err(|error| TestCaseError::fail(error.to_string()))?;
+        // The documented order, spelled out element by element.
+        let pieces = schedule.pieces(fanout);
+        for (i, &result) in reduced.iter().enumerate() {
+            let byte = i as u64 * 4;
+            let piece = pieces
+                .iter()
+                .find(|p| p.offset <= byte && byte < p.offset + p.bytes)
+                .unwrap();
+            let mut master = value(fanout.master, i);
+            match piece.owner {
+                None => {
+                    for &(rank, _) in &fanout.destinations {
+                        master += replica(rank)[i];
+                    }
+                }
+                Some(owner) => {
+                    let mut partial = replica(owner)[i];
+                    for &(rank, _) in fanout.destinations.iter().filter(|d| d.0 != owner) {
+                        partial += replica(rank)[i];
+                    }
+                    master += partial;
+                }
+            }
+            prop_assert_eq!(
+                result.to_bits(),
+                master.to_bits(),
+                "value {} of expert {}",
+                i,
+                fanout.expert
+            );
+        }
+    }
+    Ok(())
+}
+
 fn schedule(case: &Case) -> TransferSchedule {
     let state = ExpertState::opaque(case.state_bytes).unwrap();
     TransferSchedule::build(&case.replicas, &state, &topology(case.ranks), case.config).unwrap()
@@ -310,66 +558,12 @@ proptest! {
 
     #[test]
     fn every_destination_gets_every_byte_exactly_once(case in case()) {
-        let schedule = schedule(&case);
-        let list = TileTaskList::build(&schedule);
-        // (rank, slot) -> stored (offset, bytes, expert).
-        let mut stored: BTreeMap<(u32, u16), Vec<Stored>> = BTreeMap::new();
-        for task in list.tasks() {
-            for destination in list.destinations_of(task) {
-                let Region::Slot { slot } = region_of(destination.region) else {
-                    panic!("a store into a master region");
-                };
-                stored.entry((destination.rank, slot)).or_default().push((task.offset, u64::from(task.bytes), destination.expert));
-            }
-        }
-        let mut expected = 0;
-        for fanout in schedule.fanouts() {
-            for &(rank, slot) in &fanout.destinations {
-                expected += 1;
-                let mut ranges = stored.remove(&(rank, slot)).unwrap_or_default();
-                ranges.sort_unstable();
-                let mut covered = 0;
-                for (offset, bytes, expert) in ranges {
-                    prop_assert_eq!(expert, fanout.expert);
-                    prop_assert_eq!(offset, covered, "a gap or an overlap in rank {} slot {}", rank, slot);
-                    covered += bytes;
-                }
-                prop_assert_eq!(covered, case.state_bytes);
-            }
-        }
-        prop_assert!(stored.is_empty(), "stores to slots that are not destinations: {:?}", stored.keys());
-        prop_assert!(expected > 0 || schedule.fanouts().is_empty());
+        check_task_list(&case, &schedule(&case))?;
     }
 
     #[test]
     fn relays_forward_only_pieces_they_hold(case in case()) {
-        let schedule = schedule(&case);
-        let list = TileTaskList::build(&schedule);
-        // Executed in list order (what an atomic counter hands out), a forwarding task's source
-        // range must have been stored into the relay by tasks that signal the flag it waits for.
-        let mut flag_count = vec![0u32; list.flag_count() as usize];
-        let mut held: BTreeMap<(u32, u32), Vec<(u64, u64)>> = BTreeMap::new();
-        for task in list.tasks() {
-            match region_of(task.source_region) {
-                Region::Master { .. } => prop_assert_eq!(task.wait_flag, NO_FLAG, "a master waits for nothing"),
-                Region::Slot { .. } => {
-                    prop_assert!(task.wait_flag != NO_FLAG, "a relay forwards only after a wait");
-                    prop_assert_eq!(flag_count[task.wait_flag as usize], task.wait_count, "the wait is satisfiable when reached");
-                    let ranges = held.get(&(task.source_rank, task.source_region)).cloned().unwrap_or_default();
-                    let end = task.offset + u64::from(task.bytes);
-                    prop_assert!(
-                        ranges.iter().any(|&(start, stop)| start <= task.offset && end <= stop),
-                        "rank {} forwards bytes {}..{} it does not hold", task.source_rank, task.offset, end
-                    );
-                }
-            }
-            for destination in list.destinations_of(task) {
-                if destination.signal_flag != NO_FLAG {
-                    flag_count[destination.signal_flag as usize] += 1;
-                    held.entry((destination.rank, destination.region)).or_default().push((task.offset, task.offset + u64::from(task.bytes)));
-                }
-            }
-        }
+        check_relays_hold(&schedule(&case))?;
     }
 
     #[test]
@@ -489,40 +683,25 @@ proptest! {
     fn gradient_reduction_follows_the_documented_order(case in case(), seed in any::<u32>()) {
         // Gradient states are FP32: round the size to whole values.
         let case = Case { state_bytes: case.state_bytes.div_ceil(4) * 4, ..case };
-        let schedule = schedule(&case);
-        let floats = (case.state_bytes / 4) as usize;
-        // Values of very different magnitudes, so that the order of additions shows in the bits.
-        let value = |rank: u32, i: usize| {
-            let x = (seed as usize ^ (rank as usize * 7919)).wrapping_mul(i + 1) % 1000;
-            (x as f32 - 500.0) * 10f32.powi((x % 7) as i32 - 3)
-        };
-        for fanout in schedule.fanouts() {
-            let gradients: Vec<(u32, Vec<f32>)> = fanout.destinations.iter().map(|&(rank, _)| (rank, (0..floats).map(|i| value(rank, i)).collect())).collect();
-            let replica = |rank: u32| gradients.iter().find(|(r, _)| *r == rank).unwrap().1.as_slice();
-            let mut reduced: Vec<f32> = (0..floats).map(|i| value(fanout.master, i)).collect();
-            reduce_gradients(&schedule, fanout, &mut reduced, replica).unwrap();
-            // The documented order, spelled out element by element.
-            let pieces = schedule.pieces(fanout);
-            for (i, &result) in reduced.iter().enumerate() {
-                let byte = i as u64 * 4;
-                let piece = pieces.iter().find(|p| p.offset <= byte && byte < p.offset + p.bytes).unwrap();
-                let mut master = value(fanout.master, i);
-                match piece.owner {
-                    None => {
-                        for &(rank, _) in &fanout.destinations {
-                            master += replica(rank)[i];
-                        }
-                    }
-                    Some(owner) => {
-                        let mut partial = replica(owner)[i];
-                        for &(rank, _) in fanout.destinations.iter().filter(|d| d.0 != owner) {
-                            partial += replica(rank)[i];
-                        }
-                        master += partial;
-                    }
-                }
-                prop_assert_eq!(result.to_bits(), master.to_bits(), "value {} of expert {}", i, fanout.expert);
-            }
-        }
+        check_reduction(&case, &schedule(&case), seed)?;
+    }
+
+    #[test]
+    fn every_shape_delivers_every_byte_once_without_overusing_a_port(
+        (case, routes) in shaped(prop_oneof![case(), relay_case()])
+    ) {
+        let schedule = shaped_schedule(&case, &routes);
+        check_flow(&case, &schedule)?;
+        check_task_list(&case, &schedule)?;
+        check_relays_hold(&schedule)?;
+    }
+
+    #[test]
+    fn every_shape_reduces_gradients_in_the_documented_order(
+        (case, routes) in shaped(case()),
+        seed in any::<u32>(),
+    ) {
+        let case = Case { state_bytes: case.state_bytes.div_ceil(4) * 4, ..case };
+        check_reduction(&case, &shaped_schedule(&case, &routes), seed)?;
     }
 }
