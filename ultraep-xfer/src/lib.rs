@@ -2,8 +2,9 @@
 //! token dispatch, and in training reducing replica gradients back into the masters.
 //!
 //! From a plan's replicas ([`ReplicaSet`]) and a topology, [`TransferSchedule::build`] chooses for
-//! every replicated expert between direct fan-out and a relay route, balancing every rank's egress
-//! across the layer. [`TileTaskList::build`] cuts the schedule into tile descriptors a GPU kernel
+//! every replicated expert between direct fan-out and relay trees (flat or two relays deep, in
+//! tiles or chunks), weighing every rank's egress and ingress across the layer
+//! ([`RouteChooser`]). [`TileTaskList::build`] cuts the schedule into tile descriptors a GPU kernel
 //! consumes as they are; [`simulate`] plays it on the topology's ports and compares it with the best
 //! any schedule could do; a [`Transport`] executes it, here on in-process CPU ranks
 //! ([`CpuTransport`]).

@@ -3,8 +3,8 @@
 use ultraep_plan::{Balancer, ExpertLayout, LoadMatrix, PlanConfig, Planner, RankDomains};
 use ultraep_topo::Preset;
 use ultraep_xfer::{
-    CpuTransport, ExpertState, RelayPieces, ReplicaSet, SlotState, TileTaskList, TransferConfig,
-    TransferCosts, TransferSchedule, Transport, XferError,
+    CpuTransport, ExpertState, RelayPieces, ReplicaSet, Route, SlotState, TileTaskList,
+    TransferConfig, TransferCosts, TransferSchedule, Transport, XferError,
 };
 
 const STATE_BYTES: u64 = 1 << 20;
@@ -43,6 +43,62 @@ fn ranks_with_weights(layout: &ExpertLayout) -> CpuTransport {
             .unwrap();
     }
     ranks
+}
+
+#[test]
+fn every_route_shape_arrives_with_every_checksum_correct() {
+    // The same layer with routes drawn by hand: every fan-out with two or more destinations as a
+    // tree two relays deep (in tiles, then in chunks), the rest as flat relays and direct fan-out
+    // in turn, so that the executor's flags and waits carry every shape a route can take.
+    let (layout, replicas, topology) = layer();
+    let state = ExpertState::opaque(STATE_BYTES).unwrap();
+    let config = TransferConfig::default();
+    for piece in [config.tile_bytes, config.chunk_bytes] {
+        let routes = replicas
+            .fanouts()
+            .iter()
+            .enumerate()
+            .map(|(index, fanout)| {
+                let ranks: Vec<u32> = fanout.destinations().iter().map(|d| d.0).collect();
+                match (ranks.len(), index % 2) {
+                    (2.., _) => (
+                        Route::Relayed {
+                            relays: ranks,
+                            deep: true,
+                        },
+                        piece,
+                    ),
+                    (_, 0) => (
+                        Route::Relayed {
+                            relays: ranks,
+                            deep: false,
+                        },
+                        piece,
+                    ),
+                    _ => (Route::Direct, config.chunk_bytes),
+                }
+            })
+            .collect();
+        let schedule =
+            TransferSchedule::with_routes(&replicas, &state, &topology, config, routes).unwrap();
+        assert!(
+            schedule
+                .fanouts()
+                .iter()
+                .any(|f| matches!(f.route, Route::Relayed { deep: true, .. })),
+            "the layer has a deep tree"
+        );
+        let mut ranks = ranks_with_weights(&layout);
+        let report = ranks
+            .distribute(&schedule, &TileTaskList::build(&schedule))
+            .unwrap();
+        assert_eq!(report.replicas_ready, replicas.replica_count());
+        for fanout in schedule.fanouts() {
+            for &(rank, slot) in &fanout.destinations {
+                assert_eq!(ranks.read_slot(rank, slot).unwrap(), weights(fanout.expert));
+            }
+        }
+    }
 }
 
 #[test]
