@@ -5,7 +5,7 @@
 use proptest::prelude::*;
 use ultraep_runtime::{Region, TransferConfig, TransferProgram};
 use ultraep_topo::Preset;
-use ultraep_xfer::{ExpertState, Fanout, RelayPieces, ReplicaSet, TransferSchedule};
+use ultraep_xfer::{ExpertState, Fanout, RelayPieces, ReplicaSet, Route, TransferSchedule};
 
 /// Checks every invariant of `program` built from `schedule`; returns the relayed messages.
 fn check(program: &TransferProgram, schedule: &TransferSchedule, ranks: u32) -> usize {
@@ -84,9 +84,47 @@ fn replica_sets() -> impl Strategy<Value = (Vec<(u32, Vec<u32>)>, u64, bool)> {
         })
 }
 
-fn schedule_of(fanouts: &[(u32, Vec<u32>)], state: u64, tiles: bool) -> TransferSchedule {
+/// The same replicas with every fan-out of two or more destinations sent as a tree two relays deep
+/// (its first `relays` destinations as relays, at least two), the others directly.
+fn deep_schedule_of(
+    fanouts: &[(u32, Vec<u32>)],
+    state: u64,
+    tiles: bool,
+    relays: usize,
+) -> TransferSchedule {
+    let chosen = schedule_of(fanouts, state, tiles);
+    let config = *chosen.config();
+    let piece = if tiles {
+        config.tile_bytes
+    } else {
+        config.chunk_bytes
+    };
+    let routes = chosen
+        .fanouts()
+        .iter()
+        .map(|fanout| {
+            let ranks: Vec<u32> = fanout.destinations.iter().map(|d| d.0).collect();
+            if ranks.len() < 2 {
+                return (Route::Direct, config.chunk_bytes);
+            }
+            let count = relays.clamp(2, ranks.len());
+            (
+                Route::Relayed {
+                    relays: ranks[..count].to_vec(),
+                    deep: true,
+                },
+                piece,
+            )
+        })
+        .collect();
+    let topology = Preset::Gb200Nvl72.topology(1).unwrap();
+    let state = ExpertState::opaque(state).unwrap();
+    TransferSchedule::with_routes(&replicas_of(fanouts), &state, &topology, config, routes).unwrap()
+}
+
+fn replicas_of(fanouts: &[(u32, Vec<u32>)]) -> ReplicaSet {
     // Every expert has a slot number of its own, so no two share a slot of a rank.
-    let replicas = ReplicaSet::new(
+    ReplicaSet::new(
         fanouts
             .iter()
             .enumerate()
@@ -102,7 +140,11 @@ fn schedule_of(fanouts: &[(u32, Vec<u32>)], state: u64, tiles: bool) -> Transfer
             })
             .collect(),
     )
-    .unwrap();
+    .unwrap()
+}
+
+fn schedule_of(fanouts: &[(u32, Vec<u32>)], state: u64, tiles: bool) -> TransferSchedule {
+    let replicas = replicas_of(fanouts);
     let config = TransferConfig {
         relay_pieces: if tiles {
             RelayPieces::Tiles
@@ -125,6 +167,18 @@ proptest! {
     ) {
         prop_assume!(!fanouts.is_empty());
         let schedule = schedule_of(&fanouts, state, tiles);
+        let mut program = TransferProgram::default();
+        program.build_from(&schedule);
+        check(&program, &schedule, 72);
+    }
+
+    #[test]
+    fn deep_trees_deliver_every_byte_once_and_relays_forward_what_they_received(
+        (fanouts, state, tiles) in replica_sets(),
+        relays in 2usize..8,
+    ) {
+        prop_assume!(!fanouts.is_empty());
+        let schedule = deep_schedule_of(&fanouts, state, tiles, relays);
         let mut program = TransferProgram::default();
         program.build_from(&schedule);
         check(&program, &schedule, 72);
