@@ -18,7 +18,7 @@ use std::time::Instant;
 use serde::Serialize;
 use ultraep_plan::{
     Balancer, Eplb, EplbMode, EplbReplace, ExpertLayout, ForceBalanced, LoadMatrix, Lplb,
-    NoBalance, Plan, PlanConfig, Planner, RankDomains,
+    NoBalance, Plan, PlanConfig, Planner, RankDomains, TransferEstimate,
 };
 use ultraep_topo::Topology;
 use ultraep_xfer::{
@@ -339,6 +339,10 @@ pub struct RunConfig {
     pub eplb_interval: u32,
     /// Whether ultraep may use relays.
     pub relays: bool,
+    /// Whether ultraep's planner weighs transfers among plans as balanced
+    /// ([`ultraep_plan::TransferEstimate`], from the model's weights, the link and the expert
+    /// GEMMs' rate).
+    pub transfer_aware: bool,
     /// Seed of the workload.
     pub seed: u64,
     /// What the published system pays per layer, charged to every balancer that pays it.
@@ -358,6 +362,7 @@ impl RunConfig {
         eplb_window: 3,
         eplb_interval: 4,
         relays: true,
+        transfer_aware: false,
         seed: 2026,
         overheads: Overheads::PUBLISHED,
         efficiency: None,
@@ -372,6 +377,7 @@ impl RunConfig {
         eplb_window: 8,
         eplb_interval: 12,
         relays: true,
+        transfer_aware: false,
         seed: 2026,
         overheads: Overheads::PUBLISHED,
         efficiency: None,
@@ -691,12 +697,8 @@ pub fn run_steps(
     let slots = run.slots_per_rank;
     let mut none = NoBalance::new(layout.clone(), domains.clone())?;
     let mut ideal = ForceBalanced::new(layout.clone(), domains.clone())?;
-    let mut ultraep = Planner::new(
-        layout.clone(),
-        domains.clone(),
-        slots,
-        PlanConfig::default(),
-    )?;
+    let ultraep_config = ultraep_plan_config(run, scenario, &hardware)?;
+    let mut ultraep = Planner::new(layout.clone(), domains.clone(), slots, ultraep_config)?;
     let mut oracle = Eplb::new(layout.clone(), domains.clone(), slots, EplbMode::Oracle)?;
     let mut replacing: Vec<EplbReplace> = (0..run.layers)
         .map(|_| EplbReplace::new(layout.clone(), domains.clone(), slots))
@@ -823,12 +825,7 @@ pub fn run_steps(
             *entry = Some(MovedLayer {
                 none: NoBalance::new(layout.clone(), domains.clone())?,
                 ideal: ForceBalanced::new(layout.clone(), domains.clone())?,
-                ultraep: Planner::new(
-                    layout.clone(),
-                    domains.clone(),
-                    slots,
-                    PlanConfig::default(),
-                )?,
+                ultraep: Planner::new(layout.clone(), domains.clone(), slots, ultraep_config)?,
                 layout,
             });
         }
@@ -1058,6 +1055,32 @@ impl ScenarioSetup {
     }
 }
 
+/// ultraep's planner settings in a run: the defaults, with a transfer estimate if the run weighs
+/// transfers (one expert's weights over the link against one token's expert GEMMs at the
+/// scenario's rate).
+pub(crate) fn ultraep_plan_config(
+    run: &RunConfig,
+    scenario: &Scenario,
+    hardware: &Hardware,
+) -> Result<PlanConfig, BenchError> {
+    if !run.transfer_aware {
+        return Ok(PlanConfig::default());
+    }
+    let model = scenario.model;
+    let weights = ExpertState::swiglu(model.hidden, model.expert_width, model.weight_bytes);
+    let copy_ps = weights.bytes() as f64 / hardware.link_bandwidth * 1e12;
+    let token_ps = model.expert_flops_per_token() as f64
+        / (hardware.peak_flops * hardware.efficiency.experts)
+        * 1e12;
+    Ok(PlanConfig {
+        transfer: Some(TransferEstimate::from_times(
+            copy_ps.ceil() as u64,
+            (token_ps.ceil() as u64).max(1),
+        )?),
+        ..PlanConfig::default()
+    })
+}
+
 /// The transfer settings ultraep's weight copies use in a run: relays as the run says, relayed
 /// per chunk, at the run's transfer costs.
 pub(crate) fn transfer_config(run: &RunConfig) -> TransferConfig {
@@ -1184,6 +1207,9 @@ pub struct Sweeps {
     pub slots: Vec<SweepPoint>,
     /// ultraep's weight transfers with and without relays at EP64.
     pub relays: Vec<SweepPoint>,
+    /// ultraep's planner weighing balance alone, and transfers among plans as balanced, at EP64:
+    /// imbalance against transfer per layer.
+    pub transfer_aware: Vec<SweepPoint>,
     /// The fraction of a port's bandwidth transferred bytes move at, 0.4 to 1.0, on top of the
     /// calibrated transfer costs.
     pub transfer_bandwidth: Vec<SweepPoint>,
@@ -1257,6 +1283,15 @@ pub fn run_sweeps(run: &RunConfig, progress: &mut dyn FnMut()) -> Result<Sweeps,
         let result = run_workload(&scenario, &swept, calibrated, &rack, progress)?;
         relays.push(point(label.to_owned(), &result));
     }
+    let mut transfer_aware = Vec::new();
+    for (label, on) in [("balance only", false), ("transfer-aware plans", true)] {
+        let swept = RunConfig {
+            transfer_aware: on,
+            ..*run
+        };
+        let result = run_workload(&scenario, &swept, calibrated, &rack, progress)?;
+        transfer_aware.push(point(label.to_owned(), &result));
+    }
     let mut transfer_bandwidth = Vec::new();
     for fraction in [0.4, 0.6, 0.8, 1.0] {
         let swept = RunConfig {
@@ -1320,6 +1355,7 @@ pub fn run_sweeps(run: &RunConfig, progress: &mut dyn FnMut()) -> Result<Sweeps,
         ep_size,
         slots,
         relays,
+        transfer_aware,
         transfer_bandwidth,
         workload_knobs,
     })

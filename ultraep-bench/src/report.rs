@@ -378,6 +378,10 @@ pub fn sweep_tables(sweeps: &Sweeps) -> String {
             &sweeps.relays,
         ),
         (
+            "ultraep's planner weighing transfers among plans as balanced (EP64): imbalance against transfer",
+            &sweeps.transfer_aware,
+        ),
+        (
             "transfer bandwidth, as a fraction of a port, on top of the calibrated transfer costs (EP64)",
             &sweeps.transfer_bandwidth,
         ),

@@ -18,6 +18,7 @@ const SMALL: RunConfig = RunConfig {
     eplb_window: 1,
     eplb_interval: 2,
     relays: true,
+    transfer_aware: false,
     seed: 11,
     overheads: Overheads::PUBLISHED,
     efficiency: None,
@@ -648,5 +649,39 @@ fn a_migration_beyond_the_idle_port_makes_its_steps_wait() {
     assert!(
         greedy.step_seconds[3] * steps > greedy.migration_wait_seconds,
         "{greedy:?}"
+    );
+}
+
+#[test]
+fn transfer_aware_plans_are_as_balanced_and_change_the_copies() {
+    // Qwen3-235B training on 64 GPUs: with a transfer estimate every ultraep plan is at most as
+    // imbalanced (the planner keeps the preferring probe only when its busiest rank is no
+    // busier), and the estimate does move replicas: the runs differ in their transfers.
+    let scenario = Scenario::published()
+        .into_iter()
+        .find(|s| s.name == "Qwen3-235B training")
+        .unwrap();
+    let topology = nvl72_gpus(64).unwrap();
+    let run = |transfer_aware| {
+        let run = RunConfig {
+            transfer_aware,
+            ..SMALL
+        };
+        let result = run_scenario(&scenario, &run, &topology, &mut || {}).unwrap();
+        result.balancer("ultraep").unwrap().clone()
+    };
+    let (plain, aware) = (run(false), run(true));
+    for (layer, (a, p)) in aware
+        .per_layer_imbalance
+        .iter()
+        .zip(&plain.per_layer_imbalance)
+        .enumerate()
+    {
+        assert!(a <= p, "layer {layer}: {a} against {p}");
+    }
+    assert!(
+        aware.transfer_us != plain.transfer_us,
+        "the estimate changed no transfer: {} us",
+        plain.transfer_us
     );
 }
