@@ -427,6 +427,8 @@ pub struct BalancerResult {
 pub struct FirstChooser {
     /// Mean microseconds of weight transfer per layer on the critical path.
     pub transfer_us: f64,
+    /// Its busiest port's bytes at link speed, per layer (not charged: the bound).
+    pub transfer_port_bound_us: f64,
     /// Mean step seconds.
     pub step_seconds: f64,
     /// Throughput as a fraction of the ideal's.
@@ -448,6 +450,10 @@ pub struct OverheadBreakdown {
     pub reroute_us: f64,
     /// The part of the gradient reduction that attention's backward does not hide (training).
     pub reduction_us: f64,
+    /// Not charged: the weight transfers' physical bound, their busiest port's bytes at link
+    /// speed (as many times as `transfer_us` counts a transfer), to show how far the schedule is
+    /// from it.
+    pub transfer_port_bound_us: f64,
 }
 
 impl OverheadBreakdown {
@@ -468,6 +474,7 @@ impl OverheadBreakdown {
         self.transfer_us += other.transfer_us;
         self.reroute_us += other.reroute_us;
         self.reduction_us += other.reduction_us;
+        self.transfer_port_bound_us += other.transfer_port_bound_us;
     }
 
     fn scaled(&self, factor: f64) -> Self {
@@ -478,6 +485,7 @@ impl OverheadBreakdown {
             transfer_us: self.transfer_us * factor,
             reroute_us: self.reroute_us * factor,
             reduction_us: self.reduction_us * factor,
+            transfer_port_bound_us: self.transfer_port_bound_us * factor,
         }
     }
 }
@@ -524,6 +532,7 @@ struct Tally {
     /// the first, per-expert chooser (the same plans; ultraep only).
     first_chooser_seconds: f64,
     first_chooser_transfer_us: f64,
+    first_chooser_port_bound_us: f64,
     planning_host: f64,
     overhead: OverheadBreakdown,
     imbalance: f64,
@@ -941,6 +950,7 @@ pub fn run_steps(
                 if let Some(first) = first_chooser {
                     tally.first_chooser_seconds += outcome_with(first.total_us()).time.total();
                     tally.first_chooser_transfer_us += first.transfer_us;
+                    tally.first_chooser_port_bound_us += first.transfer_port_bound_us;
                 }
                 tally.overhead.add(&charged);
                 tally.planning_host += planning_host;
@@ -990,6 +1000,8 @@ pub fn run_steps(
                         + outside_per_step;
                     FirstChooser {
                         transfer_us: tally.first_chooser_transfer_us / simulated_layers,
+                        transfer_port_bound_us: tally.first_chooser_port_bound_us
+                            / simulated_layers,
                         step_seconds: seconds,
                         fraction_of_ideal: ideal_seconds / seconds,
                     }
@@ -1131,7 +1143,13 @@ pub(crate) fn ultraep_overheads(layer: &UltraepLayer<'_>) -> Result<OverheadBrea
             layer.topology,
             layer.transfer_config,
         )?;
-        transfer = simulate(&schedule, layer.topology)?.makespan_ps as f64 * 1e-12;
+        let simulation = simulate(&schedule, layer.topology)?;
+        transfer = simulation.makespan_ps as f64 * 1e-12;
+        let port_bound = simulation.busiest_port_ps as f64 * 1e-6;
+        charged.transfer_port_bound_us += port_bound;
+        if layer.scenario.mode == Mode::Training {
+            charged.transfer_port_bound_us += port_bound;
+        }
         charged.task_lists_us = overheads.task_lists * 1e6;
         if layer.scenario.mode == Mode::Training {
             let reduction_schedule = TransferSchedule::build(

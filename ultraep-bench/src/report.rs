@@ -277,7 +277,7 @@ pub fn overhead_table(results: &[ScenarioResult]) -> String {
 /// difference does to the whole step (markdown; all simulated).
 pub fn transfer_table(results: &[ScenarioResult]) -> String {
     let mut out = String::from(
-        "| scenario | weight transfer per layer: per-expert chooser -> layer chooser (us) | ratio | % of ideal: per-expert -> layer | step: per-expert -> layer (ms) |\n\
+        "| scenario | weight transfer per layer [busiest port at link speed]: per-expert chooser -> layer chooser (us) | ratio | % of ideal: per-expert -> layer | step: per-expert -> layer (ms) |\n\
          |---|---|---|---|---|\n",
     );
     for result in results {
@@ -289,10 +289,12 @@ pub fn transfer_table(results: &[ScenarioResult]) -> String {
         };
         let _ = writeln!(
             out,
-            "| {} | {:.1} -> {:.1} | {:.2} | {:.1} -> {:.1} | {:.2} -> {:.2} |",
+            "| {} | {:.1} [{:.1}] -> {:.1} [{:.1}] | {:.2} | {:.1} -> {:.1} | {:.2} -> {:.2} |",
             result.scenario.name,
             first.transfer_us,
+            first.transfer_port_bound_us,
             ultraep.transfer_us,
+            ultraep.overhead.transfer_port_bound_us,
             if first.transfer_us > 0.0 {
                 ultraep.transfer_us / first.transfer_us
             } else {
