@@ -6,10 +6,10 @@
 //! (plan a problem file), `ultraep xfer` (direct fan-out against relays), `ultraep topo` (topology
 //! presets and files).
 //!
-//! Who uses it: people, through the `ultraep` command and `cargo xtask bench`.
+//! Who uses it: people, through the `ultraep` command and `cargo xtask bench`, and `ultraep-py`,
+//! for the simulator and the trace readers.
 //!
-//! What it may depend on: every other ultraep crate. Only the Python binding (`ultraep-py`) depends
-//! on it, for the simulator and the trace readers.
+//! What it may depend on: every other ultraep crate.
 
 pub mod bench_command;
 pub mod cross_domain;

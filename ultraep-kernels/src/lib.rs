@@ -11,8 +11,8 @@
 //! [`gpu::Gpu`] runs them on a device; without one, every GPU test shows as ignored. The GPU
 //! wrappers have not yet run on a GPU (see `docs/gpu-results.md`).
 //!
-//! Who uses it: `ultraep-runtime` and `ultraep-bench`. What it may depend on: `ultraep-plan`,
-//! `ultraep-xfer` and cudarc; it is the only crate of the workspace that touches CUDA, and it
+//! Who uses it: `ultraep-runtime` (the bench reaches it only through the runtime). What it may
+//! depend on: `ultraep-plan`, `ultraep-xfer` and cudarc; it is the only crate of the workspace that touches CUDA, and it
 //! turns a missing driver or NVRTC into an error, never a panic.
 
 #![allow(unsafe_code)]

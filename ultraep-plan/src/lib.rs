@@ -9,7 +9,8 @@
 //! is ever broadcast.
 //!
 //! Who uses it: anyone who wants plans without the rest of ultraep (the crate stands alone),
-//! `ultraep-xfer`, `ultraep-kernels`, `ultraep-runtime` and `ultraep-bench`. What it may depend on:
+//! `ultraep-xfer`, `ultraep-kernels`, `ultraep-runtime`, `ultraep-bench` and `ultraep-py`. What it
+//! may depend on:
 //! no other ultraep crate, no CUDA, no I/O.
 //!
 //! # Using it

@@ -19,7 +19,8 @@
 //!
 //! How a framework embeds it, with code: [`guide`] (`docs/embedding.md`).
 //!
-//! Who uses it: frameworks that embed ultraep, and `ultraep-bench`. What it may depend on:
+//! Who uses it: frameworks that embed ultraep, `ultraep-bench` and `ultraep-py`. What it may
+//! depend on:
 //! `ultraep-topo`, `ultraep-plan`, `ultraep-xfer` and `ultraep-kernels`.
 
 #[doc = include_str!("../../docs/embedding.md")]

@@ -17,7 +17,8 @@
 //! # Ok::<(), ultraep_topo::TopoError>(())
 //! ```
 //!
-//! Who uses it: `ultraep-xfer`, `ultraep-runtime` and `ultraep-bench`. The planner does not depend on
+//! Who uses it: `ultraep-xfer`, `ultraep-runtime`, `ultraep-bench` and `ultraep-py`. The planner
+//! does not depend on
 //! it (it takes a plain domain-of-every-rank table, which [`Topology::rank_domains`] provides).
 //!
 //! What it may depend on: nothing of ultraep; no CUDA, no I/O (it converts between text and

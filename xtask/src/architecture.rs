@@ -119,7 +119,19 @@ pub enum Violation {
         line: usize,
         marker: &'static str,
     },
+    /// A crate's `Who uses it:` line names other workspace crates than those that depend on it.
+    UsedBy {
+        krate: String,
+        stated: BTreeSet<String>,
+        actual: BTreeSet<String>,
+    },
+    /// A cell of the README's status table is longer than [`STATUS_CELL_LIMIT`] characters.
+    LongStatusCell { row: String, length: usize },
 }
+
+/// The longest cell the README's status table may have: the table says what works and links to
+/// the figures; the figures themselves live in the crates' READMEs and `docs/`.
+pub const STATUS_CELL_LIMIT: usize = 300;
 
 impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -157,6 +169,18 @@ impl fmt::Display for Violation {
             Violation::Io { file, line, marker } => {
                 write!(f, "{file}:{line} uses {marker}; this crate must do no I/O")
             }
+            Violation::UsedBy {
+                krate,
+                stated,
+                actual,
+            } => write!(
+                f,
+                "{krate}'s doc says it is used by {stated:?}, but cargo metadata says {actual:?}"
+            ),
+            Violation::LongStatusCell { row, length } => write!(
+                f,
+                "README status row {row:?} has a cell of {length} characters (at most {STATUS_CELL_LIMIT})"
+            ),
         }
     }
 }
@@ -222,6 +246,22 @@ pub fn check_workspace(root: &Path) -> Result<Vec<Violation>, String> {
     let metadata: Metadata = serde_json::from_slice(&output.stdout)
         .map_err(|error| format!("cannot read cargo metadata: {error}"))?;
     let mut violations = check_dependencies(&metadata);
+    for (krate, users) in dependents(&metadata) {
+        let lib = root.join(&krate).join("src").join("lib.rs");
+        if let Ok(text) = std::fs::read_to_string(&lib)
+            && let Some(stated) = stated_users(&text)
+            && stated != users
+        {
+            violations.push(Violation::UsedBy {
+                krate,
+                stated,
+                actual: users,
+            });
+        }
+    }
+    let readme = std::fs::read_to_string(root.join("README.md"))
+        .map_err(|error| format!("cannot read README.md: {error}"))?;
+    violations.extend(check_status_table(&readme));
     for krate in IO_FREE {
         violations.extend(check_sources(&root.join(krate).join("src"))?);
     }
@@ -335,6 +375,96 @@ pub fn check_dependencies(metadata: &Metadata) -> Vec<Violation> {
         }
     }
     violations
+}
+
+/// Every workspace crate with the workspace crates that depend on it (normal dependencies).
+pub fn dependents(metadata: &Metadata) -> Vec<(String, BTreeSet<String>)> {
+    let names: HashMap<&str, &str> = metadata
+        .packages
+        .iter()
+        .map(|package| (package.id.as_str(), package.name.as_str()))
+        .collect();
+    let name_of = |id: &str| names.get(id).copied().unwrap_or(id).to_owned();
+    let members: BTreeSet<String> = metadata
+        .workspace_members
+        .iter()
+        .map(|id| name_of(id))
+        .collect();
+    let mut users: Vec<(String, BTreeSet<String>)> = members
+        .iter()
+        .map(|member| (member.clone(), BTreeSet::new()))
+        .collect();
+    for node in metadata.resolve.iter().flat_map(|resolve| &resolve.nodes) {
+        let from = name_of(&node.id);
+        if !members.contains(&from) {
+            continue;
+        }
+        for dep in &node.deps {
+            let to = name_of(&dep.pkg);
+            let normal = dep.dep_kinds.iter().any(|kind| kind.kind.is_none());
+            if normal && let Some((_, set)) = users.iter_mut().find(|(name, _)| *name == to) {
+                set.insert(from.clone());
+            }
+        }
+    }
+    users
+}
+
+/// The workspace crates a crate's `//!` docs name on their `Who uses it:` paragraph (up to
+/// `What it may depend on` or the paragraph's end), as `` `ultraep-...` `` in backticks; `None`
+/// if the docs have no such paragraph.
+pub fn stated_users(lib: &str) -> Option<BTreeSet<String>> {
+    let docs: Vec<&str> = lib
+        .lines()
+        .take_while(|line| line.starts_with("//!") || line.trim().is_empty())
+        .filter_map(|line| line.strip_prefix("//!"))
+        .map(str::trim)
+        .collect();
+    let start = docs
+        .iter()
+        .position(|line| line.starts_with("Who uses it:"))?;
+    let mut paragraph = String::new();
+    for line in &docs[start..] {
+        if line.is_empty() {
+            break;
+        }
+        paragraph.push(' ');
+        paragraph.push_str(line);
+    }
+    let paragraph = paragraph
+        .split("What it may depend on")
+        .next()
+        .unwrap_or_default();
+    Some(
+        paragraph
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .filter(|name| name.starts_with("ultraep-") && !name.contains(' '))
+            .map(str::to_owned)
+            .collect(),
+    )
+}
+
+/// Cells of the README's `## Status` table longer than [`STATUS_CELL_LIMIT`].
+pub fn check_status_table(readme: &str) -> Vec<Violation> {
+    let Some(start) = readme.find("\n## Status") else {
+        return Vec::new();
+    };
+    readme[start + 1..]
+        .lines()
+        .skip(1)
+        .take_while(|line| !line.starts_with("## "))
+        .filter(|line| line.starts_with('|'))
+        .filter_map(|line| {
+            let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+            let length = cells.iter().map(|cell| cell.chars().count()).max()?;
+            (length > STATUS_CELL_LIMIT).then(|| Violation::LongStatusCell {
+                row: cells[0].to_owned(),
+                length,
+            })
+        })
+        .collect()
 }
 
 /// A chain of normal dependencies from `start` to a CUDA binding, if there is one.
@@ -533,6 +663,37 @@ mod tests {
                     name: "ultraep-newcomer".into()
                 },
             ]
+        );
+    }
+
+    #[test]
+    fn who_uses_a_crate_is_read_off_its_docs() {
+        let lib = "//! A crate.\n//!\n//! Who uses it: people, `ultraep-runtime` and\n//! `ultraep-py`. What it may depend on: `ultraep-plan`.\n//!\n//! Unrelated: `ultraep-bench`.\n\npub mod x;\n";
+        let stated = stated_users(lib).unwrap();
+        assert_eq!(
+            stated,
+            BTreeSet::from(["ultraep-runtime".to_owned(), "ultraep-py".to_owned()])
+        );
+        assert_eq!(stated_users("//! No such line.\n"), None);
+        assert_eq!(
+            stated_users("//! Who uses it: people.\n"),
+            Some(BTreeSet::new())
+        );
+    }
+
+    #[test]
+    fn a_long_status_cell_is_caught() {
+        let short = "x".repeat(STATUS_CELL_LIMIT);
+        let long = "y".repeat(STATUS_CELL_LIMIT + 1);
+        let readme = format!(
+            "# t\n\n## Status\n\n| piece | works |\n|---|---|\n| a | {short} |\n| b | {long} |\n\n## License\n\n| c | {long} |\n"
+        );
+        assert_eq!(
+            check_status_table(&readme),
+            vec![Violation::LongStatusCell {
+                row: "b".into(),
+                length: STATUS_CELL_LIMIT + 1
+            }]
         );
     }
 
