@@ -49,3 +49,11 @@ pub enum KernelError {
         experts: u32,
     },
 }
+
+impl From<ultraep_plan::PlanError> for KernelError {
+    /// A plan, load or reroute table the kernels were handed that the planner refuses (the
+    /// reroute table's CPU form lives with the planner).
+    fn from(error: ultraep_plan::PlanError) -> Self {
+        KernelError::InvalidInput(error.to_string())
+    }
+}

@@ -106,6 +106,10 @@ pub enum PlanError {
     /// A setting that cannot be used (an instance cost, a history's decay).
     #[error("invalid setting: {0}")]
     InvalidSetting(&'static str),
+    /// A reroute table that cannot be built from the plan, load or split row it was given (the
+    /// message says which).
+    #[error("cannot build the reroute table: {0}")]
+    InvalidReroute(String),
     /// A rank's split needs a cell of the load it did not gather.
     #[error(
         "the split needs the tokens rank {from_rank} routed to expert {expert}, which were not gathered"

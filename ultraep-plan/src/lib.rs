@@ -142,6 +142,7 @@ mod planner;
 mod rank_split;
 pub mod reference;
 mod rehome;
+pub mod reroute;
 mod residency;
 mod split;
 mod threshold;

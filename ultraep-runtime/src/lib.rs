@@ -12,16 +12,18 @@
 //! One engine holds the memory of its own rank (or of a few ranks of one process) and derives
 //! everything else (plans, slot tables, schedules) from the all-gathered load, as every other
 //! rank does. It runs on a [`Backend`]: [`HostPlane`] keeps rank memory in segments that peers
-//! map (threads of one process, or processes of one host over `/dev/shm`), and [`CudaBackend`]
-//! emulates every rank on one GPU.
+//! map (threads of one process, or processes of one host over `/dev/shm`), and, with the `cuda`
+//! feature (on by default), `CudaBackend` emulates every rank on one GPU and `CudaPeerPlane` gives
+//! each process its GPU's memory and its peers' over CUDA IPC. Without that feature the crate
+//! links no CUDA bindings (`default-features = false` for a CPU-only embedding).
 //! The load's all-gather across processes goes through [`Collective`]. Every step can be written to a
 //! JSON-lines trace ([`TraceWriter`]) that `ultraep simulate` replays.
 //!
 //! How a framework embeds it, with code: [`guide`] (`docs/embedding.md`).
 //!
 //! Who uses it: frameworks that embed ultraep, `ultraep-bench` and `ultraep-py`. What it may
-//! depend on:
-//! `ultraep-topo`, `ultraep-plan`, `ultraep-xfer` and `ultraep-kernels`.
+//! depend on: `ultraep-topo`, `ultraep-plan`, `ultraep-xfer` and, with the `cuda` feature,
+//! `ultraep-kernels`.
 
 #[doc = include_str!("../../docs/embedding.md")]
 pub mod guide {}
@@ -29,6 +31,9 @@ pub mod guide {}
 mod backend;
 mod collective;
 mod config;
+#[cfg(feature = "cuda")]
+mod cuda_backend;
+#[cfg(feature = "cuda")]
 mod cuda_peer;
 mod engine;
 mod error;
@@ -42,9 +47,12 @@ mod slots;
 mod step_id;
 mod trace;
 
-pub use backend::{Backend, CudaBackend, MemoryShape, Started};
+pub use backend::{Backend, MemoryShape, Started};
 pub use collective::{Collective, InProcessCollective, LoadGather, ShmCollective};
 pub use config::{EngineConfig, EngineConfigBuilder};
+#[cfg(feature = "cuda")]
+pub use cuda_backend::CudaBackend;
+#[cfg(feature = "cuda")]
 pub use cuda_peer::CudaPeerPlane;
 pub use engine::{Engine, LayoutMove, LayoutProgress, LayoutRoundInFlight, TransfersInFlight};
 pub use error::RuntimeError;

@@ -62,6 +62,10 @@ pub const CUDA_BINDINGS: &[&str] = &["cudarc"];
 /// Crates that must not link CUDA bindings even indirectly.
 pub const CUDA_FREE: &[&str] = &["ultraep-topo", "ultraep-plan", "ultraep-xfer"];
 
+/// Crates that link no CUDA bindings when built without their default features: the engine runs
+/// its CPU data planes alone, and CUDA comes with its `cuda` feature.
+pub const CUDA_FREE_WITHOUT_DEFAULTS: &[&str] = &["ultraep-runtime"];
+
 /// Crates whose library sources must do no I/O, and the paths and macros that would do it.
 pub const IO_FREE: &[&str] = &["ultraep-topo", "ultraep-plan"];
 pub const IO_MARKERS: &[&str] = &[
@@ -119,6 +123,8 @@ pub enum Violation {
         line: usize,
         marker: &'static str,
     },
+    /// A crate built without its default features links CUDA bindings.
+    CudaWithoutDefaults { krate: String, binding: String },
     /// A crate's `Who uses it:` line names other workspace crates than those that depend on it.
     UsedBy {
         krate: String,
@@ -176,6 +182,10 @@ impl fmt::Display for Violation {
             } => write!(
                 f,
                 "{krate}'s doc says it is used by {stated:?}, but cargo metadata says {actual:?}"
+            ),
+            Violation::CudaWithoutDefaults { krate, binding } => write!(
+                f,
+                "{krate} links {binding} without its default features; CUDA must come only with its `cuda` feature"
             ),
             Violation::LongStatusCell { row, length } => write!(
                 f,
@@ -258,6 +268,9 @@ pub fn check_workspace(root: &Path) -> Result<Vec<Violation>, String> {
                 actual: users,
             });
         }
+    }
+    for krate in CUDA_FREE_WITHOUT_DEFAULTS {
+        violations.extend(check_cuda_without_defaults(root, krate)?);
     }
     let readme = std::fs::read_to_string(root.join("README.md"))
         .map_err(|error| format!("cannot read README.md: {error}"))?;
@@ -375,6 +388,53 @@ pub fn check_dependencies(metadata: &Metadata) -> Vec<Violation> {
         }
     }
     violations
+}
+
+/// Whether `krate`, built without its default features, links a CUDA binding through its normal
+/// dependencies (`cargo tree -e normal`: features resolved for that crate alone, which `cargo
+/// metadata` cannot do for one member of a workspace).
+fn check_cuda_without_defaults(root: &Path, krate: &str) -> Result<Vec<Violation>, String> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let output = Command::new(cargo)
+        .args([
+            "tree",
+            "--locked",
+            "-p",
+            krate,
+            "--no-default-features",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+        ])
+        .current_dir(root)
+        .output()
+        .map_err(|error| format!("could not run cargo tree: {error}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "cargo tree failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    Ok(cuda_in_tree(
+        krate,
+        &String::from_utf8_lossy(&output.stdout),
+    ))
+}
+
+/// The CUDA bindings a `cargo tree --prefix none` listing names.
+pub fn cuda_in_tree(krate: &str, tree: &str) -> Vec<Violation> {
+    CUDA_BINDINGS
+        .iter()
+        .filter(|binding| {
+            tree.lines()
+                .any(|line| line.split_whitespace().next() == Some(**binding))
+        })
+        .map(|binding| Violation::CudaWithoutDefaults {
+            krate: krate.to_owned(),
+            binding: (*binding).to_owned(),
+        })
+        .collect()
 }
 
 /// Every workspace crate with the workspace crates that depend on it (normal dependencies).
@@ -678,6 +738,20 @@ mod tests {
         assert_eq!(
             stated_users("//! Who uses it: people.\n"),
             Some(BTreeSet::new())
+        );
+    }
+
+    #[test]
+    fn cuda_in_a_tree_is_caught() {
+        let clean = "ultraep-runtime v0.1.0 (/w)\nthiserror v2.0.21\nultraep-plan v0.1.0 (/w)\n";
+        assert!(cuda_in_tree("ultraep-runtime", clean).is_empty());
+        let cuda = "ultraep-runtime v0.1.0 (/w)\nultraep-kernels v0.1.0 (/w)\ncudarc v0.19.0\n";
+        assert_eq!(
+            cuda_in_tree("ultraep-runtime", cuda),
+            vec![Violation::CudaWithoutDefaults {
+                krate: "ultraep-runtime".into(),
+                binding: "cudarc".into()
+            }]
         );
     }
 

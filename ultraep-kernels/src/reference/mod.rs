@@ -4,5 +4,7 @@
 pub mod arrivals;
 pub mod histogram;
 pub mod reduce;
-pub mod reroute;
+/// The reroute's CPU form lives with the planner (a CPU-only engine uses it without this crate);
+/// the GPU reroute kernels are checked against it.
+pub use ultraep_plan::reroute;
 pub mod stream;

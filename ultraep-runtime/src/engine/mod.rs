@@ -20,12 +20,14 @@ use ultraep_xfer::{
     ExpertState, Region, ScheduleBuilder, TaskListBuilder, TileTaskList, TransferSchedule,
 };
 
+#[cfg(feature = "cuda")]
+use crate::CudaPeerPlane;
 use crate::backend::{Backend, MemoryShape, Started};
 use crate::plane::{HostPlane, PlaneOptions};
 use crate::report::Summary;
 use crate::slots::{Placement, SlotContent, SlotTable};
-use crate::{CudaPeerPlane, GradientSend, HostDriven, TransferProgram};
 use crate::{EngineConfig, Mode, RuntimeError, StepId};
+use crate::{GradientSend, HostDriven, TransferProgram};
 
 /// The plan of one (microbatch, layer) and what belongs to it.
 #[derive(Debug)]
@@ -202,6 +204,7 @@ impl Engine {
     }
 }
 
+#[cfg(feature = "cuda")]
 impl Engine<CudaPeerPlane> {
     /// The device address of the weights instance `instance` of `step`'s plan computes with, on
     /// this rank's GPU: its master's region, or its replica's slot (refused once stale, like

@@ -1,7 +1,7 @@
 //! From the router's output: the load as the histogram of every rank's top-k ids, and every
 //! token rerouted to the instance of the plan that processes it.
 
-use ultraep_kernels::reference::reroute::{RerouteTable, reroute_into};
+use ultraep_plan::reroute::{RerouteTable, reroute_into};
 use ultraep_plan::{LoadMatrix, RankSplit, SplitEntry};
 
 use super::{Engine, entry_in};

@@ -1,10 +1,14 @@
-//! The token reroute: every (token, k) expert id of one source rank -> the instance the plan's
-//! split assigns, so that every instance receives exactly its share of that source's tokens.
+//! The token reroute on the CPU: every (token, k) expert id of one source rank -> the instance the
+//! plan's split assigns, so that every instance receives exactly its share of that source's
+//! tokens.
+//!
+//! It lives with the planner, pure and CUDA-free, because a CPU-only engine reroutes with it; the
+//! GPU reroute kernels (`ultraep-kernels`) consume its `#[repr(C)]` table as it is and are checked
+//! against [`reroute`] bit for bit.
 
 use bytemuck::{Pod, Zeroable};
-use ultraep_plan::{LoadMatrix, Plan, SplitEntry};
 
-use crate::KernelError;
+use crate::{LoadMatrix, Plan, PlanError, SplitEntry};
 
 /// No instance: the id named no expert, or the expert had no more share for this source.
 pub const NO_INSTANCE: u32 = u32::MAX;
@@ -32,11 +36,7 @@ pub struct RerouteTable {
 
 impl RerouteTable {
     /// The table of `source` under `plan`, made for `loads`.
-    pub fn for_source(
-        plan: &Plan,
-        loads: LoadMatrix<'_>,
-        source: u32,
-    ) -> Result<Self, KernelError> {
+    pub fn for_source(plan: &Plan, loads: LoadMatrix<'_>, source: u32) -> Result<Self, PlanError> {
         let mut table = Self::default();
         table.rebuild(plan, loads, source)?;
         Ok(table)
@@ -45,11 +45,7 @@ impl RerouteTable {
     /// Builds the table from one source's row of a split (its [`SplitEntry`]s for every expert,
     /// ordered by expert then instance, as `ultraep_plan::RankSplit::row` gives them), for a plan
     /// of `experts` experts; reuses the table's buffers.
-    pub fn rebuild_from_row(
-        &mut self,
-        experts: u32,
-        row: &[SplitEntry],
-    ) -> Result<(), KernelError> {
+    pub fn rebuild_from_row(&mut self, experts: u32, row: &[SplitEntry]) -> Result<(), PlanError> {
         self.offsets.clear();
         self.entries.clear();
         self.offsets.push(0);
@@ -58,7 +54,7 @@ impl RerouteTable {
             let mut end = 0u32;
             while let Some(entry) = entries.next_if(|entry| entry.expert == expert) {
                 end = end.checked_add(entry.tokens).ok_or_else(|| {
-                    KernelError::InvalidInput(format!("expert {expert}'s row overflows 32 bits"))
+                    PlanError::InvalidReroute(format!("expert {expert}'s row overflows 32 bits"))
                 })?;
                 self.entries.push(RerouteEntry {
                     end,
@@ -68,7 +64,7 @@ impl RerouteTable {
             self.offsets.push(self.entries.len() as u32);
         }
         if let Some(entry) = entries.next() {
-            return Err(KernelError::InvalidInput(format!(
+            return Err(PlanError::InvalidReroute(format!(
                 "a row entry of expert {} out of order or past the plan's {experts} experts",
                 entry.expert
             )));
@@ -83,16 +79,16 @@ impl RerouteTable {
         plan: &Plan,
         loads: LoadMatrix<'_>,
         source: u32,
-    ) -> Result<(), KernelError> {
+    ) -> Result<(), PlanError> {
         self.offsets.clear();
         self.entries.clear();
         if !plan.has_split() {
-            return Err(KernelError::InvalidInput(
+            return Err(PlanError::InvalidReroute(
                 "the plan has no split to reroute by".into(),
             ));
         }
         if source as usize >= loads.ranks() || loads.experts() != plan.num_experts() as usize {
-            return Err(KernelError::InvalidInput(format!(
+            return Err(PlanError::InvalidReroute(format!(
                 "source rank {source} is not in the {} x {} load matrix of a {}-expert plan",
                 loads.ranks(),
                 loads.experts(),
