@@ -234,26 +234,18 @@ struct DepKind {
 
 /// Runs `cargo metadata` on the workspace at `root` and checks every rule.
 pub fn check_workspace(root: &Path) -> Result<Vec<Violation>, String> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     // All features: a feature that pulled CUDA into the planner would be a violation too.
-    let output = Command::new(cargo)
-        .args([
+    let output = cargo(
+        root,
+        &[
             "metadata",
             "--format-version",
             "1",
             "--all-features",
             "--locked",
-        ])
-        .current_dir(root)
-        .output()
-        .map_err(|error| format!("could not run cargo metadata: {error}"))?;
-    if !output.status.success() {
-        return Err(format!(
-            "cargo metadata failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        ));
-    }
-    let metadata: Metadata = serde_json::from_slice(&output.stdout)
+        ],
+    )?;
+    let metadata: Metadata = serde_json::from_slice(&output)
         .map_err(|error| format!("cannot read cargo metadata: {error}"))?;
     let mut violations = check_dependencies(&metadata);
     for (krate, users) in dependents(&metadata) {
@@ -394,9 +386,9 @@ pub fn check_dependencies(metadata: &Metadata) -> Vec<Violation> {
 /// dependencies (`cargo tree -e normal`: features resolved for that crate alone, which `cargo
 /// metadata` cannot do for one member of a workspace).
 fn check_cuda_without_defaults(root: &Path, krate: &str) -> Result<Vec<Violation>, String> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let output = Command::new(cargo)
-        .args([
+    let output = cargo(
+        root,
+        &[
             "tree",
             "--locked",
             "-p",
@@ -406,20 +398,27 @@ fn check_cuda_without_defaults(root: &Path, krate: &str) -> Result<Vec<Violation
             "normal",
             "--prefix",
             "none",
-        ])
+        ],
+    )?;
+    Ok(cuda_in_tree(krate, &String::from_utf8_lossy(&output)))
+}
+
+/// What `cargo ARGS` prints in the workspace at `root`, or why it failed.
+fn cargo(root: &Path, args: &[&str]) -> Result<Vec<u8>, String> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let output = Command::new(cargo)
+        .args(args)
         .current_dir(root)
         .output()
-        .map_err(|error| format!("could not run cargo tree: {error}"))?;
+        .map_err(|error| format!("could not run cargo {}: {error}", args[0]))?;
     if !output.status.success() {
         return Err(format!(
-            "cargo tree failed: {}",
+            "cargo {} failed: {}",
+            args[0],
             String::from_utf8_lossy(&output.stderr)
         ));
     }
-    Ok(cuda_in_tree(
-        krate,
-        &String::from_utf8_lossy(&output.stdout),
-    ))
+    Ok(output.stdout)
 }
 
 /// The CUDA bindings a `cargo tree --prefix none` listing names.
