@@ -6,9 +6,10 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::BenchError;
-use crate::experiment::{BALANCERS, RunConfig, ScenarioResult, SweepPoint, Sweeps};
+use crate::experiment::{BALANCERS, RunConfig, ScenarioResult};
 use crate::step_fit::{EfficiencySource, PEAK};
 use crate::svg;
+use crate::sweeps::{SweepPoint, Sweeps};
 
 /// The balancers the tables and plots compare: every one but the ideal they are measured against.
 const COMPARED: &[&str] = BALANCERS.split_last().expect("balancers").1;

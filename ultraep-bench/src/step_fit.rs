@@ -18,31 +18,15 @@
 //! rates and both TFLOPS). The arithmetic is deterministic: the same scenario and run give the
 //! same rates on any machine.
 
-use serde::Serialize;
 use ultraep_plan::{Balancer, ExpertLayout, ForceBalanced, LoadMatrix, NoBalance, Plan};
 
 use crate::BenchError;
-use crate::experiment::{RunConfig, Scenario, StepFrame, workload_config};
+use crate::run_config::RunConfig;
+pub use crate::scenario::EfficiencySource;
+use crate::scenario::{Scenario, workload_config};
 use crate::step::{Efficiency, Hardware, layer_outcome};
+use crate::step_frame::StepFrame;
 use crate::workload::Workload;
-
-/// Where a scenario's compute rates come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum EfficiencySource {
-    /// [`Efficiency::ASSUMED`]: nothing published to fit.
-    Assumed,
-    /// Both rates fitted to the scenario's own published ideal and no-balancing TFLOPS.
-    Fitted,
-    /// The expert rate of the named scenario, and the dense rate fitted so that no balancing
-    /// reaches the fraction of the ideal that the scenario's published figures imply (ultraep's
-    /// fraction of ideal over its speedup): prefill, which publishes no TFLOPS.
-    FittedToNone {
-        /// The published scenario whose expert rate is kept.
-        experts_from: &'static str,
-    },
-    /// The rates of the named published scenario (same model and mode, or family).
-    FittedOn(&'static str),
-}
 
 /// The rates `scenario` runs at under `run`: `run.efficiency` when set, else from the scenario's
 /// [`EfficiencySource`].

@@ -3,12 +3,9 @@
 
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
-use crate::gpu::{BLOCK, DeviceReroute, Gpu, driver};
+use crate::gpu::{BLOCK, CHUNK, DeviceReroute, Gpu, driver};
 use crate::reference::reroute::{NO_INSTANCE, RerouteTable};
 use crate::{KernelError, launch_checks, sources};
-
-/// Ids per block.
-pub const CHUNK: u32 = 1024;
 
 impl Gpu {
     /// The instance of every id of one source, by the chunked kernel, and how many could not be

@@ -21,11 +21,14 @@ use crate::{Arch, KernelError, KernelSource, compile_for, launch_checks, sources
 /// Threads per block for every kernel.
 pub(crate) const BLOCK: u32 = 256;
 
+/// Ids per block of the chunked reroute kernel (`chunked_reroute.rs`).
+pub const CHUNK: u32 = 1024;
+
 /// Above this many ids [`Gpu::reroute`] takes the chunked kernel. The single block does
 /// `ids / BLOCK` serial rounds on one multiprocessor (about 0.4 ms for 65,536 ids, estimated);
 /// the chunked form's three launches cost a few microseconds each, so it wins once the ids fill
 /// a few of its chunks. An estimate until a GPU measures the crossing (`gpu-bench` times both).
-pub const CHUNKED_ABOVE: usize = 4 * crate::chunked_reroute::CHUNK as usize;
+pub const CHUNKED_ABOVE: usize = 4 * CHUNK as usize;
 
 /// Tile streamer blocks per multiprocessor: 32 warps, each thread with four 16-byte loads in
 /// flight, about 64 KiB in flight per multiprocessor (8.4 MB on an H100's 132), several times
@@ -266,10 +269,7 @@ impl Gpu {
         let experts = table.offsets.len().saturating_sub(1);
         let n = launch_checks::count32("router ids", ids.len())?;
         let expert_count = launch_checks::count32("reroute table experts", experts)?;
-        let chunks = ids
-            .len()
-            .div_ceil(crate::chunked_reroute::CHUNK as usize)
-            .max(1);
+        let chunks = ids.len().div_ceil(CHUNK as usize).max(1);
         Ok(DeviceReroute {
             chunk_counts: self
                 .stream

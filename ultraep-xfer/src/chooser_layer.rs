@@ -22,7 +22,7 @@
 
 use ultraep_topo::{RankId, Topology};
 
-use crate::schedule::{RouteChoice, port_time};
+use crate::route_choice::{RouteChoice, port_time};
 use crate::{RelayPieces, Route, TransferCosts};
 
 /// Relay counts weighed beyond every count up to 8 (and beside the count of all destinations).

@@ -11,7 +11,7 @@
 
 use ultraep_topo::{RankId, Topology};
 
-use crate::schedule::{RouteChoice, port_time};
+use crate::route_choice::{RouteChoice, port_time};
 use crate::{RelayPieces, Route, TransferConfig};
 
 /// The per-expert chooser's scratch buffers.

@@ -24,7 +24,9 @@ mod migration;
 mod pool;
 mod reduction;
 mod replicas;
+mod route_choice;
 mod schedule;
+mod schedule_builder;
 mod simulate;
 mod state;
 mod tasks;
@@ -38,7 +40,8 @@ pub use migration::{LayoutTransition, MigrationChunk, TransitionPhase};
 pub use pool::WorkerPool;
 pub use reduction::{ReductionScratch, reduce_gradients};
 pub use replicas::{Fanout, Region, ReplicaSet, ReplicaSetBuilder};
-pub use schedule::{Hop, Piece, Route, ScheduleBuilder, ScheduledFanout, TransferSchedule};
+pub use schedule::{Hop, Piece, Route, ScheduledFanout, TransferSchedule};
+pub use schedule_builder::ScheduleBuilder;
 pub use simulate::{
     PlayedTransfer, ReplicaReady, Simulation, lower_bound, played_transfers, simulate,
     simulate_reduction,

@@ -35,6 +35,8 @@ const SCOPES: [Scope; 2] = [
         package: "ultraep-xfer",
         files: &[
             "ultraep-xfer/src/schedule.rs",
+            "ultraep-xfer/src/chooser_layer.rs",
+            "ultraep-xfer/src/chooser_per_expert.rs",
             "ultraep-xfer/src/tasks.rs",
             "ultraep-xfer/src/flow.rs",
         ],
