@@ -9,8 +9,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::BenchError;
 use crate::cross_domain::{CrossDomainResult, SlowLoop, cross_domain_table, run_cross_domain};
-use crate::decode_objective::{DecodeReport, decode_table, run_decode_objective};
+use crate::decode_objective::{DecodeReport, run_decode_objective};
 use crate::experiment::{RunConfig, Scenario, run_scenario};
+use crate::report::decode_table;
 use crate::report::{
     PUBLISHED, calibration_table, overhead_table, spanning_table, summary_table, sweep_tables,
     write_report,

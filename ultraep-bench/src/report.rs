@@ -6,7 +6,8 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::BenchError;
-use crate::experiment::{BALANCERS, RunConfig, ScenarioResult};
+use crate::decode_objective::DecodeReport;
+use crate::experiment::{BALANCERS, RunConfig, Scenario, ScenarioResult};
 use crate::step_fit::{EfficiencySource, PEAK};
 use crate::svg;
 use crate::sweeps::{SweepPoint, Sweeps};
@@ -604,5 +605,65 @@ fn markdown(run: &RunConfig, results: &[ScenarioResult]) -> String {
          transfer per layer), `imbalance-<scenario>.svg` (imbalance per simulated layer, averaged over steps, one line per balancer). Method: \
          `ultraep-bench/src/experiment.rs`, `step.rs` and `workload.rs`.\n",
     );
+    out
+}
+
+/// The comparison as a markdown table (simulated figures).
+pub fn decode_table(scenario: &Scenario, report: &DecodeReport) -> String {
+    use std::fmt::Write as _;
+    let mut out = format!(
+        "{} at 16-256 tokens per rank (simulated by the MoE step simulator, on held-out seeds \
+         {} and {}; the gates' margin and window were tuned on seeds {} and {}: cost-aware gate \
+         {} x its all-gather and planning over {} steps, resident gate {} x over {} steps). Mean \
+         step time, worst step against no balancing, steps slower than no balancing. \
+         \"Every layer\" gathers and plans every layer; \"gated\" only the layers whose \
+         predicted net saving cleared the gate; \"resident\" keeps the replicas the slow loop \
+         chose in place and re-splits each batch among them behind its gate; LPLB re-splits \
+         over its fixed hypercube copies every layer; \"decided\" leaves out the all-gather and \
+         planning:\n\n\
+         | tokens per rank | none (ms) | token objective (ms) | cost-aware, every layer (ms) | cost-aware, gated (ms) | LPLB (ms) | resident (ms) | resident vs none | worst step: tokens / every layer / gated / LPLB / resident | slower steps: every layer / gated / LPLB / resident | decided: worst / slower steps | layers balanced: gated / resident | replicas per layer: tokens / cost-aware / resident | resident copies' wait (ms) |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        scenario.name,
+        report.held_out_seeds[0],
+        report.held_out_seeds[1],
+        report.tuning_seeds[0],
+        report.tuning_seeds[1],
+        report.gated.margin,
+        report.gated.window,
+        report.resident.margin,
+        report.resident.window,
+    );
+    for point in &report.points {
+        let _ = writeln!(
+            out,
+            "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.3}x | {:.2}x / {:.3}x / {:.3}x / {:.3}x / {:.3}x | {} / {} / {} / {} of {} | {:.3}x / {} | {:.0}% / {:.0}% | {:.1} / {:.1} / {:.1} | {:.2} |",
+            point.tokens_per_rank,
+            point.none_seconds * 1e3,
+            point.tokens_seconds * 1e3,
+            point.cost_seconds * 1e3,
+            point.gated_seconds * 1e3,
+            point.lplb_seconds * 1e3,
+            point.resident_seconds * 1e3,
+            point.none_seconds / point.resident_seconds,
+            point.worst_ratio[0],
+            point.worst_ratio[1],
+            point.worst_ratio[2],
+            point.worst_ratio[3],
+            point.worst_ratio[4],
+            point.slower_steps[1],
+            point.slower_steps[2],
+            point.slower_steps[3],
+            point.slower_steps[4],
+            point.steps,
+            point.cost_worst_ratio_decided,
+            point.cost_slower_steps_decided,
+            point.balanced_layers[0] * 100.0,
+            point.balanced_layers[1] * 100.0,
+            point.replicas[0],
+            point.replicas[1],
+            point.replicas[2],
+            point.resident_wait_seconds * 1e3,
+        );
+    }
     out
 }

@@ -6,10 +6,11 @@ use clap::{Args, ValueEnum};
 
 use crate::BenchError;
 use crate::cross_domain::{SlowLoop, cross_domain_table, run_cross_domain};
-use crate::decode_objective::{decode_table, run_decode_objective};
+use crate::decode_objective::run_decode_objective;
 use crate::experiment::{RunConfig, Scenario, ScenarioResult, run_scenario, run_steps};
 use crate::machine::{Machine, nvl72_gpus};
 use crate::models::ModelShape;
+use crate::report::decode_table;
 use crate::report::summary_table;
 use crate::step::Mode;
 use crate::step_fit::EfficiencySource;

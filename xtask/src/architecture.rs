@@ -10,6 +10,8 @@ use std::process::Command;
 
 use serde::Deserialize;
 
+use crate::crate_docs::{STATUS_CELL_LIMIT, long_status_cells, stated_users};
+
 /// Every workspace crate and the workspace crates it may depend on (normal dependencies).
 /// Arrows point down this list only, so the graph cannot have a cycle.
 pub const ALLOWED_ARROWS: &[(&str, &[&str])] = &[
@@ -134,10 +136,6 @@ pub enum Violation {
     /// A cell of the README's status table is longer than [`STATUS_CELL_LIMIT`] characters.
     LongStatusCell { row: String, length: usize },
 }
-
-/// The longest cell the README's status table may have: the table says what works and links to
-/// the figures; the figures themselves live in the crates' READMEs and `docs/`.
-pub const STATUS_CELL_LIMIT: usize = 300;
 
 impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -266,7 +264,11 @@ pub fn check_workspace(root: &Path) -> Result<Vec<Violation>, String> {
     }
     let readme = std::fs::read_to_string(root.join("README.md"))
         .map_err(|error| format!("cannot read README.md: {error}"))?;
-    violations.extend(check_status_table(&readme));
+    violations.extend(
+        long_status_cells(&readme)
+            .into_iter()
+            .map(|(row, length)| Violation::LongStatusCell { row, length }),
+    );
     for krate in IO_FREE {
         violations.extend(check_sources(&root.join(krate).join("src"))?);
     }
@@ -469,63 +471,6 @@ pub fn dependents(metadata: &Metadata) -> Vec<(String, BTreeSet<String>)> {
     users
 }
 
-/// The workspace crates a crate's `//!` docs name on their `Who uses it:` paragraph (up to
-/// `What it may depend on` or the paragraph's end), as `` `ultraep-...` `` in backticks; `None`
-/// if the docs have no such paragraph.
-pub fn stated_users(lib: &str) -> Option<BTreeSet<String>> {
-    let docs: Vec<&str> = lib
-        .lines()
-        .take_while(|line| line.starts_with("//!") || line.trim().is_empty())
-        .filter_map(|line| line.strip_prefix("//!"))
-        .map(str::trim)
-        .collect();
-    let start = docs
-        .iter()
-        .position(|line| line.starts_with("Who uses it:"))?;
-    let mut paragraph = String::new();
-    for line in &docs[start..] {
-        if line.is_empty() {
-            break;
-        }
-        paragraph.push(' ');
-        paragraph.push_str(line);
-    }
-    let paragraph = paragraph
-        .split("What it may depend on")
-        .next()
-        .unwrap_or_default();
-    Some(
-        paragraph
-            .split('`')
-            .skip(1)
-            .step_by(2)
-            .filter(|name| name.starts_with("ultraep-") && !name.contains(' '))
-            .map(str::to_owned)
-            .collect(),
-    )
-}
-
-/// Cells of the README's `## Status` table longer than [`STATUS_CELL_LIMIT`].
-pub fn check_status_table(readme: &str) -> Vec<Violation> {
-    let Some(start) = readme.find("\n## Status") else {
-        return Vec::new();
-    };
-    readme[start + 1..]
-        .lines()
-        .skip(1)
-        .take_while(|line| !line.starts_with("## "))
-        .filter(|line| line.starts_with('|'))
-        .filter_map(|line| {
-            let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
-            let length = cells.iter().map(|cell| cell.chars().count()).max()?;
-            (length > STATUS_CELL_LIMIT).then(|| Violation::LongStatusCell {
-                row: cells[0].to_owned(),
-                length,
-            })
-        })
-        .collect()
-}
-
 /// A chain of normal dependencies from `start` to a CUDA binding, if there is one.
 fn find_normal_path(
     start: &str,
@@ -600,210 +545,4 @@ pub fn scan_source(file: &str, text: &str) -> Vec<Violation> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A metadata document with the given packages and normal-dependency edges.
-    fn metadata(members: &[&str], edges: &[(&str, &str)], others: &[&str]) -> Metadata {
-        let packages: Vec<_> = members
-            .iter()
-            .chain(others)
-            .map(|name| serde_json::json!({ "id": format!("{name}-id"), "name": name }))
-            .collect();
-        let nodes: Vec<_> = members
-            .iter()
-            .chain(others)
-            .map(|name| {
-                let deps: Vec<_> = edges
-                    .iter()
-                    .filter(|(from, _)| from == name)
-                    .map(|(_, to)| {
-                        serde_json::json!({ "pkg": format!("{to}-id"), "dep_kinds": [{ "kind": null }] })
-                    })
-                    .collect();
-                serde_json::json!({ "id": format!("{name}-id"), "deps": deps })
-            })
-            .collect();
-        let members: Vec<_> = members.iter().map(|name| format!("{name}-id")).collect();
-        serde_json::from_value(serde_json::json!({
-            "packages": packages,
-            "workspace_members": members,
-            "resolve": { "nodes": nodes },
-        }))
-        .expect("well-formed test metadata")
-    }
-
-    const MEMBERS: &[&str] = &[
-        "ultraep-topo",
-        "ultraep-plan",
-        "ultraep-xfer",
-        "ultraep-kernels",
-        "ultraep-runtime",
-        "ultraep-bench",
-        "xtask",
-    ];
-
-    #[test]
-    fn the_workspace_keeps_its_architecture() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("workspace root");
-        let violations = check_workspace(root).expect("cargo metadata runs");
-        let report: Vec<String> = violations.iter().map(ToString::to_string).collect();
-        assert!(violations.is_empty(), "{report:#?}");
-    }
-
-    #[test]
-    fn the_allowed_arrows_point_down_the_list() {
-        for (position, (name, allowed)) in ALLOWED_ARROWS.iter().enumerate() {
-            for target in *allowed {
-                let target_position = ALLOWED_ARROWS.iter().position(|(other, _)| other == target);
-                assert!(
-                    target_position < Some(position),
-                    "{name} -> {target} points up"
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn cudarc_in_the_planner_is_caught() {
-        let meta = metadata(
-            MEMBERS,
-            &[("ultraep-plan", "cudarc"), ("ultraep-kernels", "cudarc")],
-            &["cudarc"],
-        );
-        let violations = check_dependencies(&meta);
-        assert!(violations.contains(&Violation::DirectCuda {
-            from: "ultraep-plan".into(),
-            binding: "cudarc".into()
-        }));
-        assert!(violations.iter().any(|violation| matches!(
-            violation,
-            Violation::LinkedCuda { from, .. } if from == "ultraep-plan"
-        )));
-        assert_eq!(
-            violations.len(),
-            2,
-            "kernels may use cudarc: {violations:?}"
-        );
-    }
-
-    #[test]
-    fn cudarc_reached_through_another_crate_is_caught() {
-        let meta = metadata(
-            MEMBERS,
-            &[("ultraep-topo", "helper"), ("helper", "cudarc")],
-            &["helper", "cudarc"],
-        );
-        assert_eq!(
-            check_dependencies(&meta),
-            vec![Violation::LinkedCuda {
-                from: "ultraep-topo".into(),
-                binding: "cudarc".into(),
-                path: vec!["ultraep-topo".into(), "helper".into(), "cudarc".into()],
-            }]
-        );
-    }
-
-    #[test]
-    fn upward_arrows_and_unlisted_crates_are_caught() {
-        let mut members = MEMBERS.to_vec();
-        members.push("ultraep-newcomer");
-        let meta = metadata(&members, &[("ultraep-plan", "ultraep-topo")], &[]);
-        assert_eq!(
-            check_dependencies(&meta),
-            vec![
-                Violation::ForbiddenArrow {
-                    from: "ultraep-plan".into(),
-                    to: "ultraep-topo".into()
-                },
-                Violation::UnlistedCrate {
-                    name: "ultraep-newcomer".into()
-                },
-            ]
-        );
-    }
-
-    #[test]
-    fn who_uses_a_crate_is_read_off_its_docs() {
-        let lib = "//! A crate.\n//!\n//! Who uses it: people, `ultraep-runtime` and\n//! `ultraep-py`. What it may depend on: `ultraep-plan`.\n//!\n//! Unrelated: `ultraep-bench`.\n\npub mod x;\n";
-        let stated = stated_users(lib).unwrap();
-        assert_eq!(
-            stated,
-            BTreeSet::from(["ultraep-runtime".to_owned(), "ultraep-py".to_owned()])
-        );
-        assert_eq!(stated_users("//! No such line.\n"), None);
-        assert_eq!(
-            stated_users("//! Who uses it: people.\n"),
-            Some(BTreeSet::new())
-        );
-    }
-
-    #[test]
-    fn cuda_in_a_tree_is_caught() {
-        let clean = "ultraep-runtime v0.1.0 (/w)\nthiserror v2.0.21\nultraep-plan v0.1.0 (/w)\n";
-        assert!(cuda_in_tree("ultraep-runtime", clean).is_empty());
-        let cuda = "ultraep-runtime v0.1.0 (/w)\nultraep-kernels v0.1.0 (/w)\ncudarc v0.19.0\n";
-        assert_eq!(
-            cuda_in_tree("ultraep-runtime", cuda),
-            vec![Violation::CudaWithoutDefaults {
-                krate: "ultraep-runtime".into(),
-                binding: "cudarc".into()
-            }]
-        );
-    }
-
-    #[test]
-    fn a_long_status_cell_is_caught() {
-        let short = "x".repeat(STATUS_CELL_LIMIT);
-        let long = "y".repeat(STATUS_CELL_LIMIT + 1);
-        let readme = format!(
-            "# t\n\n## Status\n\n| piece | works |\n|---|---|\n| a | {short} |\n| b | {long} |\n\n## License\n\n| c | {long} |\n"
-        );
-        assert_eq!(
-            check_status_table(&readme),
-            vec![Violation::LongStatusCell {
-                row: "b".into(),
-                length: STATUS_CELL_LIMIT + 1
-            }]
-        );
-    }
-
-    #[test]
-    fn io_in_code_is_caught_but_not_in_comments() {
-        let text = "//! Reads with std::fs in the caller.\nfn f() {\n    let _ = std::fs::read(\"x\");\n    println!(\"hi\");\n}\n";
-        let violations = scan_source("lib.rs", text);
-        assert_eq!(
-            violations,
-            vec![
-                Violation::Io {
-                    file: "lib.rs".into(),
-                    line: 3,
-                    marker: "std::fs"
-                },
-                Violation::Io {
-                    file: "lib.rs".into(),
-                    line: 4,
-                    marker: "println!"
-                },
-            ]
-        );
-    }
-
-    #[test]
-    fn unsafe_code_is_allowed_only_where_listed() {
-        let text = "//! Peer memory.\n#![allow(unsafe_code)]\nfn f() {}\n";
-        assert!(scan_unsafe("ultraep-runtime/src/plane/segment.rs", text).is_empty());
-        assert_eq!(
-            scan_unsafe("ultraep-runtime/src/engine/mod.rs", text),
-            vec![Violation::Unsafe {
-                file: "ultraep-runtime/src/engine/mod.rs".into(),
-                line: 2
-            }]
-        );
-        // A comment or a string that names the lint is not an attribute.
-        let mention = "// allow(unsafe_code) here?\nlet s = \"#[allow(unsafe_code)]\";\n";
-        assert!(scan_unsafe("xtask/src/main.rs", mention).is_empty());
-    }
-}
+mod tests;

@@ -23,6 +23,7 @@
 //! they change and can check them from the outside.
 
 mod architecture;
+mod crate_docs;
 mod fuzz;
 mod gpu_bundle;
 mod mutants;

@@ -3,9 +3,12 @@
 //! router's ids and the token reroute in `routing.rs`.
 
 mod by_domain;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod digest;
 mod forward;
 mod gradients;
+mod host_driven;
 mod layout_change;
 mod routing;
 
@@ -20,14 +23,11 @@ use ultraep_xfer::{
     ExpertState, Region, ScheduleBuilder, TaskListBuilder, TileTaskList, TransferSchedule,
 };
 
-#[cfg(feature = "cuda")]
-use crate::CudaPeerPlane;
 use crate::backend::{Backend, MemoryShape, Started};
 use crate::plane::{HostPlane, PlaneOptions};
 use crate::report::Summary;
 use crate::slots::{Placement, SlotContent, SlotTable};
 use crate::{EngineConfig, Mode, RuntimeError, StepId};
-use crate::{GradientSend, HostDriven, TransferProgram};
 
 /// The plan of one (microbatch, layer) and what belongs to it.
 #[derive(Debug)]
@@ -201,73 +201,6 @@ impl Engine {
                 .gradients
                 .as_ref()
                 .map_or(0, |(_, store)| store.owned_state_bytes())
-    }
-}
-
-#[cfg(feature = "cuda")]
-impl Engine<CudaPeerPlane> {
-    /// The device address of the weights instance `instance` of `step`'s plan computes with, on
-    /// this rank's GPU: its master's region, or its replica's slot (refused once stale, like
-    /// [`Engine::instance_weights`]). Read in place by the framework's expert kernels; valid
-    /// until the next call that moves weights.
-    pub fn instance_pointer(&self, step: StepId, instance: u32) -> Result<u64, RuntimeError> {
-        let (rank, region) = self.instance_region(step, instance)?;
-        self.weights.region_pointer(rank, region)
-    }
-
-    /// The engine of rank `rank` in a group of processes with a GPU each (or sharing GPUs): its
-    /// memory on `gpu`, its peers' opened from CUDA IPC handles all-gathered through
-    /// `collective` (whose members are the group's ranks; `ShmCollective` on one host).
-    pub fn cuda_ipc(
-        config: EngineConfig,
-        gpu: std::sync::Arc<ultraep_kernels::gpu::Gpu>,
-        rank: u32,
-        collective: &mut dyn crate::Collective,
-        options: PlaneOptions,
-    ) -> Result<Self, RuntimeError> {
-        Self::for_ranks(config, rank..rank + 1, |shape| {
-            CudaPeerPlane::new(std::sync::Arc::clone(&gpu), shape, collective, options)
-        })
-    }
-}
-
-impl Engine<HostDriven> {
-    /// The engine of rank `rank` in host-driven mode: it holds no expert memory and moves no
-    /// bytes; after each step the caller executes [`Engine::transfer_program`] with its own
-    /// communication library, and in the backward sends [`Engine::gradient_sends`] and sums them
-    /// with [`Engine::sum_replica_gradients`].
-    pub fn host_driven(config: EngineConfig, rank: u32) -> Result<Self, RuntimeError> {
-        Self::for_ranks(config, rank..rank + 1, |shape| Ok(HostDriven::new(shape)))
-    }
-
-    /// The messages of the last step (or restore) that moved weights, for every rank; this
-    /// engine's rank sends `sends(local)` and receives `receives(local)`.
-    pub fn transfer_program(&self) -> &TransferProgram {
-        self.weights.program()
-    }
-
-    /// The replica gradients of the last [`Engine::reduce_gradients`]: what every rank sends to
-    /// which master's rank.
-    pub fn gradient_sends(&self) -> impl Iterator<Item = GradientSend> + '_ {
-        self.gradients
-            .iter()
-            .flat_map(|(_, store)| store.gradient_sends())
-    }
-
-    /// Sums the replica gradients of `expert` (received from the ranks of its replicas in the
-    /// last reduction) into `master`, its master's FP32 gradient, in the documented order.
-    pub fn sum_replica_gradients<'a>(
-        &mut self,
-        expert: u32,
-        master: &mut [f32],
-        replica: impl Fn(u32) -> &'a [f32],
-    ) -> Result<(), RuntimeError> {
-        match self.gradients.as_mut() {
-            Some((_, store)) => store.sum_replica_gradients(expert, master, replica),
-            None => Err(RuntimeError::InvalidConfig(
-                "a prefill engine has no gradients".into(),
-            )),
-        }
     }
 }
 

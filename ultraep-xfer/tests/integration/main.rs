@@ -1,5 +1,6 @@
 //! Integration tests of `ultraep-xfer`: one binary, a module per concern.
 
+mod checksums;
 mod chosen;
 mod cpu;
 mod migration;
