@@ -4,7 +4,7 @@
 //! and simulated layer, each plans (EPLB as deployed plans from a history window and keeps its
 //! replicas between re-plans; LPLB keeps the replicas placed after the warm-up and re-splits the
 //! tokens per microbatch), the step simulator times the layer under the plan, and what the
-//! balancer puts on the critical path is added from the published costs ([`Overheads`]):
+//! balancer puts on the critical path is added from the published costs ([`crate::step::Overheads`]):
 //! ultraep's load all-gather, planning, task lists, simulated weight transfers and reroute (in
 //! training also the weight restore before backward and the part of the gradient reduction that
 //! the layer's attention backward does not hide); LPLB's all-gather and linear program; EPLB's

@@ -32,7 +32,7 @@ pub struct BalancerResult {
     /// Mean microseconds of weight transfer per layer on the critical path.
     pub transfer_us: f64,
     /// ultraep only: the same plans with their transfers scheduled by the first, per-expert
-    /// chooser ([`RouteChooser::PerExpert`]), simulated in the same run.
+    /// chooser ([`ultraep_xfer::RouteChooser::PerExpert`]), simulated in the same run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_chooser: Option<FirstChooser>,
     /// Mean microseconds per layer of everything the balancer puts on the critical path, by part.
@@ -127,7 +127,7 @@ pub struct ScenarioResult {
     pub skew: f64,
     /// The compute rates the step simulator ran at.
     pub efficiency: Efficiency,
-    /// Results in [`BALANCERS`] order.
+    /// Results in [`crate::experiment::BALANCERS`] order.
     pub balancers: Vec<BalancerResult>,
 }
 

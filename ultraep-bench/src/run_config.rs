@@ -32,7 +32,7 @@ pub struct RunConfig {
     /// What the published system pays per layer, charged to every balancer that pays it.
     pub overheads: Overheads,
     /// The compute rates of the step simulator; `None` takes the scenario's
-    /// ([`Scenario::efficiency`]).
+    /// ([`crate::experiment::Scenario::efficiency`]).
     pub efficiency: Option<Efficiency>,
 }
 

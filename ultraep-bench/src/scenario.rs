@@ -13,7 +13,7 @@ use crate::workload::{WorkloadConfig, calibrate_skew};
 /// Where a scenario's compute rates come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum EfficiencySource {
-    /// [`Efficiency::ASSUMED`]: nothing published to fit.
+    /// [`crate::step::Efficiency::ASSUMED`]: nothing published to fit.
     Assumed,
     /// Both rates fitted to the scenario's own published ideal and no-balancing TFLOPS.
     Fitted,
