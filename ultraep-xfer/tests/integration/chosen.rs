@@ -109,3 +109,49 @@ fn the_per_expert_baseline_chooses_expert_by_expert() {
     };
     insta::assert_snapshot!(describe(&overlapping_layer(), &state, config));
 }
+
+#[test]
+fn a_deep_tree_splits_each_pieces_forwards_between_its_two_relays() {
+    // Seven destinations, relays 1 and 2, two deep: the owner of a piece sends it to the second
+    // relay and to half of the five others, the second relay to the other half, so each sends
+    // three copies of the piece (where a flat tree has the owner send all six).
+    let topology = Preset::Gb200Nvl72.topology(1).unwrap();
+    let replicas = Fanout::new(0, 0, 0, (1..=7).map(|rank| (rank, 0)).collect())
+        .and_then(|fanout| ReplicaSet::new(vec![fanout]))
+        .unwrap();
+    let state = ExpertState::opaque(1 << 20).unwrap();
+    let config = TransferConfig::default();
+    let deep = Route::Relayed {
+        relays: vec![1, 2],
+        deep: true,
+    };
+    let schedule = TransferSchedule::with_routes(
+        &replicas,
+        &state,
+        &topology,
+        config,
+        vec![(deep, config.chunk_bytes)],
+    )
+    .unwrap();
+    let fanout = &schedule.fanouts()[0];
+    for (step, piece) in schedule.pieces(fanout).iter().enumerate() {
+        let (owner, second) = (piece.owner.unwrap(), piece.second.unwrap());
+        assert_ne!(owner, second);
+        let mut hops = Vec::new();
+        schedule.hops_into(fanout, step, piece, &mut hops);
+        let sent_by = |rank: u32| hops.iter().filter(|hop| hop.from == rank).count();
+        assert_eq!(sent_by(0), 1, "piece {step}: the master sends once");
+        assert_eq!(
+            (sent_by(owner), sent_by(second)),
+            (3, 3),
+            "piece {step}: {hops:?}"
+        );
+        // The second relay forwards only after the owner's hop brought the piece to it.
+        let feed = hops.iter().position(|hop| hop.to == second).unwrap() as u32;
+        assert!(
+            hops.iter()
+                .filter(|hop| hop.from == second)
+                .all(|hop| hop.forwarded && hop.feed == Some(feed))
+        );
+    }
+}
