@@ -190,11 +190,13 @@ impl LayerChooser {
         for pass in 0..PASSES {
             for position in 0..routes.order.len() {
                 let index = routes.order[position];
+                // The facts of an expert do not change while it chooses: computed once.
+                let expert = self.expert(routes, index);
                 if pass > 0 {
-                    self.charge(routes, index, false);
+                    self.charge(routes, &expert, index, false);
                 }
-                self.choose_one(routes, index);
-                self.charge(routes, index, true);
+                self.choose_one(routes, &expert, index);
+                self.charge(routes, &expert, index, true);
             }
         }
     }
@@ -233,8 +235,7 @@ impl LayerChooser {
     }
 
     /// Adds (or, with `add` false, removes) fan-out `index`'s shape to the port loads.
-    fn charge(&mut self, routes: &RouteChoice<'_>, index: usize, add: bool) {
-        let expert = self.expert(routes, index);
+    fn charge(&mut self, routes: &RouteChoice<'_>, expert: &Expert, index: usize, add: bool) {
         let charges = expert.charges(self.shapes[index]);
         let fanout = &routes.fanouts[index];
         let topology = routes.topology;
@@ -277,8 +278,7 @@ impl LayerChooser {
     }
 
     /// Chooses fan-out `index`'s shape against the current loads and sets its route.
-    fn choose_one(&mut self, routes: &mut RouteChoice<'_>, index: usize) {
-        let expert = self.expert(routes, index);
+    fn choose_one(&mut self, routes: &mut RouteChoice<'_>, expert: &Expert, index: usize) {
         let fanout = &routes.fanouts[index];
         let n = fanout.destinations.len();
         self.candidates.clear();
@@ -308,7 +308,7 @@ impl LayerChooser {
             relays: 0,
             deep: false,
         };
-        let mut best = (self.cost(&expert, direct), direct);
+        let mut best = (self.cost(expert, direct), direct);
         if n >= 2 {
             let config = routes.config;
             let tile = u64::from(config.tile_bytes);
@@ -331,7 +331,7 @@ impl LayerChooser {
                             relays,
                             deep,
                         };
-                        let cost = self.cost(&expert, shape);
+                        let cost = self.cost(expert, shape);
                         if cost < best.0 {
                             best = (cost, shape);
                         }

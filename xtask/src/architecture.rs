@@ -326,13 +326,18 @@ pub fn scan_unsafe(file: &str, text: &str) -> Vec<Violation> {
         .collect()
 }
 
-/// The dependency rules: arrows, direct CUDA use, CUDA linked indirectly.
-pub fn check_dependencies(metadata: &Metadata) -> Vec<Violation> {
-    let names: HashMap<&str, &str> = metadata
+/// Every package's name by its id.
+fn package_names(metadata: &Metadata) -> HashMap<&str, &str> {
+    metadata
         .packages
         .iter()
         .map(|package| (package.id.as_str(), package.name.as_str()))
-        .collect();
+        .collect()
+}
+
+/// The dependency rules: arrows, direct CUDA use, CUDA linked indirectly.
+pub fn check_dependencies(metadata: &Metadata) -> Vec<Violation> {
+    let names = package_names(metadata);
     let name_of = |id: &str| names.get(id).copied().unwrap_or(id).to_owned();
     let members: BTreeSet<String> = metadata
         .workspace_members
@@ -440,11 +445,7 @@ pub fn cuda_in_tree(krate: &str, tree: &str) -> Vec<Violation> {
 
 /// Every workspace crate with the workspace crates that depend on it (normal dependencies).
 pub fn dependents(metadata: &Metadata) -> Vec<(String, BTreeSet<String>)> {
-    let names: HashMap<&str, &str> = metadata
-        .packages
-        .iter()
-        .map(|package| (package.id.as_str(), package.name.as_str()))
-        .collect();
+    let names = package_names(metadata);
     let name_of = |id: &str| names.get(id).copied().unwrap_or(id).to_owned();
     let members: BTreeSet<String> = metadata
         .workspace_members
