@@ -9,9 +9,8 @@
 //! is ever broadcast.
 //!
 //! Who uses it: anyone who wants plans without the rest of ultraep (the crate stands alone),
-//! `ultraep-xfer`, `ultraep-kernels`, `ultraep-runtime`, `ultraep-bench` and `ultraep-py`. What it
-//! may depend on:
-//! no other ultraep crate, no CUDA, no I/O.
+//! `ultraep-xfer`, `ultraep-kernels`, `ultraep-runtime`, `ultraep-bench`, `ultraep-cli` and
+//! `ultraep-py`. What it may depend on: no other ultraep crate, no CUDA, no I/O.
 //!
 //! # Using it
 //!

@@ -7,8 +7,9 @@ use numpy::ndarray::Array4;
 use numpy::{IntoPyArray, PyArray4, PyReadonlyArray4};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use ultraep_bench::simulate_command::{SimulationInput, simulate as run_simulation, table};
+use ultraep_bench::simulation::{SimulationInput, simulate as run_simulation};
 use ultraep_bench::step::Mode;
+use ultraep_bench::tables::scenario_table;
 use ultraep_bench::trace::Trace;
 
 fn value_error(error: impl std::fmt::Display) -> PyErr {
@@ -194,5 +195,5 @@ pub(crate) fn simulate(
         .detach(|| run_simulation(&input, full))
         .map_err(value_error)?;
     let json = serde_json::to_string(&result).map_err(value_error)?;
-    Ok((json, table(&result)))
+    Ok((json, scenario_table(&result)))
 }

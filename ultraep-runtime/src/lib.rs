@@ -21,8 +21,8 @@
 //!
 //! How a framework embeds it, with code: [`guide`] (`docs/embedding.md`).
 //!
-//! Who uses it: frameworks that embed ultraep, `ultraep-bench` and `ultraep-py`. What it may
-//! depend on: `ultraep-topo`, `ultraep-plan`, `ultraep-xfer` and, with the `cuda` feature,
+//! Who uses it: frameworks that embed ultraep, `ultraep-bench`, `ultraep-cli` and `ultraep-py`.
+//! What it may depend on: `ultraep-topo`, `ultraep-plan`, `ultraep-xfer` and, with the `cuda` feature,
 //! `ultraep-kernels`.
 
 #[doc = include_str!("../../docs/embedding.md")]

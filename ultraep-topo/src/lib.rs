@@ -17,9 +17,9 @@
 //! # Ok::<(), ultraep_topo::TopoError>(())
 //! ```
 //!
-//! Who uses it: `ultraep-xfer`, `ultraep-runtime`, `ultraep-bench` and `ultraep-py`. The planner
-//! does not depend on
-//! it (it takes a plain domain-of-every-rank table, which [`Topology::rank_domains`] provides).
+//! Who uses it: `ultraep-xfer`, `ultraep-runtime`, `ultraep-bench`, `ultraep-cli` and
+//! `ultraep-py`. The planner does not depend on it (it takes a plain domain-of-every-rank table,
+//! which [`Topology::rank_domains`] provides).
 //!
 //! What it may depend on: nothing of ultraep; no CUDA, no I/O (it converts between text and
 //! topologies; callers read and write the files). All figures are integers so that every rank

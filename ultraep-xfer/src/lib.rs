@@ -9,7 +9,8 @@
 //! any schedule could do; a [`Transport`] executes it, here on in-process CPU ranks
 //! ([`CpuTransport`]).
 //!
-//! Who uses it: `ultraep-kernels` (the task-list format), `ultraep-runtime` and `ultraep-bench`.
+//! Who uses it: `ultraep-kernels` (the task-list format), `ultraep-runtime`, `ultraep-bench`
+//! and `ultraep-cli`.
 //! What it may depend on: `ultraep-topo` and `ultraep-plan`; never CUDA. Schedules use integer
 //! arithmetic only, so every rank builds the same one.
 

@@ -42,6 +42,17 @@ pub const ALLOWED_ARROWS: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "ultraep-cli",
+        &[
+            "ultraep-topo",
+            "ultraep-plan",
+            "ultraep-xfer",
+            "ultraep-kernels",
+            "ultraep-runtime",
+            "ultraep-bench",
+        ],
+    ),
+    (
         "ultraep-py",
         &[
             "ultraep-topo",
@@ -63,6 +74,13 @@ pub const CUDA_BINDINGS: &[&str] = &["cudarc"];
 
 /// Crates that must not link CUDA bindings even indirectly.
 pub const CUDA_FREE: &[&str] = &["ultraep-topo", "ultraep-plan", "ultraep-xfer"];
+
+/// Packages that belong to a command line: argument parsing and progress bars.
+pub const COMMAND_LINE_PACKAGES: &[&str] = &["clap", "indicatif"];
+
+/// The crates that may link [`COMMAND_LINE_PACKAGES`]: the `ultraep` command and the task runner.
+/// Everything below the command line (the libraries, the Python binding) must not.
+pub const COMMAND_LINES: &[&str] = &["ultraep-cli", "xtask"];
 
 /// Crates that link no CUDA bindings when built without their default features: the engine runs
 /// its CPU data planes alone, and CUDA comes with its `cuda` feature.
@@ -97,6 +115,7 @@ pub const UNSAFE_CHECKED: &[&str] = &[
     "ultraep-xfer",
     "ultraep-runtime",
     "ultraep-bench",
+    "ultraep-cli",
     "ultraep-py",
     "xtask",
     "test-support",
@@ -115,6 +134,12 @@ pub enum Violation {
     LinkedCuda {
         from: String,
         binding: String,
+        path: Vec<String>,
+    },
+    /// A crate below the command line links an argument parser or progress bar.
+    LinkedCommandLine {
+        from: String,
+        package: String,
         path: Vec<String>,
     },
     /// A file lifts the unsafe-code lint without being one of [`UNSAFE_FILES`].
@@ -164,6 +189,16 @@ impl fmt::Display for Violation {
                 f,
                 "{from} links {binding} through {}; it must build without CUDA",
                 path.join(" -> ")
+            ),
+            Violation::LinkedCommandLine {
+                from,
+                package,
+                path,
+            } => write!(
+                f,
+                "{from} links {package} through {}; only {} may link command-line packages",
+                path.join(" -> "),
+                COMMAND_LINES.join(" and ")
             ),
             Violation::Unsafe { file, line } => write!(
                 f,
@@ -377,11 +412,22 @@ pub fn check_dependencies(metadata: &Metadata) -> Vec<Violation> {
             }
         }
         if CUDA_FREE.contains(&member.as_str())
-            && let Some((binding, path)) = find_normal_path(member_id, &nodes, &name_of)
+            && let Some((binding, path)) =
+                find_normal_path(member_id, CUDA_BINDINGS, &nodes, &name_of)
         {
             violations.push(Violation::LinkedCuda {
-                from: member,
+                from: member.clone(),
                 binding,
+                path,
+            });
+        }
+        if !COMMAND_LINES.contains(&member.as_str())
+            && let Some((package, path)) =
+                find_normal_path(member_id, COMMAND_LINE_PACKAGES, &nodes, &name_of)
+        {
+            violations.push(Violation::LinkedCommandLine {
+                from: member,
+                package,
                 path,
             });
         }
@@ -472,9 +518,10 @@ pub fn dependents(metadata: &Metadata) -> Vec<(String, BTreeSet<String>)> {
     users
 }
 
-/// A chain of normal dependencies from `start` to a CUDA binding, if there is one.
+/// A chain of normal dependencies from `start` to one of the `targets` packages, if there is one.
 fn find_normal_path(
     start: &str,
+    targets: &[&str],
     nodes: &HashMap<&str, &Node>,
     name_of: &dyn Fn(&str) -> String,
 ) -> Option<(String, Vec<String>)> {
@@ -492,7 +539,7 @@ fn find_normal_path(
             let mut next = path.clone();
             next.push(dep.pkg.clone());
             let name = name_of(&dep.pkg);
-            if CUDA_BINDINGS.contains(&name.as_str()) {
+            if targets.contains(&name.as_str()) {
                 let names = next.iter().map(|id| name_of(id)).collect();
                 return Some((name, names));
             }

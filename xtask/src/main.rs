@@ -193,7 +193,7 @@ fn bench(args: &[String]) -> Result<(), String> {
                     "--release",
                     "--quiet",
                     "--package",
-                    "ultraep-bench",
+                    "ultraep-cli",
                     "--bin",
                     "ultraep",
                     "--",

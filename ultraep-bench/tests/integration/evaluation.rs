@@ -5,24 +5,12 @@ use ultraep_bench::experiment::{
     run_scenario, run_workload, workload_config,
 };
 use ultraep_bench::machine::nvl72_gpus;
-use ultraep_bench::report::{calibration_table, summary_table};
-use ultraep_bench::step::{Efficiency, Overheads};
+use ultraep_bench::step::Efficiency;
 use ultraep_bench::step_fit::{EfficiencySource, PEAK, scenario_efficiency};
+use ultraep_bench::tables::{calibration_table, summary_table};
 use ultraep_bench::workload::{WorkloadConfig, mean_imbalance};
 
-const SMALL: RunConfig = RunConfig {
-    steps: 3,
-    warmup_steps: 1,
-    layers: 3,
-    slots_per_rank: 2,
-    eplb_window: 1,
-    eplb_interval: 2,
-    relays: true,
-    transfer_aware: false,
-    seed: 11,
-    overheads: Overheads::PUBLISHED,
-    efficiency: None,
-};
+use crate::fixtures::SMALL;
 
 #[test]
 fn every_scenario_is_calibrated_to_its_published_imbalance() {
@@ -333,121 +321,6 @@ fn a_seed_reproduces_every_simulated_figure() {
     assert_eq!(ultraep.planning_us, SMALL.overheads.planning * 1e6);
 }
 
-fn ultraep(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_ultraep"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-#[test]
-fn the_command_names_itself_and_matches_scenarios_ignoring_case() {
-    let version = ultraep(&["--version"]);
-    assert!(String::from_utf8_lossy(&version.stdout).starts_with("ultraep "));
-    let help = String::from_utf8_lossy(&ultraep(&["--help"]).stdout).into_owned();
-    assert!(help.starts_with("ultraep: "), "{help}");
-
-    let missing = ultraep(&["bench", "--only", "llama", "--quiet"]);
-    assert_eq!(missing.status.code(), Some(2));
-    let message = String::from_utf8_lossy(&missing.stderr);
-    assert!(
-        message.contains("no such scenario; known: GLM-4.5-Air training"),
-        "{message}"
-    );
-
-    let found = ultraep(&["simulate", "--scenario", "deepseek"]);
-    assert!(
-        found.status.success(),
-        "{}",
-        String::from_utf8_lossy(&found.stderr)
-    );
-    assert!(String::from_utf8_lossy(&found.stdout).contains("| DeepSeek-V3 training |"));
-}
-
-#[test]
-fn a_bad_report_folder_fails_before_the_work() {
-    let file = std::env::temp_dir().join(format!("ultraep-not-a-folder-{}", std::process::id()));
-    std::fs::write(&file, b"").unwrap();
-    // Not --quiet and not a terminal: every scenario run would log a line.
-    let out = ultraep(&["bench", "--out", file.join("report").to_str().unwrap()]);
-    std::fs::remove_file(&file).ok();
-    assert_eq!(out.status.code(), Some(2));
-    let message = String::from_utf8_lossy(&out.stderr);
-    assert!(message.contains("ultraep-not-a-folder"), "{message}");
-    assert!(
-        !message.contains("done"),
-        "it ran scenarios first: {message}"
-    );
-}
-
-#[test]
-fn the_report_names_its_plots_by_scenario_and_starts_imbalance_at_one() {
-    let scenarios = Scenario::published();
-    let results = vec![fixed_result(
-        "Qwen3-235B training",
-        scenarios[1],
-        [
-            (2.86, 0.5),
-            (1.6, 0.75),
-            (1.6, 0.74),
-            (1.3, 0.8),
-            (1.06, 0.95),
-            (1.01, 0.94),
-            (1.0, 1.0),
-        ],
-    )];
-    let directory =
-        std::env::temp_dir().join(format!("ultraep-report-test-{}", std::process::id()));
-    ultraep_bench::report::write_report(&directory, &SMALL, &results, &[], None).unwrap();
-    let plot =
-        std::fs::read_to_string(directory.join("imbalance-qwen3-235b-training.svg")).unwrap();
-    let report = std::fs::read_to_string(directory.join("report.md")).unwrap();
-    std::fs::remove_dir_all(&directory).ok();
-    // The lowest y tick is 1.00, the x axis is labelled, and every compared balancer has a line.
-    assert!(plot.contains(">1.00 <"), "{plot}");
-    assert!(plot.contains("simulated layer"));
-    assert!(plot.contains(r#"text-anchor="middle">0</text>"#));
-    for balancer in [
-        "none",
-        "eplb",
-        "eplb-replace",
-        "lplb",
-        "eplb-oracle",
-        "ultraep",
-    ] {
-        assert!(
-            plot.contains(&format!("<title>{balancer}</title>")),
-            "{balancer}"
-        );
-    }
-    assert!(report.contains("Calibration against the paper"));
-}
-
-#[test]
-fn every_report_command_speaks_json() {
-    for args in [
-        &["simulate", "--scenario", "GLM-4.7 prefill mixed", "--json"][..],
-        &["topo", "--preset", "hgx-h100", "--count", "2", "--json"][..],
-        &["topo", "--list", "--json"][..],
-        &["xfer", "--replicas", "4", "--no-reference", "--json"][..],
-        &["engine", "--steps", "1", "--layers", "1", "--json"][..],
-    ] {
-        let out = ultraep(args);
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let value: serde_json::Value =
-            serde_json::from_slice(&out.stdout).unwrap_or_else(|error| panic!("{args:?}: {error}"));
-        assert!(value.is_object() || value.is_array(), "{args:?}");
-    }
-    let topo = ultraep(&["topo", "--preset", "hgx-h100", "--count", "2", "--json"]);
-    let value: serde_json::Value = serde_json::from_slice(&topo.stdout).unwrap();
-    assert_eq!(value["ranks"], 16);
-    assert_eq!(value["domains"].as_array().map(Vec::len), Some(2));
-}
-
 #[test]
 fn groups_spanning_domains_keep_replicas_home_and_pay_scale_out() {
     for scenario in Scenario::spanning_domains() {
@@ -509,16 +382,6 @@ fn decode_is_read_bound_and_drawn_per_microbatch() {
     for balancer in &result.balancers {
         assert!(ideal <= balancer.step_seconds, "{}", balancer.balancer);
     }
-}
-
-#[test]
-fn xfer_tells_a_log_it_is_working() {
-    // Not a terminal: the slow reference rows each log a line on stderr, the table stays whole.
-    let out = ultraep(&["xfer", "--replicas", "1"]);
-    assert!(out.status.success());
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(log.contains("ultraep xfer: EP64 plan at 3.0 done"), "{log}");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("| EP64 plan at 3.0 |"));
 }
 
 /// Decode at 16 and 1,024 tokens per rank: what the cost-aware objective decides (its replicas,

@@ -1,9 +1,8 @@
-//! Integration tests of `ultraep-bench`: the `ultraep` command as a user runs it.
+//! Integration tests of `ultraep-bench`: the experiments, the result tables, traces and the
+//! fuzz corpus, through the library.
 
 mod evaluation;
+#[path = "../../../test-support/bench_fixtures.rs"]
+mod fixtures;
 mod fuzz_corpus;
-mod hostile;
-mod plan;
-mod topo;
 mod trace;
-mod xfer;

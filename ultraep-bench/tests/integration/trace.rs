@@ -1,55 +1,12 @@
 //! Traces: the JSON-lines round trip, TensorRT-LLM dumps, and every kind of bad file.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, serialize};
 use ultraep_bench::trace::Trace;
-use ultraep_bench::workload::{Workload, WorkloadConfig};
 
-fn small_trace(ranks: u32, experts: u32, steps: usize, layers: u32) -> Trace {
-    let mut workload = Workload::new(WorkloadConfig {
-        ranks,
-        experts,
-        top_k: 8,
-        layers,
-        tokens_per_rank: 256,
-        skew: 0.5,
-        drift: 0.1,
-        regime_switch: 0.2,
-        preference: 0.3,
-        uneven_tokens: 0.0,
-        sampled: false,
-        seed: 3,
-    });
-    Trace {
-        ranks,
-        experts,
-        top_k: Some(8),
-        steps: (0..steps).map(|_| workload.next_step()).collect(),
-        layouts: Vec::new(),
-    }
-}
-
-/// The engine's model in the engine-written traces: 2 layers of 128 small experts.
-fn small_model() -> ultraep_runtime::ModelShape {
-    ultraep_runtime::ModelShape {
-        layers: 2,
-        experts: 128,
-        top_k: 8,
-        hidden: 16,
-        expert_width: 16,
-        dtype: ultraep_runtime::Dtype::Bf16,
-    }
-}
-
-fn scratch(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ultraep-trace-{test}-{}", std::process::id()));
-    std::fs::remove_dir_all(&dir).ok();
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use crate::fixtures::{scratch, small_model, small_trace};
 
 #[test]
 fn jsonl_round_trip() {
@@ -247,159 +204,12 @@ fn tensorrt_llm_dump_errors_name_the_problem() {
     std::fs::remove_dir_all(dir).ok();
 }
 
-#[test]
-fn simulate_replays_a_trace() {
-    let dir = scratch("simulate");
-    let path = dir.join("qwen3.jsonl");
-    std::fs::write(&path, small_trace(8, 128, 2, 2).to_jsonl()).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_ultraep"))
-        .args([
-            "simulate",
-            "--trace",
-            path.to_str().unwrap(),
-            "--model",
-            "qwen3-235b",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let table = String::from_utf8(out.stdout).unwrap();
-    assert!(table.contains("| ultraep |"), "{table}");
-    let wrong_model = Command::new(env!("CARGO_BIN_EXE_ultraep"))
-        .args([
-            "simulate",
-            "--trace",
-            path.to_str().unwrap(),
-            "--model",
-            "deepseek-v3",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(wrong_model.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&wrong_model.stderr).contains("128 experts"));
-    std::fs::remove_dir_all(dir).ok();
-}
-
-/// A trace the runtime's engine wrote while it ran: `ultraep simulate` replays it.
-#[test]
-fn simulate_replays_a_trace_the_engine_wrote() {
-    use ultraep_plan::{ExpertLayout, PlanConfig};
-    use ultraep_runtime::{Engine, EngineConfig, Mode, StepId, TraceWriter};
-
-    let recorded = small_trace(8, 128, 2, 2);
-    let mut engine = Engine::new(EngineConfig {
-        topology: ultraep_topo::Preset::HgxH100.topology(1).unwrap(),
-        layout: ExpertLayout::contiguous(8, 16).unwrap(),
-        model: small_model(),
-        mode: Mode::Prefill,
-        slots_per_rank: 2,
-        staging_slots: 0,
-        microbatches_in_flight: 1,
-        prefer_resident_replicas: true,
-        hold_forward: false,
-        plan: PlanConfig {
-            min_replica_tokens: 16,
-            ..PlanConfig::default()
-        },
-        transfer: ultraep_xfer::TransferConfig {
-            tile_bytes: 512,
-            chunk_bytes: 1024,
-            ..ultraep_xfer::TransferConfig::default()
-        },
-        workers: 2,
-    })
-    .unwrap();
-    let mut writer = TraceWriter::new(Vec::new(), 8, 128, 2, Some(8)).unwrap();
-    for (microbatch, layers) in recorded.steps.iter().enumerate() {
-        for (layer, loads) in layers.iter().enumerate() {
-            let step = StepId::new(100 + microbatch as u32, layer as u32);
-            let matrix = ultraep_plan::LoadMatrix::new(loads, 8, 128).unwrap();
-            let report = engine.step(step, matrix).unwrap();
-            writer.record(&report, matrix).unwrap();
-        }
-    }
-    let text = String::from_utf8(writer.finish().unwrap()).unwrap();
-    assert!(text.contains(r#""metrics": {"#));
-    assert_eq!(Trace::from_jsonl(&text, "engine.jsonl").unwrap(), recorded);
-
-    let dir = scratch("engine");
-    let path = dir.join("engine.jsonl");
-    std::fs::write(&path, text).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_ultraep"))
-        .args([
-            "simulate",
-            "--trace",
-            path.to_str().unwrap(),
-            "--model",
-            "qwen3-235b",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .contains("| ultraep |")
-    );
-    std::fs::remove_dir_all(dir).ok();
-}
-
-/// `ultraep engine` runs a scenario through the runtime's engine and writes a trace that reads
-/// back with every step's loads.
-#[test]
-fn the_engine_command_runs_a_scenario_and_writes_its_trace() {
-    let dir = scratch("engine-command");
-    let path = dir.join("run.jsonl");
-    let out = Command::new(env!("CARGO_BIN_EXE_ultraep"))
-        .args([
-            "engine",
-            "--scenario",
-            "GLM-4.5-Air",
-            "--steps",
-            "2",
-            "--layers",
-            "2",
-            "--trace",
-        ])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let table = String::from_utf8(out.stdout).unwrap();
-    assert!(table.contains("| max/mean before -> after | 2."), "{table}");
-    assert!(
-        table.contains("| copies again before the backward |"),
-        "{table}"
-    );
-    let trace = Trace::load(&path).unwrap();
-    assert_eq!((trace.ranks, trace.experts, trace.layers()), (64, 128, 2));
-    assert_eq!(trace.steps.len(), 2);
-    let bad = Command::new(env!("CARGO_BIN_EXE_ultraep"))
-        .args(["engine", "--scenario", "no such model"])
-        .output()
-        .unwrap();
-    assert_eq!(bad.status.code(), Some(2));
-    std::fs::remove_dir_all(dir).ok();
-}
-
 /// A layout change the engine made is written to its trace, reads back, and `simulate` replays
 /// the steps after it in the new layout: with the hot experts spread over the ranks, no
 /// balancing is even, where the same loads in the old layout put every token on rank 0.
 #[test]
 fn a_recorded_layout_change_is_replayed() {
-    use ultraep_bench::simulate_command::{SimulationInput, simulate};
+    use ultraep_bench::simulation::{SimulationInput, simulate};
     use ultraep_bench::trace::LayoutRecord;
     use ultraep_plan::{ExpertLayout, LoadMatrix};
     use ultraep_runtime::{Engine, EngineConfig, Mode, StepId, TraceWriter};

@@ -39,6 +39,8 @@ const MEMBERS: &[&str] = &[
     "ultraep-kernels",
     "ultraep-runtime",
     "ultraep-bench",
+    "ultraep-cli",
+    "ultraep-py",
     "xtask",
 ];
 
@@ -102,6 +104,40 @@ fn cudarc_reached_through_another_crate_is_caught() {
             binding: "cudarc".into(),
             path: vec!["ultraep-topo".into(), "helper".into(), "cudarc".into()],
         }]
+    );
+}
+
+#[test]
+fn clap_below_the_command_line_is_caught() {
+    // The command line and xtask may parse arguments; the simulation library may not, not even
+    // through the runtime, and neither may the Python binding through it.
+    let meta = metadata(
+        MEMBERS,
+        &[
+            ("ultraep-cli", "clap"),
+            ("ultraep-cli", "ultraep-bench"),
+            ("xtask", "indicatif"),
+            ("ultraep-runtime", "helper"),
+            ("helper", "clap"),
+            ("ultraep-bench", "ultraep-runtime"),
+            ("ultraep-py", "ultraep-bench"),
+        ],
+        &["clap", "indicatif", "helper"],
+    );
+    let linked: Vec<(String, String)> = check_dependencies(&meta)
+        .into_iter()
+        .filter_map(|violation| match violation {
+            Violation::LinkedCommandLine { from, package, .. } => Some((from, package)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        linked,
+        [
+            ("ultraep-runtime".to_owned(), "clap".to_owned()),
+            ("ultraep-bench".to_owned(), "clap".to_owned()),
+            ("ultraep-py".to_owned(), "clap".to_owned()),
+        ]
     );
 }
 

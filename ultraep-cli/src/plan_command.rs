@@ -11,8 +11,8 @@ use ultraep_plan::{
     SplitMode, TransferEstimate,
 };
 
-use crate::BenchError;
-use crate::problem_file::PlanProblem;
+use ultraep_bench::BenchError;
+use ultraep_bench::problem_file::PlanProblem;
 
 /// Arguments of `ultraep plan`.
 #[derive(Debug, Args)]

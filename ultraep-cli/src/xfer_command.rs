@@ -14,8 +14,8 @@ use ultraep_xfer::{
     TransferCosts, TransferSchedule, simulate,
 };
 
-use crate::BenchError;
-use crate::machine::nvl72_gpus;
+use ultraep_bench::BenchError;
+use ultraep_bench::machine::nvl72_gpus;
 
 /// Arguments of `ultraep xfer`.
 #[derive(Debug, Args)]

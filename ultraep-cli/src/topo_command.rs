@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use ultraep_topo::{Preset, Topology};
 
-use crate::BenchError;
+use ultraep_bench::BenchError;
 
 /// Arguments of `ultraep topo`.
 #[derive(Debug, Args)]

@@ -5,13 +5,13 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use ultraep_bench::bench_command::{self, BenchArgs};
-use ultraep_bench::engine_command::{self, EngineArgs};
-use ultraep_bench::one_line;
-use ultraep_bench::plan_command::{self, PlanArgs};
-use ultraep_bench::simulate_command::{self, SimulateArgs};
-use ultraep_bench::topo_command::{self, TopoArgs};
-use ultraep_bench::xfer_command::{self, XferArgs};
+use ultraep_cli::bench_command::{self, BenchArgs};
+use ultraep_cli::engine_command::{self, EngineArgs};
+use ultraep_cli::one_line;
+use ultraep_cli::plan_command::{self, PlanArgs};
+use ultraep_cli::simulate_command::{self, SimulateArgs};
+use ultraep_cli::topo_command::{self, TopoArgs};
+use ultraep_cli::xfer_command::{self, XferArgs};
 
 /// ultraep: exact-load, real-time expert-parallel load balancing for MoE on rack-scale nodes.
 #[derive(Debug, Parser)]

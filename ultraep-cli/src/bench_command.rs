@@ -7,17 +7,20 @@ use std::time::Instant;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::BenchError;
-use crate::cross_domain::{CrossDomainResult, SlowLoop, cross_domain_table, run_cross_domain};
-use crate::decode_objective::{DecodeReport, run_decode_objective};
-use crate::experiment::{RunConfig, Scenario, run_scenario};
-use crate::report::decode_table;
-use crate::report::{
-    PUBLISHED, calibration_table, overhead_table, spanning_table, summary_table, sweep_tables,
-    write_report,
+use ultraep_bench::BenchError;
+use ultraep_bench::cross_domain::{
+    CrossDomainResult, SlowLoop, cross_domain_table, run_cross_domain,
 };
-use crate::step::Mode;
-use crate::sweeps::run_sweeps;
+use ultraep_bench::decode_objective::{DecodeReport, run_decode_objective};
+use ultraep_bench::experiment::{RunConfig, Scenario, run_scenario};
+use ultraep_bench::step::Mode;
+use ultraep_bench::sweeps::run_sweeps;
+use ultraep_bench::tables::{
+    PUBLISHED, calibration_table, decode_table, overhead_table, spanning_table, summary_table,
+    sweep_tables,
+};
+
+use crate::report::write_report;
 
 /// Arguments of `ultraep bench`.
 #[derive(Debug, Args)]

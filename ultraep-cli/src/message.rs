@@ -6,7 +6,7 @@
 /// `limit` characters is cut and marked with "...".
 ///
 /// ```
-/// use ultraep_bench::one_line;
+/// use ultraep_cli::one_line;
 /// assert_eq!(one_line("bad key\n  |\n1 | x = \n", 80), "bad key; |; 1 | x =");
 /// assert_eq!(one_line(&"y".repeat(10), 4), "yyyy...");
 /// ```

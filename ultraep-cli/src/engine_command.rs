@@ -15,11 +15,11 @@ use ultraep_runtime::{
 };
 use ultraep_xfer::TransferConfig;
 
-use crate::BenchError;
-use crate::experiment::{RunConfig, Scenario, workload_config};
-use crate::machine::nvl72_gpus;
-use crate::step::Mode;
-use crate::workload::Workload;
+use ultraep_bench::BenchError;
+use ultraep_bench::experiment::{RunConfig, Scenario, workload_config};
+use ultraep_bench::machine::nvl72_gpus;
+use ultraep_bench::step::Mode;
+use ultraep_bench::workload::Workload;
 
 /// Arguments of `ultraep engine`.
 #[derive(Debug, Args)]

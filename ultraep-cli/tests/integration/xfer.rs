@@ -1,7 +1,7 @@
 //! `ultraep xfer`: relays against direct fan-out on 64 GPUs with DeepSeek-V3 experts, under the
 //! ideal transfer model (bytes at port speed) and the calibrated one.
 
-use ultraep_bench::xfer_command::{PUBLISHED_EP64_US, XferArgs, rows};
+use ultraep_cli::xfer_command::{PUBLISHED_EP64_US, XferArgs, rows};
 
 fn args(replicas: Vec<u32>, no_reference: bool, chunk_relays: bool, model: &str) -> XferArgs {
     XferArgs {
