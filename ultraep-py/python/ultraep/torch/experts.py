@@ -143,14 +143,20 @@ class DistributedExperts(nn.Module):
         # `.data` assignment changes its storage.
         return tuple((p._version, p.data_ptr()) for p in self._masters())
 
+    def _masters_changed(self) -> bool:
+        return self._master_versions() != self._versions
+
+    def _note_masters(self) -> None:
+        self._versions = self._master_versions()
+
     def masters_updated(self) -> None:
         """Says the masters changed other than in place (through ``.data``, say); every rank
         calls it. (An optimizer step, and any in-place change, are noticed by themselves.)"""
         self._group.settle()
         self.engine.masters_updated()
         self._group.optimizer_stepped = False
-        for experts in self._group.members:
-            experts._versions = experts._master_versions()
+        for member in self._group.members:
+            member._note_masters()
 
     def homes(self) -> list[int]:
         """The home rank of every expert, in the layout in force."""
@@ -174,9 +180,7 @@ class DistributedExperts(nn.Module):
             recomputed = self._group.step_to_recompute(self.layer_index, counts)
             if recomputed is not None:
                 return self._recompute(recomputed, x, ids, counts, top_k_index, top_k_weights)
-        if group.optimizer_stepped or any(
-            experts._master_versions() != experts._versions for experts in group.members
-        ):
+        if group.optimizer_stepped or any(member._masters_changed() for member in group.members):
             self.masters_updated()
         microbatch = group.next_microbatch(self.layer_index)
         figures = self._plan(microbatch, counts, clock)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -16,10 +16,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from .._ultraep import Engine, RefusedError
 from .errors import group_operation
 from .pool import ExpertState, SlotPool
-
-if TYPE_CHECKING:
-    from .experts import DistributedExperts
-    from .step import Step
+from .step import Step
 
 _ENGINE_DTYPES = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "bf16"}
 
@@ -33,6 +30,16 @@ def _after_optimizer_step(optimizer: torch.optim.Optimizer, args: object, kwargs
     # any optimizer step, every group checks its masters before its next forward.
     for group in list(_GROUPS):
         group.optimizer_stepped = True
+
+
+class Member(Protocol):
+    """What the group asks of a layer registered with it: whether the layer's master weights
+    changed since it last noted them, and to note them now. (The layers, ``DistributedExperts``,
+    sit above the group and register themselves; the group never imports them.)"""
+
+    def _masters_changed(self) -> bool: ...
+
+    def _note_masters(self) -> None: ...
 
 
 class ExpertParallelGroup:
@@ -103,7 +110,7 @@ class ExpertParallelGroup:
         self._open_point_to_point()
         self.forwards = [0] * layers
         # The layers' experts modules, in layer order (they register themselves).
-        self.members: list[DistributedExperts] = []
+        self.members: list[Member] = []
         self.owed_drops: list[tuple[int, int]] = []
         # The step whose backward runs now, per layer (a recomputed forward reuses its plan).
         # (Weakly: a step whose backward began and never finished is freed with its graph, and

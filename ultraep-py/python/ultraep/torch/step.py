@@ -15,15 +15,38 @@ from __future__ import annotations
 
 import dataclasses
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
+from .._ultraep import Engine, RefusedError
 from .dispatch import Dispatch
+from .pool import SlotPool
 
-if TYPE_CHECKING:
-    from .group import ExpertParallelGroup
+
+class StepGroup(Protocol):
+    """What a step asks of the group it belongs to (``ExpertParallelGroup``, which sits above the
+    step and creates it): the engine and slot pool, the bookkeeping of steps between forward and
+    backward, and the restore and gradient reduction of one step."""
+
+    engine: Engine
+    pool: SlotPool
+    slots: int
+    masters: int
+    owed_drops: list[tuple[int, int]]
+    owed_abandons: list[tuple[int, int]]
+    in_backward: dict[int, weakref.ref[Step]]
+    open_steps: dict[int, list[weakref.ref[Step]]]
+    last_backward: list[object]
+
+    def refused(self, message: str) -> RefusedError: ...
+
+    def restore(self, step: Step) -> tuple[int, int]: ...
+
+    def reduce(
+        self, step: Step, replica_grads: dict[int, list[torch.Tensor | None]]
+    ) -> tuple[list[torch.Tensor | None], int]: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +67,7 @@ class Step:
 
     def __init__(
         self,
-        group: ExpertParallelGroup,
+        group: StepGroup,
         layer: int,
         microbatch: int,
         dispatch: Dispatch,
