@@ -26,10 +26,11 @@
 //! the load matrix. Iterations and layers are renumbered densely in ascending order.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write;
 use std::path::Path;
 
 use serde::Deserialize;
+
+use ultraep_runtime::TraceWriter;
 
 use crate::BenchError;
 
@@ -315,41 +316,28 @@ impl Trace {
         })
     }
 
-    /// Writes the trace as JSON lines (what [`Trace::from_jsonl`] reads back unchanged).
-    pub fn to_jsonl(&self) -> String {
-        let mut out = format!(
-            "{{\"ultraep_trace\": 1, \"ranks\": {}, \"experts\": {}, \"layers\": {}",
+    /// Writes the trace as JSON lines (what [`Trace::from_jsonl`] reads back unchanged), through
+    /// the runtime's [`TraceWriter`], the one writer of the format. Fails on a trace whose
+    /// matrices or layouts do not fit its ranks and experts.
+    pub fn to_jsonl(&self) -> Result<String, BenchError> {
+        let mut writer = TraceWriter::new(
+            Vec::new(),
             self.ranks,
             self.experts,
-            self.layers()
-        );
-        if let Some(top_k) = self.top_k {
-            let _ = write!(out, ", \"top_k\": {top_k}");
-        }
-        out.push_str("}\n");
+            self.layers(),
+            self.top_k,
+        )?;
         for (step, layers) in self.steps.iter().enumerate() {
             for (layer, matrix) in layers.iter().enumerate() {
-                for (rank, counts) in matrix.chunks(self.experts as usize).enumerate() {
-                    let counts: Vec<String> = counts.iter().map(u32::to_string).collect();
-                    let _ = writeln!(
-                        out,
-                        "{{\"step\": {step}, \"layer\": {layer}, \"rank\": {rank}, \"counts\": [{}]}}",
-                        counts.join(", ")
-                    );
-                }
+                writer.write_load(step, layer as u32, matrix)?;
             }
         }
         for layout in &self.layouts {
-            let homes: Vec<String> = layout.homes.iter().map(u32::to_string).collect();
-            let _ = writeln!(
-                out,
-                "{{\"step\": {}, \"layer\": {}, \"homes\": [{}]}}",
-                layout.step,
-                layout.layer,
-                homes.join(", ")
-            );
+            writer.write_homes(layout.step as usize, layout.layer, &layout.homes)?;
         }
-        out
+        let bytes = writer.finish()?;
+        // The writer writes only ASCII.
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
     /// Reads a JSON-lines trace file, or a TensorRT-LLM expert-statistics directory.

@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use clap::Args;
 use ultraep_plan::{ExpertLayout, LoadMatrix, PlanConfig};
 use ultraep_runtime::{
-    Collective, Dtype, Engine, EngineConfig, InProcessCollective, ModelShape, PlaneOptions, StepId,
-    Summary, TraceWriter,
+    Collective, Dtype, Engine, EngineConfig, InProcessCollective, ModelShape, PlaneOptions,
+    RouterOutput, StepId, Summary, TraceWriter,
 };
 use ultraep_xfer::TransferConfig;
 
@@ -288,7 +288,7 @@ fn rank_run(
         for (layer, matrix) in layers.iter().enumerate() {
             let step = StepId::new(microbatch as u32, layer as u32);
             let counts = &matrix[rank as usize * experts as usize..][..experts as usize];
-            engine.gather_row_from_counts(counts, &mut row)?;
+            engine.gather_row(RouterOutput::Counts(counts), &mut row)?;
             gathered.resize(row.len() * member.ranks() as usize, 0);
             member.all_gather(&row, &mut gathered)?;
             let report = engine.step_from_rows(step, &gathered)?;

@@ -8,7 +8,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use ultraep_runtime::{
     Dtype, Engine, EngineConfig, ExpertLayout, HostDriven, Mode, ModelShape, Preset, Region,
-    RuntimeError, StepId, StepReport,
+    RouterOutput, RuntimeError, StepId, StepReport,
 };
 use ultraep_topo::{Topology, TopologyBuilder};
 
@@ -211,7 +211,7 @@ impl PyEngine {
     ) -> PyResult<Bound<'py, PyArray1<u32>>> {
         let ids = words(&ids, "ids")?;
         self.engine
-            .gather_row(&[ids], &mut self.row)
+            .gather_row(RouterOutput::Ids(&[ids]), &mut self.row)
             .map_err(runtime_error)?;
         Ok(self.row.clone().into_pyarray(py))
     }
@@ -249,7 +249,11 @@ impl PyEngine {
     ) -> PyResult<StepFigures> {
         let ids = words(&ids, "ids")?;
         self.by_domain(collective, |engine, collective| {
-            engine.step_by_domain(StepId::new(microbatch, layer), collective, ids)
+            engine.step_by_domain(
+                StepId::new(microbatch, layer),
+                collective,
+                RouterOutput::Ids(&[ids]),
+            )
         })
     }
 
@@ -265,7 +269,11 @@ impl PyEngine {
     ) -> PyResult<StepFigures> {
         let counts = words(&counts, "counts")?;
         self.by_domain(collective, |engine, collective| {
-            engine.step_by_domain_from_counts(StepId::new(microbatch, layer), collective, counts)
+            engine.step_by_domain(
+                StepId::new(microbatch, layer),
+                collective,
+                RouterOutput::Counts(counts),
+            )
         })
     }
 

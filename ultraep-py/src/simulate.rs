@@ -95,8 +95,8 @@ impl PyTrace {
     }
 
     /// The trace as JSON lines (what `ultraep simulate --trace` reads).
-    fn to_jsonl(&self) -> String {
-        self.trace.to_jsonl()
+    fn to_jsonl(&self) -> PyResult<String> {
+        self.trace.to_jsonl().map_err(value_error)
     }
 
     /// The loads, as a uint32 array of shape [steps, layers, ranks, experts].

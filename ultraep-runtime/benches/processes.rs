@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use counting_allocator::{CountingAllocator, allocations_everywhere};
 use ultraep_runtime::{
-    Collective, Engine, HostPlane, PlaneOptions, ShmCollective, SplitMode, StepId,
+    Collective, Engine, HostPlane, PlaneOptions, RouterOutput, ShmCollective, SplitMode, StepId,
 };
 
 #[global_allocator]
@@ -137,7 +137,7 @@ fn child(role: &str) -> Result<String, String> {
             for layer in 0..ep64::LAYERS {
                 let started = Instant::now();
                 engine
-                    .gather_row_from_counts(counts, &mut row)
+                    .gather_row(RouterOutput::Counts(counts), &mut row)
                     .map_err(fail)?;
                 gather.all_gather(&row, &mut gathered).map_err(fail)?;
                 let report = engine

@@ -28,15 +28,11 @@ pub struct MemoryShape<'a> {
     pub slots_per_rank: u16,
     /// Bytes of one state (weights, or an FP32 gradient).
     pub state_bytes: u64,
-    /// The transfer tile (the CPU transport locks memory in tile-sized blocks).
+    /// The transfer tile: the host plane signals every tile of a slot as it lands.
     pub tile_bytes: u32,
     /// Worker threads (CPU).
     pub workers: usize,
 }
-
-/// The bit that marks a gradient hand-off word as acknowledged by the master's rank: the host
-/// plane and the CUDA IPC plane hand replica gradients over with the same words.
-pub(crate) const ACKNOWLEDGED: u64 = 1 << 63;
 
 /// How [`Backend::start_distribute`] left a distribution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,6 +10,7 @@ use ultraep_xfer::{Region, SlotState, TileTaskList, TransferSchedule, XferError}
 
 use crate::RuntimeError;
 use crate::backend::{Backend, MemoryShape};
+use crate::slot_readiness::SlotReadiness;
 
 /// Ranks emulated on one GPU: every rank's masters and slots are device buffers of their own,
 /// weights move by the persistent tile-streaming kernel, gradients are reduced in place by the
@@ -28,7 +29,8 @@ use crate::backend::{Backend, MemoryShape};
 pub struct CudaBackend {
     gpu: Arc<Gpu>,
     ranks: DeviceRanks,
-    slot_states: Vec<Vec<SlotState>>,
+    /// What every slot of every rank holds.
+    slots: SlotReadiness,
     fail_at_task: Option<usize>,
 }
 
@@ -59,32 +61,9 @@ impl CudaBackend {
         Ok(Self {
             gpu,
             ranks,
-            slot_states: vec![
-                vec![SlotState::Empty; usize::from(shape.slots_per_rank)];
-                shape.masters_per_rank.len()
-            ],
+            slots: SlotReadiness::new(0..shape.masters_per_rank.len() as u32, shape.slots_per_rank),
             fail_at_task: None,
         })
-    }
-
-    fn slot_state(&self, rank: u32, slot: u16) -> Result<SlotState, RuntimeError> {
-        self.slot_states
-            .get(rank as usize)
-            .and_then(|states| states.get(usize::from(slot)))
-            .copied()
-            .ok_or_else(|| {
-                RuntimeError::InvalidInput(format!("rank {rank} has no slot {slot} on the GPU"))
-            })
-    }
-
-    fn set_slot(&mut self, rank: u32, slot: u16, state: SlotState) {
-        if let Some(entry) = self
-            .slot_states
-            .get_mut(rank as usize)
-            .and_then(|states| states.get_mut(usize::from(slot)))
-        {
-            *entry = state;
-        }
     }
 }
 
@@ -94,7 +73,7 @@ fn kernel(error: ultraep_kernels::KernelError) -> RuntimeError {
 
 impl Backend for CudaBackend {
     fn local_ranks(&self) -> Range<u32> {
-        0..self.slot_states.len() as u32
+        self.slots.local()
     }
 
     fn write_master(&mut self, rank: u32, index: u32, bytes: &[u8]) -> Result<(), RuntimeError> {
@@ -111,14 +90,11 @@ impl Backend for CudaBackend {
     }
 
     fn read_slot(&self, rank: u32, slot: u16) -> Result<Cow<'_, [u8]>, RuntimeError> {
-        match self.slot_state(rank, slot)? {
-            SlotState::Ready { .. } => self
-                .gpu
-                .read_region(&self.ranks, rank, Region::Slot { slot })
-                .map(Cow::Owned)
-                .map_err(kernel),
-            _ => Err(RuntimeError::SlotNotReady { rank, slot }),
-        }
+        self.slots.require_ready(rank, slot, None)?;
+        self.gpu
+            .read_region(&self.ranks, rank, Region::Slot { slot })
+            .map(Cow::Owned)
+            .map_err(kernel)
     }
 
     fn write_slot(
@@ -131,8 +107,7 @@ impl Backend for CudaBackend {
         self.gpu
             .write_region(&mut self.ranks, rank, Region::Slot { slot }, bytes)
             .map_err(kernel)?;
-        self.set_slot(rank, slot, SlotState::Ready { expert });
-        Ok(())
+        self.slots.set(rank, slot, SlotState::Ready { expert })
     }
 
     fn distribute(
@@ -140,20 +115,7 @@ impl Backend for CudaBackend {
         schedule: &TransferSchedule,
         tasks: &TileTaskList,
     ) -> Result<u64, RuntimeError> {
-        let mut slots = 0;
-        for fanout in schedule.fanouts() {
-            for &(rank, slot) in &fanout.destinations {
-                self.slot_state(rank, slot)?;
-                self.set_slot(
-                    rank,
-                    slot,
-                    SlotState::NotReady {
-                        expert: fanout.expert,
-                    },
-                );
-                slots += 1;
-            }
-        }
+        let slots = self.slots.begin_receiving(schedule)?;
         // An injected failure runs the tasks before it and stops: a transfer cut off midway.
         if let Some(task) = self.fail_at_task.take() {
             let mut partial = tasks.clone();
@@ -214,13 +176,13 @@ impl Backend for CudaBackend {
                     }
                     .into());
                 }
-                self.set_slot(
+                self.slots.set(
                     rank,
                     slot,
                     SlotState::Ready {
                         expert: fanout.expert,
                     },
-                );
+                )?;
             }
         }
         Ok(tasks.bytes_stored())
@@ -231,23 +193,13 @@ impl Backend for CudaBackend {
         schedule: &TransferSchedule,
         _token: u64,
     ) -> Result<(), RuntimeError> {
-        for fanout in schedule.fanouts() {
-            for &(rank, slot) in &fanout.destinations {
-                if self.slot_state(rank, slot)?
-                    != (SlotState::Ready {
-                        expert: fanout.expert,
-                    })
-                {
-                    return Err(RuntimeError::SlotNotReady { rank, slot });
-                }
-            }
-        }
+        self.slots.require_replicas_ready(schedule)?;
         self.gpu
             .reduce_resident(schedule, &mut self.ranks)
             .map_err(kernel)?;
         for fanout in schedule.fanouts() {
             for &(rank, slot) in &fanout.destinations {
-                self.set_slot(rank, slot, SlotState::Empty);
+                self.slots.set(rank, slot, SlotState::Empty)?;
             }
         }
         Ok(())

@@ -20,7 +20,9 @@ use ultraep_kernels::ipc::{IpcLayout, IpcRankMemory, PeerPointers, RANK_HANDLE_W
 use ultraep_kernels::reference::reduce::reduce_jobs;
 use ultraep_xfer::{Region, SlotState, TileTaskList, TransferSchedule, XferError};
 
-use crate::backend::{ACKNOWLEDGED, Backend, MemoryShape};
+use crate::backend::{Backend, MemoryShape};
+use crate::gradient_handoff::{self, HandoffPlane};
+use crate::slot_readiness::SlotReadiness;
 use crate::{Collective, PlaneOptions, RuntimeError};
 
 fn kernel(error: KernelError) -> RuntimeError {
@@ -46,7 +48,8 @@ pub struct CudaPeerPlane {
     ranks: Vec<PeerPointers>,
     /// Kept alive: the rank's buffers, which `ranks[rank]` points into.
     _memory: IpcRankMemory,
-    slot_states: Vec<SlotState>,
+    /// What every slot of this rank holds.
+    slots: SlotReadiness,
     round: u64,
     timeout: Duration,
     master_sums: Vec<Option<u64>>,
@@ -105,7 +108,7 @@ impl CudaPeerPlane {
             layout,
             ranks: pointers,
             _memory: memory,
-            slot_states: vec![SlotState::Empty; usize::from(shape.slots_per_rank)],
+            slots: SlotReadiness::new(rank..rank + 1, shape.slots_per_rank),
             round: 0,
             timeout: options.timeout,
             master_sums: vec![None; layout.masters as usize],
@@ -156,13 +159,8 @@ impl CudaPeerPlane {
     /// The device address of `region` of this plane's rank, for kernels that read it in place.
     pub fn region_pointer(&self, rank: u32, region: Region) -> Result<u64, RuntimeError> {
         self.check_local(rank)?;
-        if let Region::Slot { slot } = region
-            && !matches!(
-                self.slot_states.get(usize::from(slot)),
-                Some(SlotState::Ready { .. })
-            )
-        {
-            return Err(RuntimeError::SlotNotReady { rank, slot });
+        if let Region::Slot { slot } = region {
+            self.slots.require_ready(rank, slot, None)?;
         }
         self.pointer(rank, region)
     }
@@ -175,15 +173,8 @@ impl CudaPeerPlane {
         Ok(bytes)
     }
 
-    fn slot_state_mut(&mut self, slot: u16) -> Result<&mut SlotState, RuntimeError> {
-        let rank = self.rank;
-        self.slot_states
-            .get_mut(usize::from(slot))
-            .ok_or(RuntimeError::SlotNotReady { rank, slot })
-    }
-
     /// Waits until word `index` of rank `rank`'s signal words holds `value`.
-    fn wait_word(
+    fn wait_signal(
         &self,
         rank: u32,
         index: u64,
@@ -260,12 +251,9 @@ impl Backend for CudaPeerPlane {
 
     fn read_slot(&self, rank: u32, slot: u16) -> Result<Cow<'_, [u8]>, RuntimeError> {
         self.check_local(rank)?;
-        match self.slot_states.get(usize::from(slot)) {
-            Some(SlotState::Ready { .. }) => self
-                .read_region(rank, Region::Slot { slot })
-                .map(Cow::Owned),
-            _ => Err(RuntimeError::SlotNotReady { rank, slot }),
-        }
+        self.slots.require_ready(rank, slot, None)?;
+        self.read_region(rank, Region::Slot { slot })
+            .map(Cow::Owned)
     }
 
     fn write_slot(
@@ -280,8 +268,7 @@ impl Backend for CudaPeerPlane {
         let pointer = self.pointer(rank, Region::Slot { slot })?;
         self.gpu.write_device(pointer, bytes).map_err(kernel)?;
         // Handed to the master's rank only when this rank reduces.
-        *self.slot_state_mut(slot)? = SlotState::Ready { expert };
-        Ok(())
+        self.slots.set(rank, slot, SlotState::Ready { expert })
     }
 
     fn distribute(
@@ -302,9 +289,13 @@ impl Backend for CudaPeerPlane {
         for fanout in schedule.fanouts() {
             for &(rank, slot) in &fanout.destinations {
                 if rank == self.rank {
-                    *self.slot_state_mut(slot)? = SlotState::NotReady {
-                        expert: fanout.expert,
-                    };
+                    self.slots.set(
+                        rank,
+                        slot,
+                        SlotState::NotReady {
+                            expert: fanout.expert,
+                        },
+                    )?;
                     receives.push((slot, fanout.expert, fanout.master, fanout.master_index));
                 }
             }
@@ -396,7 +387,8 @@ impl Backend for CudaPeerPlane {
                 }
                 .into());
             }
-            *self.slot_state_mut(slot)? = SlotState::Ready { expert };
+            self.slots
+                .set(self.rank, slot, SlotState::Ready { expert })?;
         }
         Ok(tasks.bytes_stored())
     }
@@ -406,43 +398,41 @@ impl Backend for CudaPeerPlane {
         schedule: &TransferSchedule,
         token: u64,
     ) -> Result<(), RuntimeError> {
-        let token = token & !ACKNOWLEDGED;
-        let me = self.rank;
-        for fanout in schedule.fanouts() {
-            for &(rank, slot) in &fanout.destinations {
-                if rank == me
-                    && self.slot_states.get(usize::from(slot))
-                        != Some(&SlotState::Ready {
-                            expert: fanout.expert,
-                        })
-                {
-                    return Err(RuntimeError::SlotNotReady { rank, slot });
-                }
-            }
-        }
-        // Hand this rank's replica gradients over (the synchronous copies put the word after
-        // the bytes).
-        for fanout in schedule.fanouts() {
-            for &(rank, slot) in fanout.destinations.iter().filter(|d| d.0 == me) {
-                let words = self.ranks[rank as usize].words;
-                self.gpu
-                    .write_word(words, self.layout.gradient_word(slot), token)
-                    .map_err(kernel)?;
-            }
-        }
-        for fanout in schedule.fanouts() {
-            for &(rank, slot) in &fanout.destinations {
-                if fanout.master == me {
-                    self.wait_word(rank, self.layout.gradient_word(slot), token, || {
-                        format!(
-                            "the gradient of expert {}'s replica on rank {rank}",
-                            fanout.expert
-                        )
-                    })?;
-                }
-            }
-        }
-        // The masters here sum their replicas in the documented order, on the device.
+        gradient_handoff::reduce(self, schedule, token)
+    }
+
+    fn inject_failure_at(&mut self, task: usize) {
+        self.fail_at_task = Some(task);
+    }
+}
+
+/// The CUDA IPC plane's side of the gradient hand-off (`crate::gradient_handoff`): the words are
+/// the ranks' signal words in device memory, and the masters are summed on the device.
+impl HandoffPlane for CudaPeerPlane {
+    fn slot_readiness(&self) -> &SlotReadiness {
+        &self.slots
+    }
+
+    fn store_word(&self, rank: u32, slot: u16, value: u64) -> Result<(), RuntimeError> {
+        // The synchronous copies before it put the word after the bytes.
+        let words = self.ranks[rank as usize].words;
+        self.gpu
+            .write_word(words, self.layout.gradient_word(slot), value)
+            .map_err(kernel)
+    }
+
+    fn wait_word(
+        &self,
+        rank: u32,
+        slot: u16,
+        value: u64,
+        _writer: u32,
+        what: &dyn Fn() -> String,
+    ) -> Result<(), RuntimeError> {
+        self.wait_signal(rank, self.layout.gradient_word(slot), value, what)
+    }
+
+    fn sum_into_masters(&mut self, schedule: &TransferSchedule) -> Result<(), RuntimeError> {
         let (mut jobs, replicas) = reduce_jobs(schedule, |rank, region| {
             self.pointer(rank, region).unwrap_or(0)
         })
@@ -451,46 +441,16 @@ impl Backend for CudaPeerPlane {
         let span = u64::from(self.layout.masters) * self.layout.state_bytes;
         jobs.retain(|job| (own..own + span).contains(&job.master));
         self.gpu.reduce_peer(&jobs, &replicas).map_err(kernel)?;
+        // The masters changed: their kept checksums no longer hold.
         for fanout in schedule.fanouts().iter().filter(|f| f.master == self.rank) {
             if let Some(sum) = self.master_sums.get_mut(fanout.master_index as usize) {
                 *sum = None;
-            }
-            for &(rank, slot) in &fanout.destinations {
-                let words = self.ranks[rank as usize].words;
-                self.gpu
-                    .write_word(words, self.layout.gradient_word(slot), token | ACKNOWLEDGED)
-                    .map_err(kernel)?;
-            }
-        }
-        // The replicas here: once their masters' ranks have summed (and zeroed) every one.
-        for fanout in schedule.fanouts() {
-            for &(rank, slot) in fanout.destinations.iter().filter(|d| d.0 == me) {
-                self.wait_word(
-                    rank,
-                    self.layout.gradient_word(slot),
-                    token | ACKNOWLEDGED,
-                    || {
-                        format!(
-                            "rank {} to reduce expert {}'s gradient",
-                            fanout.master, fanout.expert
-                        )
-                    },
-                )?;
-            }
-        }
-        for fanout in schedule.fanouts() {
-            for &(rank, slot) in fanout.destinations.iter().filter(|d| d.0 == me) {
-                let words = self.ranks[rank as usize].words;
-                self.gpu
-                    .write_word(words, self.layout.gradient_word(slot), 0)
-                    .map_err(kernel)?;
-                *self.slot_state_mut(slot)? = SlotState::Empty;
             }
         }
         Ok(())
     }
 
-    fn inject_failure_at(&mut self, task: usize) {
-        self.fail_at_task = Some(task);
+    fn empty_replica(&mut self, rank: u32, slot: u16) -> Result<(), RuntimeError> {
+        self.slots.set(rank, slot, SlotState::Empty)
     }
 }

@@ -1,8 +1,7 @@
 //! The runtime of ultraep: the per-layer, per-microbatch balancing engine that training and
 //! prefill frameworks embed.
 //!
-//! [`Engine::step`] takes a layer's exact load (or [`Engine::step_routed`] the router's top-k
-//! ids), plans it, puts every replica's weights in a slot (slots are shared by all layers; a slot
+//! [`Engine::step`] takes a layer's exact load, plans it, puts every replica's weights in a slot (slots are shared by all layers; a slot
 //! that already holds the wanted expert's current weights is reused without a copy) and reports
 //! what it did; [`Engine::reroute`] sends every token to its instance. In training,
 //! [`Engine::restore`] brings a step's replica weights back before its expert backward and
@@ -37,18 +36,20 @@ mod cuda_backend;
 mod cuda_peer;
 mod engine;
 mod error;
+mod gradient_handoff;
 mod host_driven;
 mod model;
 mod plane;
 mod program;
 mod report;
 mod router_counts;
+mod slot_readiness;
 mod slots;
 mod step_id;
 mod trace;
 
 pub use backend::{Backend, MemoryShape, Started};
-pub use collective::{Collective, InProcessCollective, LoadGather, ShmCollective};
+pub use collective::{Collective, InProcessCollective, ShmCollective};
 pub use config::{EngineConfig, EngineConfigBuilder};
 #[cfg(feature = "cuda")]
 pub use cuda_backend::CudaBackend;
@@ -61,6 +62,7 @@ pub use model::{Dtype, Mode, ModelShape};
 pub use plane::{HostPlane, PlaneOptions};
 pub use program::{PieceTransfer, TransferProgram};
 pub use report::{RestoreReport, StepReport, Summary};
+pub use router_counts::RouterOutput;
 pub use step_id::StepId;
 pub use trace::TraceWriter;
 

@@ -108,19 +108,9 @@ impl<W: Write> TraceWriter<W> {
             }
         };
         if let Some(homes) = self.layouts.get_mut(layer as usize).and_then(Option::take) {
-            self.write_list(
-                format_args!("{{\"step\": {step}, \"layer\": {layer}, \"homes\": ["),
-                &homes,
-            )?;
+            self.write_homes(step, layer, &homes)?;
         }
-        for rank in 0..self.ranks {
-            self.write_list(
-                format_args!(
-                    "{{\"step\": {step}, \"layer\": {layer}, \"rank\": {rank}, \"counts\": ["
-                ),
-                loads.row(rank),
-            )?;
-        }
+        self.write_load(step, layer, loads.as_slice())?;
         let metrics = &report.metrics;
         writeln!(
             self.out,
@@ -137,6 +127,56 @@ impl<W: Write> TraceWriter<W> {
             report.transfer.as_nanos()
         )
         .map_err(io_error)
+    }
+
+    /// Writes one load as step `step` of `layer`: a line per source rank of `counts` (`ranks x
+    /// experts`, row-major). [`TraceWriter::record`] writes an engine's steps through it; a tool
+    /// that holds loads of its own (a recorded or synthetic trace) writes them with it directly,
+    /// so that there is one writer of the format.
+    pub fn write_load(
+        &mut self,
+        step: usize,
+        layer: u32,
+        counts: &[u32],
+    ) -> Result<(), RuntimeError> {
+        if counts.len() != self.ranks * self.experts {
+            return Err(RuntimeError::InvalidInput(format!(
+                "{} counts for a trace of {} x {}",
+                counts.len(),
+                self.ranks,
+                self.experts
+            )));
+        }
+        for rank in 0..self.ranks {
+            self.write_list(
+                format_args!(
+                    "{{\"step\": {step}, \"layer\": {layer}, \"rank\": {rank}, \"counts\": ["
+                ),
+                &counts[rank * self.experts..][..self.experts],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Writes that `layer`'s masters live at `homes` (the home rank of every expert) from step
+    /// `step` on.
+    pub fn write_homes(
+        &mut self,
+        step: usize,
+        layer: u32,
+        homes: &[u32],
+    ) -> Result<(), RuntimeError> {
+        if homes.len() != self.experts {
+            return Err(RuntimeError::InvalidInput(format!(
+                "{} homes for a trace of {} experts",
+                homes.len(),
+                self.experts
+            )));
+        }
+        self.write_list(
+            format_args!("{{\"step\": {step}, \"layer\": {layer}, \"homes\": ["),
+            homes,
+        )
     }
 
     /// Writes one line: `head` (the record up to its list's opening bracket), `values`, `]}`.

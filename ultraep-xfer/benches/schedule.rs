@@ -1,7 +1,7 @@
 //! Building one layer's transfer schedule and tile task list: the planner's reference EP64 plans
 //! (37-44 replicas of DeepSeek-V3 experts, 44 MB in FP8) on 64 GPUs with GB200 NVL72 links.
 //! Schedule construction is on the critical path of every layer; the tile task list is the
-//! device's to build in the published design and is measured here for the CPU transport.
+//! device's to build in the published design and is measured here for the host plane.
 //! `schedule/*` is the default layer chooser, `schedule-per-expert/*` the first chooser it
 //! replaced, measured in the same run; both reuse their builder and schedule, as the engine does.
 

@@ -90,16 +90,8 @@ pub enum XferError {
         /// Checksum of the slot's bytes.
         found: u64,
     },
-    /// A slot was read before a complete transfer made it ready.
-    #[error("slot {slot} of rank {rank} is not ready")]
-    SlotNotReady {
-        /// The rank.
-        rank: u32,
-        /// The slot.
-        slot: u16,
-    },
-    /// Memory of the CPU transport does not match the schedule.
-    #[error("the transport's memory does not fit the schedule: {reason}")]
+    /// Memory handed to a reduction does not match the schedule.
+    #[error("the memory does not fit the schedule: {reason}")]
     MemoryMismatch {
         /// What does not fit.
         reason: String,

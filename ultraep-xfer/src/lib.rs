@@ -6,8 +6,8 @@
 //! tiles or chunks), weighing every rank's egress and ingress across the layer
 //! ([`RouteChooser`]). [`TileTaskList::build`] cuts the schedule into tile descriptors a GPU kernel
 //! consumes as they are; [`simulate`] plays it on the topology's ports and compares it with the best
-//! any schedule could do; a [`Transport`] executes it, here on in-process CPU ranks
-//! ([`CpuTransport`]).
+//! any schedule could do. The runtime's data planes execute it (`ultraep_runtime::HostPlane` on
+//! CPU memory, and the CUDA planes), tracking every slot's [`SlotState`].
 //!
 //! Who uses it: `ultraep-kernels` (the task-list format), `ultraep-runtime`, `ultraep-bench`
 //! and `ultraep-cli`.
@@ -18,7 +18,6 @@ mod checksum;
 mod chooser_layer;
 mod chooser_per_expert;
 mod config;
-mod cpu;
 mod error;
 mod flow;
 mod migration;
@@ -29,13 +28,12 @@ mod route_choice;
 mod schedule;
 mod schedule_builder;
 mod simulate;
+mod slot_state;
 mod state;
 mod tasks;
-mod transport;
 
 pub use checksum::{Checksum, checksum};
 pub use config::{RelayPieces, RouteChooser, TransferConfig, TransferCosts};
-pub use cpu::{CpuTransport, SlotState};
 pub use error::XferError;
 pub use migration::{LayoutTransition, MigrationChunk, TransitionPhase};
 pub use pool::WorkerPool;
@@ -47,9 +45,9 @@ pub use simulate::{
     PlayedTransfer, ReplicaReady, Simulation, lower_bound, played_transfers, simulate,
     simulate_reduction,
 };
+pub use slot_state::SlotState;
 pub use state::{ExpertState, Shard};
 pub use tasks::{
     NO_FLAG, SLOT_REGION, TaskListBuilder, TileDestination, TileTask, TileTaskList, region_code,
     region_of,
 };
-pub use transport::{TransferReport, Transport};

@@ -1,5 +1,5 @@
 //! The tile task list: the schedule cut into 32 KiB tiles, as plain descriptors a GPU kernel (or the
-//! CPU transport) executes as they are.
+//! runtime's host plane) executes as they are.
 //!
 //! A [`TileTask`] loads one tile from one place and stores it to each of its
 //! [`TileDestination`]s (a contiguous run of the destination array). A task that forwards a piece

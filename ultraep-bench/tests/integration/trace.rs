@@ -11,7 +11,7 @@ use crate::fixtures::{scratch, small_model, small_trace};
 #[test]
 fn jsonl_round_trip() {
     let trace = small_trace(4, 16, 3, 2);
-    let text = trace.to_jsonl();
+    let text = trace.to_jsonl().unwrap();
     assert_eq!(Trace::from_jsonl(&text, "t").unwrap(), trace);
     // Records may come in any order.
     let mut lines: Vec<&str> = text.lines().collect();
@@ -87,7 +87,7 @@ fn duplicate_record() {
 
 #[test]
 fn truncated_trace() {
-    let trace = small_trace(2, 2, 2, 1).to_jsonl();
+    let trace = small_trace(2, 2, 2, 1).to_jsonl().unwrap();
     let cut: Vec<&str> = trace.lines().collect();
     refused(
         &cut[..cut.len() - 1].join("\n"),
@@ -261,7 +261,7 @@ fn a_recorded_layout_change_is_replayed() {
         }]
     );
     assert_eq!(
-        Trace::from_jsonl(&trace.to_jsonl(), "again").unwrap(),
+        Trace::from_jsonl(&trace.to_jsonl().unwrap(), "again").unwrap(),
         trace
     );
 

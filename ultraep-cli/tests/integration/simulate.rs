@@ -10,7 +10,7 @@ use crate::fixtures::{scratch, small_model, small_trace};
 fn simulate_replays_a_trace() {
     let dir = scratch("simulate");
     let path = dir.join("qwen3.jsonl");
-    std::fs::write(&path, small_trace(8, 128, 2, 2).to_jsonl()).unwrap();
+    std::fs::write(&path, small_trace(8, 128, 2, 2).to_jsonl().unwrap()).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_ultraep"))
         .args([
             "simulate",

@@ -19,7 +19,7 @@ use ndarray::{Array2, ArrayView2, Axis};
 use ultraep_plan::{ExpertLayout, PlanConfig};
 use ultraep_runtime::{
     Backend, Collective, Dtype, Engine, EngineConfig, InProcessCollective, Mode, ModelShape,
-    PlaneOptions, RuntimeError, StepId, StepReport,
+    PlaneOptions, RouterOutput, RuntimeError, StepId, StepReport,
 };
 use ultraep_topo::Preset;
 use ultraep_xfer::TransferConfig;
@@ -435,9 +435,11 @@ pub fn train_local<B: Backend>(
                 let ids = router_ids(model, step, microbatch, layer);
                 let rows: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
                 let mine = &rows[local.start as usize..local.end as usize];
-                record
-                    .reports
-                    .push(engine.step_gathered(id, collective, mine)?);
+                record.reports.push(engine.step_gathered(
+                    id,
+                    collective,
+                    RouterOutput::Ids(mine),
+                )?);
                 let (x, dy) = tokens(model, step, microbatch, layer);
                 let groups = instance_rows(&mut engine, model, id, &rows)?;
                 let mut out = Array2::<f32>::zeros(x.dim());

@@ -11,10 +11,7 @@ mod shm;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use ultraep_plan::LoadMatrix;
-
 use crate::RuntimeError;
-use crate::router_counts::count_ids;
 
 pub use shm::ShmCollective;
 
@@ -238,47 +235,6 @@ impl Collective for InProcessCollective {
             self.shared.changed.notify_all();
         }
         result
-    }
-}
-
-/// Counts this rank's router output and all-gathers the layer's load matrix, with buffers kept
-/// from call to call.
-#[derive(Debug, Clone)]
-pub struct LoadGather {
-    experts: u32,
-    top_k: u32,
-    row: Vec<u32>,
-    loads: Vec<u32>,
-}
-
-impl LoadGather {
-    /// For `ranks` ranks routing tokens to `top_k` of `experts` experts.
-    pub fn new(ranks: u32, experts: u32, top_k: u32) -> Self {
-        Self {
-            experts,
-            top_k: top_k.max(1),
-            row: vec![0; experts as usize],
-            loads: vec![0; ranks as usize * experts as usize],
-        }
-    }
-
-    /// The load matrix of the layer, from this rank's top-k expert ids (`top_k` per token,
-    /// token-major) and every other rank's, gathered through `collective`.
-    pub fn gather(
-        &mut self,
-        collective: &mut impl Collective,
-        ids: &[u32],
-    ) -> Result<LoadMatrix<'_>, RuntimeError> {
-        let ranks = self.loads.len() / self.experts.max(1) as usize;
-        if collective.ranks() as usize != ranks {
-            return Err(RuntimeError::InvalidInput(format!(
-                "a collective of {} ranks for a load of {ranks}",
-                collective.ranks()
-            )));
-        }
-        count_ids(&[ids], self.experts, self.top_k, &mut self.row)?;
-        collective.all_gather(&self.row, &mut self.loads)?;
-        Ok(LoadMatrix::new(&self.loads, ranks, self.experts as usize)?)
     }
 }
 

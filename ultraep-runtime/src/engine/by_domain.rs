@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use ultraep_plan::{GatheredLoads, RankSplit, Replica};
 
+use super::digest::{DIGEST_WORDS, check_agreement, read_words, write_words};
 use super::{Engine, TransfersInFlight};
-use crate::router_counts::count_ids;
-use crate::{Backend, Collective, RuntimeError, StepId, StepReport};
+use crate::{Backend, Collective, RouterOutput, RuntimeError, StepId, StepReport};
 
 /// The buffers of [`Engine::step_by_domain`], kept between steps so that a warm step allocates
 /// nothing.
@@ -42,8 +42,9 @@ pub(super) struct DomainScratch {
     received_words: u64,
 }
 
-/// Words of a rank's first record before its replicas: digest (2), domain threshold (2), count.
-const RECORD_HEAD: usize = 5;
+/// Words of a rank's first record before its replicas: the digest, the domain's threshold (2)
+/// and the replica count.
+const RECORD_HEAD: usize = DIGEST_WORDS + 3;
 
 impl<B: Backend> Engine<B> {
     /// [`Engine::begin_step_by_domain`] and [`Engine::finish_step`] in one call.
@@ -51,16 +52,16 @@ impl<B: Backend> Engine<B> {
         &mut self,
         step: StepId,
         collective: &mut impl Collective,
-        ids: &[u32],
+        output: RouterOutput<'_>,
     ) -> Result<StepReport, RuntimeError> {
-        match self.begin_step_by_domain(step, collective, ids)? {
+        match self.begin_step_by_domain(step, collective, output)? {
             Ok(report) => Ok(report),
             Err(in_flight) => self.finish_step(in_flight),
         }
     }
 
-    /// Like [`Engine::begin_step`] from this rank's router output `ids` (top-k expert ids,
-    /// token-major), for an engine of one rank whose `collective` holds every rank of the group:
+    /// Like [`Engine::begin_step`] from this rank's router `output` (its top-k ids or its
+    /// tokens per expert), for an engine of one rank whose `collective` holds every rank of the group:
     /// every rank plans only its own domain and gathers the other domains' replicas, every
     /// expert's total and a few cells instead of the whole load matrix, and gets the same plan
     /// (see the module's documentation). The plan has no split; [`Engine::reroute`] routes this
@@ -72,36 +73,15 @@ impl<B: Backend> Engine<B> {
         &mut self,
         step: StepId,
         collective: &mut impl Collective,
-        ids: &[u32],
+        output: RouterOutput<'_>,
     ) -> Result<Result<StepReport, TransfersInFlight>, RuntimeError> {
         let index = self.check_step_start(step)?;
         self.check_by_domain_members(collective)?;
-        let mut scratch = std::mem::take(&mut self.by_domain);
-        let planned = self.plan_by_domain(step, collective, RankLoad::Ids(ids), &mut scratch);
-        self.by_domain = scratch;
+        let mut scratch = std::mem::take(&mut self.scratch.by_domain);
+        let planned = self.plan_by_domain(step, collective, output, &mut scratch);
+        self.scratch.by_domain = scratch;
         let planning = planned?;
         self.begin_planned(step, index, planning)
-    }
-
-    /// [`Engine::step_by_domain`] from this rank's tokens per expert (`counts`, one per expert:
-    /// a histogram the caller made on its device, say) instead of its router's ids; the same
-    /// plan. [`Engine::rank_split`] then gives the rank's row to route its tokens by.
-    pub fn step_by_domain_from_counts(
-        &mut self,
-        step: StepId,
-        collective: &mut impl Collective,
-        counts: &[u32],
-    ) -> Result<StepReport, RuntimeError> {
-        let index = self.check_step_start(step)?;
-        self.check_by_domain_members(collective)?;
-        let mut scratch = std::mem::take(&mut self.by_domain);
-        let planned = self.plan_by_domain(step, collective, RankLoad::Counts(counts), &mut scratch);
-        self.by_domain = scratch;
-        let planning = planned?;
-        match self.begin_planned(step, index, planning)? {
-            Ok(report) => Ok(report),
-            Err(in_flight) => self.finish_step(in_flight),
-        }
     }
 
     /// Bytes the last step by domain took from its collectives' results (the totals, every
@@ -109,7 +89,7 @@ impl<B: Backend> Engine<B> {
     /// matrix. What the transport moves to deliver them depends on it: the default all-reduce
     /// and prefix sum gather every contribution.
     pub fn domain_gather_bytes(&self) -> u64 {
-        4 * self.by_domain.received_words
+        4 * self.scratch.by_domain.received_words
     }
 
     /// Refuses an engine of more than one rank, or a collective that is not every rank's.
@@ -135,7 +115,7 @@ impl<B: Backend> Engine<B> {
         &mut self,
         step: StepId,
         collective: &mut impl Collective,
-        load: RankLoad<'_>,
+        output: RouterOutput<'_>,
         s: &mut DomainScratch,
     ) -> Result<Duration, RuntimeError> {
         let started = Instant::now();
@@ -144,20 +124,7 @@ impl<B: Backend> Engine<B> {
         let experts = self.config.model.experts as usize;
         let slots = usize::from(self.config.slots_per_rank);
         s.row.resize(experts, 0);
-        match load {
-            RankLoad::Ids(ids) => {
-                count_ids(&[ids], experts as u32, self.config.model.top_k, &mut s.row)?;
-            }
-            RankLoad::Counts(counts) => {
-                if counts.len() != experts {
-                    return Err(RuntimeError::InvalidInput(format!(
-                        "{} counts for {experts} experts",
-                        counts.len()
-                    )));
-                }
-                s.row.copy_from_slice(counts);
-            }
-        }
+        output.count_into(1, experts as u32, self.config.model.top_k, &mut s.row)?;
         s.totals.resize(experts, 0);
         collective.all_reduce_sum(&s.row, &mut s.totals, &mut s.reduce)?;
 
@@ -170,13 +137,9 @@ impl<B: Backend> Engine<B> {
         // Every rank's record: its digest, its domain's threshold and the replicas it hosts.
         let width = RECORD_HEAD + 2 * slots;
         s.record.clear();
-        s.record.extend_from_slice(&[
-            self.digest as u32,
-            (self.digest >> 32) as u32,
-            threshold as u32,
-            (threshold >> 32) as u32,
-            0,
-        ]);
+        s.record.resize(RECORD_HEAD, 0);
+        write_words(self.digest, &mut s.record);
+        write_words(threshold, &mut s.record[DIGEST_WORDS..]);
         for replica in s.replicas.iter().filter(|replica| replica.rank == rank) {
             s.record.extend_from_slice(&[replica.expert, replica.quota]);
         }
@@ -186,23 +149,18 @@ impl<B: Backend> Engine<B> {
                 "the plan puts {hosted} replicas on rank {rank} of {slots} slots"
             )));
         }
-        s.record[4] = hosted as u32;
+        s.record[RECORD_HEAD - 1] = hosted as u32;
         s.record.resize(width, 0);
         s.records.resize(width * ranks, 0);
         collective.all_gather(&s.record, &mut s.records)?;
-        let digest_of = |record: &[u32]| u64::from(record[0]) | u64::from(record[1]) << 32;
-        let expected = digest_of(&s.records[..width]);
-        if let Some(other) = (1..ranks).find(|&r| digest_of(&s.records[r * width..]) != expected) {
-            return Err(RuntimeError::Diverged {
-                rank: other as u32,
-                reference: 0,
-                expected,
-                found: digest_of(&s.records[other * width..]),
-            });
-        }
+        check_agreement(
+            ranks,
+            |rank| read_words(&s.records[rank * width..]),
+            |rank| rank as u32,
+        )?;
         s.all_replicas.clear();
         for (source, record) in s.records.chunks_exact(width).enumerate() {
-            let count = record[4] as usize;
+            let count = record[RECORD_HEAD - 1] as usize;
             if count > slots {
                 return Err(RuntimeError::InvalidInput(format!(
                     "rank {source} says it hosts {count} replicas in {slots} slots"
@@ -220,14 +178,13 @@ impl<B: Backend> Engine<B> {
         for domain in 0..planner.domains().num_domains() {
             let first = planner.domains().ranks_of(domain)[0] as usize;
             let record = &s.records[first * width..];
-            s.thresholds
-                .push(u64::from(record[2]) | u64::from(record[3]) << 32);
+            s.thresholds.push(read_words(&record[DIGEST_WORDS..]));
         }
         planner.assemble_into(
             &s.totals,
             &s.all_replicas,
             &s.thresholds,
-            &mut self.candidate,
+            &mut self.candidate.plan,
         )?;
 
         // This rank's part of the split: the prefix sums of the replicated experts, and each
@@ -235,7 +192,7 @@ impl<B: Backend> Engine<B> {
         s.replicated.clear();
         s.mine.clear();
         for expert in 0..experts as u32 {
-            if self.candidate.instances_of(expert).len() > 1 {
+            if self.candidate.plan.instances_of(expert).len() > 1 {
                 s.replicated.push(expert);
                 s.mine.push(s.row[expert as usize]);
             }
@@ -261,6 +218,7 @@ impl<B: Backend> Engine<B> {
         for &expert in &s.replicated {
             if self
                 .candidate
+                .plan
                 .instances_of(expert)
                 .iter()
                 .any(|instance| instance.rank == rank)
@@ -288,25 +246,17 @@ impl<B: Backend> Engine<B> {
         }
         s.gathered
             .set_row_cells(rank, ranks as u32, &s.row, &s.prefix, &s.cells)?;
-        s.split.compute_row_gathered(&self.candidate, &s.gathered)?;
+        s.split
+            .compute_row_gathered(&self.candidate.plan, &s.gathered)?;
         s.received_words =
             (experts + width * ranks + s.replicated.len() + cell_width * ranks) as u64;
 
-        self.candidate_split.clear();
-        self.candidate_split.extend_from_slice(s.split.row());
-        self.candidate_loads.clear();
-        self.candidate_loads.resize(ranks * experts, 0);
-        self.candidate_loads[rank as usize * experts..][..experts].copy_from_slice(&s.row);
-        self.candidate_by_domain = true;
+        self.candidate.split.clear();
+        self.candidate.split.extend_from_slice(s.split.row());
+        // Only this rank's row: a step by domain never holds the whole matrix.
+        self.candidate.loads.clear();
+        self.candidate.loads.extend_from_slice(&s.row);
+        self.candidate.by_domain = true;
         Ok(started.elapsed())
     }
-}
-
-/// What a rank planning by domain knows of its own load.
-#[derive(Clone, Copy)]
-enum RankLoad<'a> {
-    /// Its router's top-k ids, token-major.
-    Ids(&'a [u32]),
-    /// Its tokens per expert.
-    Counts(&'a [u32]),
 }

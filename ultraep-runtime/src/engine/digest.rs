@@ -6,8 +6,7 @@
 use ultraep_plan::{LoadMatrix, Plan};
 
 use super::Engine;
-use crate::router_counts::count_ids;
-use crate::{Backend, Collective, RuntimeError, StepId, StepReport};
+use crate::{Backend, Collective, RouterOutput, RuntimeError, StepId, StepReport};
 
 /// The digest before any call (FNV-1a's offset basis).
 pub(super) const SEED: u64 = 0xcbf2_9ce4_8422_2325;
@@ -15,8 +14,40 @@ pub(super) const SEED: u64 = 0xcbf2_9ce4_8422_2325;
 /// Mixed in by [`Engine::masters_updated`].
 pub(super) const MASTERS_UPDATED: u64 = 0x6d61_7374_6572_7321;
 
-/// Words appended to every row: the digest, low half then high half.
-const DIGEST_WORDS: usize = 2;
+/// Words a digest takes in every gathered row or record: low half, then high half.
+pub(super) const DIGEST_WORDS: usize = 2;
+
+/// Writes `digest` into the [`DIGEST_WORDS`] words of `words`, as every row and record carries it.
+pub(super) fn write_words(digest: u64, words: &mut [u32]) {
+    words[0] = digest as u32;
+    words[1] = (digest >> 32) as u32;
+}
+
+/// The digest in the first [`DIGEST_WORDS`] words of `words`.
+pub(super) fn read_words(words: &[u32]) -> u64 {
+    u64::from(words[0]) | u64::from(words[1]) << 32
+}
+
+/// Checks that every one of `members` gathered the same digest (`digest_of(member)`, and
+/// `first_rank(member)` its first rank): the one check every way into the engine that gathers
+/// from the group runs before any weight moves, so that ranks whose metadata diverged all fail
+/// alike with [`RuntimeError::Diverged`].
+pub(super) fn check_agreement(
+    members: usize,
+    digest_of: impl Fn(usize) -> u64,
+    first_rank: impl Fn(usize) -> u32,
+) -> Result<(), RuntimeError> {
+    let expected = digest_of(0);
+    match (1..members).find(|&member| digest_of(member) != expected) {
+        Some(member) => Err(RuntimeError::Diverged {
+            rank: first_rank(member),
+            reference: 0,
+            expected,
+            found: digest_of(member),
+        }),
+        None => Ok(()),
+    }
+}
 
 /// Folds `words` into `digest` (FNV-1a over 64-bit words, with a shift so that high bits reach
 /// the low ones).
@@ -65,50 +96,25 @@ impl<B: Backend> Engine<B> {
         self.local.len() * self.config.model.experts as usize + DIGEST_WORDS
     }
 
-    /// Writes into `row` this engine's row of the gathered load: the histogram of each local
-    /// rank's top-k ids (`ids[i]` for the `i`-th local rank, `top_k` per token, token-major),
-    /// then its metadata digest. The caller all-gathers the rows of every engine of the group
-    /// (`all_gather_into_tensor`, say) and hands them to [`Engine::step_from_rows`].
-    pub fn gather_row(&self, ids: &[&[u32]], row: &mut Vec<u32>) -> Result<(), RuntimeError> {
-        let local = self.local.len();
-        let experts = self.config.model.experts as usize;
-        if ids.len() != local {
-            return Err(RuntimeError::InvalidInput(format!(
-                "router ids of {} ranks for an engine that holds {local}",
-                ids.len()
-            )));
-        }
-        row.clear();
-        row.resize(self.gather_row_len(), 0);
-        count_ids(
-            ids,
-            experts as u32,
-            self.config.model.top_k,
-            &mut row[..local * experts],
-        )?;
-        self.append_digest(row);
-        Ok(())
-    }
-
-    /// Like [`Engine::gather_row`], from counts the caller has already made (a histogram kernel's
-    /// output): `counts` holds each local rank's tokens per expert, rank after rank.
-    pub fn gather_row_from_counts(
+    /// Writes into `row` this engine's row of the gathered load: its local ranks' tokens per
+    /// expert, from their router `output`, then its metadata digest. The caller all-gathers the
+    /// rows of every engine of the group (`all_gather_into_tensor`, say) and hands them to
+    /// [`Engine::step_from_rows`]; [`Engine::step_gathered`] does both through a [`Collective`].
+    pub fn gather_row(
         &self,
-        counts: &[u32],
+        output: RouterOutput<'_>,
         row: &mut Vec<u32>,
     ) -> Result<(), RuntimeError> {
-        let words = self.local.len() * self.config.model.experts as usize;
-        if counts.len() != words {
-            return Err(RuntimeError::InvalidInput(format!(
-                "{} counts for an engine of {} ranks x {} experts",
-                counts.len(),
-                self.local.len(),
-                self.config.model.experts
-            )));
-        }
+        let local = self.local.len();
+        let experts = self.config.model.experts;
         row.clear();
-        row.extend_from_slice(counts);
         row.resize(self.gather_row_len(), 0);
+        output.count_into(
+            local,
+            experts,
+            self.config.model.top_k,
+            &mut row[..local * experts as usize],
+        )?;
         self.append_digest(row);
         Ok(())
     }
@@ -116,8 +122,7 @@ impl<B: Backend> Engine<B> {
     /// Writes the digest into the last words of a row of [`Engine::gather_row_len`] words.
     fn append_digest(&self, row: &mut [u32]) {
         let at = row.len() - DIGEST_WORDS;
-        row[at] = self.digest as u32;
-        row[at + 1] = (self.digest >> 32) as u32;
+        write_words(self.digest, &mut row[at..]);
     }
 
     /// Plans `step` from the rows every engine of the group wrote with [`Engine::gather_row`],
@@ -141,20 +146,12 @@ impl<B: Backend> Engine<B> {
                 gathered.len()
             )));
         }
-        let digest_of = |member: usize| {
-            let row = &gathered[member * row_words..][..row_words];
-            u64::from(row[local * experts]) | u64::from(row[local * experts + 1]) << 32
-        };
-        let expected = digest_of(0);
-        if let Some(member) = (1..members).find(|&m| digest_of(m) != expected) {
-            return Err(RuntimeError::Diverged {
-                rank: (member * local) as u32,
-                reference: 0,
-                expected,
-                found: digest_of(member),
-            });
-        }
-        let mut loads = std::mem::take(&mut self.gather.loads);
+        check_agreement(
+            members,
+            |member| read_words(&gathered[member * row_words + local * experts..]),
+            |member| (member * local) as u32,
+        )?;
+        let mut loads = std::mem::take(&mut self.scratch.gather.loads);
         loads.resize(ranks * experts, 0);
         for member in 0..members {
             let counts = &gathered[member * row_words..][..local * experts];
@@ -163,18 +160,19 @@ impl<B: Backend> Engine<B> {
         let result = LoadMatrix::new(&loads, ranks, experts)
             .map_err(RuntimeError::from)
             .and_then(|matrix| self.step(step, matrix));
-        self.gather.loads = loads;
+        self.scratch.gather.loads = loads;
         result
     }
 
-    /// A step from this engine's own router output: [`Engine::gather_row`], the all-gather of
+    /// A step from this engine's own router `output`: [`Engine::gather_row`], the all-gather of
     /// every member's row through `collective` (whose members hold as many ranks as this
-    /// engine, in rank order), then [`Engine::step_from_rows`].
+    /// engine, in rank order), then [`Engine::step_from_rows`]. An engine that holds every rank
+    /// gathers through a collective of one member (`InProcessCollective::group(1)`).
     pub fn step_gathered(
         &mut self,
         step: StepId,
         collective: &mut impl Collective,
-        ids: &[&[u32]],
+        output: RouterOutput<'_>,
     ) -> Result<StepReport, RuntimeError> {
         let ranks = self.config.layout.num_ranks() as usize;
         let local = self.local.len();
@@ -188,15 +186,15 @@ impl<B: Backend> Engine<B> {
                 self.local
             )));
         }
-        let mut row = std::mem::take(&mut self.gather.row);
-        let mut gathered = std::mem::take(&mut self.gather.gathered);
-        let result = self.gather_row(ids, &mut row).and_then(|()| {
+        let mut row = std::mem::take(&mut self.scratch.gather.row);
+        let mut gathered = std::mem::take(&mut self.scratch.gather.gathered);
+        let result = self.gather_row(output, &mut row).and_then(|()| {
             gathered.resize(members * row.len(), 0);
             collective.all_gather(&row, &mut gathered)?;
             self.step_from_rows(step, &gathered)
         });
-        self.gather.row = row;
-        self.gather.gathered = gathered;
+        self.scratch.gather.row = row;
+        self.scratch.gather.gathered = gathered;
         result
     }
 }

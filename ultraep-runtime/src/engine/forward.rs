@@ -90,21 +90,21 @@ impl<B: Backend> Engine<B> {
         let versions = &self.versions[step.layer as usize * experts..][..experts];
         let residency = if self.config.prefer_resident_replicas {
             self.slots
-                .residency_into(step, |e| versions[e as usize], &mut self.residency);
-            Some(&self.residency)
+                .residency_into(step, |e| versions[e as usize], &mut self.scratch.residency);
+            Some(&self.scratch.residency)
         } else {
             None
         };
         let planner = self.moved_layouts[step.layer as usize]
             .as_mut()
             .unwrap_or(&mut self.planner);
-        planner.plan_preferring(loads, residency, &mut self.candidate)?;
+        planner.plan_preferring(loads, residency, &mut self.candidate.plan)?;
         let planning = started.elapsed();
         // The load is kept now; it becomes the step's only when the transfers succeed.
-        self.candidate_loads.clear();
-        self.candidate_loads.extend_from_slice(loads.as_slice());
-        self.candidate_split.clear();
-        self.candidate_by_domain = false;
+        self.candidate.loads.clear();
+        self.candidate.loads.extend_from_slice(loads.as_slice());
+        self.candidate.split.clear();
+        self.candidate.by_domain = false;
         self.begin_planned(step, index, planning)
     }
 
@@ -146,9 +146,9 @@ impl<B: Backend> Engine<B> {
         let copies = self.place(step, Planned::Candidate)?;
         let report = StepReport {
             step,
-            metrics: *self.candidate.metrics(),
+            metrics: *self.candidate.plan.metrics(),
             copies,
-            copies_skipped: self.placement.skipped,
+            copies_skipped: self.scratch.placement.skipped,
             bytes_moved: 0,
             planning,
             transfer: Duration::ZERO,
@@ -200,11 +200,11 @@ impl<B: Backend> Engine<B> {
             holding: false,
             token: 0,
         });
-        std::mem::swap(&mut entry.plan, &mut self.candidate);
-        std::mem::swap(&mut entry.slots, &mut self.placement.slots);
-        std::mem::swap(&mut entry.loads, &mut self.candidate_loads);
-        std::mem::swap(&mut entry.own_split, &mut self.candidate_split);
-        entry.by_domain = self.candidate_by_domain;
+        std::mem::swap(&mut entry.plan, &mut self.candidate.plan);
+        std::mem::swap(&mut entry.slots, &mut self.scratch.placement.slots);
+        std::mem::swap(&mut entry.loads, &mut self.candidate.loads);
+        std::mem::swap(&mut entry.own_split, &mut self.candidate.split);
+        entry.by_domain = self.candidate.by_domain;
         entry.microbatch = step.microbatch;
         entry.open = self.config.mode == Mode::Training;
         entry.holding = false;
@@ -233,25 +233,25 @@ impl<B: Backend> Engine<B> {
         Ok(())
     }
 
-    /// Chooses a slot for every replica of `planned` (`step`'s plan) into `self.placement`, and
-    /// gathers the copies to make into `self.fanouts`. Returns the number of copies.
+    /// Chooses a slot for every replica of `planned` (`step`'s plan) into `self.scratch.placement`, and
+    /// gathers the copies to make into `self.scratch.fanouts`. Returns the number of copies.
     pub(super) fn place(&mut self, step: StepId, planned: Planned) -> Result<u32, RuntimeError> {
         let experts = self.config.model.experts as usize;
         let versions = &self.versions[step.layer as usize * experts..][..experts];
         let instances = match planned {
-            Planned::Candidate => self.candidate.instances(),
+            Planned::Candidate => self.candidate.plan.instances(),
             Planned::Kept(index) => self.steps[index]
                 .as_ref()
                 .map_or(&[][..], |entry| entry.plan.instances()),
         };
-        let (masters, fanouts) = (&self.masters, &mut self.fanouts);
+        let (masters, fanouts) = (&self.masters, &mut self.scratch.fanouts);
         fanouts.clear();
         let mut refused = None;
         self.slots.place(
             step,
             instances,
             |expert| versions[expert as usize],
-            &mut self.placement,
+            &mut self.scratch.placement,
             |expert, destination| {
                 let (home, index) = masters.region(step.layer, expert);
                 if let Err(error) = fanouts.add(expert, home, index, destination) {
@@ -265,35 +265,36 @@ impl<B: Backend> Engine<B> {
         Ok(fanouts.replica_count() as u32)
     }
 
-    /// Starts copying the fan-outs gathered in `self.fanouts`: `None` when there is nothing to
+    /// Starts copying the fan-outs gathered in `self.scratch.fanouts`: `None` when there is nothing to
     /// copy, else the bytes the copy stores. A copy that ends here (an error, or a backend that
     /// cannot overlap) is finished by [`Engine::finish_copy`] all the same.
     pub(super) fn start_copy(&mut self) -> Result<Option<u64>, RuntimeError> {
-        if self.fanouts.is_empty() {
+        if self.scratch.fanouts.is_empty() {
             return Ok(None);
         }
-        self.schedule_builder.build_into(
-            self.fanouts.finish()?,
+        self.scratch.schedule_builder.build_into(
+            self.scratch.fanouts.finish()?,
             &self.state,
             &self.config.topology,
             self.config.transfer,
             &mut self.schedule,
         )?;
         if self.weights.uses_tile_tasks() {
-            self.task_builder
+            self.scratch
+                .task_builder
                 .build_into(&self.schedule, &mut self.tasks);
         } else {
             self.tasks.clear();
         }
         // The slots about to be written hold nothing usable until the copy is verified.
-        for fanout in self.fanouts.set().fanouts() {
+        for fanout in self.scratch.fanouts.set().fanouts() {
             for &(rank, slot) in fanout.destinations() {
                 self.slots.set_content(rank, slot, None);
             }
         }
         self.copy_started = Some(self.weights.start_distribute(&self.schedule, &self.tasks));
         // Every destination stores the whole state once.
-        let destinations = self.fanouts.replica_count() as u64;
+        let destinations = self.scratch.fanouts.replica_count() as u64;
         Ok(Some(self.schedule.state_bytes() * destinations))
     }
 
@@ -308,7 +309,7 @@ impl<B: Backend> Engine<B> {
         };
         if result.is_ok() {
             let experts = self.config.model.experts;
-            for fanout in self.fanouts.set().fanouts() {
+            for fanout in self.scratch.fanouts.set().fanouts() {
                 let content = SlotContent {
                     layer,
                     expert: fanout.expert(),

@@ -31,7 +31,7 @@ impl<B: Backend> Engine<B> {
         let entry = self.steps[index]
             .as_mut()
             .ok_or(RuntimeError::NoPlan { step })?;
-        std::mem::swap(&mut entry.slots, &mut self.placement.slots);
+        std::mem::swap(&mut entry.slots, &mut self.scratch.placement.slots);
         entry.holding = true;
         self.restores += 1;
         entry.token = self.restores;
@@ -39,7 +39,7 @@ impl<B: Backend> Engine<B> {
         self.digest = digest::of_step(self.digest, step, &entry.plan, &entry.slots);
         Ok(RestoreReport {
             copies,
-            copies_skipped: self.placement.skipped,
+            copies_skipped: self.scratch.placement.skipped,
             bytes_moved,
         })
     }
@@ -167,22 +167,23 @@ impl<B: Backend> Engine<B> {
             )));
         }
         let token = entry.token;
-        self.fanouts.clear();
+        self.scratch.fanouts.clear();
         for (instance, slot) in entry.plan.instances().iter().zip(&entry.slots) {
             if let Some(destination) = *slot {
                 let (home, index) = self.masters.region(step.layer, instance.expert);
-                self.fanouts
+                self.scratch
+                    .fanouts
                     .add(instance.expert, home, index, destination)?;
             }
         }
-        self.fanouts.finish()?;
+        self.scratch.fanouts.finish()?;
         let Some((state, store)) = self.gradients.as_mut() else {
             return Err(RuntimeError::InvalidConfig(
                 "a prefill engine has no gradients".into(),
             ));
         };
-        self.schedule_builder.build_into(
-            self.fanouts.set(),
+        self.scratch.schedule_builder.build_into(
+            self.scratch.fanouts.set(),
             state,
             &self.config.topology,
             self.config.transfer,

@@ -229,7 +229,7 @@ impl<B: Backend> Engine<B> {
         self.check_not_switching(layer)?;
         let change = self.layout_change.as_ref().expect("checked above");
         let state_bytes = self.state.bytes();
-        self.fanouts.clear();
+        self.scratch.fanouts.clear();
         let mut copied = 0u32;
         for &moved in &change.moves {
             if self.staged(layer, moved) {
@@ -239,7 +239,8 @@ impl<B: Backend> Engine<B> {
                 break;
             }
             let (home, index) = self.masters.region(layer, moved.expert);
-            self.fanouts
+            self.scratch
+                .fanouts
                 .add(moved.expert, home, index, (moved.to, moved.staging_slot))?;
             copied += 1;
         }

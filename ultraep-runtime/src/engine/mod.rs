@@ -100,23 +100,40 @@ pub struct Engine<B = HostPlane> {
     pending: Option<forward::Pending>,
     /// How the copy in progress started.
     copy_started: Option<Result<Started, RuntimeError>>,
+    /// The step being planned, before it is accepted into `steps`.
+    candidate: Candidate,
+    /// The last step's transfer schedule and its task list.
+    schedule: TransferSchedule,
+    tasks: TileTaskList,
     /// Buffers reused by every step, so a warm step does not allocate.
-    candidate: Plan,
-    candidate_loads: Vec<u32>,
-    candidate_split: Vec<SplitEntry>,
-    candidate_by_domain: bool,
+    scratch: Scratch,
+    summary: Summary,
+}
+
+/// The step being planned: its plan, the load it was planned from (only the rank's own row for a
+/// step planned by domain), the rank's part of the split where the plan has none, and whether it
+/// was planned by domain. Accepted into the engine's steps by swapping, so it keeps its buffers.
+#[derive(Debug, Default)]
+struct Candidate {
+    plan: Plan,
+    loads: Vec<u32>,
+    split: Vec<SplitEntry>,
+    by_domain: bool,
+}
+
+/// The buffers every step reuses, so that a warm step allocates nothing: one per stage of the
+/// step (planning by domain, the residency the planner prefers, the slot placement, the
+/// fan-outs, the schedule and task-list builders, the reroute and the gathered rows).
+#[derive(Debug)]
+struct Scratch {
     by_domain: by_domain::DomainScratch,
     residency: Residency,
     placement: Placement,
     fanouts: ultraep_xfer::ReplicaSetBuilder,
-    schedule: TransferSchedule,
     schedule_builder: ScheduleBuilder,
-    tasks: TileTaskList,
     task_builder: TaskListBuilder,
-    routed_loads: Vec<u32>,
-    reroute_scratch: routing::RerouteScratch,
+    reroute: routing::RerouteScratch,
     gather: digest::GatherScratch,
-    summary: Summary,
 }
 
 impl Engine {
@@ -300,21 +317,19 @@ impl<B: Backend> Engine<B> {
             steps: (0..in_flight).map(|_| None).collect(),
             pending: None,
             copy_started: None,
-            candidate: Plan::default(),
-            candidate_loads: Vec::new(),
-            candidate_split: Vec::new(),
-            candidate_by_domain: false,
-            by_domain: by_domain::DomainScratch::default(),
-            residency: Residency::new(ranks, u32::from(config.slots_per_rank)),
-            placement: Placement::default(),
-            fanouts: ultraep_xfer::ReplicaSetBuilder::default(),
+            candidate: Candidate::default(),
             schedule: TransferSchedule::default(),
-            schedule_builder: ScheduleBuilder::default(),
             tasks: TileTaskList::default(),
-            task_builder: TaskListBuilder::default(),
-            routed_loads: vec![0; (ranks * model.experts) as usize],
-            reroute_scratch: routing::RerouteScratch::default(),
-            gather: digest::GatherScratch::default(),
+            scratch: Scratch {
+                by_domain: by_domain::DomainScratch::default(),
+                residency: Residency::new(ranks, u32::from(config.slots_per_rank)),
+                placement: Placement::default(),
+                fanouts: ultraep_xfer::ReplicaSetBuilder::default(),
+                schedule_builder: ScheduleBuilder::default(),
+                task_builder: TaskListBuilder::default(),
+                reroute: routing::RerouteScratch::default(),
+                gather: digest::GatherScratch::default(),
+            },
             summary: Summary::default(),
             config,
         })

@@ -6,38 +6,12 @@ use ultraep_plan::{LoadMatrix, RankSplit, SplitEntry};
 
 use super::{Engine, entry_in};
 use crate::router_counts::count_ids;
-use crate::{Backend, RuntimeError, StepId, StepReport};
+use crate::{Backend, RuntimeError, StepId};
 
 impl<B: Backend> Engine<B> {
-    /// Like [`Engine::step`], from the router's output: `ids[r]` holds rank `r`'s top-k expert
-    /// ids, `top_k` per token, token-major. The load is their histogram; route every token with
-    /// [`Engine::reroute`] afterwards.
-    pub fn step_routed(
-        &mut self,
-        step: StepId,
-        ids: &[&[u32]],
-    ) -> Result<StepReport, RuntimeError> {
-        self.check_layer(step.layer)?;
-        let ranks = self.config.layout.num_ranks() as usize;
-        let experts = self.config.model.experts;
-        if ids.len() != ranks {
-            return Err(RuntimeError::InvalidInput(format!(
-                "router ids of {} ranks for an engine of {ranks}",
-                ids.len()
-            )));
-        }
-        let mut loads = std::mem::take(&mut self.routed_loads);
-        let counted = count_ids(ids, experts, self.config.model.top_k, &mut loads);
-        let result = counted.and_then(|()| {
-            let matrix = LoadMatrix::new(&loads, ranks, experts as usize)?;
-            self.step(step, matrix)
-        });
-        self.routed_loads = loads;
-        result
-    }
-
-    /// Rewrites rank `source`'s top-k expert ids (as given to [`Engine::step_routed`], or adding
-    /// up to its row of the load given to [`Engine::step`]) to the instance of `step`'s plan
+    /// Rewrites rank `source`'s top-k expert ids (as given to [`Engine::step_gathered`] or
+    /// [`Engine::step_by_domain`], or adding up to its row of the load given to
+    /// [`Engine::step`]) to the instance of `step`'s plan
     /// that processes each, into `instances`: every instance receives exactly its share of the
     /// source's tokens, the same for the same input. Allocates nothing once warm; on error
     /// `instances` is left empty.
@@ -58,8 +32,21 @@ impl<B: Backend> Engine<B> {
                 "source rank {source} of {ranks}"
             )));
         }
-        let scratch = &mut self.reroute_scratch;
-        let row = &entry.loads[source as usize * experts..][..experts];
+        // A step planned by domain keeps only its own rank's row of the load, and its own part
+        // of the split, the only ones it can compute.
+        let row_start = if entry.by_domain {
+            if !self.local.contains(&source) {
+                return Err(RuntimeError::InvalidInput(format!(
+                    "{step} was planned by domain: only rank {} can be rerouted",
+                    self.local.start
+                )));
+            }
+            0
+        } else {
+            source as usize * experts
+        };
+        let scratch = &mut self.scratch.reroute;
+        let row = &entry.loads[row_start..][..experts];
         scratch.counts.resize(experts, 0);
         count_ids(
             &[ids],
@@ -73,26 +60,21 @@ impl<B: Backend> Engine<B> {
                 scratch.counts[expert], row[expert]
             )));
         }
-        let loads = LoadMatrix::new(&entry.loads, ranks as usize, experts)?;
-        // A plan without a split (a rank-local engine's) is split here, for this source only;
-        // one planned by domain kept its rank's part, the only one it can compute.
+        // A plan without a split (a rank-local engine's) is split here, for this source only.
         let built = if entry.by_domain {
-            if !self.local.contains(&source) {
-                return Err(RuntimeError::InvalidInput(format!(
-                    "{step} was planned by domain: only rank {} can be rerouted",
-                    self.local.start
-                )));
-            }
             scratch
                 .table
                 .rebuild_from_row(experts as u32, &entry.own_split)
-        } else if entry.plan.has_split() {
-            scratch.table.rebuild(&entry.plan, loads, source)
         } else {
-            scratch.rank_split.compute(&entry.plan, loads, source)?;
-            scratch
-                .table
-                .rebuild_from_row(experts as u32, scratch.rank_split.row())
+            let loads = LoadMatrix::new(&entry.loads, ranks as usize, experts)?;
+            if entry.plan.has_split() {
+                scratch.table.rebuild(&entry.plan, loads, source)
+            } else {
+                scratch.rank_split.compute(&entry.plan, loads, source)?;
+                scratch
+                    .table
+                    .rebuild_from_row(experts as u32, scratch.rank_split.row())
+            }
         };
         built.map_err(|error| RuntimeError::InvalidInput(error.to_string()))?;
         let unplaced = reroute_into(ids, &scratch.table, &mut scratch.seen, instances);
@@ -167,7 +149,7 @@ impl<B: Backend> Engine<B> {
                 }
             }
         } else {
-            let split = &mut self.reroute_scratch.rank_split;
+            let split = &mut self.scratch.reroute.rank_split;
             split.compute(&entry.plan, loads, rank)?;
             row.extend_from_slice(split.row());
             columns.extend_from_slice(split.columns());

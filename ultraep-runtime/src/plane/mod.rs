@@ -9,6 +9,7 @@
 //! tiles their slots receive. Every wait ends: with the data, with [`RuntimeError::PeerLost`] when
 //! the rank that should have written it is gone, or with [`RuntimeError::Timeout`].
 
+mod handoff;
 mod job;
 mod peers;
 pub(crate) mod segment;
@@ -23,6 +24,7 @@ use ultraep_xfer::{ReductionScratch, Region, SlotState, WorkerPool};
 
 use crate::RuntimeError;
 use crate::backend::MemoryShape;
+use crate::slot_readiness::SlotReadiness;
 use job::{Job, Shared};
 use peers::Peers;
 pub(crate) use peers::wait_until;
@@ -40,8 +42,8 @@ pub struct HostPlane {
     pool: WorkerPool<Shared>,
     local: Range<u32>,
     owners: Vec<Owner>,
-    slots_per_rank: u16,
-    slot_states: Vec<SlotState>,
+    /// What every slot of the local ranks holds.
+    slots: SlotReadiness,
     round: u64,
     timeout: Duration,
     fail_at_task: Option<usize>,
@@ -92,7 +94,6 @@ impl HostPlane {
         options: PlaneOptions,
     ) -> Self {
         let local = shape.local.clone();
-        let slot_count = local.len() * usize::from(shape.slots_per_rank);
         let mut master_sums_at = vec![0];
         for rank in local.clone() {
             let last = master_sums_at.last().copied().unwrap_or(0);
@@ -109,8 +110,7 @@ impl HostPlane {
             ),
             local,
             owners,
-            slots_per_rank: shape.slots_per_rank,
-            slot_states: vec![SlotState::Empty; slot_count],
+            slots: SlotReadiness::new(shape.local.clone(), shape.slots_per_rank),
             round: 0,
             timeout: options.timeout,
             fail_at_task: None,
@@ -237,20 +237,9 @@ impl HostPlane {
         }
     }
 
-    fn slot_state_index(&self, rank: u32, slot: u16) -> Result<usize, RuntimeError> {
-        let index = self.local_index(rank)?;
-        if slot >= self.slots_per_rank {
-            return Err(RuntimeError::InvalidInput(format!(
-                "rank {rank} has no slot {slot} (it has {})",
-                self.slots_per_rank
-            )));
-        }
-        Ok(index * usize::from(self.slots_per_rank) + usize::from(slot))
-    }
-
     /// What slot `slot` of local rank `rank` holds.
     pub fn slot_state(&self, rank: u32, slot: u16) -> Result<SlotState, RuntimeError> {
-        Ok(self.slot_states[self.slot_state_index(rank, slot)?])
+        self.slots.get(rank, slot)
     }
 
     /// The bytes of master `index` of local rank `rank`, in place.
@@ -281,21 +270,8 @@ impl HostPlane {
 
     /// The bytes of a ready slot of local rank `rank`, in place.
     pub fn slot(&self, rank: u32, slot: u16) -> Result<&[u8], RuntimeError> {
-        match self.slot_state(rank, slot)? {
-            SlotState::Ready { .. } => self.peers().segment(rank)?.region(Region::Slot { slot }),
-            _ => Err(RuntimeError::SlotNotReady { rank, slot }),
-        }
-    }
-
-    fn set_slot_state(
-        &mut self,
-        rank: u32,
-        slot: u16,
-        state: SlotState,
-    ) -> Result<(), RuntimeError> {
-        let index = self.slot_state_index(rank, slot)?;
-        self.slot_states[index] = state;
-        Ok(())
+        self.slots.require_ready(rank, slot, None)?;
+        self.peers().segment(rank)?.region(Region::Slot { slot })
     }
 }
 

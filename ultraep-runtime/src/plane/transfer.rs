@@ -10,7 +10,8 @@ use ultraep_xfer::{Region, Route, SlotState, TileTask, TileTaskList, TransferSch
 
 use super::HostPlane;
 use crate::RuntimeError;
-use crate::backend::{ACKNOWLEDGED, Backend, Started};
+use crate::backend::{Backend, Started};
+use crate::gradient_handoff;
 
 /// A slot this plane's ranks receive in a transfer, and where its master is.
 #[derive(Debug, Clone, Copy)]
@@ -100,7 +101,7 @@ impl HostPlane {
                 }
                 .into());
             }
-            self.set_slot_state(
+            self.slots.set(
                 receive.rank,
                 receive.slot,
                 SlotState::Ready {
@@ -146,7 +147,7 @@ impl Backend for HostPlane {
         bytes: &[u8],
     ) -> Result<(), RuntimeError> {
         let local = self.local_index(rank)?;
-        self.slot_state_index(rank, slot)?;
+        self.slots.get(rank, slot)?;
         let segment = &*self.pool.state().peers.segments[rank as usize];
         let region = segment.region_mut(&mut self.owners[local], Region::Slot { slot })?;
         if region.len() != bytes.len() {
@@ -159,7 +160,7 @@ impl Backend for HostPlane {
         region.copy_from_slice(bytes);
         // The gradient is handed to its master's rank only when this rank reduces: until then
         // it may be written again, and nobody else reads it.
-        self.set_slot_state(rank, slot, SlotState::Ready { expert })
+        self.slots.set(rank, slot, SlotState::Ready { expert })
     }
 
     fn distribute(
@@ -209,7 +210,7 @@ impl Backend for HostPlane {
                     )));
                 }
                 if self.local.contains(&rank) {
-                    self.slot_state_index(rank, slot)?;
+                    self.slots.get(rank, slot)?;
                     self.receives.push(Receive {
                         rank,
                         slot,
@@ -224,7 +225,7 @@ impl Backend for HostPlane {
         // From here until verified, the slots being written must not be used.
         for index in 0..self.receives.len() {
             let receive = self.receives[index];
-            self.set_slot_state(
+            self.slots.set(
                 receive.rank,
                 receive.slot,
                 SlotState::NotReady {
@@ -302,144 +303,13 @@ impl Backend for HostPlane {
         schedule: &TransferSchedule,
         token: u64,
     ) -> Result<(), RuntimeError> {
-        let token = token & !ACKNOWLEDGED;
-        let floats = (schedule.state_bytes() / 4) as usize;
         if !schedule.state_bytes().is_multiple_of(4) {
             return Err(RuntimeError::InvalidInput(format!(
                 "a {}-byte gradient is not FP32 values",
                 schedule.state_bytes()
             )));
         }
-        // This plane's replica gradients must all be written; then they are handed over (the
-        // word after the bytes: a master's rank that sees it sees them).
-        for fanout in schedule.fanouts() {
-            for &(rank, slot) in &fanout.destinations {
-                if self.local.contains(&rank) {
-                    let expected = SlotState::Ready {
-                        expert: fanout.expert,
-                    };
-                    if self.slot_state(rank, slot)? != expected {
-                        return Err(RuntimeError::SlotNotReady { rank, slot });
-                    }
-                }
-            }
-        }
-        for fanout in schedule.fanouts() {
-            for &(rank, slot) in &fanout.destinations {
-                if self.local.contains(&rank) {
-                    self.peers()
-                        .segment(rank)?
-                        .slot_word(slot)
-                        .store(token, Ordering::Release);
-                }
-            }
-        }
-        // Every replica gradient this plane's masters sum must be there before any master
-        // changes, so that a wait that fails changes no master.
-        for fanout in schedule.fanouts() {
-            for &(rank, slot) in &fanout.destinations {
-                if self.local.contains(&fanout.master) {
-                    let peers = self.peers();
-                    let segment = peers.segment(rank)?;
-                    if slot >= segment.layout().slots {
-                        return Err(RuntimeError::SlotNotReady { rank, slot });
-                    }
-                    peers.wait_for(
-                        segment.slot_word(slot),
-                        token,
-                        self.timeout,
-                        None,
-                        Some(rank),
-                        || {
-                            format!(
-                                "the gradient of expert {}'s replica on rank {rank}",
-                                fanout.expert
-                            )
-                        },
-                    )?;
-                }
-            }
-        }
-        // Masters here: sum their replicas in the documented order, then acknowledge.
-        for fanout in schedule.fanouts() {
-            if !self.local.contains(&fanout.master) {
-                continue;
-            }
-            let local = self.local_index(fanout.master)?;
-            if let Some(sum) = self
-                .master_sums
-                .get_mut(self.master_sums_at[local] + fanout.master_index as usize)
-            {
-                *sum = None;
-            }
-            let peers = &self.pool.state().peers;
-            let segment = &*peers.segments[fanout.master as usize];
-            let master = segment.region_mut(
-                &mut self.owners[local],
-                Region::Master {
-                    index: fanout.master_index,
-                },
-            )?;
-            let master: &mut [f32] = bytemuck::try_cast_slice_mut(master)
-                .map_err(|error| RuntimeError::Backend(format!("gradient memory: {error}")))?;
-            let empty: &[f32] = &[];
-            self.reduction.reduce(schedule, fanout, master, |rank| {
-                fanout
-                    .destinations
-                    .iter()
-                    .find(|(r, _)| *r == rank)
-                    .and_then(|&(rank, slot)| {
-                        peers.segment(rank).ok()?.region(Region::Slot { slot }).ok()
-                    })
-                    .and_then(|bytes| bytemuck::try_cast_slice(bytes).ok())
-                    .filter(|values: &&[f32]| values.len() == floats)
-                    .unwrap_or(empty)
-            })?;
-            for &(rank, slot) in &fanout.destinations {
-                peers
-                    .segment(rank)?
-                    .slot_word(slot)
-                    .store(token | ACKNOWLEDGED, Ordering::Release);
-            }
-        }
-        // Replicas here: once their masters' ranks have read every one of them, empty them all
-        // for the next layer (nothing is emptied while an acknowledgement is still missing).
-        for fanout in schedule.fanouts() {
-            for &(rank, slot) in &fanout.destinations {
-                if !self.local.contains(&rank) {
-                    continue;
-                }
-                let peers = &self.pool.state().peers;
-                peers.wait_for(
-                    peers.segment(rank)?.slot_word(slot),
-                    token | ACKNOWLEDGED,
-                    self.timeout,
-                    None,
-                    Some(fanout.master),
-                    || {
-                        format!(
-                            "rank {} to reduce expert {}'s gradient",
-                            fanout.master, fanout.expert
-                        )
-                    },
-                )?;
-            }
-        }
-        for fanout in schedule.fanouts() {
-            for &(rank, slot) in &fanout.destinations {
-                if !self.local.contains(&rank) {
-                    continue;
-                }
-                let local = self.local_index(rank)?;
-                let segment = &*self.pool.state().peers.segments[rank as usize];
-                segment
-                    .region_mut(&mut self.owners[local], Region::Slot { slot })?
-                    .fill(0);
-                segment.slot_word(slot).store(0, Ordering::Release);
-                self.set_slot_state(rank, slot, SlotState::Empty)?;
-            }
-        }
-        Ok(())
+        gradient_handoff::reduce(self, schedule, token)
     }
 
     fn inject_failure_at(&mut self, task: usize) {

@@ -7,7 +7,7 @@
 mod counting_allocator;
 
 use counting_allocator::{CountingAllocator, allocations_on_this_thread};
-use ultraep_runtime::StepId;
+use ultraep_runtime::{InProcessCollective, RouterOutput, StepId};
 
 use crate::ep64::{LAYERS, ep64_engine, ep64_loads};
 use crate::fixture::{GRADIENT, base_config, engine_with, loads, on_threads};
@@ -73,12 +73,16 @@ fn a_warm_routed_step_and_its_reroute_do_not_allocate() {
         })
         .collect();
     let mut routed = Vec::new();
+    // The engine holds every rank: its collective is itself alone.
+    let mut alone = InProcessCollective::group(1).remove(0);
     let mut round = |engine: &mut ultraep_runtime::Engine, tokens: &mut usize| {
         for (index, ids) in ids.iter().enumerate() {
             let rows: [&[u32]; 64] = std::array::from_fn(|rank| ids[rank].as_slice());
             for layer in 0..LAYERS {
                 let step = StepId::new(index as u32, layer);
-                engine.step_routed(step, &rows).expect("steps");
+                engine
+                    .step_gathered(step, &mut alone, RouterOutput::Ids(&rows))
+                    .expect("steps");
                 for (rank, row) in rows.iter().enumerate() {
                     engine
                         .reroute(step, rank as u32, row, &mut routed)
@@ -154,7 +158,7 @@ fn a_warm_backward_does_not_allocate() {
 #[test]
 fn a_warm_step_by_domain_does_not_allocate() {
     use crate::by_domain::{RANKS, config, ids};
-    use ultraep_runtime::{Collective, Engine, InProcessCollective, PlaneOptions};
+    use ultraep_runtime::{Collective, Engine, PlaneOptions};
 
     let engines = Engine::group(config(), PlaneOptions::default()).unwrap();
     let members = InProcessCollective::group(RANKS);
@@ -167,7 +171,9 @@ fn a_warm_step_by_domain_does_not_allocate() {
                 for (microbatch, mine) in rounds.iter().enumerate() {
                     for layer in 0..2 {
                         let step = StepId::new(microbatch as u32, layer);
-                        engine.step_by_domain(step, member, mine).unwrap();
+                        engine
+                            .step_by_domain(step, member, RouterOutput::Ids(&[mine]))
+                            .unwrap();
                     }
                 }
             };

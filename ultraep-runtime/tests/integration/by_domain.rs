@@ -5,7 +5,7 @@
 use ultraep_plan::ExpertLayout;
 use ultraep_runtime::{
     Collective, Dtype, Engine, EngineConfig, InProcessCollective, Mode, ModelShape, PlaneOptions,
-    Preset, RuntimeError, StepId,
+    Preset, RouterOutput, RuntimeError, StepId,
 };
 
 use crate::fixture::on_threads;
@@ -66,6 +66,7 @@ fn ranks_planning_by_domain_get_the_whole_matrixs_plan_and_reroute() {
     let state = config.model.expert_state().unwrap().bytes() as usize;
     // The reference: one engine that sees the whole matrix.
     let mut whole = Engine::new(config.clone()).unwrap();
+    let mut alone = InProcessCollective::group(1).remove(0);
     let engines = Engine::group(config, PlaneOptions::default()).unwrap();
     let members = InProcessCollective::group(RANKS);
     let steps: Vec<StepId> = (0..3)
@@ -75,7 +76,9 @@ fn ranks_planning_by_domain_get_the_whole_matrixs_plan_and_reroute() {
     for &step in &steps {
         let all: Vec<Vec<u32>> = (0..RANKS).map(|rank| ids(rank, step.microbatch)).collect();
         let refs: Vec<&[u32]> = all.iter().map(Vec::as_slice).collect();
-        whole.step_routed(step, &refs).unwrap();
+        whole
+            .step_gathered(step, &mut alone, RouterOutput::Ids(&refs))
+            .unwrap();
         let mut routed = Vec::new();
         let mut per_rank = Vec::new();
         for rank in 0..RANKS {
@@ -102,7 +105,9 @@ fn ranks_planning_by_domain_get_the_whole_matrixs_plan_and_reroute() {
             let mut most = 0;
             for (&step, (plan, reroutes)) in steps.iter().zip(&expected) {
                 let mine = ids(rank, step.microbatch);
-                engine.step_by_domain(step, &mut member, &mine).unwrap();
+                engine
+                    .step_by_domain(step, &mut member, RouterOutput::Ids(&[&mine]))
+                    .unwrap();
                 let planned = engine.plan(step).unwrap().clone();
                 assert_eq!(planned.instances(), plan.instances(), "{step}");
                 assert!(planned.metrics().replicas > 0);
@@ -136,7 +141,11 @@ fn ranks_planning_by_domain_get_the_whole_matrixs_plan_and_reroute() {
 fn planning_by_domain_is_refused_for_an_engine_of_several_ranks() {
     let mut engine = Engine::new(config()).unwrap();
     let mut members = InProcessCollective::group(RANKS);
-    let refused = engine.step_by_domain(StepId::new(0, 0), &mut members[0], &ids(0, 0));
+    let refused = engine.step_by_domain(
+        StepId::new(0, 0),
+        &mut members[0],
+        RouterOutput::Ids(&[&ids(0, 0)]),
+    );
     assert!(
         matches!(refused, Err(RuntimeError::InvalidInput(_))),
         "{refused:?}"
@@ -156,7 +165,7 @@ fn an_even_load_plans_by_domain_without_replicas() {
                 .flat_map(|token| [token, (token + 1 + rank) % EXPERTS])
                 .collect();
             let report = engine
-                .step_by_domain(StepId::new(0, 0), &mut member, &even)
+                .step_by_domain(StepId::new(0, 0), &mut member, RouterOutput::Ids(&[&even]))
                 .unwrap();
             assert_eq!(report.metrics.replicas, 0);
             let mut routed = Vec::new();

@@ -1,7 +1,7 @@
 //! Host-driven engines: the engine plans and says what to move, the caller moves the bytes (here
 //! plain vectors standing for a framework's tensors) and sums the replica gradients through it.
 
-use ultraep_runtime::{Engine, HostDriven, RuntimeError, StepId};
+use ultraep_runtime::{Engine, HostDriven, RouterOutput, RuntimeError, StepId};
 use ultraep_xfer::Region;
 
 use crate::fixture::{GRADIENT, base_config, weights};
@@ -27,7 +27,7 @@ fn step_all(engines: &mut [Engine<HostDriven>], step: StepId, hot: u32) {
     let mut row = Vec::new();
     for (rank, engine) in engines.iter().enumerate() {
         engine
-            .gather_row(&[&ids(rank as u32, hot)], &mut row)
+            .gather_row(RouterOutput::Ids(&[&ids(rank as u32, hot)]), &mut row)
             .unwrap();
         gathered.extend_from_slice(&row);
     }

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use ultraep_plan::LoadMatrix;
 use ultraep_runtime::{
-    Collective, Engine, EngineConfig, InProcessCollective, Mode, PlaneOptions, RuntimeError,
-    ShmCollective, StepId,
+    Collective, Engine, EngineConfig, InProcessCollective, Mode, PlaneOptions, RouterOutput,
+    RuntimeError, ShmCollective, StepId,
 };
 
 use crate::fixture::{base_config, weights};
@@ -91,13 +91,13 @@ fn child(mode: &str, rank: u32, group: &str) -> String {
     // Layer 0 with expert 0 (rank 0's) hot: every rank takes part, every copy lands.
     let first = StepId::new(0, 0);
     engine
-        .step_gathered(first, &mut gather, &[&ids(rank, 0)])
+        .step_gathered(first, &mut gather, RouterOutput::Ids(&[&ids(rank, 0)]))
         .unwrap();
     assert!(local_replicas_are_right(&engine, first));
     if mode == "healthy" {
         let second = StepId::new(0, 1);
         let report = engine
-            .step_gathered(second, &mut gather, &[&ids(rank, 9)])
+            .step_gathered(second, &mut gather, RouterOutput::Ids(&[&ids(rank, 9)]))
             .unwrap();
         assert!(report.copies > 0);
         assert!(local_replicas_are_right(&engine, second));
@@ -109,7 +109,11 @@ fn child(mode: &str, rank: u32, group: &str) -> String {
         engine.inject_transfer_failure(1);
     }
     let started = Instant::now();
-    let mut result = engine.step_gathered(StepId::new(0, 1), &mut gather, &[&ids(rank, 9)]);
+    let mut result = engine.step_gathered(
+        StepId::new(0, 1),
+        &mut gather,
+        RouterOutput::Ids(&[&ids(rank, 9)]),
+    );
     if victim {
         if mode == "die" {
             // A crash in the middle of the transfer: some tiles are out, the rest never come.
@@ -135,7 +139,11 @@ fn child(mode: &str, rank: u32, group: &str) -> String {
         }
     } else {
         // Its own transfer went through; the next gather meets the lost rank.
-        result = engine.step_gathered(StepId::new(0, 2), &mut gather, &[&ids(rank, 5)]);
+        result = engine.step_gathered(
+            StepId::new(0, 2),
+            &mut gather,
+            RouterOutput::Ids(&[&ids(rank, 5)]),
+        );
     }
     let elapsed = started.elapsed().as_millis();
     let outcome = match result {
@@ -313,7 +321,11 @@ fn plan_with_one_rank_off(odd_one: Option<u32>) -> Vec<Result<(), RuntimeError>>
                     let rank = rank as u32;
                     rank_engine(&mut engine, rank);
                     assert_eq!(member.rank(), rank);
-                    engine.step_gathered(StepId::new(0, 0), &mut member, &[&ids(rank, 0)])?;
+                    engine.step_gathered(
+                        StepId::new(0, 0),
+                        &mut member,
+                        RouterOutput::Ids(&[&ids(rank, 0)]),
+                    )?;
                     let mut loads = matrix(0);
                     if odd_one == Some(rank) {
                         loads[20] -= 1;
@@ -323,7 +335,11 @@ fn plan_with_one_rank_off(odd_one: Option<u32>) -> Vec<Result<(), RuntimeError>>
                     let report = engine.step(again, LoadMatrix::new(&loads, 8, 32).unwrap())?;
                     assert_eq!(report.copies, 0, "the replicas are in place already");
                     engine
-                        .step_gathered(StepId::new(2, 0), &mut member, &[&ids(rank, 3)])
+                        .step_gathered(
+                            StepId::new(2, 0),
+                            &mut member,
+                            RouterOutput::Ids(&[&ids(rank, 3)]),
+                        )
                         .map(drop)
                 })
             })

@@ -3,7 +3,7 @@
 //! other ranks' rows send; a step that will have no backward gives its place back.
 
 use ultraep_plan::{SplitEntry, SplitMode};
-use ultraep_runtime::{Engine, EngineConfig, HostDriven, RuntimeError, StepId};
+use ultraep_runtime::{Engine, EngineConfig, HostDriven, RouterOutput, RuntimeError, StepId};
 
 use crate::fixture::base_config;
 use crate::processes::ids;
@@ -18,7 +18,7 @@ fn planned(config: &EngineConfig, step: StepId, hot: u32) -> Vec<Engine<HostDriv
     let (mut gathered, mut row) = (Vec::new(), Vec::new());
     for (rank, engine) in engines.iter().enumerate() {
         engine
-            .gather_row(&[&ids(rank as u32, hot)], &mut row)
+            .gather_row(RouterOutput::Ids(&[&ids(rank as u32, hot)]), &mut row)
             .unwrap();
         gathered.extend_from_slice(&row);
     }
@@ -113,7 +113,9 @@ fn a_step_dropped_before_its_backward_gives_its_place_to_the_next_microbatch() {
     let engine = &mut engines[0];
     let (mut gathered, mut row) = (Vec::new(), Vec::new());
     for rank in 0..RANKS {
-        engine.gather_row(&[&ids(rank, 7)], &mut row).unwrap();
+        engine
+            .gather_row(RouterOutput::Ids(&[&ids(rank, 7)]), &mut row)
+            .unwrap();
         gathered.extend_from_slice(&row);
     }
     let second = StepId::new(1, 0);
@@ -154,7 +156,9 @@ fn a_backward_abandoned_after_its_restore_gives_its_place_back() {
     assert!(engine.abandon_backward(first).is_err());
     let (mut gathered, mut row) = (Vec::new(), Vec::new());
     for rank in 0..RANKS {
-        engine.gather_row(&[&ids(rank, 7)], &mut row).unwrap();
+        engine
+            .gather_row(RouterOutput::Ids(&[&ids(rank, 7)]), &mut row)
+            .unwrap();
         gathered.extend_from_slice(&row);
     }
     engine.step_from_rows(StepId::new(1, 0), &gathered).unwrap();

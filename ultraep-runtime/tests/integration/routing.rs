@@ -1,10 +1,9 @@
 //! From the router's output: histogram, plan, and every token sent to an instance, so that each
 //! instance receives exactly its quota; and the load's all-gather among ranks.
 
-use ultraep_plan::{Balancer, LoadMatrix};
 use ultraep_runtime::{
-    Collective, Engine, EngineConfig, InProcessCollective, LoadGather, Mode, RuntimeError, StepId,
-    TraceWriter,
+    Collective, Engine, EngineConfig, InProcessCollective, Mode, PlaneOptions, RouterOutput,
+    RuntimeError, StepId, TraceWriter,
 };
 
 use crate::fixture::{base_config, s};
@@ -35,6 +34,11 @@ fn router_ids(tokens: u32, seed: u32) -> Vec<Vec<u32>> {
             ids
         })
         .collect()
+}
+
+/// The collective of an engine that holds every rank: one member, itself.
+fn alone() -> InProcessCollective {
+    InProcessCollective::group(1).remove(0)
 }
 
 fn prefill_engine() -> Engine {
@@ -69,7 +73,9 @@ fn every_instance_receives_exactly_its_quota_from_plans_without_a_split() {
 fn every_instance_receives_exactly_its_quota_with(mut engine: Engine) {
     let ids = router_ids(512, 1);
     let rows: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
-    let report = engine.step_routed(s(0), &rows).unwrap();
+    let report = engine
+        .step_gathered(s(0), &mut alone(), RouterOutput::Ids(&rows))
+        .unwrap();
     assert!(report.metrics.initial_imbalance() > 1.5, "{report:?}");
     assert!(report.metrics.imbalance() < 1.05, "{report:?}");
     let plan = engine.plan(s(0)).unwrap().clone();
@@ -95,7 +101,9 @@ fn router_output_that_does_not_add_up_is_refused() {
     let mut engine = prefill_engine();
     let ids = router_ids(64, 2);
     let rows: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
-    engine.step_routed(s(0), &rows).unwrap();
+    engine
+        .step_gathered(s(0), &mut alone(), RouterOutput::Ids(&rows))
+        .unwrap();
     let before = engine.plan(s(0)).unwrap().clone();
 
     let ragged: Vec<&[u32]> = rows.iter().map(|row| &row[..row.len() - 1]).collect();
@@ -104,7 +112,7 @@ fn router_output_that_does_not_add_up_is_refused() {
     let unknown_rows: Vec<&[u32]> = unknown.iter().map(Vec::as_slice).collect();
     for bad in [&ragged[..], &unknown_rows[..], &rows[..7]] {
         assert!(matches!(
-            engine.step_routed(s(0), bad),
+            engine.step_gathered(s(0), &mut alone(), RouterOutput::Ids(bad)),
             Err(RuntimeError::InvalidInput(_))
         ));
         assert_eq!(engine.plan(s(0)), Some(&before));
@@ -124,33 +132,35 @@ fn router_output_that_does_not_add_up_is_refused() {
     ));
 }
 
+/// Every rank's engine gathers its own router output through the collective and gets the plan
+/// an engine holding every rank makes from all of it, step after step.
 #[test]
 fn every_rank_gathers_the_same_load_and_computes_the_same_plan() {
     let ids = router_ids(256, 4);
+    let config = EngineConfig {
+        mode: Mode::Prefill,
+        ..base_config()
+    };
+    let engines = Engine::group(config, PlaneOptions::default()).unwrap();
     let members = InProcessCollective::group(8);
     let plans = std::thread::scope(|scope| {
-        let handles: Vec<_> = members
+        let handles: Vec<_> = engines
             .into_iter()
-            .map(|mut member| {
+            .zip(members)
+            .map(|(mut engine, mut member)| {
                 let ids = &ids;
                 scope.spawn(move || {
                     let rank = member.rank() as usize;
-                    let mut gather = LoadGather::new(8, 32, 4);
-                    let config = base_config();
-                    let domains = ultraep_plan::RankDomains::single(8).unwrap();
-                    let mut planner = ultraep_plan::Planner::new(
-                        config.layout.clone(),
-                        domains,
-                        u32::from(config.slots_per_rank),
-                        config.plan,
-                    )
-                    .unwrap();
-                    let mut plans = Vec::new();
-                    for _ in 0..3 {
-                        let loads = gather.gather(&mut member, &ids[rank]).unwrap();
-                        plans.push(planner.plan(loads).unwrap());
-                    }
-                    plans
+                    (0..3)
+                        .map(|microbatch| {
+                            let step = StepId::new(microbatch, 0);
+                            let mine = [ids[rank].as_slice()];
+                            engine
+                                .step_gathered(step, &mut member, RouterOutput::Ids(&mine))
+                                .unwrap();
+                            engine.plan(step).unwrap().clone()
+                        })
+                        .collect::<Vec<_>>()
                 })
             })
             .collect();
@@ -161,10 +171,13 @@ fn every_rank_gathers_the_same_load_and_computes_the_same_plan() {
     });
     let rows: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
     let mut engine = prefill_engine();
-    engine.step_routed(s(0), &rows).unwrap();
-    for plans in &plans {
-        for plan in plans {
-            assert_eq!(plan, engine.plan(s(0)).unwrap());
+    for microbatch in 0..3 {
+        let step = StepId::new(microbatch, 0);
+        engine
+            .step_gathered(step, &mut alone(), RouterOutput::Ids(&rows))
+            .unwrap();
+        for plans in &plans {
+            assert_eq!(&plans[microbatch as usize], engine.plan(step).unwrap());
         }
     }
 }
@@ -204,7 +217,9 @@ fn the_trace_holds_every_load_and_the_metrics() {
             let ids = router_ids(32, microbatch * 3 + layer);
             let rows: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
             let step = StepId::new(microbatch, layer);
-            let report = engine.step_routed(step, &rows).unwrap();
+            let report = engine
+                .step_gathered(step, &mut alone(), RouterOutput::Ids(&rows))
+                .unwrap();
             trace.record(&report, engine.loads(step).unwrap()).unwrap();
             // A second record of the same step is not written twice.
             trace.record(&report, engine.loads(step).unwrap()).unwrap();
@@ -228,23 +243,49 @@ fn the_trace_holds_every_load_and_the_metrics() {
     unreachable!("the loop returns at its last step");
 }
 
+/// A gathered row holds the local ranks' counts, from ids or given, then the digest; router
+/// output of the wrong shape and a collective that does not fit the engine are refused.
 #[test]
-fn loads_of_the_wrong_shape_are_refused_by_the_gather() {
-    let mut member = InProcessCollective::group(1).remove(0);
-    let mut gather = LoadGather::new(8, 32, 4);
+fn router_output_of_the_wrong_shape_is_refused_by_the_gathered_row() {
+    let mut engine = prefill_engine();
+    let token = [1u32, 2, 3, 1];
+    let rows = [&token[..]; 8];
+    let mut row = Vec::new();
+    engine
+        .gather_row(RouterOutput::Ids(&rows), &mut row)
+        .unwrap();
+    assert_eq!(row.len(), engine.gather_row_len());
+    assert_eq!(row.len(), 8 * 32 + 2);
+    assert_eq!(&row[..4], &[0, 2, 1, 1]);
+    assert_eq!(
+        row[row.len() - 2..],
+        [engine.digest() as u32, (engine.digest() >> 32) as u32]
+    );
+    let counts = row[..8 * 32].to_vec();
+    let mut from_counts = Vec::new();
+    engine
+        .gather_row(RouterOutput::Counts(&counts), &mut from_counts)
+        .unwrap();
+    assert_eq!(from_counts, row);
+
+    let ragged = [&token[..3]; 8];
+    let unknown = [&[1u32, 2, 3, 40][..]; 8];
+    for bad in [
+        RouterOutput::Ids(&rows[..1]),
+        RouterOutput::Ids(&ragged),
+        RouterOutput::Ids(&unknown),
+        RouterOutput::Counts(&counts[1..]),
+    ] {
+        assert!(matches!(
+            engine.gather_row(bad, &mut row),
+            Err(RuntimeError::InvalidInput(_))
+        ));
+    }
+    // A collective of two members for an engine that holds all eight ranks.
+    let mut pair = InProcessCollective::group(2).remove(0);
     assert!(matches!(
-        gather.gather(&mut member, &[1, 2, 3, 4]),
+        engine.step_gathered(s(0), &mut pair, RouterOutput::Ids(&rows)),
         Err(RuntimeError::InvalidInput(_))
     ));
-    let mut gather = LoadGather::new(1, 32, 4);
-    assert!(matches!(
-        gather.gather(&mut member, &[1, 2, 3]),
-        Err(RuntimeError::InvalidInput(_))
-    ));
-    assert!(matches!(
-        gather.gather(&mut member, &[1, 2, 3, 40]),
-        Err(RuntimeError::InvalidInput(_))
-    ));
-    let loads: LoadMatrix<'_> = gather.gather(&mut member, &[1, 2, 3, 1]).unwrap();
-    assert_eq!(&loads.row(0)[..4], &[0, 2, 1, 1]);
+    assert!(engine.plan(s(0)).is_none());
 }

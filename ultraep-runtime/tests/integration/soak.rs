@@ -18,7 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ultraep_runtime::{
-    Engine, EngineConfig, InProcessCollective, Mode, PlaneOptions, RuntimeError, StepId,
+    Engine, EngineConfig, InProcessCollective, Mode, PlaneOptions, RouterOutput, RuntimeError,
+    StepId,
 };
 
 use crate::fixture::{base_config, weights};
@@ -162,7 +163,11 @@ fn episode(
                             }
                             let index = first + done;
                             let report = engine
-                                .step_gathered(step, &mut member, &[&ids(seed, index, rank)])
+                                .step_gathered(
+                                    step,
+                                    &mut member,
+                                    RouterOutput::Ids(&[&ids(seed, index, rank)]),
+                                )
                                 .map_err(|e| format!("rank {rank} {step}: {e}"))?;
                             check_replicas(&engine, step)
                                 .map_err(|e| format!("rank {rank} {step}: {e}"))?;
@@ -199,7 +204,8 @@ fn episode(
                     if rank == victim {
                         engine.inject_transfer_failure(1);
                     }
-                    let result = engine.step_gathered(step, &mut member, &[&distinct]);
+                    let result =
+                        engine.step_gathered(step, &mut member, RouterOutput::Ids(&[&distinct]));
                     outcomes
                         .lock()
                         .map_err(|e| e.to_string())?

@@ -2,8 +2,10 @@
 
 mod checksums;
 mod chosen;
-mod cpu;
 mod migration;
 mod properties;
 mod replicas;
 mod simulation;
+#[path = "../../../test-support/skewed_layer.rs"]
+mod skewed_layer;
+mod tasks;
