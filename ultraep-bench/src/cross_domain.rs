@@ -37,7 +37,7 @@ use crate::experiment::{
     RunConfig, Scenario, ScenarioSetup, StepFrame, UltraepLayer, moved_copies, transfer_config,
     ultraep_overheads, workload_config,
 };
-use crate::step::{Hardware, Mode, layer_outcome};
+use crate::step::{Hardware, Mode};
 use crate::workload::Workload;
 
 /// The slow loop's settings.
@@ -316,19 +316,8 @@ pub fn run_cross_domain(
                 } else {
                     0.0
                 };
-                Ok::<_, BenchError>(
-                    layer_outcome(
-                        &model,
-                        scenario.mode,
-                        &hardware,
-                        plan,
-                        matrix,
-                        scenario.sequence,
-                        &labels,
-                        charged,
-                    )
-                    .time,
-                )
+                let simulated = scenario.layer(&model, &hardware, matrix, &labels);
+                Ok::<_, BenchError>(simulated.outcome(plan, charged).time)
             };
             none.plan_into(matrix, &mut plan)?;
             step_seconds[0] += time(&plan, &original, false)?.total() * layer_scale;

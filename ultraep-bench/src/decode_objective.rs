@@ -47,7 +47,7 @@ use crate::decode_gate::{GateSettings, GatedLayer, GatedRun, GatedStep, replay, 
 use crate::experiment::{
     RunConfig, Scenario, ScenarioSetup, StepFrame, transfer_config, workload_config,
 };
-use crate::step::{Hardware, layer_outcome};
+use crate::step::Hardware;
 use crate::workload::Workload;
 
 /// Tokens per rank the decode comparison runs (sequences decoding one token each).
@@ -458,19 +458,8 @@ fn simulate_seed(
         for (layer_index, loads) in layers.iter().enumerate() {
             let matrix = LoadMatrix::new(loads, ranks as usize, experts)?;
             none.plan_into(matrix, &mut masters)?;
-            let layer = |plan: &Plan, charged: f64| {
-                layer_outcome(
-                    &model,
-                    scenario.mode,
-                    &hardware,
-                    plan,
-                    matrix,
-                    scenario.sequence,
-                    &labels,
-                    charged,
-                )
-                .time
-            };
+            let simulated = scenario.layer(&model, &hardware, matrix, &labels);
+            let layer = |plan: &Plan, charged: f64| simulated.outcome(plan, charged).time;
             let base_time = layer(&masters, 0.0);
             let base = base_time.total();
             all_to_all += base_time.all_to_all * layer_scale;

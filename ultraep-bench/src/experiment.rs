@@ -31,7 +31,7 @@ pub(crate) use crate::overhead_charges::{
 pub use crate::results::{BalancerResult, FirstChooser, OverheadBreakdown, ScenarioResult};
 pub use crate::run_config::RunConfig;
 pub use crate::scenario::{PublishedTflops, Scenario, workload_config};
-use crate::step::{Hardware, Mode, layer_outcome};
+use crate::step::{Hardware, Mode};
 use crate::step_fit::scenario_efficiency;
 pub use crate::step_frame::StepFrame;
 use crate::trace::LayoutRecord;
@@ -409,18 +409,8 @@ pub fn run_steps(
                     }
                 }
                 // The layer's time with `overhead_us` on its critical path.
-                let outcome_with = |overhead_us: f64| {
-                    layer_outcome(
-                        &model,
-                        scenario.mode,
-                        &hardware,
-                        &plan,
-                        matrix,
-                        scenario.sequence,
-                        &labels,
-                        overhead_us * 1e-6,
-                    )
-                };
+                let simulated = scenario.layer(&model, &hardware, matrix, &labels);
+                let outcome_with = |overhead_us: f64| simulated.outcome(&plan, overhead_us * 1e-6);
                 let outcome = outcome_with(charged.total_us());
                 let tally = &mut tallies[index];
                 tally.seconds += outcome.time.total();

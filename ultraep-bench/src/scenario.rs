@@ -7,7 +7,9 @@ use crate::BenchError;
 use crate::machine::Machine;
 use crate::models::ModelShape;
 use crate::run_config::RunConfig;
-use crate::step::Mode;
+use ultraep_plan::LoadMatrix;
+
+use crate::step::{Hardware, Mode, SimulatedLayer};
 use crate::workload::{WorkloadConfig, calibrate_skew};
 
 /// Where a scenario's compute rates come from.
@@ -209,6 +211,25 @@ impl Scenario {
 }
 
 impl Scenario {
+    /// One layer of this scenario to simulate: `model` (this scenario's, perhaps with another
+    /// top-k) on `hardware` under `loads`, every rank's scale-up domain in `domains`.
+    pub fn layer<'a>(
+        &self,
+        model: &'a ModelShape,
+        hardware: &'a Hardware,
+        loads: LoadMatrix<'a>,
+        domains: &'a [u32],
+    ) -> SimulatedLayer<'a> {
+        SimulatedLayer {
+            model,
+            mode: self.mode,
+            hardware,
+            loads,
+            sequence: self.sequence,
+            domains,
+        }
+    }
+
     /// Groups that span scale-up domains, which the paper does not evaluate: EP128 over two GB200
     /// NVL72 racks (64 GPUs of each) and EP32 over four HGX H100 nodes. Replicas cannot leave
     /// their master's domain, so the imbalance between domains stays. Each is the model's

@@ -230,85 +230,101 @@ pub struct LayerOutcome {
     pub peak_receive_bytes: u64,
 }
 
-/// The cost of one layer of `model` in `mode` under `plan` of `loads`, with `balancer_seconds` on
-/// the critical path; `sequence` is the attention context length and `domains` every rank's
-/// scale-up domain (tokens between domains cross the slower scale-out network).
-#[allow(clippy::too_many_arguments)]
-pub fn layer_outcome(
-    model: &ModelShape,
-    mode: Mode,
-    hardware: &Hardware,
-    plan: &Plan,
-    loads: LoadMatrix<'_>,
-    sequence: u64,
-    domains: &[u32],
-    balancer_seconds: f64,
-) -> LayerOutcome {
-    let ranks = loads.ranks();
-    let top_k = u64::from(model.top_k);
-    // Tokens of every rank: its routed token-expert pairs over k.
-    let tokens: Vec<u64> = (0..ranks)
-        .map(|r| loads.row(r).iter().map(|&c| u64::from(c)).sum::<u64>() / top_k.max(1))
-        .collect();
-    let most_tokens = tokens.iter().copied().max().unwrap_or(0);
-    let mut balanced = most_tokens as f64 * model.balanced_flops_per_token(sequence) as f64
-        / (hardware.peak_flops * hardware.efficiency.dense);
-    if mode == Mode::Decode {
-        // Attention reads its weights and every sequence's key-value cache.
-        let reads = model.balanced_weight_bytes() as f64
-            + (most_tokens * sequence * model.kv_bytes_per_token) as f64;
-        balanced = balanced.max(reads / hardware.memory_bandwidth);
-    }
+/// One simulated MoE layer: what stays the same whichever balancer plans it. The one cost
+/// function every experiment times its layers with ([`SimulatedLayer::outcome`]).
+#[derive(Debug, Clone, Copy)]
+pub struct SimulatedLayer<'a> {
+    /// The model.
+    pub model: &'a ModelShape,
+    /// Training, prefill or decode.
+    pub mode: Mode,
+    /// The GPUs and links.
+    pub hardware: &'a Hardware,
+    /// The router's load.
+    pub loads: LoadMatrix<'a>,
+    /// The attention context length.
+    pub sequence: u64,
+    /// Every rank's scale-up domain (tokens between domains cross the slower scale-out network).
+    pub domains: &'a [u32],
+}
 
-    let mut compute = vec![0.0_f64; ranks];
-    let weight_read = model.expert_bytes() as f64 / hardware.memory_bandwidth;
-    for instance in plan.instances() {
-        if instance.quota > 0 {
-            let flops = f64::from(instance.quota) * model.expert_flops_per_token() as f64;
-            compute[instance.rank as usize] += (flops
-                / (hardware.peak_flops * hardware.efficiency.gemm(instance.quota)))
-            .max(weight_read);
+impl SimulatedLayer<'_> {
+    /// The layer's cost under `plan` of its load, with `balancer_seconds` on the critical path.
+    pub fn outcome(&self, plan: &Plan, balancer_seconds: f64) -> LayerOutcome {
+        let SimulatedLayer {
+            model,
+            mode,
+            hardware,
+            loads,
+            sequence,
+            domains,
+        } = *self;
+        let ranks = loads.ranks();
+        let top_k = u64::from(model.top_k);
+        // Tokens of every rank: its routed token-expert pairs over k.
+        let tokens: Vec<u64> = (0..ranks)
+            .map(|r| loads.row(r).iter().map(|&c| u64::from(c)).sum::<u64>() / top_k.max(1))
+            .collect();
+        let most_tokens = tokens.iter().copied().max().unwrap_or(0);
+        let mut balanced = most_tokens as f64 * model.balanced_flops_per_token(sequence) as f64
+            / (hardware.peak_flops * hardware.efficiency.dense);
+        if mode == Mode::Decode {
+            // Attention reads its weights and every sequence's key-value cache.
+            let reads = model.balanced_weight_bytes() as f64
+                + (most_tokens * sequence * model.kv_bytes_per_token) as f64;
+            balanced = balanced.max(reads / hardware.memory_bandwidth);
         }
-    }
-    let experts = compute.iter().copied().fold(0.0, f64::max);
 
-    let traffic = fabric_tokens(plan, loads, &tokens, top_k, domains);
-    // Every rank's port time each way: tokens within its domain at scale-up speed, the rest at
-    // scale-out speed; the busiest port of either direction sets the all-to-all.
-    let bytes = |tokens: u64| (tokens * model.hidden * ACTIVATION_BYTES) as f64;
-    let port = |(near, far): (u64, u64)| {
-        bytes(near) / hardware.link_bandwidth + bytes(far) / hardware.scale_out_bandwidth
-    };
-    let busiest = traffic
-        .sent
-        .iter()
-        .zip(&traffic.sent_far)
-        .chain(traffic.received.iter().zip(&traffic.received_far))
-        .map(|(&near, &far)| port((near, far)))
-        .fold(0.0, f64::max);
-    let crosses = traffic.sent_far.iter().any(|&far| far > 0);
-    let one_way = busiest
-        + if crosses {
-            hardware.scale_out_latency
-        } else {
-            hardware.link_latency
+        let mut compute = vec![0.0_f64; ranks];
+        let weight_read = model.expert_bytes() as f64 / hardware.memory_bandwidth;
+        for instance in plan.instances() {
+            if instance.quota > 0 {
+                let flops = f64::from(instance.quota) * model.expert_flops_per_token() as f64;
+                compute[instance.rank as usize] += (flops
+                    / (hardware.peak_flops * hardware.efficiency.gemm(instance.quota)))
+                .max(weight_read);
+            }
+        }
+        let experts = compute.iter().copied().fold(0.0, f64::max);
+
+        let traffic = fabric_tokens(plan, loads, &tokens, top_k, domains);
+        // Every rank's port time each way: tokens within its domain at scale-up speed, the rest at
+        // scale-out speed; the busiest port of either direction sets the all-to-all.
+        let bytes = |tokens: u64| (tokens * model.hidden * ACTIVATION_BYTES) as f64;
+        let port = |(near, far): (u64, u64)| {
+            bytes(near) / hardware.link_bandwidth + bytes(far) / hardware.scale_out_bandwidth
         };
-    let peak_receive_bytes =
-        plan.rank_loads().iter().copied().max().unwrap_or(0) * model.hidden * ACTIVATION_BYTES;
+        let busiest = traffic
+            .sent
+            .iter()
+            .zip(&traffic.sent_far)
+            .chain(traffic.received.iter().zip(&traffic.received_far))
+            .map(|(&near, &far)| port((near, far)))
+            .fold(0.0, f64::max);
+        let crosses = traffic.sent_far.iter().any(|&far| far > 0);
+        let one_way = busiest
+            + if crosses {
+                hardware.scale_out_latency
+            } else {
+                hardware.link_latency
+            };
+        let peak_receive_bytes =
+            plan.rank_loads().iter().copied().max().unwrap_or(0) * model.hidden * ACTIVATION_BYTES;
 
-    let passes = mode.passes();
-    let all_to_alls = match mode {
-        Mode::Prefill | Mode::Decode => 2.0,
-        Mode::Training => 4.0,
-    };
-    LayerOutcome {
-        time: LayerTime {
-            balanced: balanced * passes,
-            experts: experts * passes,
-            all_to_all: one_way * all_to_alls,
-            balancer: balancer_seconds,
-        },
-        peak_receive_bytes,
+        let passes = mode.passes();
+        let all_to_alls = match mode {
+            Mode::Prefill | Mode::Decode => 2.0,
+            Mode::Training => 4.0,
+        };
+        LayerOutcome {
+            time: LayerTime {
+                balanced: balanced * passes,
+                experts: experts * passes,
+                all_to_all: one_way * all_to_alls,
+                balancer: balancer_seconds,
+            },
+            peak_receive_bytes,
+        }
     }
 }
 

@@ -24,7 +24,7 @@ use crate::BenchError;
 use crate::run_config::RunConfig;
 pub use crate::scenario::EfficiencySource;
 use crate::scenario::{Scenario, workload_config};
-use crate::step::{Efficiency, Hardware, layer_outcome};
+use crate::step::{Efficiency, Hardware};
 use crate::step_frame::StepFrame;
 use crate::workload::Workload;
 
@@ -286,23 +286,13 @@ impl References {
                 StepFrame::of(&self.scenario, &hardware, ranks as u32, layers).outside_seconds;
             for loads in layers {
                 let matrix = LoadMatrix::new(loads, ranks, model.routed_experts as usize)?;
+                let simulated = self.scenario.layer(&model, &hardware, matrix, &self.labels);
                 for (sum, balancer) in moe
                     .iter_mut()
                     .zip([&mut ideal as &mut dyn Balancer, &mut none])
                 {
                     balancer.plan_into(matrix, &mut plan)?;
-                    *sum += layer_outcome(
-                        &model,
-                        self.scenario.mode,
-                        &hardware,
-                        &plan,
-                        matrix,
-                        self.scenario.sequence,
-                        &self.labels,
-                        0.0,
-                    )
-                    .time
-                    .total();
+                    *sum += simulated.outcome(&plan, 0.0).time.total();
                 }
             }
         }

@@ -253,6 +253,13 @@ impl LayoutTransition {
         Ok(())
     }
 
+    /// Whether `expert`'s moved state has landed whole and matched its source's checksum.
+    pub fn is_verified(&self, expert: u32) -> bool {
+        self.moves
+            .iter()
+            .any(|m| m.movement.expert == expert && m.verified)
+    }
+
     /// Whether every chunk of `expert`'s state has landed and awaits its checksum.
     pub fn awaiting_verification(&self, expert: u32) -> bool {
         self.moves

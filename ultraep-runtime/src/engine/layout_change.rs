@@ -14,8 +14,15 @@
 //! region its rank's departing master leaves, on the rank itself: no byte crosses ranks then,
 //! so the switch cannot half-land on a peer. The next gathered step is the barrier that makes
 //! every rank's switch complete before anyone reads a moved master.
+//!
+//! Which masters a round copies, what counts as landed and verified, and when the switch may
+//! happen is `ultraep_xfer::LayoutTransition`'s to say, the same state machine the slow loop's
+//! simulation runs, here with one chunk per master (a staging slot takes a master whole). The
+//! engine adds what only it knows: a staged copy whose master changed since (an optimiser step)
+//! is stale, and is sent again.
 
-use ultraep_plan::{ExpertLayout, Planner};
+use ultraep_plan::{ExpertLayout, MasterMove, Planner};
+use ultraep_xfer::{LayoutTransition, MigrationChunk};
 
 use super::{Engine, digest};
 use crate::slots::SlotContent;
@@ -74,6 +81,10 @@ pub(super) struct LayoutChange {
     /// The layer's planner in the new layout, built when the change began.
     planner: Planner,
     moves: Vec<LayoutMove>,
+    /// The moves' progress: chunks handed out, landed, verified; the switch's gate.
+    transition: LayoutTransition,
+    /// The masters of the round in flight, one chunk each.
+    round: Vec<MigrationChunk>,
     /// A switch began and failed part-way: some of the layer's old master regions may hold
     /// new masters already, so the layer waits for the switch to be called again.
     interrupted: bool,
@@ -129,6 +140,23 @@ impl<B: Backend> Engine<B> {
             )));
         }
         let moves = self.moves_to(layer, &target)?;
+        let master_moves: Vec<MasterMove> = moves
+            .iter()
+            .map(|moved| MasterMove {
+                expert: moved.expert,
+                from: moved.from,
+                to: moved.to,
+            })
+            .collect();
+        // One chunk per master: a staging slot receives a master whole.
+        let state_bytes = self.state.bytes();
+        let transition = LayoutTransition::new(
+            current.layout().clone(),
+            target.clone(),
+            &master_moves,
+            state_bytes,
+            state_bytes,
+        )?;
         let planner = Planner::new(
             target,
             current.domains().clone(),
@@ -147,6 +175,8 @@ impl<B: Backend> Engine<B> {
             layer,
             planner,
             moves,
+            transition,
+            round: Vec::new(),
             interrupted: false,
         });
         Ok(&change.moves)
@@ -227,28 +257,44 @@ impl<B: Backend> Engine<B> {
     ) -> Result<Result<LayoutProgress, LayoutRoundInFlight>, RuntimeError> {
         let layer = self.layer_to_carry_on()?;
         self.check_not_switching(layer)?;
-        let change = self.layout_change.as_ref().expect("checked above");
-        let state_bytes = self.state.bytes();
+        self.send_stale_again(layer)?;
+        let mut change = self.layout_change.take().expect("checked above");
+        change.transition.next_chunks(budget, &mut change.round);
         self.scratch.fanouts.clear();
-        let mut copied = 0u32;
-        for &moved in &change.moves {
-            if self.staged(layer, moved) {
-                continue;
-            }
-            if copied > 0 && (u64::from(copied) + 1) * state_bytes > budget {
+        let mut added = Ok(());
+        for chunk in &change.round {
+            let (home, index) = self.masters.region(layer, chunk.expert);
+            let staging = change
+                .moves
+                .iter()
+                .find(|moved| moved.expert == chunk.expert)
+                .map(|moved| moved.staging_slot);
+            added = match staging {
+                Some(slot) => self
+                    .scratch
+                    .fanouts
+                    .add(chunk.expert, home, index, (chunk.to, slot))
+                    .map_err(RuntimeError::from),
+                None => Err(RuntimeError::LayoutChange(format!(
+                    "expert {} was handed out but does not move",
+                    chunk.expert
+                ))),
+            };
+            if added.is_err() {
                 break;
             }
-            let (home, index) = self.masters.region(layer, moved.expert);
-            self.scratch
-                .fanouts
-                .add(moved.expert, home, index, (moved.to, moved.staging_slot))?;
-            copied += 1;
         }
-        match self.start_copy()? {
-            None => Ok(Ok(self.layout_progress(layer, 0, 0))),
-            Some(_) => {
+        let copied = change.round.len() as u32;
+        self.layout_change = Some(change);
+        match added.and_then(|()| self.start_copy()) {
+            Ok(None) => Ok(Ok(self.layout_progress(layer, 0, 0))),
+            Ok(Some(_)) => {
                 self.migrating = Some(copied);
                 Ok(Err(LayoutRoundInFlight { layer }))
+            }
+            Err(error) => {
+                self.end_round(false)?;
+                Err(error)
             }
         }
     }
@@ -263,7 +309,9 @@ impl<B: Backend> Engine<B> {
             .migrating
             .take()
             .ok_or_else(|| RuntimeError::LayoutChange("no layout round is in flight".into()))?;
-        let bytes = self.finish_copy(round.layer)?;
+        let finished = self.finish_copy(round.layer);
+        self.end_round(finished.is_ok())?;
+        let bytes = finished?;
         let progress = self.layout_progress(round.layer, copied, bytes);
         // Ranks whose rounds ended differently would send different copies next: the digest
         // makes the next gathered step say so.
@@ -276,6 +324,42 @@ impl<B: Backend> Engine<B> {
             ],
         );
         Ok(progress)
+    }
+
+    /// Records the round in flight in the transition: every master landed and verified (the
+    /// data plane checked each copy's checksum), or, when the round failed, to be sent again.
+    fn end_round(&mut self, landed: bool) -> Result<(), RuntimeError> {
+        let Some(change) = self.layout_change.as_mut() else {
+            return Ok(());
+        };
+        for chunk in change.round.drain(..) {
+            if landed {
+                change.transition.landed(chunk)?;
+                change.transition.verify(chunk.expert, true)?;
+            } else {
+                change.transition.failed(chunk.expert)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends again every master the transition counts as verified whose staged copy is no longer
+    /// at the master's current weights (an optimiser step came between).
+    fn send_stale_again(&mut self, layer: u32) -> Result<(), RuntimeError> {
+        let Some(mut change) = self.layout_change.take() else {
+            return Ok(());
+        };
+        let mut result = Ok(());
+        for &moved in &change.moves {
+            if change.transition.is_verified(moved.expert) && !self.staged(layer, moved) {
+                result = change.transition.failed(moved.expert);
+                if result.is_err() {
+                    break;
+                }
+            }
+        }
+        self.layout_change = Some(change);
+        Ok(result?)
     }
 
     /// Where the change of `layer` stands after a round that copied `copied` masters.
@@ -370,6 +454,7 @@ impl<B: Backend> Engine<B> {
     /// on its new rank, written by the next backward.
     pub fn switch_layout(&mut self) -> Result<(), RuntimeError> {
         let layer = self.layer_to_carry_on()?;
+        self.send_stale_again(layer)?;
         let change = self.layout_change.as_ref().expect("checked above");
         let unstaged = change
             .moves
@@ -397,6 +482,11 @@ impl<B: Backend> Engine<B> {
                 open.microbatch
             )));
         }
+        if let Some(change) = self.layout_change.as_mut() {
+            // Every moved master is staged at its current weights: the transition is ready.
+            change.transition.switch()?;
+        }
+        let change = self.layout_change.as_ref().expect("checked above");
         // The copies are local, between memory the engine owns. One that fails (a broken
         // device) leaves the change pending with every staged copy intact, so a second call
         // repeats them; the layer is not planned in between (`check_not_switching`).
