@@ -115,6 +115,7 @@ impl Backend for CudaBackend {
         schedule: &TransferSchedule,
         tasks: &TileTaskList,
     ) -> Result<u64, RuntimeError> {
+        self.slots.require_every_destination(schedule)?;
         let slots = self.slots.begin_receiving(schedule)?;
         // An injected failure runs the tasks before it and stops: a transfer cut off midway.
         if let Some(task) = self.fail_at_task.take() {
@@ -193,6 +194,7 @@ impl Backend for CudaBackend {
         schedule: &TransferSchedule,
         _token: u64,
     ) -> Result<(), RuntimeError> {
+        self.slots.require_every_destination(schedule)?;
         self.slots.require_replicas_ready(schedule)?;
         self.gpu
             .reduce_resident(schedule, &mut self.ranks)

@@ -432,7 +432,30 @@ impl HandoffPlane for CudaPeerPlane {
         self.wait_signal(rank, self.layout.gradient_word(slot), value, what)
     }
 
-    fn sum_into_masters(&mut self, schedule: &TransferSchedule) -> Result<(), RuntimeError> {
+    fn sum_into_masters(
+        &mut self,
+        schedule: &TransferSchedule,
+    ) -> (usize, Result<(), RuntimeError>) {
+        // One launch sums every master here: all of them, or none.
+        let masters = schedule
+            .fanouts()
+            .iter()
+            .filter(|f| f.master == self.rank)
+            .count();
+        match self.sum_all_masters(schedule) {
+            Ok(()) => (masters, Ok(())),
+            Err(error) => (0, Err(error)),
+        }
+    }
+
+    fn empty_replica(&mut self, rank: u32, slot: u16) -> Result<(), RuntimeError> {
+        self.slots.set(rank, slot, SlotState::Empty)
+    }
+}
+
+impl CudaPeerPlane {
+    /// Sums every replica of `schedule` into this rank's masters on the device.
+    fn sum_all_masters(&mut self, schedule: &TransferSchedule) -> Result<(), RuntimeError> {
         let (mut jobs, replicas) = reduce_jobs(schedule, |rank, region| {
             self.pointer(rank, region).unwrap_or(0)
         })
@@ -448,9 +471,5 @@ impl HandoffPlane for CudaPeerPlane {
             }
         }
         Ok(())
-    }
-
-    fn empty_replica(&mut self, rank: u32, slot: u16) -> Result<(), RuntimeError> {
-        self.slots.set(rank, slot, SlotState::Empty)
     }
 }

@@ -8,7 +8,8 @@
 //! 3. a plane holding masters waits for every word of their replicas, before any master
 //!    changes, so that a wait that fails changes no master;
 //! 4. it sums the replicas into its masters in the documented order, then sets each replica's
-//!    word to `token | ACKNOWLEDGED`;
+//!    word to `token | ACKNOWLEDGED` (also when a later master's sum fails: the masters summed
+//!    are acknowledged);
 //! 5. a plane holding replicas waits for every acknowledgement before it empties any, so that
 //!    nothing is emptied while a master's rank may still read it.
 
@@ -38,8 +39,13 @@ pub(crate) trait HandoffPlane {
         what: &dyn Fn() -> String,
     ) -> Result<(), RuntimeError>;
     /// Sums every replica of `schedule` into the masters this plane holds, in the documented
-    /// order (every replica's gradient has been handed over).
-    fn sum_into_masters(&mut self, schedule: &TransferSchedule) -> Result<(), RuntimeError>;
+    /// order (every replica's gradient has been handed over). Returns how many of those masters
+    /// it summed, in schedule order, and the error that stopped it, if one did: the masters
+    /// summed are acknowledged either way, so that their replicas' ranks do not wait in vain.
+    fn sum_into_masters(
+        &mut self,
+        schedule: &TransferSchedule,
+    ) -> (usize, Result<(), RuntimeError>);
     /// Empties replica slot `slot` of local rank `rank`, its gradient read by its master's rank.
     fn empty_replica(&mut self, rank: u32, slot: u16) -> Result<(), RuntimeError>;
 }
@@ -70,12 +76,18 @@ pub(crate) fn reduce(
             })?;
         }
     }
-    plane.sum_into_masters(schedule)?;
-    for fanout in schedule.fanouts().iter().filter(|f| holds(f.master)) {
+    let (summed, result) = plane.sum_into_masters(schedule);
+    for fanout in schedule
+        .fanouts()
+        .iter()
+        .filter(|f| holds(f.master))
+        .take(summed)
+    {
         for &(rank, slot) in &fanout.destinations {
             plane.store_word(rank, slot, token | ACKNOWLEDGED)?;
         }
     }
+    result?;
     for fanout in schedule.fanouts() {
         for &(rank, slot) in fanout.destinations.iter().filter(|d| holds(d.0)) {
             plane.wait_word(rank, slot, token | ACKNOWLEDGED, fanout.master, &|| {

@@ -112,6 +112,20 @@ impl SlotReadiness {
         Ok(marked)
     }
 
+    /// Fails unless every slot `schedule` writes is a slot of these ranks: for a backend that
+    /// holds every rank of the group, a schedule naming another is bad input.
+    pub(crate) fn require_every_destination(
+        &self,
+        schedule: &TransferSchedule,
+    ) -> Result<(), RuntimeError> {
+        for fanout in schedule.fanouts() {
+            for &(rank, slot) in &fanout.destinations {
+                self.index(rank, slot)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Fails with [`RuntimeError::SlotNotReady`] unless every replica slot of `schedule` on
     /// these ranks holds its expert's complete state: what a reduction requires before it sums.
     pub(crate) fn require_replicas_ready(

@@ -332,15 +332,24 @@ impl<B: Backend> Engine<B> {
         let Some(change) = self.layout_change.as_mut() else {
             return Ok(());
         };
+        // Every master of the round is recorded, whatever fails: one the transition cannot
+        // record as landed is sent again rather than left handed out.
+        let mut refused = None;
         for chunk in change.round.drain(..) {
-            if landed {
-                change.transition.landed(chunk)?;
-                change.transition.verify(chunk.expert, true)?;
+            let recorded = if landed {
+                change
+                    .transition
+                    .landed(chunk)
+                    .and_then(|()| change.transition.verify(chunk.expert, true))
             } else {
-                change.transition.failed(chunk.expert)?;
+                change.transition.failed(chunk.expert)
+            };
+            if let Err(error) = recorded {
+                let _ = change.transition.failed(chunk.expert);
+                refused.get_or_insert(error);
             }
         }
-        Ok(())
+        refused.map_or(Ok(()), |error| Err(error.into()))
     }
 
     /// Sends again every master the transition counts as verified whose staged copy is no longer

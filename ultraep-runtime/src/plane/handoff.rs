@@ -3,7 +3,7 @@
 
 use std::sync::atomic::Ordering;
 
-use ultraep_xfer::{Region, SlotState, TransferSchedule};
+use ultraep_xfer::{Region, ScheduledFanout, SlotState, TransferSchedule};
 
 use super::HostPlane;
 use crate::RuntimeError;
@@ -48,45 +48,21 @@ impl HandoffPlane for HostPlane {
         )
     }
 
-    fn sum_into_masters(&mut self, schedule: &TransferSchedule) -> Result<(), RuntimeError> {
-        let floats = (schedule.state_bytes() / 4) as usize;
+    fn sum_into_masters(
+        &mut self,
+        schedule: &TransferSchedule,
+    ) -> (usize, Result<(), RuntimeError>) {
+        let mut summed = 0;
         for fanout in schedule.fanouts() {
             if !self.local.contains(&fanout.master) {
                 continue;
             }
-            let local = self.local_index(fanout.master)?;
-            // The master changes: its kept checksum no longer holds.
-            if let Some(sum) = self
-                .master_sums
-                .get_mut(self.master_sums_at[local] + fanout.master_index as usize)
-            {
-                *sum = None;
+            if let Err(error) = self.sum_master(schedule, fanout) {
+                return (summed, Err(error));
             }
-            let peers = &self.pool.state().peers;
-            let segment = &*peers.segments[fanout.master as usize];
-            let master = segment.region_mut(
-                &mut self.owners[local],
-                Region::Master {
-                    index: fanout.master_index,
-                },
-            )?;
-            let master: &mut [f32] = bytemuck::try_cast_slice_mut(master)
-                .map_err(|error| RuntimeError::Backend(format!("gradient memory: {error}")))?;
-            let empty: &[f32] = &[];
-            self.reduction.reduce(schedule, fanout, master, |rank| {
-                fanout
-                    .destinations
-                    .iter()
-                    .find(|(r, _)| *r == rank)
-                    .and_then(|&(rank, slot)| {
-                        peers.segment(rank).ok()?.region(Region::Slot { slot }).ok()
-                    })
-                    .and_then(|bytes| bytemuck::try_cast_slice(bytes).ok())
-                    .filter(|values: &&[f32]| values.len() == floats)
-                    .unwrap_or(empty)
-            })?;
+            summed += 1;
         }
-        Ok(())
+        (summed, Ok(()))
     }
 
     fn empty_replica(&mut self, rank: u32, slot: u16) -> Result<(), RuntimeError> {
@@ -96,5 +72,48 @@ impl HandoffPlane for HostPlane {
             .region_mut(&mut self.owners[local], Region::Slot { slot })?
             .fill(0);
         self.slots.set(rank, slot, SlotState::Empty)
+    }
+}
+
+impl HostPlane {
+    /// Sums `fanout`'s replicas into its master, which this plane holds, in the documented order.
+    fn sum_master(
+        &mut self,
+        schedule: &TransferSchedule,
+        fanout: &ScheduledFanout,
+    ) -> Result<(), RuntimeError> {
+        let floats = (schedule.state_bytes() / 4) as usize;
+        let local = self.local_index(fanout.master)?;
+        // The master changes: its kept checksum no longer holds.
+        if let Some(sum) = self
+            .master_sums
+            .get_mut(self.master_sums_at[local] + fanout.master_index as usize)
+        {
+            *sum = None;
+        }
+        let peers = &self.pool.state().peers;
+        let segment = &*peers.segments[fanout.master as usize];
+        let master = segment.region_mut(
+            &mut self.owners[local],
+            Region::Master {
+                index: fanout.master_index,
+            },
+        )?;
+        let master: &mut [f32] = bytemuck::try_cast_slice_mut(master)
+            .map_err(|error| RuntimeError::Backend(format!("gradient memory: {error}")))?;
+        let empty: &[f32] = &[];
+        self.reduction.reduce(schedule, fanout, master, |rank| {
+            fanout
+                .destinations
+                .iter()
+                .find(|(r, _)| *r == rank)
+                .and_then(|&(rank, slot)| {
+                    peers.segment(rank).ok()?.region(Region::Slot { slot }).ok()
+                })
+                .and_then(|bytes| bytemuck::try_cast_slice(bytes).ok())
+                .filter(|values: &&[f32]| values.len() == floats)
+                .unwrap_or(empty)
+        })?;
+        Ok(())
     }
 }
