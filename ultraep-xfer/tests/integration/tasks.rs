@@ -37,3 +37,23 @@ fn task_lists_cannot_point_out_of_range() {
     let foreign = *list.tasks().last().unwrap();
     assert!(TileTaskList::default().destinations_of(&foreign).is_empty());
 }
+
+/// A cleared list is empty, as a backend that does not read task lists is handed one: no tasks,
+/// no destinations, no flags, nothing stored. It is then rebuilt in place to the same list.
+#[test]
+fn a_cleared_list_is_empty_and_rebuilds_alike() {
+    let (_, replicas, topology) = layer();
+    let state = ExpertState::opaque(STATE_BYTES).unwrap();
+    let schedule =
+        TransferSchedule::build(&replicas, &state, &topology, TransferConfig::default()).unwrap();
+    let built = TileTaskList::build(&schedule);
+    let mut list = built.clone();
+    assert!(!list.tasks().is_empty() && list.bytes_stored() > 0);
+    list.clear();
+    assert!(list.tasks().is_empty());
+    assert!(list.destinations().is_empty());
+    assert_eq!(list.flag_count(), 0);
+    assert_eq!(list.bytes_stored(), 0);
+    ultraep_xfer::TaskListBuilder::default().build_into(&schedule, &mut list);
+    assert_eq!(list, built);
+}
