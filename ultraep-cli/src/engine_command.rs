@@ -147,7 +147,7 @@ pub fn run(args: &EngineArgs) -> Result<String, BenchError> {
                 )
             })
             .collect();
-        return crate::simulate_command::to_json(&serde_json::json!({
+        return crate::json_output::to_json(&serde_json::json!({
             "scenario": scenario.name,
             "steps": args.steps,
             "layers": args.layers,

@@ -12,6 +12,7 @@
 
 pub mod bench_command;
 pub mod engine_command;
+mod json_output;
 mod message;
 pub mod plan_command;
 pub mod report;

@@ -12,6 +12,8 @@ use ultraep_bench::step::Mode;
 use ultraep_bench::tables::{decode_table, scenario_table};
 use ultraep_bench::trace::Trace;
 
+use crate::json_output::to_json;
+
 /// Arguments of `ultraep simulate`.
 #[derive(Debug, Args)]
 pub struct SimulateArgs {
@@ -94,14 +96,4 @@ pub fn run(args: &SimulateArgs) -> Result<String, BenchError> {
         }
     }
     Ok(text)
-}
-
-/// `value` as pretty JSON and a newline.
-pub(crate) fn to_json(value: &impl serde::Serialize) -> Result<String, BenchError> {
-    serde_json::to_string_pretty(value)
-        .map(|text| text + "\n")
-        .map_err(|error| BenchError::InvalidProblem {
-            source_name: "JSON output".into(),
-            message: error.to_string(),
-        })
 }

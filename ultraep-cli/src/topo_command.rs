@@ -44,7 +44,7 @@ pub fn run(args: &TopoArgs) -> Result<String, BenchError> {
                 })
             })
             .collect();
-        return crate::simulate_command::to_json(&presets);
+        return crate::json_output::to_json(&presets);
     }
     if args.list {
         let lines: Vec<String> = Preset::ALL
@@ -70,7 +70,7 @@ pub fn run(args: &TopoArgs) -> Result<String, BenchError> {
         save(&topology, path)?;
     }
     if args.json {
-        return crate::simulate_command::to_json(&json(&topology));
+        return crate::json_output::to_json(&json(&topology));
     }
     let mut out = topology.to_string();
     if let Some(path) = &args.save {

@@ -246,7 +246,7 @@ pub fn run(args: &XferArgs) -> Result<String, BenchError> {
                 })
             })
             .collect();
-        return crate::simulate_command::to_json(&serde_json::json!({
+        return crate::json_output::to_json(&serde_json::json!({
             "model": args.model,
             "per_transfer_ns": costs.per_transfer_ns,
             "bandwidth_ppm": costs.bandwidth_ppm,

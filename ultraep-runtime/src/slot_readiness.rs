@@ -85,28 +85,23 @@ impl SlotReadiness {
         }
     }
 
-    /// Marks every slot of these ranks that `schedule` writes as being written, before any byte
-    /// moves; returns how many it marked. Checks every destination first, so that a schedule
-    /// naming a slot that does not exist changes nothing.
+    /// Marks every slot that `schedule` writes as being written, before any byte moves; returns
+    /// how many it marked. For a backend that holds every rank of the group: every destination
+    /// must be a slot of these ranks, checked first, so that a schedule naming another rank or a
+    /// slot that does not exist changes nothing.
     pub(crate) fn begin_receiving(
         &mut self,
         schedule: &TransferSchedule,
     ) -> Result<usize, RuntimeError> {
+        self.require_every_destination(schedule)?;
         let mut marked = 0;
-        for pass in [false, true] {
-            for fanout in schedule.fanouts() {
-                for &(rank, slot) in &fanout.destinations {
-                    if !self.local.contains(&rank) {
-                        continue;
-                    }
-                    let index = self.index(rank, slot)?;
-                    if pass {
-                        self.states[index] = SlotState::NotReady {
-                            expert: fanout.expert,
-                        };
-                        marked += 1;
-                    }
-                }
+        for fanout in schedule.fanouts() {
+            for &(rank, slot) in &fanout.destinations {
+                let index = self.index(rank, slot)?;
+                self.states[index] = SlotState::NotReady {
+                    expert: fanout.expert,
+                };
+                marked += 1;
             }
         }
         Ok(marked)

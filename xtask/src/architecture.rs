@@ -370,15 +370,20 @@ fn package_names(metadata: &Metadata) -> HashMap<&str, &str> {
         .collect()
 }
 
+/// The names of the workspace's members.
+fn member_names(metadata: &Metadata, names: &HashMap<&str, &str>) -> BTreeSet<String> {
+    metadata
+        .workspace_members
+        .iter()
+        .map(|id| names.get(id.as_str()).copied().unwrap_or(id).to_owned())
+        .collect()
+}
+
 /// The dependency rules: arrows, direct CUDA use, CUDA linked indirectly.
 pub fn check_dependencies(metadata: &Metadata) -> Vec<Violation> {
     let names = package_names(metadata);
     let name_of = |id: &str| names.get(id).copied().unwrap_or(id).to_owned();
-    let members: BTreeSet<String> = metadata
-        .workspace_members
-        .iter()
-        .map(|id| name_of(id))
-        .collect();
+    let members = member_names(metadata, &names);
     let nodes: HashMap<&str, &Node> = metadata
         .resolve
         .iter()
@@ -493,11 +498,7 @@ pub fn cuda_in_tree(krate: &str, tree: &str) -> Vec<Violation> {
 pub fn dependents(metadata: &Metadata) -> Vec<(String, BTreeSet<String>)> {
     let names = package_names(metadata);
     let name_of = |id: &str| names.get(id).copied().unwrap_or(id).to_owned();
-    let members: BTreeSet<String> = metadata
-        .workspace_members
-        .iter()
-        .map(|id| name_of(id))
-        .collect();
+    let members = member_names(metadata, &names);
     let mut users: Vec<(String, BTreeSet<String>)> = members
         .iter()
         .map(|member| (member.clone(), BTreeSet::new()))

@@ -260,30 +260,7 @@ impl<B: Backend> Engine<B> {
         self.send_stale_again(layer)?;
         let mut change = self.layout_change.take().expect("checked above");
         change.transition.next_chunks(budget, &mut change.round);
-        self.scratch.fanouts.clear();
-        let mut added = Ok(());
-        for chunk in &change.round {
-            let (home, index) = self.masters.region(layer, chunk.expert);
-            let staging = change
-                .moves
-                .iter()
-                .find(|moved| moved.expert == chunk.expert)
-                .map(|moved| moved.staging_slot);
-            added = match staging {
-                Some(slot) => self
-                    .scratch
-                    .fanouts
-                    .add(chunk.expert, home, index, (chunk.to, slot))
-                    .map_err(RuntimeError::from),
-                None => Err(RuntimeError::LayoutChange(format!(
-                    "expert {} was handed out but does not move",
-                    chunk.expert
-                ))),
-            };
-            if added.is_err() {
-                break;
-            }
-        }
+        let added = self.add_round_fanouts(layer, &change);
         let copied = change.round.len() as u32;
         self.layout_change = Some(change);
         match added.and_then(|()| self.start_copy()) {
@@ -324,6 +301,29 @@ impl<B: Backend> Engine<B> {
             ],
         );
         Ok(progress)
+    }
+
+    /// Gathers into the engine's fan-outs the copy of every master of `change`'s round, from its
+    /// home into its staging slot.
+    fn add_round_fanouts(&mut self, layer: u32, change: &LayoutChange) -> Result<(), RuntimeError> {
+        self.scratch.fanouts.clear();
+        for chunk in &change.round {
+            let moved = change
+                .moves
+                .iter()
+                .find(|moved| moved.expert == chunk.expert)
+                .ok_or_else(|| {
+                    RuntimeError::LayoutChange(format!(
+                        "expert {} was handed out but does not move",
+                        chunk.expert
+                    ))
+                })?;
+            let (home, index) = self.masters.region(layer, chunk.expert);
+            self.scratch
+                .fanouts
+                .add(chunk.expert, home, index, (moved.to, moved.staging_slot))?;
+        }
+        Ok(())
     }
 
     /// Records the round in flight in the transition: every master landed and verified (the

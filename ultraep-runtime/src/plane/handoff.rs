@@ -1,7 +1,7 @@
 //! The host plane's side of the gradient hand-off (`crate::gradient_handoff`): the words live
 //! in the shared segments, and the masters are summed on the CPU.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use ultraep_xfer::{Region, ScheduledFanout, SlotState, TransferSchedule};
 
@@ -16,12 +16,8 @@ impl HandoffPlane for HostPlane {
     }
 
     fn store_word(&self, rank: u32, slot: u16, value: u64) -> Result<(), RuntimeError> {
-        let peers = self.peers();
-        let segment = peers.segment(rank)?;
-        if slot >= segment.layout().slots {
-            return Err(RuntimeError::SlotNotReady { rank, slot });
-        }
-        segment.slot_word(slot).store(value, Ordering::Release);
+        self.handoff_word(rank, slot)?
+            .store(value, Ordering::Release);
         Ok(())
     }
 
@@ -33,13 +29,8 @@ impl HandoffPlane for HostPlane {
         writer: u32,
         what: &dyn Fn() -> String,
     ) -> Result<(), RuntimeError> {
-        let peers = self.peers();
-        let segment = peers.segment(rank)?;
-        if slot >= segment.layout().slots {
-            return Err(RuntimeError::SlotNotReady { rank, slot });
-        }
-        peers.wait_for(
-            segment.slot_word(slot),
+        self.peers().wait_for(
+            self.handoff_word(rank, slot)?,
             value,
             self.timeout,
             None,
@@ -76,6 +67,15 @@ impl HandoffPlane for HostPlane {
 }
 
 impl HostPlane {
+    /// The hand-off word of slot `slot` of `rank`, in that rank's segment.
+    fn handoff_word(&self, rank: u32, slot: u16) -> Result<&AtomicU64, RuntimeError> {
+        let segment = self.peers().segment(rank)?;
+        if slot >= segment.layout().slots {
+            return Err(RuntimeError::SlotNotReady { rank, slot });
+        }
+        Ok(segment.slot_word(slot))
+    }
+
     /// Sums `fanout`'s replicas into its master, which this plane holds, in the documented order.
     fn sum_master(
         &mut self,
